@@ -132,26 +132,6 @@ void keel_buf_addf(struct keel_buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
-void keel_buf_add_u8(struct keel_buf *b, uint8_t v)
-{
-    keel_buf_add(b, &v, 1);
-}
-
-void keel_buf_add_u16le(struct keel_buf *b, uint16_t v)
-{
-    keel_store_u16le(keel_buf_add_zero(b, 2), v);
-}
-
-void keel_buf_add_u32le(struct keel_buf *b, uint32_t v)
-{
-    keel_store_u32le(keel_buf_add_zero(b, 4), v);
-}
-
-void keel_buf_add_u64le(struct keel_buf *b, uint64_t v)
-{
-    keel_store_u64le(keel_buf_add_zero(b, 8), v);
-}
-
 void keel_buf_consume(struct keel_buf *b, size_t n)
 {
     if (n > b->len) {

@@ -22,6 +22,7 @@ static void usage(const struct keel_cli_spec *spec, FILE *out)
             "      --log-level LEVEL         error, warn, info, debug or trace\n"
             "      --check-config            validate the configuration and exit\n"
             "      --dump-config             print the effective configuration and exit\n"
+            "      --describe-config         print every option as a Markdown table and exit\n"
             "  -h, --help                    show this help and exit\n"
             "  -V, --version                 show the version and exit\n"
             "\n"
@@ -32,13 +33,14 @@ static void usage(const struct keel_cli_spec *spec, FILE *out)
 
 int keel_cli_main(const struct keel_cli_spec *spec, int argc, char **argv)
 {
-    enum { OPT_LOG_LEVEL = 256, OPT_CHECK, OPT_DUMP };
+    enum { OPT_LOG_LEVEL = 256, OPT_CHECK, OPT_DUMP, OPT_DESCRIBE };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"set", required_argument, NULL, 'o'},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"check-config", no_argument, NULL, OPT_CHECK},
         {"dump-config", no_argument, NULL, OPT_DUMP},
+        {"describe-config", no_argument, NULL, OPT_DESCRIBE},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -60,6 +62,10 @@ int keel_cli_main(const struct keel_cli_spec *spec, int argc, char **argv)
             break;
         case 'h':
             usage(spec, stdout);
+            rc = KEEL_EXIT_OK;
+            goto out;
+        case OPT_DESCRIBE:
+            keel_config_describe(stdout);
             rc = KEEL_EXIT_OK;
             goto out;
         case 'V':

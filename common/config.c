@@ -58,7 +58,8 @@ static const struct option_desc options[] = {
     {"tls", "key", OPT_STRING, F(tls_key), "", 0, 0, "this node's private key (PEM)"},
     {"tls", "crl", OPT_STRING, F(tls_crl), "", 0, 0,
      "certificate revocation list (PEM); empty for none"},
-    {"net", "io_threads", OPT_UINT, F(io_threads), "2", 1, 64, "I/O threads, each with its own event loop"},
+    {"net", "io_threads", OPT_UINT, F(io_threads), "2", 1, 64,
+     "I/O threads, each with its own event loop"},
     {"net", "max_connections", OPT_UINT, F(max_connections), "1024", 1, 1000000,
      "connections accepted at once; more are closed at accept"},
     {"net", "max_frame_size", OPT_SIZE, F(max_frame_size), "64M", 4 * KIB, 1 * GIB,
@@ -69,8 +70,7 @@ static const struct option_desc options[] = {
      "a connection silent mid-frame this long is closed"},
     {"net", "request_timeout", OPT_DURATION, F(request_timeout_ms), "30s", 10, HOUR_MS,
      "time a client waits for a reply before giving up on a request"},
-    {"log", "level", OPT_LOGLEVEL, F(log_level), "info", 0, 0,
-     "error, warn, info, debug or trace"},
+    {"log", "level", OPT_LOGLEVEL, F(log_level), "info", 0, 0, "error, warn, info, debug or trace"},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -125,9 +125,9 @@ static int parse_scaled(const char *s, const struct unit *units, uint64_t *out)
     return -1;
 }
 
-static const struct unit size_units[] = {
-    {"B", 1}, {"K", KIB}, {"KB", KIB}, {"KiB", KIB}, {"M", MIB}, {"MB", MIB},
-    {"MiB", MIB}, {"G", GIB}, {"GB", GIB}, {"GiB", GIB}, {NULL, 0}};
+static const struct unit size_units[] = {{"B", 1},    {"K", KIB},   {"KB", KIB},  {"KiB", KIB},
+                                         {"M", MIB},  {"MB", MIB},  {"MiB", MIB}, {"G", GIB},
+                                         {"GB", GIB}, {"GiB", GIB}, {NULL, 0}};
 
 static const struct unit duration_units[] = {
     {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", HOUR_MS}, {NULL, 0}};
@@ -182,8 +182,7 @@ static int valid_urls(const char *s)
 static int bad_value(const struct option_desc *o, const char *value, struct keel_error *err,
                      const char *why)
 {
-    return keel_err_set(err, KEEL_ECONFIG, "[%s] %s: %s, got '%s'", o->section, o->key, why,
-                        value);
+    return keel_err_set(err, KEEL_ECONFIG, "[%s] %s: %s, got '%s'", o->section, o->key, why, value);
 }
 
 static int set_value(struct keel_config *c, const struct option_desc *o, const char *value,
@@ -204,8 +203,7 @@ static int set_value(struct keel_config *c, const struct option_desc *o, const c
         goto set_string;
     case OPT_URLS:
         if (!valid_urls(value))
-            return bad_value(o, value, err,
-                             "must be comma-separated http:// or https:// URLs");
+            return bad_value(o, value, err, "must be comma-separated http:// or https:// URLs");
         goto set_string;
     case OPT_STRING:
     set_string:
@@ -227,8 +225,7 @@ static int set_value(struct keel_config *c, const struct option_desc *o, const c
         }
         if (v < o->min || v > o->max)
             return keel_err_set(err, KEEL_ECONFIG,
-                                "[%s] %s: must be between %" PRIu64 " and %" PRIu64
-                                "%s, got '%s'",
+                                "[%s] %s: must be between %" PRIu64 " and %" PRIu64 "%s, got '%s'",
                                 o->section, o->key, o->min, o->max,
                                 o->type == OPT_SIZE       ? " bytes"
                                 : o->type == OPT_DURATION ? " ms"
@@ -285,8 +282,7 @@ int keel_config_set_option(struct keel_config *c, const char *section, const cha
 
     if (o == NULL) {
         if (!section_known(section))
-            return keel_err_set(err, KEEL_ECONFIG, "unknown section [%s] (key '%s')", section,
-                                key);
+            return keel_err_set(err, KEEL_ECONFIG, "unknown section [%s] (key '%s')", section, key);
         return keel_err_set(err, KEEL_ECONFIG, "unknown key '%s' in section [%s]", key, section);
     }
     return set_value(c, o, value, err);
@@ -351,8 +347,8 @@ int keel_config_load(struct keel_config *c, const char *path, struct keel_error 
         return 0;
     if (ctx.failed)
         return keel_err_prefix(err, KEEL_ECONFIG, "%s:%d", path, line);
-    return keel_err_set(err, KEEL_ECONFIG, "%s:%d: syntax error (expected [section] or key = value)",
-                        path, line);
+    return keel_err_set(err, KEEL_ECONFIG,
+                        "%s:%d: syntax error (expected [section] or key = value)", path, line);
 }
 
 int keel_config_validate(const struct keel_config *c, const char *const *required,
@@ -364,8 +360,7 @@ int keel_config_validate(const struct keel_config *c, const char *const *require
 
         for (size_t i = 0; dot && i < NOPTIONS; i++)
             if (strncmp(options[i].section, *required, (size_t)(dot - *required)) == 0 &&
-                options[i].section[dot - *required] == '\0' &&
-                strcmp(options[i].key, dot + 1) == 0)
+                options[i].section[dot - *required] == '\0' && strcmp(options[i].key, dot + 1) == 0)
                 o = &options[i];
         if (o == NULL)
             return keel_err_set(err, KEEL_EINVAL, "no option '%s' to require", *required);
@@ -415,15 +410,20 @@ void keel_config_dump(const struct keel_config *c, FILE *out)
             section = o->section;
         }
         format_value(c, o, value, sizeof(value));
-        fprintf(out, "# %s (default: %s)\n%s = %s\n", o->help,
-                o->defval[0] ? o->defval : "empty", o->key, value);
+        fprintf(out, "# %s (default: %s)\n%s = %s\n", o->help, o->defval[0] ? o->defval : "empty",
+                o->key, value);
     }
 }
 
 void keel_config_describe(FILE *out)
 {
     fprintf(out, "| option | default | meaning |\n|---|---|---|\n");
-    for (size_t i = 0; i < NOPTIONS; i++)
-        fprintf(out, "| `[%s] %s` | `%s` | %s |\n", options[i].section, options[i].key,
-                options[i].defval, options[i].help);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_desc *o = &options[i];
+
+        if (o->defval[0] == '\0')
+            fprintf(out, "| `[%s] %s` | (empty) | %s |\n", o->section, o->key, o->help);
+        else
+            fprintf(out, "| `[%s] %s` | `%s` | %s |\n", o->section, o->key, o->defval, o->help);
+    }
 }

@@ -13,6 +13,12 @@
 
 #include "keel/proto.h"
 
+/*
+ * With 64-bit sizes, nkeys (< 2^32) * row_width (<= 2^20) * 4 cannot overflow,
+ * so the encoder's size sums are exact; the decoder checks anyway.
+ */
+_Static_assert(sizeof(size_t) == 8, "Keel's codec assumes a 64-bit size_t");
+
 const char *keel_msg_type_name(unsigned type)
 {
     switch (type) {
@@ -78,8 +84,8 @@ static int check_sorted(const uint64_t *keys, uint32_t n, struct keel_error *err
     for (uint32_t i = 1; i < n; i++)
         if (keys[i] <= keys[i - 1])
             return keel_err_set(err, KEEL_EUNSORTED,
-                                "key %" PRIu32 " (%" PRIu64 ") not above key %" PRIu32
-                                " (%" PRIu64 ")",
+                                "key %" PRIu32 " (%" PRIu64 ") not above key %" PRIu32 " (%" PRIu64
+                                ")",
                                 i, keys[i], i - 1, keys[i - 1]);
     return 0;
 }
@@ -116,6 +122,18 @@ static int check_offsets(const uint32_t *off, uint32_t n, size_t data_len, struc
 
 /* ---- header ------------------------------------------------------------- */
 
+/* Known bits only, and LAST only where it means something (SHARD_DATA). */
+static int check_flags(const struct keel_frame_header *h, struct keel_error *err)
+{
+    if (h->flags & ~KEEL_FLAGS_KNOWN)
+        return keel_err_set(err, KEEL_EFLAGS, "flags 0x%04x has unknown bits 0x%04x", h->flags,
+                            h->flags & ~KEEL_FLAGS_KNOWN);
+    if ((h->flags & KEEL_FLAG_LAST) && h->type != KEEL_MSG_SHARD_DATA)
+        return keel_err_set(err, KEEL_EFLAGS, "flag LAST on a %s frame",
+                            keel_msg_type_name(h->type));
+    return 0;
+}
+
 int keel_proto_header_decode(const void *data, size_t len, size_t max_frame,
                              struct keel_frame_header *h, struct keel_error *err)
 {
@@ -139,19 +157,16 @@ int keel_proto_header_decode(const void *data, size_t len, size_t max_frame,
                             h->magic, KEEL_PROTO_MAGIC);
     if (h->version != KEEL_PROTO_VERSION)
         return keel_err_set(err, KEEL_EVERSION, "peer speaks protocol version %u, this node %u",
-                            h->version, KEEL_PROTO_VERSION);
+                            h->version, (unsigned)KEEL_PROTO_VERSION);
     if ((uint64_t)h->body_len + KEEL_PROTO_HEADER_SIZE > max_frame)
-        return keel_err_set(err, KEEL_EFRAMESIZE, "frame of %" PRIu64 " bytes over the limit of %zu",
+        return keel_err_set(err, KEEL_EFRAMESIZE,
+                            "frame of %" PRIu64 " bytes over the limit of %zu",
                             (uint64_t)h->body_len + KEEL_PROTO_HEADER_SIZE, max_frame);
     if (reserved != 0)
-        return keel_err_set(err, KEEL_ERESERVED, "header reserved field is 0x%08" PRIx32,
-                            reserved);
+        return keel_err_set(err, KEEL_ERESERVED, "header reserved field is 0x%08" PRIx32, reserved);
     if (h->type < 1 || h->type > KEEL_MSG_TYPE_MAX)
         return keel_err_set(err, KEEL_ETYPE, "message type %u", h->type);
-    if (h->flags & ~KEEL_FLAGS_KNOWN)
-        return keel_err_set(err, KEEL_EFLAGS, "flags 0x%04x has unknown bits 0x%04x", h->flags,
-                            h->flags & ~KEEL_FLAGS_KNOWN);
-    return 0;
+    return check_flags(h, err);
 }
 
 /* ---- body decoding ------------------------------------------------------ */
@@ -252,10 +267,9 @@ static int rd_rows_data(struct rd *r, struct keel_rows *d, int with_rows)
     size_t need = rows_bytes(d->nkeys, d->row_width, with_rows);
 
     if (need > r->len - r->off)
-        return keel_err_set(r->err, KEEL_ECOUNT,
-                            "%" PRIu32 " keys of width %" PRIu32 " need %s bytes, %zu left",
-                            d->nkeys, d->row_width, need == SIZE_MAX ? "too many" : "more",
-                            r->len - r->off);
+        return keel_err_set(
+            r->err, KEEL_ECOUNT, "%" PRIu32 " keys of width %" PRIu32 " need %s bytes, %zu left",
+            d->nkeys, d->row_width, need == SIZE_MAX ? "too many" : "more", r->len - r->off);
     d->keys = (const uint64_t *)(const void *)(r->p + r->off);
     r->off += (size_t)d->nkeys * 8;
     d->rows = NULL;
@@ -402,8 +416,10 @@ int keel_proto_decode(const void *frame, size_t len, size_t max_frame, struct ke
     struct rd r;
     int rc;
 
-    assert(((uintptr_t)frame & 7) == 0 && "frames are decoded from 8-byte aligned memory");
     memset(m, 0, sizeof(*m));
+    /* The caller's bug, not the peer's; refused rather than read misaligned. */
+    if (((uintptr_t)frame & 7) != 0)
+        return keel_err_set(err, KEEL_EINVAL, "frame at %p is not 8-byte aligned", frame);
     rc = keel_proto_header_decode(frame, len, max_frame, &m->hdr, err);
     if (rc != 0)
         return rc;
@@ -425,16 +441,22 @@ int keel_proto_decode(const void *frame, size_t len, size_t max_frame, struct ke
 
 /* ---- encoding ----------------------------------------------------------- */
 
+/*
+ * Strings start at a body offset that is a multiple of 8 in every message of
+ * this version, so their size including the padding does not depend on where
+ * they are; wr_str() checks that layout rule against the body start.
+ */
 static size_t str_size(struct keel_str s)
 {
     return 2 + s.len + pad8(2 + s.len);
 }
 
-static void wr_str(struct keel_buf *b, struct keel_str s)
+static void wr_str(struct keel_buf *b, size_t body_start, struct keel_str s)
 {
+    assert(((b->len - body_start) & 7) == 0 && "strings start 8-byte aligned in the body");
     keel_buf_add_u16le(b, (uint16_t)s.len);
     keel_buf_add(b, s.ptr, s.len);
-    keel_buf_add_zero(b, pad8(2 + s.len));
+    keel_buf_add_zero(b, pad8(b->len - body_start));
 }
 
 static int check_rows(const struct keel_rows *d, struct keel_error *err)
@@ -470,13 +492,13 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
     return 0;
 }
 
-static void wr_push(struct keel_buf *b, const struct keel_msg_push *p)
+static void wr_push(struct keel_buf *b, size_t body, const struct keel_msg_push *p)
 {
     wr_rows_head(b, &p->data, p->shard);
     keel_buf_add_u64le(b, p->incarnation);
     keel_buf_add_u64le(b, p->seq);
     keel_buf_add_u64le(b, p->clock);
-    wr_str(b, p->worker_id);
+    wr_str(b, body, p->worker_id);
     wr_rows_data(b, &p->data, 1);
 }
 
@@ -531,6 +553,9 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
             return keel_err_set(err, KEEL_EINVAL, "shard data: no offsets");
         if ((rc = check_offsets(sd->offsets, sd->nrecords, sd->offsets[sd->nrecords], err)) != 0)
             return rc;
+        if (sd->offsets[sd->nrecords] != 0 && sd->data == NULL)
+            return keel_err_set(err, KEEL_EINVAL, "shard data: %" PRIu32 " bytes but no data",
+                                sd->offsets[sd->nrecords]);
         *size = 24 + ((size_t)sd->nrecords + 1) * 4 + sd->offsets[sd->nrecords];
         return 0;
     case KEEL_MSG_ADMIN:
@@ -543,11 +568,11 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
 int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct keel_error *err)
 {
     const struct keel_frame_header *h = &m->hdr;
-    size_t size = 0;
+    size_t size = 0, body;
     int rc;
 
-    if (h->flags & ~KEEL_FLAGS_KNOWN)
-        return keel_err_set(err, KEEL_EFLAGS, "flags 0x%04x has unknown bits", h->flags);
+    if ((rc = check_flags(h, err)) != 0)
+        return rc;
     rc = body_size(m, &size, err);
     if (rc != 0)
         return keel_err_prefix(err, rc, "encode %s", keel_msg_type_name(h->type));
@@ -564,21 +589,22 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
     keel_buf_add_u64le(out, h->epoch);
     keel_buf_add_u32le(out, (uint32_t)size);
     keel_buf_add_u32le(out, 0);
+    body = out->len;
 
     switch (h->type) {
     case KEEL_MSG_HELLO:
         keel_buf_add_u8(out, m->u.hello.role);
         keel_buf_add_zero(out, 7);
         keel_buf_add_u64le(out, m->u.hello.incarnation);
-        wr_str(out, m->u.hello.node_id);
+        wr_str(out, body, m->u.hello.node_id);
         break;
     case KEEL_MSG_PUSH:
-        wr_push(out, &m->u.push);
+        wr_push(out, body, &m->u.push);
         break;
     case KEEL_MSG_PULL:
         wr_rows_head(out, &m->u.pull.data, 0);
         keel_buf_add_u64le(out, m->u.pull.clock);
-        wr_str(out, m->u.pull.worker_id);
+        wr_str(out, body, m->u.pull.worker_id);
         wr_rows_data(out, &m->u.pull.data, 0);
         break;
     case KEEL_MSG_PULL_REPLY:
@@ -596,19 +622,19 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
         keel_buf_add_u32le(out, (uint32_t)m->u.error.code);
         keel_buf_add_u32le(out, 0);
         keel_buf_add_u64le(out, m->u.error.assignment_version);
-        wr_str(out, m->u.error.message);
+        wr_str(out, body, m->u.error.message);
         break;
     case KEEL_MSG_REPLICATE:
         keel_buf_add_u32le(out, m->u.replicate.range);
         keel_buf_add_u32le(out, 0);
         keel_buf_add_u64le(out, m->u.replicate.lsn);
-        wr_push(out, &m->u.replicate.push);
+        wr_push(out, body, &m->u.replicate.push);
         break;
     case KEEL_MSG_SHARD_READ:
         keel_buf_add_u32le(out, m->u.shard_read.shard);
         keel_buf_add_u32le(out, m->u.shard_read.max_records);
         keel_buf_add_u64le(out, m->u.shard_read.first);
-        wr_str(out, m->u.shard_read.dataset);
+        wr_str(out, body, m->u.shard_read.dataset);
         break;
     case KEEL_MSG_SHARD_DATA:
         keel_buf_add_u32le(out, m->u.shard_data.shard);
@@ -639,12 +665,12 @@ void keel_proto_encode_reject(struct keel_buf *out, const struct keel_frame_head
     m.hdr.request_id = req ? req->request_id : 0;
     m.u.error.code = code < 0 ? code : KEEL_EINVAL;
     if (code == KEEL_EVERSION && req)
-        snprintf(text, sizeof(text),
-                 "unsupported protocol version %u: this node speaks version %u", req->version,
-                 KEEL_PROTO_VERSION);
+        snprintf(text, sizeof(text), "unsupported protocol version %u: this node speaks version %u",
+                 req->version, (unsigned)KEEL_PROTO_VERSION);
+    else if (message != NULL && message[0] != '\0')
+        snprintf(text, sizeof(text), "%s: %s", keel_strerror(m.u.error.code), message);
     else
-        snprintf(text, sizeof(text), "%s: %s", keel_strerror(m.u.error.code),
-                 message ? message : "");
+        snprintf(text, sizeof(text), "%s", keel_strerror(m.u.error.code));
     m.u.error.message = keel_str_of(text);
     /* Our own text, bounded above and free of NUL: encoding cannot fail. */
     if (keel_proto_encode(out, &m, NULL) != 0)

@@ -1,5 +1,6 @@
 /*
- * main.c - keel-server: the Keel parameter server: holds key ranges, applies updates, stores snapshots.
+ * main.c - keel-server: the Keel parameter server: holds key ranges, applies updates, stores
+ * snapshots.
  */
 #include "keel/cli.h"
 

@@ -38,7 +38,10 @@ struct keel_view {
 };
 
 extern unsigned char keel_buf_slopbuf[];
-#define KEEL_BUF_INIT {0, 0, keel_buf_slopbuf}
+#define KEEL_BUF_INIT                                                                              \
+    {                                                                                              \
+        0, 0, keel_buf_slopbuf                                                                     \
+    }
 
 /* Initialize an empty buffer, reserving `hint` bytes when non-zero. */
 void keel_buf_init(struct keel_buf *b, size_t hint);
@@ -82,13 +85,8 @@ void keel_buf_add_str(struct keel_buf *b, const char *s);
 
 /* Append printf-style text. */
 void keel_buf_addf(struct keel_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void keel_buf_vaddf(struct keel_buf *b, const char *fmt, va_list ap);
-
-/* Append integers in little-endian byte order. */
-void keel_buf_add_u8(struct keel_buf *b, uint8_t v);
-void keel_buf_add_u16le(struct keel_buf *b, uint16_t v);
-void keel_buf_add_u32le(struct keel_buf *b, uint32_t v);
-void keel_buf_add_u64le(struct keel_buf *b, uint64_t v);
+void keel_buf_vaddf(struct keel_buf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /* Drop the first `n` bytes (n <= len), moving the rest to the front. */
 void keel_buf_consume(struct keel_buf *b, size_t n);
@@ -141,6 +139,42 @@ static inline void keel_store_u64le(unsigned char *p, uint64_t v)
 {
     keel_store_u32le(p, (uint32_t)v);
     keel_store_u32le(p + 4, (uint32_t)(v >> 32));
+}
+
+/*
+ * Append integers in little-endian byte order.  Inline, with the room check
+ * first: encoders call these for every field of every frame.
+ */
+static inline unsigned char *keel__buf_room(struct keel_buf *b, size_t n)
+{
+    unsigned char *p;
+
+    if (keel_buf_avail(b) < n)
+        keel_buf_grow(b, n);
+    p = b->buf + b->len;
+    b->len += n;
+    b->buf[b->len] = '\0';
+    return p;
+}
+
+static inline void keel_buf_add_u8(struct keel_buf *b, uint8_t v)
+{
+    *keel__buf_room(b, 1) = v;
+}
+
+static inline void keel_buf_add_u16le(struct keel_buf *b, uint16_t v)
+{
+    keel_store_u16le(keel__buf_room(b, 2), v);
+}
+
+static inline void keel_buf_add_u32le(struct keel_buf *b, uint32_t v)
+{
+    keel_store_u32le(keel__buf_room(b, 4), v);
+}
+
+static inline void keel_buf_add_u64le(struct keel_buf *b, uint64_t v)
+{
+    keel_store_u64le(keel__buf_room(b, 8), v);
 }
 
 #endif

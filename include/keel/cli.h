@@ -6,6 +6,7 @@
  *   --log-level LEVEL           shorthand for --set log.level=LEVEL
  *   --check-config              load and validate, print "config ok", exit 0
  *   --dump-config               print the effective configuration as INI, exit 0
+ *   --describe-config           print the option table as Markdown, exit 0
  *   --help, -h / --version, -V
  *
  * Exit codes follow sysexits(3): 0 success, 64 usage error, 78 configuration
@@ -23,8 +24,8 @@
 #define KEEL_EXIT_CONFIG      78
 
 struct keel_cli_spec {
-    const char *name;    /* "keel-server" */
-    const char *summary; /* one line for --help */
+    const char *name;            /* "keel-server" */
+    const char *summary;         /* one line for --help */
     const char *const *required; /* NULL-terminated "section.key" list that must be set */
     /*
      * The binary's job, run with the loaded configuration and the arguments

@@ -39,7 +39,7 @@ struct keel_config {
     /* [net] */
     unsigned io_threads;
     unsigned max_connections;
-    uint64_t max_frame_size;       /* bytes, header included */
+    uint64_t max_frame_size; /* bytes, header included */
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t request_timeout_ms;

@@ -33,16 +33,16 @@
 #error "Keel reads keys and rows in place and needs a little-endian host"
 #endif
 
-#define KEEL_PROTO_MAGIC   UINT32_C(0x4C45454B) /* the bytes 'K' 'E' 'E' 'L' */
-#define KEEL_PROTO_VERSION 1
+#define KEEL_PROTO_MAGIC       UINT32_C(0x4C45454B) /* the bytes 'K' 'E' 'E' 'L' */
+#define KEEL_PROTO_VERSION     1
 #define KEEL_PROTO_HEADER_SIZE 32
 
 /* Limits that hold whatever the configured maximum frame size is. */
-#define KEEL_PROTO_MIN_FRAME_MAX  4096             /* smallest max frame size allowed */
-#define KEEL_PROTO_MAX_ROW_WIDTH  (UINT32_C(1) << 20) /* floats per row */
-#define KEEL_PROTO_MAX_ID         64   /* node ids, worker ids, dataset names */
-#define KEEL_PROTO_MAX_MESSAGE    1024 /* ERROR message text */
-#define KEEL_PROTO_NRANGES        256  /* key ranges; REPLICATE's range is below this */
+#define KEEL_PROTO_MIN_FRAME_MAX 4096                /* smallest max frame size allowed */
+#define KEEL_PROTO_MAX_ROW_WIDTH (UINT32_C(1) << 20) /* floats per row */
+#define KEEL_PROTO_MAX_ID        64                  /* node ids, worker ids, dataset names */
+#define KEEL_PROTO_MAX_MESSAGE   1024                /* ERROR message text */
+#define KEEL_PROTO_NRANGES       256 /* key ranges; REPLICATE's range is below this */
 
 /* Message types; the numbers are on the wire. */
 #define KEEL_MSG_TYPE_MAP(X)                                                                       \
@@ -65,9 +65,10 @@ enum keel_msg_type {
 
 #define KEEL_MSG_TYPE_MAX 10
 
-/* Header flags; any other bit set is refused (KEEL_EFLAGS). */
-#define KEEL_FLAG_REPLY 0x0001u /* this frame answers the request with the same id */
-#define KEEL_FLAG_LAST  0x0002u /* SHARD_DATA: no records after these in the shard */
+/* Header flags; any other bit, or LAST on a type other than SHARD_DATA, is refused (KEEL_EFLAGS).
+ */
+#define KEEL_FLAG_REPLY  0x0001u /* this frame answers the request with the same id */
+#define KEEL_FLAG_LAST   0x0002u /* SHARD_DATA: no records after these in the shard */
 #define KEEL_FLAGS_KNOWN (KEEL_FLAG_REPLY | KEEL_FLAG_LAST)
 
 /* Roles a node can have; the numbers are on the wire (HELLO). */
@@ -126,7 +127,7 @@ struct keel_msg_push {
 
 struct keel_msg_pull {
     struct keel_str worker_id;
-    uint64_t clock;       /* the clock the worker is about to compute */
+    uint64_t clock;        /* the clock the worker is about to compute */
     struct keel_rows data; /* rows is NULL: a pull carries keys only */
 };
 
@@ -164,9 +165,9 @@ struct keel_msg_shard_read {
 struct keel_msg_shard_data {
     uint32_t shard;
     uint32_t nrecords;
-    uint64_t first;           /* index of records[0] in the shard */
-    uint64_t total;           /* records in the shard */
-    const uint32_t *offsets;  /* nrecords + 1 offsets into data, offsets[0] == 0 */
+    uint64_t first;            /* index of records[0] in the shard */
+    uint64_t total;            /* records in the shard */
+    const uint32_t *offsets;   /* nrecords + 1 offsets into data, offsets[0] == 0 */
     const unsigned char *data; /* record i is data[offsets[i] .. offsets[i+1]) */
 };
 
@@ -216,7 +217,8 @@ int keel_proto_header_decode(const void *data, size_t len, size_t max_frame,
 
 /*
  * Decode the frame at `frame`, of which `len` bytes are available (more may
- * follow: only 32 + body_len are used).  `frame` must be 8-byte aligned.
+ * follow: only 32 + body_len are used).  `frame` must be 8-byte aligned
+ * (KEEL_EINVAL otherwise: a bug of the caller, refused rather than read).
  * On success *m points into `frame`.
  * Errors: those of keel_proto_header_decode(); KEEL_EBODYLEN when the body
  * is longer than what is available; then, for the body: KEEL_ESHORTBODY,

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# test.sh - Keel's whole test suite, from a fresh Debian 12 machine.
+#
+# Installs the Debian packages it needs, then:
+#   1. the normal build (gcc, -Werror), all tests (ctest labels unit, integration);
+#   2. the sanitizer build (ASan + UBSan), all tests again;
+#   3. the fuzz build (clang + libFuzzer), each fuzz target for a bounded time;
+#   4. formatting (clang-format) and static analysis (cppcheck).
+#
+# Environment:
+#   KEEL_FUZZ_SECONDS   seconds per fuzz target (default 60)
+#   KEEL_TEST_JOBS      ctest parallelism (default: number of cores)
+#   KEEL_SKIP           space-separated steps to skip: asan fuzz lint
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+fuzz_seconds=${KEEL_FUZZ_SECONDS:-60}
+jobs=${KEEL_TEST_JOBS:-$(nproc)}
+skip=" ${KEEL_SKIP:-} "
+started=$(date +%s)
+
+step() { printf '\n=== %s ===\n' "$*"; }
+skipped() { [[ "$skip" == *" $1 "* ]]; }
+
+step "dependencies"
+"$top/scripts/install-deps"
+echo "all Debian packages present"
+
+build_and_test() {
+    local dir=$1
+    shift
+    cmake -S "$top" -B "$top/$dir" -DKEEL_WERROR=ON "$@" >/dev/null
+    cmake --build "$top/$dir" -j "$(nproc)" >"$top/$dir/build-output.log" 2>&1 || {
+        cat "$top/$dir/build-output.log"
+        echo "test.sh: build in $dir failed" >&2
+        return 1
+    }
+    (cd "$top/$dir" && ctest --output-on-failure -j "$jobs")
+}
+
+step "normal build and tests (build/)"
+build_and_test build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+if ! skipped asan; then
+    step "ASan + UBSan build and tests (build-asan/)"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        build_and_test build-asan -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=ON -DKEEL_BENCH=OFF
+fi
+
+if ! skipped fuzz; then
+    step "fuzz targets, ${fuzz_seconds}s each (build-fuzz/)"
+    CC=clang cmake -S "$top" -B "$top/build-fuzz" -DKEEL_FUZZ=ON -DKEEL_WERROR=ON \
+        -DKEEL_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    cmake --build "$top/build-fuzz" -j "$(nproc)" >"$top/build-fuzz/build-output.log" 2>&1 || {
+        cat "$top/build-fuzz/build-output.log"
+        exit 1
+    }
+    for target in "$top"/build-fuzz/fuzz/fuzz_*; do
+        name=$(basename "$target")
+        seeds="$top/tests/fixtures/${name#fuzz_}-corpus"
+        corpus=$(mktemp -d)
+        [ -d "$seeds" ] && cp "$seeds"/* "$corpus"/
+        echo "--- $name (seeds: ${seeds#"$top"/})"
+        # Findings are written to the build tree, never into the sources.
+        if ! (cd "$top/build-fuzz" && "$target" -max_total_time="$fuzz_seconds" \
+            -print_final_stats=1 "$corpus" >"$top/build-fuzz/$name.log" 2>&1); then
+            tail -n 40 "$top/build-fuzz/$name.log"
+            rm -rf "$corpus"
+            echo "test.sh: $name found a failure (reproducer in build-fuzz/)" >&2
+            exit 1
+        fi
+        grep -E 'stat::number_of_executed_units|Done [0-9]+ runs' "$top/build-fuzz/$name.log" || true
+        rm -rf "$corpus"
+    done
+fi
+
+if ! skipped lint; then
+    step "formatting and static analysis"
+    mapfile -t sources < <(git ls-files -- '*.c' '*.h' 2>/dev/null ||
+        find include common storage server worker coordinator keelctl tests bench \
+            -name '*.[ch]')
+    clang-format --dry-run --Werror "${sources[@]}"
+    echo "clang-format: ${#sources[@]} files clean"
+    cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
+        --std=c11 -D__GNUC__ -D__BYTE_ORDER__=1234 -D__ORDER_LITTLE_ENDIAN__=1234 -I include -I build/include \
+        include common storage server worker coordinator keelctl
+    echo "cppcheck: clean"
+fi
+
+printf '\ntest.sh: all steps passed in %ss\n' "$(($(date +%s) - started))"
