@@ -13,7 +13,7 @@
 static void usage(const struct keel_cli_spec *spec, FILE *out)
 {
     fprintf(out,
-            "usage: %s [--config FILE] [--set SECTION.KEY=VALUE]... [options]\n"
+            "usage: %s [--config FILE] [--set SECTION.KEY=VALUE]... [options]%s\n"
             "%s\n"
             "\n"
             "options:\n"
@@ -28,7 +28,11 @@ static void usage(const struct keel_cli_spec *spec, FILE *out)
             "\n"
             "Options, their defaults and meanings: %s --dump-config\n"
             "Exit status: 0 ok, 1 failure, 64 usage, 69 nothing to run, 78 bad configuration.\n",
-            spec->name, spec->summary, spec->name);
+            spec->name, spec->usage_tail ? spec->usage_tail : "", spec->summary, spec->name);
+    if (spec->list_commands) {
+        fputc('\n', out);
+        spec->list_commands(out);
+    }
 }
 
 int keel_cli_main(const struct keel_cli_spec *spec, int argc, char **argv)

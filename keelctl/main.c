@@ -1,15 +1,49 @@
 /*
  * main.c - keelctl: the operator's command-line tool.
  */
+#include <stdio.h>
+#include <string.h>
+
 #include "keel/cli.h"
+#include "keelctl.h"
+
+/* The commands, in the order `keelctl --help` lists them. */
+static const struct keelctl_command commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void list_commands(FILE *out)
+{
+    fprintf(out, "commands:\n");
+    for (const struct keelctl_command *c = commands; c->name; c++)
+        fprintf(out, "  %-12s %s\n", c->name, c->summary);
+    fprintf(out, "Run 'keelctl COMMAND --help' for a command's own options.\n");
+}
+
+static int dispatch(const struct keel_config *config, int argc, char **argv)
+{
+    if (argc < 1) {
+        fprintf(stderr, "keelctl: no command given\n");
+        list_commands(stderr);
+        return KEEL_EXIT_USAGE;
+    }
+    for (const struct keelctl_command *c = commands; c->name; c++)
+        if (strcmp(argv[0], c->name) == 0)
+            return c->run(config, argc, argv);
+    fprintf(stderr, "keelctl: unknown command '%s'\n", argv[0]);
+    list_commands(stderr);
+    return KEEL_EXIT_USAGE;
+}
 
 int main(int argc, char **argv)
 {
     static const struct keel_cli_spec spec = {
         .name = "keelctl",
         .summary = "the Keel operator tool: certificates, datasets, jobs, status, checkpoints",
+        .usage_tail = " COMMAND [ARGS...]",
+        .list_commands = list_commands,
         .required = NULL,
-        .run = NULL,
+        .run = dispatch,
     };
 
     return keel_cli_main(&spec, argc, argv);

@@ -15,6 +15,8 @@
 #ifndef KEEL_CLI_H
 #define KEEL_CLI_H
 
+#include <stdio.h>
+
 #include "keel/config.h"
 
 #define KEEL_EXIT_OK          0
@@ -24,9 +26,11 @@
 #define KEEL_EXIT_CONFIG      78
 
 struct keel_cli_spec {
-    const char *name;            /* "keel-server" */
-    const char *summary;         /* one line for --help */
-    const char *const *required; /* NULL-terminated "section.key" list that must be set */
+    const char *name;                 /* "keel-server" */
+    const char *summary;              /* one line for --help */
+    const char *usage_tail;           /* appended to the usage line, or NULL */
+    void (*list_commands)(FILE *out); /* prints the commands after the options, or NULL */
+    const char *const *required;      /* NULL-terminated "section.key" list that must be set */
     /*
      * The binary's job, run with the loaded configuration and the arguments
      * left after the options (argv[0] is the first of them).  NULL while the

@@ -52,9 +52,18 @@ for bin in keel-coordinator keel-server keel-worker keelctl; do
     expect_out "^io_threads = 5$" "$bin --dump-config shows the override"
     expect_out "^id = n1$" "$bin --dump-config shows the file"
 
-    run "$exe" --config "$tmp/good.ini"
-    expect_status 69 "$bin without a job"
-    expect_err "nothing to run yet" "$bin without a job"
+    if [ "$bin" = keelctl ]; then
+        run "$exe" --config "$tmp/good.ini"
+        expect_status 64 "keelctl without a command"
+        expect_err "no command given" "keelctl without a command"
+        run "$exe" --config "$tmp/good.ini" frobnicate
+        expect_status 64 "keelctl unknown command"
+        expect_err "unknown command 'frobnicate'" "keelctl unknown command"
+    else
+        run "$exe" --config "$tmp/good.ini"
+        expect_status 69 "$bin without a job"
+        expect_err "nothing to run yet" "$bin without a job"
+    fi
 done
 
 # Roles that need an identity refuse to start without one.
