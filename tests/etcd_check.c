@@ -570,6 +570,7 @@ static int cmd_election(int argc, char **argv)
     keel_etcd_kv_release(&kv);
     CHECK(wait_observed("B", 5000), "observe did not report B");
     OK(keel_etcd_resign(client, &a, &err)); /* resigning again is harmless */
+    keel_etcd_leader_release(&a);
 
     /* Campaigning with a lease that is gone fails clearly. */
     OK(keel_etcd_grant(client, 5, &dead, NULL, &err));

@@ -49,6 +49,20 @@ elected_is() { [ "$(elected)" = "$1" ]; }
 logged() { grep -q "$2" "$tmp/$1.log"; }
 alive() { kill -0 "${pid[$1]}" 2>/dev/null; }
 
+# --- etcd unreachable at start: the coordinator waits, and still stops cleanly ---
+ETCD_ENDPOINT=http://127.0.0.1:$(free_port)
+start c9
+if wait_for 10 logged c9 "cannot register, will keep trying"; then ok; else
+    fail "no word of the unreachable etcd" "$(cat "$tmp/c9.log")"
+fi
+if alive c9; then ok; else fail "coordinator gave up while etcd was unreachable"; fi
+t0=$(now_ms)
+kill -TERM "${pid[c9]}"
+wait "${pid[c9]}"
+run echo "exit $? after $(($(now_ms) - t0)) ms"
+expect_out '^exit 0 ' "SIGTERM while etcd is unreachable"
+unset "pid[c9]"
+
 etcd_start "$tmp/etcd" || exit 1
 
 # --- one leader, one standby ------------------------------------------------
