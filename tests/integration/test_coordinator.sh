@@ -202,6 +202,23 @@ else fail "leader record not $other's after SIGTERM"; fi
 run grep -E "resigned as leader|left as member" "$tmp/$lead_now.log"
 expect_status 0 "the leaving coordinator logs its resignation"
 
+# --- the leader's lease revoked under it: it steps down at once, then leads anew ---
+lease_dec=$(etcdctl_ get /keel/t/members/coordinator/$other -w json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["kvs"][0]["lease"])')
+downs_before=$(grep -c "stepped down as leader" "$tmp/$other.log")
+t0=$(now_ms)
+etcdctl_ lease revoke "$(printf '%x' "$lease_dec")" >/dev/null
+stepped() { [ "$(grep -c "stepped down as leader" "$tmp/$other.log")" -gt "$downs_before" ]; }
+if wait_for 5 stepped; then
+    took=$(($(now_ms) - t0))
+    echo "leader stepped down $took ms after its lease was revoked"
+    if [ "$took" -le $((ttl * 1000)) ]; then ok; else fail "stepping down took $took ms"; fi
+else
+    fail "$other did not step down when its lease was revoked" "$(tail -n 5 "$tmp/$other.log")"
+fi
+leads_again() { [ "$(grep -c "became leader" "$tmp/$other.log")" -ge 2 ]; }
+if wait_for 10 leads_again; then ok; else fail "$other did not lead again after re-registering"; fi
+
 # --- a second node with a running node's id is refused ---------------------------
 run "$coord" -o node.id="$other" -o cluster.name=t -o cluster.etcd="$ETCD_ENDPOINT" \
     -o etcd.lease_ttl=${ttl}s
