@@ -24,4 +24,7 @@ struct keelctl_command {
     int (*run)(const struct keel_config *config, int argc, char **argv);
 };
 
+/* keelctl checkpoint: cmd_checkpoint.c */
+int keelctl_checkpoint(const struct keel_config *config, int argc, char **argv);
+
 #endif

@@ -9,6 +9,7 @@
 
 /* The commands, in the order `keelctl --help` lists them. */
 static const struct keelctl_command commands[] = {
+    {"checkpoint", "checkpoints: list, verify, diff, export, prune; audit", keelctl_checkpoint},
     {NULL, NULL, NULL},
 };
 

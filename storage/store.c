@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 
 #include "keel/alloc.h"
@@ -331,6 +333,35 @@ static int begin_txn(keel_store *s, unsigned flags, MDB_txn **txn, struct keel_e
     return 0;
 }
 
+/*
+ * A failed commit.  LMDB reports a short write (a full disk, a file size
+ * limit) as EIO, so for write errors say how much room there was.
+ */
+static int commit_error(keel_store *s, int rc, struct keel_error *err)
+{
+    struct statvfs vfs;
+    struct rlimit lim;
+    char room[160] = "";
+
+    if (rc == EIO || rc == ENOSPC || rc == EFBIG || rc == EDQUOT) {
+        int n = 0;
+        if (statvfs(s->dir, &vfs) == 0)
+            n = snprintf(room, sizeof(room), " (disk full? %llu MiB free on its file system",
+                         (unsigned long long)vfs.f_bavail * vfs.f_frsize >> 20);
+        if (n > 0 && getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+            n += snprintf(room + n, sizeof(room) - (size_t)n, "; file size limit %llu KiB",
+                          (unsigned long long)lim.rlim_cur >> 10);
+        if (n > 0 && (size_t)n < sizeof(room) - 1)
+            snprintf(room + n, sizeof(room) - (size_t)n, ")");
+    }
+    rc = keel_store_mdb_err(err, rc, "cannot commit to store '%s'", s->dir);
+    if (err != NULL && room[0] != '\0') {
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof(err->msg) - len, "%s", room);
+    }
+    return rc;
+}
+
 int keel_store_write(keel_store *s, keel_store_fn fn, void *ctx, struct keel_error *err)
 {
     MDB_txn *txn;
@@ -355,7 +386,7 @@ int keel_store_write(keel_store *s, keel_store_fn fn, void *ctx, struct keel_err
             if (rc == 0)
                 break;
             if (rc != MDB_MAP_FULL) {
-                rc = keel_store_mdb_err(err, rc, "cannot commit to store '%s'", s->dir);
+                rc = commit_error(s, rc, err);
                 break;
             }
             rc = -ENOSPC; /* the map filled while committing */
