@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <xxhash.h>
@@ -218,6 +219,26 @@ int keel__shard_decode(const void *data, size_t len, struct keel_shard_pos *sp, 
 }
 
 /* ---- snapshots in memory ---------------------------------------------- */
+
+/*
+ * Memory for a loaded table's arrays (freed with free()).  Large arrays are
+ * 2 MiB aligned and advised as huge pages: a restore writes every byte of
+ * them once, and faulting in 4 KiB pages would cost more than the copy.
+ */
+static void *table_array(uint64_t n, size_t elem)
+{
+    size_t size = keel_size_mul((size_t)n, elem);
+    void *p;
+
+    if (size < ((size_t)4 << 20))
+        return keel_malloc(size);
+    if (posix_memalign(&p, (size_t)2 << 20, size) != 0)
+        return keel_malloc(size); /* aborts if there really is no memory */
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
+}
 
 void keel_snapshot_release(struct keel_snapshot *snap)
 {
@@ -569,6 +590,19 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     rc = read_head(s, txn, range, &h, err);
     if (rc != 0)
         return rc;
+    /* Sizes come from the store: no more bytes than the map can hold. */
+    {
+        uint64_t bytes = 0;
+        for (uint32_t i = 0; i < h.ntables; i++)
+            bytes += h.dir[i].nrows * (8 + 4 * ((uint64_t)h.dir[i].width + h.dir[i].state_width));
+        if (bytes > keel_store_map_size(s)) {
+            free(h.dir);
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "store '%s': snapshot of range %" PRIu32 ": header claims %" PRIu64
+                                " bytes, more than the store holds",
+                                keel_store_dir(s), range, bytes);
+        }
+    }
     snap->owned = 1;
     snap->range = range;
     snap->lsn = h.lsn;
@@ -581,10 +615,10 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
         t->width = h.dir[i].width;
         t->state_width = h.dir[i].state_width;
         t->nrows = 0; /* counts up as blocks arrive */
-        t->keys = keel_malloc(keel_size_mul(h.dir[i].nrows, 8));
-        t->rows = keel_malloc(keel_size_mul(keel_size_mul(h.dir[i].nrows, t->width), 4));
+        t->keys = table_array(h.dir[i].nrows, 8);
+        t->rows = table_array(h.dir[i].nrows, keel_size_mul(t->width, 4));
         if (t->state_width > 0)
-            t->state = keel_malloc(keel_size_mul(keel_size_mul(h.dir[i].nrows, t->state_width), 4));
+            t->state = table_array(h.dir[i].nrows, keel_size_mul(t->state_width, 4));
     }
     digest = XXH3_createState();
     XXH3_64bits_reset(digest);

@@ -2,6 +2,8 @@
  * store.c - the LMDB environment: open, format stamp, growing map, transactions.
  */
 #include <errno.h>
+#include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -276,6 +278,25 @@ const char *keel_store_dir(const keel_store *s)
 MDB_dbi keel_store_dbi(const keel_store *s, enum keel_db db)
 {
     return s->dbi[db];
+}
+
+int keel_store_tune_malloc(size_t keep)
+{
+#ifdef __GLIBC__
+    if (keep == 0)
+        keep = (size_t)512 << 20;
+    if (keep > INT_MAX)
+        keep = INT_MAX;
+    /* Allocations below `keep` come from the heap, and the heap is not trimmed below it. */
+    if (mallopt(M_MMAP_THRESHOLD, (int)(keep < ((size_t)32 << 20) ? keep : (size_t)32 << 20)) ==
+            0 ||
+        mallopt(M_TRIM_THRESHOLD, (int)keep) == 0)
+        return -EINVAL;
+    return 0;
+#else
+    (void)keep;
+    return -ENOTSUP;
+#endif
 }
 
 MDB_env *keel_store_env(keel_store *s)

@@ -126,6 +126,19 @@ MDB_env *keel_store_env(keel_store *s);
 size_t keel_store_map_size(keel_store *s);
 
 /*
+ * Process-wide, optional: make the C library keep the memory of large write
+ * transactions for the next one instead of returning it to the kernel after
+ * every commit (LMDB allocates a snapshot's dirty pages with malloc; getting
+ * them back from the kernel costs a page fault and a zeroed page each, which
+ * is most of a big snapshot write).  Sets glibc's trim threshold to `keep`
+ * bytes (0: 512 MiB), so up to that much freed memory stays in the process,
+ * and its mmap threshold to min(keep, 32 MiB), so that blocks come from the
+ * heap.  Meant for a server's start-up, before threads; keelctl and tests
+ * need not call it.  Returns 0, or -ENOTSUP without glibc.
+ */
+int keel_store_tune_malloc(size_t keep);
+
+/*
  * A unit of work inside a transaction.  Return 0 on success or a negative
  * code (set `err`).  A write callback that gets an LMDB error should return
  * keel_store_mdb_err(err, rc, ...) so that a full map (-ENOSPC) is noticed
