@@ -129,7 +129,7 @@ static int cmd_list(keel_store *s, const struct opts *o)
         printf("%-6s %-20s %10s  %-20s %6s %12s\n", "ID", "JOB", "CLOCK", "CREATED", "RANGES",
                "ROWS");
     for (size_t i = 0; i < n; i++) {
-        struct keel_manifest m;
+        struct keel_manifest m = {0};
         char when[32];
         uint64_t rows = 0;
 
@@ -165,7 +165,7 @@ static int cmd_list(keel_store *s, const struct opts *o)
 static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
 {
     struct keel_error err;
-    struct keel_manifest m;
+    struct keel_manifest m = {0};
     char when[32], hex[65];
 
     keel_error_init(&err);

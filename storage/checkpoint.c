@@ -205,7 +205,7 @@ static int take_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
 {
     struct take_ctx *tc = ctx;
     keel_store *s = tc->s;
-    struct keel_manifest m;
+    struct keel_manifest m = {0};
     struct keel_buf env = KEEL_BUF_INIT;
     uint32_t *ranges = NULL;
     size_t nranges = 0;
@@ -236,7 +236,7 @@ static int take_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     m.created_ns = now_ns();
     KEEL_ALLOC_ARRAY(m.ranges, nranges);
     for (size_t i = 0; i < nranges; i++) {
-        struct keel_snapshot snap;
+        struct keel_snapshot snap = {0};
 
         rc = keel_snapshot_load(s, txn, ranges[i], &snap, err);
         if (rc != 0) {
@@ -508,7 +508,7 @@ struct verify_ctx {
 static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
 {
     struct verify_ctx *vc = ctx;
-    struct keel_manifest m;
+    struct keel_manifest m = {0};
     struct keel_view json;
     unsigned char mac[32], want[32], digest[32];
     unsigned int n = 32;
@@ -540,7 +540,7 @@ static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     }
     for (size_t i = 0; i < m.nranges; i++) {
         EVP_MD_CTX *md = EVP_MD_CTX_new();
-        struct keel_snapshot snap;
+        struct keel_snapshot snap = {0};
 
         EVP_DigestInit_ex(md, EVP_sha256(), NULL);
         rc = load_range(vc->s, txn, vc->id, &m.ranges[i], &snap, md, err);
@@ -646,7 +646,7 @@ static int gather_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
 
     for (size_t i = 0; i < g->m->nranges; i++) {
         const struct keel_ckpt_range *r = &g->m->ranges[i];
-        struct keel_snapshot snap;
+        struct keel_snapshot snap = {0};
         struct keel_snap_table *st;
         int has = 0;
 
@@ -785,7 +785,7 @@ static void diff_tables(const struct keel_snap_table *a, const struct keel_snap_
 int keel_checkpoint_diff(keel_store *s, uint64_t a, uint64_t b, struct keel_ckpt_diff **diffs,
                          size_t *n, struct keel_error *err)
 {
-    struct keel_manifest ma, mb;
+    struct keel_manifest ma = {0}, mb = {0};
     uint32_t *ta = NULL, *tb = NULL, *all = NULL;
     size_t na, nb, nall = 0;
     int rc;
@@ -925,7 +925,7 @@ static int fsync_dir(const char *dir, struct keel_error *err)
 
 int keel_checkpoint_export(keel_store *s, uint64_t id, const char *dir, struct keel_error *err)
 {
-    struct keel_manifest m;
+    struct keel_manifest m = {0};
     uint32_t *tables = NULL;
     size_t ntables;
     char path[4096], detail[256];
@@ -940,7 +940,7 @@ int keel_checkpoint_export(keel_store *s, uint64_t id, const char *dir, struct k
     }
     ntables = keel_manifest_tables(&m, &tables);
     for (size_t i = 0; i < ntables && rc == 0; i++) {
-        struct keel_snap_table t;
+        struct keel_snap_table t = {0};
 
         rc = keel_checkpoint_table(s, &m, tables[i], &t, err);
         if (rc != 0)
@@ -982,7 +982,7 @@ struct restore_ctx {
 static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
 {
     struct restore_ctx *rc_ = ctx;
-    struct keel_manifest m;
+    struct keel_manifest m = {0};
     MDB_val v;
     char detail[64];
     int rc;
@@ -994,7 +994,7 @@ static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     if (rc != 0)
         return keel_err_prefix(err, rc, "checkpoint %" PRIu64, rc_->id);
     for (size_t i = 0; i < m.nranges && rc == 0; i++) {
-        struct keel_snapshot snap;
+        struct keel_snapshot snap = {0};
 
         rc = load_range(rc_->s, txn, rc_->id, &m.ranges[i], &snap, NULL, err);
         if (rc != 0)
@@ -1069,7 +1069,7 @@ static int prune_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     for (size_t i = 0; rc == 0 && i + p->keep < l.n; i++) {
         char detail[64];
         MDB_val v;
-        struct keel_manifest m;
+        struct keel_manifest m = {0};
         char job[KEEL_CKPT_MAX_JOB + 1] = "";
 
         /* The job name for the audit record, when the manifest still decodes. */
