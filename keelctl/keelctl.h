@@ -24,4 +24,7 @@ struct keelctl_command {
     int (*run)(const struct keel_config *config, int argc, char **argv);
 };
 
+/* keelctl certs: init, issue, show, revoke (cmd_certs.c). */
+int keelctl_cmd_certs(const struct keel_config *config, int argc, char **argv);
+
 #endif

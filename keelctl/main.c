@@ -9,6 +9,7 @@
 
 /* The commands, in the order `keelctl --help` lists them. */
 static const struct keelctl_command commands[] = {
+    {"certs", "make the cluster CA, issue, show and revoke node certificates", keelctl_cmd_certs},
     {NULL, NULL, NULL},
 };
 
