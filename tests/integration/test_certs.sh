@@ -138,6 +138,10 @@ expect_status 2 "openssl verify of another CA's certificate"
 expect_err "unable to get local issuer certificate" "another CA's certificate"
 run openssl verify -CAfile "$other/ca.crt" "$other/worker-w-1.crt"
 expect_status 0 "another CA's certificate against its own CA"
+# CA rotation: a bundle of both CAs (same subject name) verifies certificates of either
+cat "$ca/ca.crt" "$other/ca.crt" >"$tmp/both.crt"
+run openssl verify -CAfile "$tmp/both.crt" "$other/worker-w-1.crt" "$nodes/worker-w-1.crt"
+expect_status 0 "a CA bundle verifies certificates of both CAs"
 
 # ---- show ----
 run "$K" certs show "$nodes/worker-w-1.crt"
