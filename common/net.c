@@ -4,10 +4,12 @@
  * Threads: the acceptor runs an evconnlistener on its own event base and
  * hands each accepted socket to an I/O thread (round robin) through that
  * thread's queue and a user-triggered event.  Everything about a connection
- * happens on its I/O thread, except keel_conn_reply(), which may come from
- * any thread: it takes conn->lock and writes to a thread-safe bufferevent.
+ * happens on its I/O thread.  keel_conn_reply() from another thread puts the
+ * frame on the connection's queue (conn->lock) and wakes the I/O thread,
+ * which writes it: bufferevents are never touched by two threads.
  */
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -105,6 +107,40 @@ int keel__net_take_frame(struct evbuffer *in, size_t max_frame, struct keel_buf 
     return 1;
 }
 
+#define SOCKET_IO_MAX (256u << 10) /* bytes per read(2) or write(2) under TLS */
+
+struct bufferevent *keel__tls_bufferevent(struct event_base *base, int fd, SSL *ssl, int accepting,
+                                          struct bufferevent **under)
+{
+    int opts = BEV_OPT_CLOSE_ON_FREE;
+    struct bufferevent *sock, *tls;
+
+    sock = bufferevent_socket_new(base, fd, opts);
+    if (sock == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    bufferevent_set_max_single_read(sock, SOCKET_IO_MAX);
+    bufferevent_set_max_single_write(sock, SOCKET_IO_MAX);
+    tls = bufferevent_openssl_filter_new(
+        base, sock, ssl, accepting ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING, opts);
+    if (tls == NULL) {
+        SSL_free(ssl);
+        bufferevent_free(sock);
+        return NULL;
+    }
+    *under = sock;
+    return tls;
+}
+
+void keel__net_nodelay(int fd)
+{
+    int one = 1;
+
+    /* Requests and replies are whole frames: send them now, not after an ACK. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 struct timeval keel__ms_to_tv(uint64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
@@ -138,17 +174,30 @@ struct keel_listener {
     unsigned nconns; /* atomic */
 };
 
+/* A reply made on another thread, waiting for the I/O thread to write it. */
+struct outframe {
+    struct outframe *next;
+    unsigned char *data;
+    size_t len;
+};
+
 struct keel_conn {
     unsigned refs; /* atomic */
     struct io_thread *t;
-    pthread_mutex_t lock; /* guards bev against a close while another thread replies */
-    struct bufferevent *bev;
+    pthread_mutex_t lock; /* guards open, outq and other threads' use of flush_ev */
+    int open;             /* replies are still accepted */
+    struct outframe *outq, **outq_tail;
+    struct event *flush_ev;   /* user-triggered: outq has frames */
+    struct bufferevent *bev;  /* TLS, over sock */
+    struct bufferevent *sock; /* the socket; freed with bev */
     SSL *ssl;
     struct event *hs_timer;
+    struct event *close_ev; /* closes after a final reply is flushed (or a deadline) */
     struct keel_cert_identity peer;
     int handshaken;
-    int closing; /* answered a fatal error: close once the output is flushed */
-    int paused;  /* reading stopped for back-pressure */
+    int closing;    /* answered a fatal error: close once the output is flushed */
+    int paused;     /* reading stopped for back-pressure */
+    int idle_armed; /* the mid-frame read timeout is set */
     char addr[48];
     struct keel_buf frame;
     struct keel_conn *prev, *next;
@@ -189,21 +238,39 @@ static const char *conn_name(const struct keel_conn *conn, char *buf, size_t n)
     return buf;
 }
 
+static void flushed_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+
 /* Close now: on the connection's I/O thread only. */
 static void conn_close(struct keel_conn *conn)
 {
     struct io_thread *t = conn->t;
-    struct bufferevent *bev;
+    struct bufferevent *bev = conn->bev;
+    struct outframe *q, *next;
 
-    pthread_mutex_lock(&conn->lock);
-    bev = conn->bev;
-    conn->bev = NULL;
-    pthread_mutex_unlock(&conn->lock);
     if (bev == NULL)
         return;
+    conn->bev = NULL;
+    pthread_mutex_lock(&conn->lock);
+    conn->open = 0;
+    q = conn->outq;
+    conn->outq = NULL;
+    conn->outq_tail = &conn->outq;
+    pthread_mutex_unlock(&conn->lock);
+    for (; q; q = next) {
+        next = q->next;
+        free(q->data);
+        free(q);
+    }
+    event_free(conn->flush_ev);
+    conn->flush_ev = NULL;
     if (conn->hs_timer) {
         event_free(conn->hs_timer);
         conn->hs_timer = NULL;
+    }
+    if (conn->close_ev) {
+        evbuffer_remove_cb(bufferevent_get_output(conn->sock), flushed_cb, conn);
+        event_free(conn->close_ev);
+        conn->close_ev = NULL;
     }
     /* Close the socket now, without waiting for the TLS close_notify exchange. */
     SSL_set_shutdown(conn->ssl, SSL_RECEIVED_SHUTDOWN | SSL_SENT_SHUTDOWN);
@@ -218,16 +285,71 @@ static void conn_close(struct keel_conn *conn)
     keel_conn_unref(conn);
 }
 
-/* Write a whole frame already encoded in `b`; thread-safe. */
-static int conn_write(struct keel_conn *conn, const struct keel_buf *b)
+static void free_frame(const void *data, size_t len, void *arg)
 {
-    int rc = KEEL_EUNAVAILABLE;
+    free(arg);
+}
+
+/* On the I/O thread: move a frame's memory into the output. */
+static void conn_put(struct keel_conn *conn, unsigned char *data, size_t len)
+{
+    if (conn->bev == NULL) {
+        free(data);
+        return;
+    }
+    evbuffer_add_reference(bufferevent_get_output(conn->bev), data, len, free_frame, data);
+}
+
+/* On the I/O thread: write what other threads queued, in order. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct keel_conn *conn = arg;
+    struct outframe *q, *next;
 
     pthread_mutex_lock(&conn->lock);
-    if (conn->bev != NULL && bufferevent_write(conn->bev, b->buf, b->len) == 0)
-        rc = 0;
+    q = conn->outq;
+    conn->outq = NULL;
+    conn->outq_tail = &conn->outq;
     pthread_mutex_unlock(&conn->lock);
-    return rc;
+    for (; q; q = next) {
+        next = q->next;
+        conn_put(conn, q->data, q->len);
+        free(q);
+    }
+}
+
+/* Write a whole frame encoded in `b`, taking its memory; any thread. */
+static int conn_write(struct keel_conn *conn, struct keel_buf *b)
+{
+    struct outframe *f;
+    size_t len;
+    unsigned char *data = keel_buf_detach(b, &len);
+
+    if (pthread_equal(pthread_self(), conn->t->tid)) {
+        flush_cb(-1, 0, conn); /* keep the order of replies queued earlier */
+        if (conn->bev == NULL) {
+            free(data);
+            return KEEL_EUNAVAILABLE;
+        }
+        conn_put(conn, data, len);
+        return 0;
+    }
+    f = keel_malloc(sizeof(*f));
+    f->next = NULL;
+    f->data = data;
+    f->len = len;
+    pthread_mutex_lock(&conn->lock);
+    if (!conn->open) {
+        pthread_mutex_unlock(&conn->lock);
+        free(data);
+        free(f);
+        return KEEL_EUNAVAILABLE;
+    }
+    *conn->outq_tail = f;
+    conn->outq_tail = &f->next;
+    event_active(conn->flush_ev, EV_READ, 0);
+    pthread_mutex_unlock(&conn->lock);
+    return 0;
 }
 
 int keel_conn_reply(struct keel_conn *conn, const struct keel_frame_header *req,
@@ -257,15 +379,65 @@ int keel_conn_reply_error(struct keel_conn *conn, const struct keel_frame_header
     return rc;
 }
 
-/* Answer with ERROR, then close once it is written. */
+#define FLUSH_DEADLINE_MS 2000 /* a peer that does not read its last reply is cut off */
+
+static void close_cb(evutil_socket_t fd, short what, void *arg)
+{
+    conn_close(arg);
+}
+
+/* The socket's output changed; once empty, the final reply has left: close. */
+static void flushed_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct keel_conn *conn = arg;
+
+    if (evbuffer_get_length(buf) == 0 && conn->close_ev)
+        event_active(conn->close_ev, EV_TIMEOUT, 0);
+}
+
+/* Answer with ERROR, stop reading, and close once the answer is on the wire. */
 static void conn_fail(struct keel_conn *conn, const struct keel_frame_header *h, int code,
                       const char *why)
 {
+    struct timeval tv = keel__ms_to_tv(FLUSH_DEADLINE_MS);
+
     keel_conn_reply_error(conn, h, code, why);
     conn->closing = 1;
     bufferevent_disable(conn->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0)
+    conn->close_ev = evtimer_new(conn->t->base, close_cb, conn);
+    evbuffer_add_cb(bufferevent_get_output(conn->sock), flushed_cb, conn);
+    evtimer_add(conn->close_ev, &tv);
+    if (evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0 &&
+        evbuffer_get_length(bufferevent_get_output(conn->sock)) == 0)
+        event_active(conn->close_ev, EV_TIMEOUT, 0);
+}
+
+/*
+ * The handshake is done: read the peer's identity, or close.  Returns 0 when
+ * the connection may be used.  Called from the CONNECTED event and from the
+ * first read, whichever comes first (with TLS as a filter, data read in the
+ * same pass as the handshake's end reaches the read callback first).
+ */
+static int conn_established(struct keel_conn *conn)
+{
+    struct keel_error err;
+    char who[160];
+
+    if (conn->handshaken)
+        return 0;
+    if (conn->hs_timer) {
+        event_free(conn->hs_timer);
+        conn->hs_timer = NULL;
+    }
+    keel_error_init(&err);
+    if (keel_tls_peer(conn->ssl, &conn->peer, &err) != 0) {
+        KEEL_LOG_WARN("refusing connection from %s: %s", conn->addr, err.msg);
         conn_close(conn);
+        return -1;
+    }
+    conn->handshaken = 1;
+    KEEL_LOG_DEBUG("connection from %s", conn_name(conn, who, sizeof(who)));
+    return 0;
 }
 
 /* One whole, header-valid frame in conn->frame: decode, authorize, hand over. */
@@ -318,6 +490,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 
     keel_error_init(&err);
     keel_conn_ref(conn); /* a close below must not free conn under us */
+    if (conn_established(conn) != 0)
+        goto out;
     while (!conn->closing && conn->bev != NULL) {
         rc = keel__net_take_frame(in, l->o.max_frame_size, &conn->frame, &h, &err);
         if (rc == 1) {
@@ -350,12 +524,17 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 partial:
     if (conn->bev == NULL || conn->closing)
         goto out;
-    /* Silence in the middle of a frame is bounded; between frames it is not. */
-    if (evbuffer_get_length(in) > 0) {
+    /*
+     * Silence in the middle of a frame is bounded; between frames it is not.
+     * The timer restarts with every read, so it is set once per frame.
+     */
+    if (evbuffer_get_length(in) > 0 && !conn->idle_armed) {
         struct timeval tv = keel__ms_to_tv(l->o.idle_timeout_ms);
         bufferevent_set_timeouts(bev, &tv, NULL);
-    } else {
+        conn->idle_armed = 1;
+    } else if (evbuffer_get_length(in) == 0 && conn->idle_armed) {
         bufferevent_set_timeouts(bev, NULL, NULL);
+        conn->idle_armed = 0;
     }
     if (!conn->paused && evbuffer_get_length(bufferevent_get_output(bev)) > l->o.max_output) {
         conn->paused = 1;
@@ -370,11 +549,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     struct keel_conn *conn = arg;
 
-    if (conn->closing) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-            conn_close(conn);
-        return;
-    }
+    if (conn->closing)
+        return; /* close_ev takes it from here */
     if (conn->paused) {
         conn->paused = 0;
         bufferevent_enable(bev, EV_READ);
@@ -392,17 +568,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
     keel_error_init(&err);
     if (what & BEV_EVENT_CONNECTED) {
-        if (conn->hs_timer) {
-            event_free(conn->hs_timer);
-            conn->hs_timer = NULL;
-        }
-        if (keel_tls_peer(conn->ssl, &conn->peer, &err) != 0) {
-            KEEL_LOG_WARN("refusing connection from %s: %s", conn->addr, err.msg);
-            conn_close(conn);
-            return;
-        }
-        conn->handshaken = 1;
-        KEEL_LOG_DEBUG("connection from %s", conn_name(conn, who, sizeof(who)));
+        conn_established(conn);
         return;
     }
     conn_name(conn, who, sizeof(who));
@@ -448,23 +614,25 @@ static void conn_open(struct io_thread *t, int fd)
     conn->refs = 1;
     conn->t = t;
     pthread_mutex_init(&conn->lock, NULL);
+    conn->open = 1;
+    conn->outq_tail = &conn->outq;
     keel_buf_init(&conn->frame, 0);
     if (getpeername(fd, (struct sockaddr *)&sa, &salen) == 0)
         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
     snprintf(conn->addr, sizeof(conn->addr), "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
     evutil_make_socket_nonblocking(fd);
+    keel__net_nodelay(fd);
     conn->ssl = keel_tls_ssl_new(l->tls);
-    conn->bev = bufferevent_openssl_socket_new(t->base, fd, conn->ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                               BEV_OPT_CLOSE_ON_FREE | BEV_OPT_THREADSAFE);
+    conn->bev = keel__tls_bufferevent(t->base, fd, conn->ssl, 1, &conn->sock);
     if (conn->bev == NULL) {
         KEEL_LOG_ERROR("cannot set up connection from %s", conn->addr);
-        SSL_free(conn->ssl);
         close(fd);
         __atomic_sub_fetch(&l->nconns, 1, __ATOMIC_RELAXED);
         keel_conn_unref(conn);
         return;
     }
     bufferevent_setcb(conn->bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
+    conn->flush_ev = event_new(t->base, -1, 0, flush_cb, conn);
     bufferevent_setwatermark(conn->bev, EV_WRITE, l->o.max_output / 2, 0);
     bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
     conn->hs_timer = evtimer_new(t->base, handshake_timeout_cb, conn);

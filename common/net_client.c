@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
@@ -63,7 +64,8 @@ struct keel_client {
 
     /* loop thread only */
     enum conn_state state;
-    struct bufferevent *bev;
+    struct bufferevent *bev;  /* TLS, over sock */
+    struct bufferevent *sock; /* the socket; freed with bev */
     SSL *ssl;
     struct keel_cert_identity peer;
     int connected_flag; /* atomic copy of state == CONNECTED for other threads */
@@ -188,16 +190,27 @@ static void request_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void client_connect(struct keel_client *c);
 
+/* evbuffer cleanup: the frame's memory, handed over in write_waiting(). */
+static void free_frame(const void *data, size_t len, void *arg)
+{
+    free(arg);
+}
+
+/* Write the requests waiting for the connection; their frames move into the output as is. */
 static void write_waiting(struct keel_client *c)
 {
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
     while (c->waiting_head) {
         struct request *r = c->waiting_head;
+        unsigned char *p;
+        size_t len;
 
         c->waiting_head = r->next_q;
         if (c->waiting_head == NULL)
             c->waiting_tail = NULL;
-        bufferevent_write(c->bev, r->frame.buf, r->frame.len);
-        keel_buf_release(&r->frame);
+        p = keel_buf_detach(&r->frame, &len);
+        evbuffer_add_reference(out, p, len, free_frame, p);
         r->sent = 1;
     }
 }
@@ -289,6 +302,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 
     keel_error_init(&err);
     if (what & BEV_EVENT_CONNECTED) {
+        keel__net_nodelay(bufferevent_getfd(c->sock));
         if (keel_tls_peer(c->ssl, &c->peer, &err) != 0) {
             connection_lost(c, err.msg);
             return;
@@ -331,10 +345,8 @@ static void client_connect(struct keel_client *c)
     struct timeval tv = keel__ms_to_tv(c->o.connect_timeout_ms);
 
     c->ssl = keel_tls_ssl_new(c->tls);
-    c->bev = bufferevent_openssl_socket_new(c->base, -1, c->ssl, BUFFEREVENT_SSL_CONNECTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
+    c->bev = keel__tls_bufferevent(c->base, -1, c->ssl, 0, &c->sock);
     if (c->bev == NULL) {
-        SSL_free(c->ssl);
         connection_lost(c, "cannot create a connection");
         return;
     }
@@ -342,7 +354,7 @@ static void client_connect(struct keel_client *c)
     bufferevent_setcb(c->bev, client_read_cb, NULL, client_event_cb, c);
     bufferevent_set_timeouts(c->bev, &tv, &tv);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->sa, sizeof(c->sa)) != 0)
+    if (bufferevent_socket_connect(c->sock, (struct sockaddr *)&c->sa, sizeof(c->sa)) != 0)
         connection_lost(c, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 

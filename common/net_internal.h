@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 
 #include "keel/buf.h"
 #include "keel/err.h"
@@ -33,6 +34,21 @@ const char *keel__peer_name(const struct keel_cert_identity *p, char *buf, size_
  */
 int keel__net_take_frame(struct evbuffer *in, size_t max_frame, struct keel_buf *frame,
                          struct keel_frame_header *h, struct keel_error *err);
+
+/*
+ * A TLS bufferevent over a socket bufferevent (OpenSSL as a filter): the
+ * socket side moves data in large reads and writes, and many TLS records
+ * are processed per system call instead of one record per read.  `fd` may be
+ * -1 (connect later with bufferevent_socket_connect() on *under).  Freeing
+ * the returned bufferevent frees the socket one and closes the socket.
+ * Returns NULL when libevent cannot make them (then `ssl` is freed).  The
+ * bufferevents are not thread-safe: only their event base's thread uses them.
+ */
+struct bufferevent *keel__tls_bufferevent(struct event_base *base, int fd, SSL *ssl, int accepting,
+                                          struct bufferevent **under);
+
+/* TCP_NODELAY on a socket: frames go out as soon as they are written. */
+void keel__net_nodelay(int fd);
 
 /* Milliseconds to a struct timeval. */
 struct timeval keel__ms_to_tv(uint64_t ms);

@@ -1,7 +1,9 @@
 /*
  * peer_handler.c - see peer_handler.h.
  */
+#include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "keel/alloc.h"
@@ -23,6 +25,17 @@ static void ack_of(const struct keel_msg *msg, unsigned lsn, struct keel_msg *re
     reply->u.ack.status = KEEL_ACK_APPLIED;
 }
 
+static void *reply_later(void *arg)
+{
+    struct held *h = arg;
+
+    usleep(2000);
+    keel_conn_reply(h->conn, &h->req, &h->reply, NULL);
+    keel_conn_unref(h->conn);
+    free(h);
+    return NULL;
+}
+
 int peer_handler_fn(void *ctx, struct keel_conn *conn, const struct keel_cert_identity *peer,
                     const struct keel_msg *msg, struct keel_error *err)
 {
@@ -35,6 +48,18 @@ int peer_handler_fn(void *ctx, struct keel_conn *conn, const struct keel_cert_id
     switch (msg->hdr.type) {
     case KEEL_MSG_PUSH:
         ack_of(msg, n, &reply);
+        if (h->from_thread) {
+            struct held *later = keel_malloc(sizeof(*later));
+            pthread_t tid;
+
+            keel_conn_ref(conn);
+            later->conn = conn;
+            later->req = msg->hdr;
+            later->reply = reply;
+            pthread_create(&tid, NULL, reply_later, later);
+            pthread_detach(tid);
+            return 0;
+        }
         if (h->hold == 0)
             return keel_conn_reply(conn, &msg->hdr, &reply, err);
         /* Hold, then answer all in reverse order: replies out of order on purpose. */

@@ -7,6 +7,7 @@
  * PULL: answered with PULL_REPLY, rows of zeros.
  * ADMIN: answered with ADMIN carrying the same op and payload.
  * anything else that authorization let through: KEEL_ENOTIMPL.
+ * With `from_thread`, each PUSH is answered from a new thread.
  * `executed` counts every request the handler ran (atomic).
  */
 #ifndef KEEL_TEST_PEER_HANDLER_H
@@ -19,6 +20,7 @@ struct held;
 struct peer_handler {
     unsigned executed; /* atomic */
     unsigned hold;
+    int from_thread; /* answer PUSH from a thread of its own, not the I/O thread */
     /* held pushes, guarded by their count reaching `hold` on one thread */
     struct held *held;
     unsigned nheld;

@@ -544,6 +544,36 @@ Test(transport, thousand_requests_in_flight_are_correlated)
     keel_tls_free(server_tls);
 }
 
+Test(transport, replies_from_another_thread_arrive)
+{
+    struct keel_listener *l;
+    struct keel_tls *wt = tls_for("worker", "w1");
+    struct keel_client *c;
+    static struct one ones[200];
+    struct inflight all = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    struct keel_error err;
+
+    handler.from_thread = 1;
+    l = listen_default();
+    c = client_for(keel_listener_port(l), wt);
+    for (unsigned i = 0; i < 200; i++) {
+        struct keel_msg m = push_msg(5000 + i);
+
+        ones[i].all = &all;
+        ones[i].seq = 5000 + i;
+        cr_assert_eq(keel_client_send(c, &m, 30000, one_done, &ones[i], &err), 0, "%s", err.msg);
+    }
+    pthread_mutex_lock(&all.lock);
+    while (all.done < 200)
+        pthread_cond_wait(&all.cond, &all.lock);
+    pthread_mutex_unlock(&all.lock);
+    cr_assert_eq(all.ok, 200, "%u correlated, %u wrong", all.ok, all.wrong);
+    keel_client_free(c);
+    keel_listener_stop(l);
+    keel_tls_free(wt);
+    keel_tls_free(server_tls);
+}
+
 /* ---- hostile peers --------------------------------------------------------- */
 
 static int no_connections(void *arg)
