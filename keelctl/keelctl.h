@@ -24,4 +24,7 @@ struct keelctl_command {
     int (*run)(const struct keel_config *config, int argc, char **argv);
 };
 
+/* keelctl dataset: import, info, list, verify (cmd_dataset.c). */
+int keelctl_cmd_dataset(const struct keel_config *config, int argc, char **argv);
+
 #endif

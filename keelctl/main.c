@@ -9,6 +9,8 @@
 
 /* The commands, in the order `keelctl --help` lists them. */
 static const struct keelctl_command commands[] = {
+    {"dataset", "import IDX, LIBSVM and CSV datasets into a store; info, list, verify",
+     keelctl_cmd_dataset},
     {NULL, NULL, NULL},
 };
 
