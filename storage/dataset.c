@@ -27,6 +27,7 @@
 #include <openssl/evp.h>
 #include <xxhash.h>
 
+#include "dataset_int.h"
 #include "keel/alloc.h"
 #include "keel/dataset.h"
 #include "keel/log.h"
@@ -125,11 +126,11 @@ static void meta_encode(struct keel_buf *b, const struct keel_dataset_info *in, 
 }
 
 /* Decode metadata read from the store; nothing in it is trusted. */
-static int meta_decode(const MDB_val *v, const char *what, struct keel_dataset_info *out,
-                       struct keel_error *err)
+int keel__dataset_meta_decode(const void *value, size_t len, const char *what,
+                              struct keel_dataset_info *out, struct keel_error *err)
 {
-    const unsigned char *p = v->mv_data;
-    size_t nl, sl, srl, len = v->mv_size;
+    const unsigned char *p = value;
+    size_t nl, sl, srl;
     uint32_t state;
 
     memset(out, 0, sizeof(*out));
@@ -179,12 +180,12 @@ static void shard_info_encode(unsigned char *p, const struct keel_dataset_shard 
     keel_store_u64le(p + 56, XXH3_64bits(p, 56));
 }
 
-static int shard_info_decode(const MDB_val *v, const char *name, uint32_t shard,
-                             struct keel_dataset_shard *si, struct keel_error *err)
+int keel__dataset_shard_decode(const void *value, size_t len, const char *name, uint32_t shard,
+                               struct keel_dataset_shard *si, struct keel_error *err)
 {
-    const unsigned char *p = v->mv_data;
+    const unsigned char *p = value;
 
-    if (v->mv_size != SHARD_INFO_SIZE || XXH3_64bits(p, 56) != keel_load_u64le(p + 56))
+    if (len != SHARD_INFO_SIZE || XXH3_64bits(p, 56) != keel_load_u64le(p + 56))
         return keel_err_set(err, KEEL_ECHECKSUM,
                             "dataset '%s': shard %" PRIu32 ": shard metadata damaged", name, shard);
     si->nrecords = keel_load_u64le(p);
@@ -195,18 +196,10 @@ static int shard_info_decode(const MDB_val *v, const char *name, uint32_t shard,
 }
 
 /* A block of records: k, reserved, k checksums, k + 1 offsets, the records. */
-struct block {
-    uint32_t k;
-    const unsigned char *sums;
-    const unsigned char *offs;
-    const unsigned char *data;
-    size_t data_len;
-};
-
-static int block_decode(const MDB_val *v, struct block *b)
+int keel__dataset_block_decode(const void *value, size_t len, struct keel__block *b)
 {
-    const unsigned char *p = v->mv_data;
-    size_t len = v->mv_size, head;
+    const unsigned char *p = value;
+    size_t head;
 
     if (len < BLOCK_HEADER)
         return -1;
@@ -229,8 +222,8 @@ static int block_decode(const MDB_val *v, struct block *b)
 }
 
 /* Record i of a decoded block. */
-static const unsigned char *block_record(const struct block *b, uint32_t i, size_t *len,
-                                         uint64_t *sum)
+const unsigned char *keel__dataset_block_record(const struct keel__block *b, uint32_t i,
+                                                size_t *len, uint64_t *sum)
 {
     uint32_t o = keel_load_u32le(b->offs + 4 * (size_t)i);
 
@@ -309,7 +302,7 @@ static int lookup(keel_store *s, MDB_txn *txn, const char *name, uint64_t *id,
         return keel_err_set(err, KEEL_ECORRUPT, "dataset '%s': metadata missing", name);
     if (rc != 0)
         return rc;
-    rc = meta_decode(&v, name, info, err);
+    rc = keel__dataset_meta_decode(v.mv_data, v.mv_size, name, info, err);
     if (rc == 0 && strcmp(info->name, name) != 0)
         return keel_err_set(err, KEEL_ECORRUPT, "dataset '%s': metadata names '%s'", name,
                             info->name);
@@ -882,7 +875,8 @@ static int open_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
         if (rc == KEEL_ENOTFOUND)
             return keel_err_set(err, KEEL_ECORRUPT,
                                 "dataset '%s': shard %" PRIu32 ": metadata missing", c->name, sh);
-        if (rc != 0 || (rc = shard_info_decode(&v, c->name, sh, &si, err)) != 0)
+        if (rc != 0 ||
+            (rc = keel__dataset_shard_decode(v.mv_data, v.mv_size, c->name, sh, &si, err)) != 0)
             return rc;
         if (si.nrecords != ds->info.shape.nrecords / ds->info.nshards +
                                (sh < ds->info.shape.nrecords % ds->info.nshards))
@@ -977,7 +971,7 @@ int keel_shard_batch_message(const struct keel_shard_batch *b, struct keel_msg_s
  * index and *b the decoded block.
  */
 static int find_block(const keel_dataset *ds, MDB_cursor *cur, uint32_t shard, uint64_t index,
-                      struct block *b, uint64_t *first, struct keel_error *err)
+                      struct keel__block *b, uint64_t *first, struct keel_error *err)
 {
     unsigned char key[BLOCK_KEY_SIZE];
     MDB_val k = {sizeof(key), key}, v;
@@ -998,7 +992,7 @@ static int find_block(const keel_dataset *ds, MDB_cursor *cur, uint32_t shard, u
                             "dataset '%s': shard %" PRIu32 ": no block holds record %" PRIu64,
                             ds->info.name, shard, index);
     *first = keel_store_load_be64((const unsigned char *)k.mv_data + 12);
-    if (block_decode(&v, b) != 0)
+    if (keel__dataset_block_decode(v.mv_data, v.mv_size, b) != 0)
         return keel_err_set(err, KEEL_ECORRUPT,
                             "dataset '%s': shard %" PRIu32 ": block at record %" PRIu64
                             " is malformed",
@@ -1027,7 +1021,7 @@ static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
     uint64_t total = ds->shards[c->shard].nrecords, index = c->first, bfirst = 0;
     size_t body = 24 + 4;
     MDB_cursor *cur;
-    struct block b;
+    struct keel__block b;
     int rc;
 
     if (c->first >= total || c->max_records == 0)
@@ -1051,7 +1045,7 @@ static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
                 keel_store_load_be64(k.mv_data) != ds->id ||
                 keel_store_load_be32((const unsigned char *)k.mv_data + 8) != c->shard ||
                 keel_store_load_be64((const unsigned char *)k.mv_data + 12) != index ||
-                block_decode(&v, &b) != 0) {
+                keel__dataset_block_decode(v.mv_data, v.mv_size, &b) != 0) {
                 rc = keel_err_set(err, KEEL_ECORRUPT,
                                   "dataset '%s': shard %" PRIu32 ": block at record %" PRIu64
                                   " missing or malformed",
@@ -1061,7 +1055,7 @@ static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
             bfirst = index;
             i = 0;
         }
-        rec = block_record(&b, i, &len, &sum);
+        rec = keel__dataset_block_record(&b, i, &len, &sum);
         if (body + 4 + len > c->max_body) {
             if (out->nrecords == 0)
                 rc = keel_err_set(err, KEEL_EFRAMESIZE,
@@ -1153,7 +1147,7 @@ static void problem(struct verify_ctx *c, int code, const char *fmt, ...)
 
 /* Where verification stands in one shard. */
 struct shard_cursor {
-    struct block b;
+    struct keel__block b;
     uint64_t bfirst; /* first index of b */
     uint64_t next;   /* next index to read */
     int have;        /* b is valid */
@@ -1200,7 +1194,7 @@ static int verify_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
 
             block_key(key, ds->id, sh, index);
             rc = mdb_get(txn, dbi, &bk, &v);
-            if (rc == 0 && block_decode(&v, &s->b) != 0)
+            if (rc == 0 && keel__dataset_block_decode(v.mv_data, v.mv_size, &s->b) != 0)
                 rc = -1;
             if (rc != 0) {
                 problem(c, KEEL_ECORRUPT,
@@ -1213,7 +1207,7 @@ static int verify_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
             s->bfirst = index;
             s->nblocks++;
         }
-        rec = block_record(&s->b, (uint32_t)(index - s->bfirst), &len, &sum);
+        rec = keel__dataset_block_record(&s->b, (uint32_t)(index - s->bfirst), &len, &sum);
         if (record_checksum(ds->id, sh, index, rec, len) != sum)
             problem(c, KEEL_ECHECKSUM,
                     "record %" PRIu64 " (shard %" PRIu32 ", index %" PRIu64 "): checksum mismatch",
