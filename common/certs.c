@@ -318,9 +318,9 @@ static BIO *open_bio(const char *path, const char *what, struct keel_error *err)
     return bio;
 }
 
-X509 *keel_certs_load_cert(const char *path, struct keel_error *err)
+static X509 *load_cert(const char *path, const char *what, struct keel_error *err)
 {
-    BIO *bio = open_bio(path, "certificate", err);
+    BIO *bio = open_bio(path, what, err);
     X509 *x;
 
     if (bio == NULL)
@@ -332,6 +332,11 @@ X509 *keel_certs_load_cert(const char *path, struct keel_error *err)
     return x;
 }
 
+X509 *keel_certs_load_cert(const char *path, struct keel_error *err)
+{
+    return load_cert(path, "certificate", err);
+}
+
 /* Refuse to prompt for a passphrase: Keel's keys are not encrypted. */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
 {
@@ -340,7 +345,7 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
 
 static EVP_PKEY *load_key(const char *path, struct keel_error *err)
 {
-    BIO *bio = open_bio(path, "key", err);
+    BIO *bio = open_bio(path, "CA key", err);
     EVP_PKEY *k;
 
     if (bio == NULL)
@@ -375,7 +380,7 @@ static int ca_load(struct ca *ca, const char *dir, struct keel_error *err)
     if ((rc = join(crt, sizeof(crt), dir, "ca.crt", err)) != 0 ||
         (rc = join(key, sizeof(key), dir, "ca.key", err)) != 0)
         return rc;
-    ca->cert = keel_certs_load_cert(crt, err);
+    ca->cert = load_cert(crt, "CA certificate", err);
     if (ca->cert == NULL)
         return err->code;
     if (X509_check_ca(ca->cert) < 1) {
