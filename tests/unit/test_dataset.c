@@ -344,3 +344,37 @@ Test(dataset, a_flipped_byte_is_named_by_verify_and_refused_by_reads)
     keel_shard_batch_release(&b);
     keel_dataset_close(ds);
 }
+
+Test(dataset, a_read_batch_travels_in_a_shard_data_frame)
+{
+    struct keel_shard_batch b;
+    struct keel_buf frame = KEEL_BUF_INIT;
+    struct keel_msg m, out;
+    keel_dataset *ds;
+
+    cr_assert_eq(import_csv("f", write_csv("f.csv", 100, NULL), 4, NULL), 0, "%s", err.msg);
+    cr_assert_eq(keel_dataset_open(store, "f", &ds, &err), 0, "%s", err.msg);
+    keel_shard_batch_init(&b);
+    /* Shard 3 holds records 3, 7, ..., 99: read its last 5 (indices 20..24). */
+    cr_assert_eq(keel_dataset_read(ds, 3, 20, 64, 4096, &b, &err), 0, "%s", err.msg);
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_SHARD_DATA;
+    m.hdr.flags = KEEL_FLAG_REPLY;
+    if (keel_shard_batch_message(&b, &m.u.shard_data))
+        m.hdr.flags |= KEEL_FLAG_LAST;
+    cr_assert_eq(keel_proto_encode(&frame, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_proto_decode(frame.buf, frame.len, 1 << 20, &out, &err), 0, "%s", err.msg);
+    cr_assert_eq(out.hdr.flags, KEEL_FLAG_REPLY | KEEL_FLAG_LAST);
+    cr_assert_eq(out.u.shard_data.nrecords, 5);
+    cr_assert_eq(out.u.shard_data.first, 20);
+    cr_assert_eq(out.u.shard_data.total, 25);
+    for (uint32_t i = 0; i < 5; i++) {
+        const struct keel_msg_shard_data *sd = &out.u.shard_data;
+
+        assert_record(sd->data + sd->offsets[i], sd->offsets[i + 1] - sd->offsets[i],
+                      (int)(4 * (20 + i) + 3));
+    }
+    keel_buf_release(&frame);
+    keel_shard_batch_release(&b);
+    keel_dataset_close(ds);
+}
