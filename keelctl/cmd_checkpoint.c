@@ -390,7 +390,7 @@ static int run_sub(keel_store *s, const struct opts *o, int argc, char **argv)
     return KEEL_EXIT_USAGE;
 }
 
-int keelctl_checkpoint(const struct keel_config *config, int argc, char **argv)
+int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"store", required_argument, NULL, 's'},
