@@ -4,6 +4,7 @@
  * Registers as a member, campaigns, leads while elected (see coordinator.h),
  * and on SIGTERM or SIGINT resigns, revokes its lease and exits 0.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,18 +13,16 @@
 #include "keel/coordinator.h"
 #include "keel/etcd.h"
 #include "keel/log.h"
+#include "keel/signals.h"
 
 static const char *const required[] = {"node.id", NULL};
 
-static keel_coordinator *running;
-static volatile sig_atomic_t stop_early;
-
-static void on_signal(int sig)
+/* Takes SIGINT/SIGTERM synchronously and asks the coordinator to stop. */
+static void *signal_thread(void *arg)
 {
-    (void)sig;
-    stop_early = 1;
-    if (running)
-        keel_coordinator_stop(running);
+    keel_signals_wait(NULL);
+    keel_coordinator_stop(arg);
+    return NULL;
 }
 
 static int run(const struct keel_config *config, int argc, char **argv)
@@ -31,9 +30,9 @@ static int run(const struct keel_config *config, int argc, char **argv)
     struct keel_etcd_options eo;
     struct keel_coordinator_opts co = {0};
     struct keel_error err;
-    struct sigaction sa;
     keel_coordinator *coord = NULL;
     keel_etcd *etcd = NULL;
+    pthread_t sigthread;
     int rc;
 
     if (argc > 0) {
@@ -41,11 +40,8 @@ static int run(const struct keel_config *config, int argc, char **argv)
         return KEEL_EXIT_USAGE;
     }
     keel_error_init(&err);
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    /* Before any thread starts, so that only the signal thread takes them. */
+    keel_signals_block();
     signal(SIGPIPE, SIG_IGN);
 
     keel_etcd_options_from_config(config, &eo);
@@ -64,11 +60,14 @@ static int run(const struct keel_config *config, int argc, char **argv)
     KEEL_LOG_INFO("coordinator '%s' of cluster '%s' starting (etcd %s, lease TTL %lld s)",
                   config->node_id, config->cluster_name, config->etcd_endpoints,
                   (long long)co.lease_ttl_s);
-    running = coord;
-    if (stop_early)
-        keel_coordinator_stop(coord);
+    if ((rc = pthread_create(&sigthread, NULL, signal_thread, coord)) != 0) {
+        rc = keel_err_set(&err, -rc, "cannot start the signal thread: %s", strerror(rc));
+        goto fail;
+    }
     rc = keel_coordinator_run(coord, &err);
-    running = NULL;
+    /* run() may end on its own (a fatal error): the thread is then still waiting. */
+    pthread_cancel(sigthread);
+    pthread_join(sigthread, NULL);
     keel_coordinator_free(coord);
     keel_etcd_free(etcd);
     if (rc != 0) {
