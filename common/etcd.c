@@ -479,13 +479,23 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
         if (cc == CURLE_OK && status == 200) {
             rc = keel__etcd_parse_object((const char *)sink.buf.buf, sink.buf.len, &j, call->what,
                                          err);
-            if (rc == 0) {
-                endpoint_worked(c, idx);
-                *reply = j;
+            /* A streaming endpoint (keep-alive) reports failure in a 200 reply
+             * as {"error":{"grpc_code":..}}: handle it as the error it is. */
+            if (rc == 0 && json_is_object(json_object_get(j, "error"))) {
+                keel__etcd_error_fields(j, &code, &msg);
+                outcome =
+                    keel__etcd_classify(cc, sent > 0, NULL, code == 14 ? 503 : 500, code, msg);
+                keel_err_set(&last, keel__etcd_map_code(code), "%s: etcd: %s (code %d)", call->what,
+                             msg[0] ? msg : "no message", code);
+                json_decref(j);
+            } else {
+                if (rc == 0) {
+                    endpoint_worked(c, idx);
+                    *reply = j;
+                }
+                break;
             }
-            break;
-        }
-        if (cc == CURLE_OK) {
+        } else if (cc == CURLE_OK) {
             json_t *e = json_loadb((const char *)sink.buf.buf, sink.buf.len, 0, NULL);
 
             if (json_is_object(e))
