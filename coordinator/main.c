@@ -4,7 +4,6 @@
  * Registers as a member, campaigns, leads while elected (see coordinator.h),
  * and on SIGTERM or SIGINT resigns, revokes its lease and exits 0.
  */
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,16 +12,24 @@
 #include "keel/coordinator.h"
 #include "keel/etcd.h"
 #include "keel/log.h"
-#include "keel/signals.h"
 
 static const char *const required[] = {"node.id", NULL};
 
-/* Takes SIGINT/SIGTERM synchronously and asks the coordinator to stop. */
-static void *signal_thread(void *arg)
+static keel_coordinator *volatile running;
+static volatile sig_atomic_t stop_early;
+
+/*
+ * A handler rather than a sigwait thread: a signal may be delivered to any
+ * thread that does not block it, and some threads are not ours to block
+ * (libraries', sanitizers').  keel_coordinator_stop() is async-signal-safe:
+ * an atomic store and a write() to an eventfd.
+ */
+static void on_signal(int sig)
 {
-    keel_signals_wait(NULL);
-    keel_coordinator_stop(arg);
-    return NULL;
+    (void)sig;
+    stop_early = 1;
+    if (running)
+        keel_coordinator_stop(running);
 }
 
 static int run(const struct keel_config *config, int argc, char **argv)
@@ -30,9 +37,9 @@ static int run(const struct keel_config *config, int argc, char **argv)
     struct keel_etcd_options eo;
     struct keel_coordinator_opts co = {0};
     struct keel_error err;
+    struct sigaction sa;
     keel_coordinator *coord = NULL;
     keel_etcd *etcd = NULL;
-    pthread_t sigthread;
     int rc;
 
     if (argc > 0) {
@@ -40,8 +47,11 @@ static int run(const struct keel_config *config, int argc, char **argv)
         return KEEL_EXIT_USAGE;
     }
     keel_error_init(&err);
-    /* Before any thread starts, so that only the signal thread takes them. */
-    keel_signals_block();
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     keel_etcd_options_from_config(config, &eo);
@@ -60,14 +70,11 @@ static int run(const struct keel_config *config, int argc, char **argv)
     KEEL_LOG_INFO("coordinator '%s' of cluster '%s' starting (etcd %s, lease TTL %lld s)",
                   config->node_id, config->cluster_name, config->etcd_endpoints,
                   (long long)co.lease_ttl_s);
-    if ((rc = pthread_create(&sigthread, NULL, signal_thread, coord)) != 0) {
-        rc = keel_err_set(&err, -rc, "cannot start the signal thread: %s", strerror(rc));
-        goto fail;
-    }
+    running = coord;
+    if (stop_early)
+        keel_coordinator_stop(coord);
     rc = keel_coordinator_run(coord, &err);
-    /* run() may end on its own (a fatal error): the thread is then still waiting. */
-    pthread_cancel(sigthread);
-    pthread_join(sigthread, NULL);
+    running = NULL;
     keel_coordinator_free(coord);
     keel_etcd_free(etcd);
     if (rc != 0) {
