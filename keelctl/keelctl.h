@@ -24,4 +24,14 @@ struct keelctl_command {
     int (*run)(const struct keel_config *config, int argc, char **argv);
 };
 
+/* keelctl certs: init, issue, show, revoke (cmd_certs.c). */
+int keelctl_cmd_certs(const struct keel_config *config, int argc, char **argv);
+
+/* keelctl dataset: import, info, list, verify (cmd_dataset.c). */
+int keelctl_cmd_dataset(const struct keel_config *config, int argc, char **argv);
+
+/* keelctl checkpoint: list, show, verify, diff, export, restore, prune, audit, keygen
+ * (cmd_checkpoint.c). */
+int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **argv);
+
 #endif

@@ -9,6 +9,10 @@
 
 /* The commands, in the order `keelctl --help` lists them. */
 static const struct keelctl_command commands[] = {
+    {"certs", "make the cluster CA, issue, show and revoke node certificates", keelctl_cmd_certs},
+    {"dataset", "import IDX, LIBSVM and CSV datasets into a store; info, list, verify",
+     keelctl_cmd_dataset},
+    {"checkpoint", "checkpoints: list, verify, diff, export, prune; audit", keelctl_cmd_checkpoint},
     {NULL, NULL, NULL},
 };
 

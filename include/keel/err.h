@@ -55,7 +55,8 @@
     X(ETLS, "TLS error")                                                                           \
     X(EETCD, "etcd error")                                                                         \
     X(EUNAVAILABLE, "service unavailable")                                                         \
-    X(ECANCELED, "operation canceled")
+    X(ECANCELED, "operation canceled")                                                             \
+    X(EFORMAT, "unsupported storage format version")
 
 #define KEEL__ERR_BASE (-10000)
 

@@ -1,0 +1,171 @@
+/*
+ * snapshot.h - range snapshots in LMDB, and restore = snapshot + log replay.
+ *
+ * A snapshot is everything a server needs to bring one key range back: the
+ * rows of every table in the range (keyed by the full uint64 key,
+ * table_id << 48 | row), each row's optimizer state, the range's LSN (the
+ * last update applied into these rows), and the exactly-once table: per data
+ * shard, the last position (seq) applied, with the worker id and incarnation
+ * that pushed it (the worker progress the range has seen).
+ *
+ * Layout (docs/storage.md gives every byte): `snap_head` holds one header per
+ * range; `snap_rows` holds the rows in blocks of at most
+ * KEEL_SNAPSHOT_BLOCK_BYTES; `shard_pos` holds the shard table.  Every block
+ * and shard entry carries an XXH3-64 checksum, and the header (itself
+ * checksummed) holds a digest of all of them.
+ *
+ * Invariants:
+ *  - A snapshot is written in one LMDB transaction that also removes the
+ *    previous one's leftovers and the log records it covers: a reader (or a
+ *    restart after a crash at any moment) sees the whole previous snapshot
+ *    or the whole new one.
+ *  - Tables are in increasing table id; keys strictly increasing within a
+ *    table, each with its table id in the top 16 bits; so the snapshot's rows
+ *    are in canonical (key) order.  Shards are in increasing shard id.
+ *  - Reading verifies every checksum and structural rule; a damaged snapshot
+ *    is reported (KEEL_ECHECKSUM / KEEL_ECORRUPT) naming range and block.
+ *
+ * Thread safety: as store.h; struct keel_snapshot belongs to its caller.
+ */
+#ifndef KEEL_SNAPSHOT_H
+#define KEEL_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/err.h"
+#include "keel/proto.h"
+#include "keel/store.h"
+#include "keel/ulog.h"
+
+/* A block of rows is at most this big, unless one row alone is bigger. */
+#define KEEL_SNAPSHOT_BLOCK_BYTES ((size_t)1 << 20)
+
+#define KEEL_KEY_TABLE(key) ((uint32_t)((key) >> 48))
+
+/* The rows of one table in one range. */
+struct keel_snap_table {
+    uint32_t table_id;    /* < 65536 */
+    uint32_t width;       /* floats per row, 1..KEEL_PROTO_MAX_ROW_WIDTH */
+    uint32_t state_width; /* optimizer floats per row, 0..KEEL_PROTO_MAX_ROW_WIDTH */
+    uint64_t nrows;
+    uint64_t *keys; /* nrows keys, strictly increasing */
+    float *rows;    /* nrows * width floats; row i at rows[i * width] */
+    float *state;   /* nrows * state_width floats, or NULL when state_width is 0 */
+};
+
+/* One entry of the exactly-once table: the last push applied from a shard. */
+struct keel_shard_pos {
+    uint32_t shard;
+    uint64_t seq;         /* the last applied position in the shard */
+    uint64_t incarnation; /* of the worker that pushed it */
+    char worker_id[KEEL_PROTO_MAX_ID + 1];
+};
+
+/*
+ * A snapshot in memory.  As input to keel_snapshot_write() the caller owns
+ * every array; from keel_snapshot_load() everything is owned by the struct
+ * and freed by keel_snapshot_release().
+ */
+struct keel_snapshot {
+    uint32_t range;
+    uint64_t lsn;        /* the last log record applied into these rows */
+    uint64_t created_ns; /* wall clock, nanoseconds since the epoch; set by write */
+    size_t ntables;
+    struct keel_snap_table *tables;
+    size_t nshards;
+    struct keel_shard_pos *shards; /* increasing shard id */
+    int owned;                     /* set by load: release frees the arrays */
+};
+
+/* Free what keel_snapshot_load() allocated and zero the struct; safe on a zeroed one. */
+void keel_snapshot_release(struct keel_snapshot *snap);
+
+/* Check the structural rules above, naming the table/row/shard that breaks one. */
+int keel_snapshot_check(const struct keel_snapshot *snap, struct keel_error *err);
+
+/*
+ * Write `snap` as the range's snapshot, replacing the previous one, and
+ * delete the range's log records with LSN <= snap->lsn, all in the caller's
+ * write transaction.  created_ns is taken from the clock when 0.
+ */
+int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *snap,
+                      struct keel_error *err);
+
+/* keel_snapshot_put in a durable transaction of its own (the map grows as needed). */
+int keel_snapshot_write(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err);
+
+/* What a snapshot header says, without the rows. */
+struct keel_snapshot_info {
+    uint32_t range;
+    uint64_t lsn;
+    uint64_t created_ns;
+    uint64_t nrows;
+    uint32_t ntables;
+    uint32_t nblocks;
+    uint32_t nshards;
+    uint64_t bytes; /* bytes of keys, rows and state */
+};
+
+/*
+ * Read the header of the range's snapshot (checksum verified).
+ * KEEL_ENOTFOUND when the range has none.
+ */
+int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot_info *info,
+                       struct keel_error *err);
+
+/* The ranges that have a snapshot, increasing, into *ranges (caller frees). */
+int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t *n,
+                         struct keel_error *err);
+
+/*
+ * Load and verify the range's snapshot into *snap (owned; release it).
+ * Every block's checksum, the header digest, the table directory and the key
+ * order are checked.  KEEL_ENOTFOUND when the range has none.
+ */
+int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot *snap,
+                       struct keel_error *err);
+
+/* keel_snapshot_load in a read transaction of its own. */
+int keel_snapshot_read(keel_store *s, uint32_t range, struct keel_snapshot *snap,
+                       struct keel_error *err);
+
+/*
+ * Find `key` in a table: its row index, or -1.  Binary search.
+ */
+int64_t keel_snap_table_find(const struct keel_snap_table *t, uint64_t key);
+
+/* The table with this id in the snapshot, or NULL. */
+struct keel_snap_table *keel_snapshot_table(struct keel_snapshot *snap, uint32_t table_id);
+
+/*
+ * Apply one logged push to the in-memory snapshot: the caller's optimizer.
+ * Return 0 or a negative error (which stops the restore).
+ */
+typedef int (*keel_apply_fn)(struct keel_snapshot *snap, const struct keel_ulog_record *rec,
+                             void *ctx, struct keel_error *err);
+
+/* What a restore did. */
+struct keel_restore_stats {
+    uint64_t replayed;   /* log records applied */
+    uint64_t duplicates; /* records skipped: their (shard, seq) was already applied */
+    uint64_t lsn;        /* the range's LSN after replay */
+};
+
+/*
+ * Restore a range: load its latest snapshot (an empty one with LSN 0 when it
+ * has none) and replay its log after the snapshot's LSN in one read
+ * transaction.  A record whose seq is at or below the shard's position is a
+ * duplicate and skipped; an applied record moves its shard's position (and
+ * worker, incarnation) and the snapshot's LSN.  `apply` changes the rows.
+ */
+int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel_apply_fn apply,
+                 void *ctx, struct keel_restore_stats *stats, struct keel_error *err);
+
+/*
+ * Find or add the exactly-once entry of `shard` in an owned snapshot (from
+ * keel_snapshot_load or keel_restore), keeping the shards sorted.
+ */
+struct keel_shard_pos *keel_snapshot_shard(struct keel_snapshot *snap, uint32_t shard);
+
+#endif

@@ -1,0 +1,120 @@
+/*
+ * ulog.h - the update log: every applied push of a range, by LSN, in LMDB.
+ *
+ * A server gives each push it applies to a range a log sequence number (LSN)
+ * and appends a record to the `log` database; a restart loads the range's
+ * latest snapshot and replays the records after it (see snapshot.h).
+ *
+ * A record is the push as it arrived (worker id, incarnation, shard, seq,
+ * clock, table, keys, rows) plus the range and LSN, in a binary encoding
+ * with an XXH3-64 checksum over everything after the checksum field.
+ * docs/storage.md gives it byte by byte.  The LMDB key is the range (u32
+ * big-endian) then the LSN (u64 big-endian), so a range's records are
+ * contiguous and in LSN order.
+ *
+ * Invariants kept by the encoder and checked by the decoder:
+ *  - magic, version known; flags and reserved bytes zero; checksum matches;
+ *  - the worker id is 1..KEEL_PROTO_MAX_ID bytes without NUL, zero-padded to
+ *    a multiple of 8;
+ *  - row width 1..KEEL_PROTO_MAX_ROW_WIDTH; nkeys keys strictly increasing,
+ *    each with the table id in its top 16 bits; the fields fill the record
+ *    exactly.
+ *
+ * Thread safety: the codec keeps no state.  Store functions follow store.h.
+ */
+#ifndef KEEL_ULOG_H
+#define KEEL_ULOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/buf.h"
+#include "keel/err.h"
+#include "keel/proto.h"
+#include "keel/store.h"
+
+#define KEEL_ULOG_MAGIC       UINT32_C(0x474F4C4B) /* the bytes 'K' 'L' 'O' 'G' */
+#define KEEL_ULOG_VERSION     1
+#define KEEL_ULOG_HEADER_SIZE 72 /* fixed part before the worker id */
+#define KEEL_ULOG_KEY_SIZE    12 /* range u32 BE, LSN u64 BE */
+
+/* One log record: where it belongs and the push it holds. */
+struct keel_ulog_record {
+    uint32_t range;
+    uint64_t lsn;
+    struct keel_msg_push push;
+};
+
+/*
+ * Append the encoding of `rec` to `out`.  The push must be valid (the caller
+ * built it or decoded it): KEEL_EINVAL otherwise, naming the field.
+ */
+int keel_ulog_encode(struct keel_buf *out, const struct keel_ulog_record *rec,
+                     struct keel_error *err);
+
+/*
+ * Decode `len` bytes at `data` (any alignment) into *rec.  The keys and rows
+ * are copied into `scratch` (reset first) so that they are aligned; the worker
+ * id points into `data`.  *rec is valid while both `data` and `scratch` are
+ * unchanged.  Errors: KEEL_ETRUNCATED (shorter than the header), KEEL_EMAGIC,
+ * KEEL_EVERSION, KEEL_ERESERVED, KEEL_ECHECKSUM, KEEL_ESTRING,
+ * KEEL_EPADDING, KEEL_EROWWIDTH, KEEL_ECOUNT (sizes do not fill the record),
+ * KEEL_EUNSORTED, KEEL_EINVAL (a key outside the table); the message gives
+ * the byte offset.
+ */
+int keel_ulog_decode(const void *data, size_t len, struct keel_ulog_record *rec,
+                     struct keel_buf *scratch, struct keel_error *err);
+
+/* The LMDB key of (range, lsn) in `key` (KEEL_ULOG_KEY_SIZE bytes). */
+void keel_ulog_key(unsigned char *key, uint32_t range, uint64_t lsn);
+
+/*
+ * Append `n` records inside the caller's write transaction (group commit:
+ * the server collects records and writes them in one keel_store_write()).
+ * An existing (range, LSN) is refused with KEEL_EEXIST.  `scratch` is used
+ * for the encoding.
+ */
+int keel_ulog_put(keel_store *s, MDB_txn *txn, const struct keel_ulog_record *recs, size_t n,
+                  struct keel_buf *scratch, struct keel_error *err);
+
+/* The same in a transaction of its own, committed durably. */
+int keel_ulog_append(keel_store *s, const struct keel_ulog_record *recs, size_t n,
+                     struct keel_error *err);
+
+/*
+ * Called for each record read; return 0 to go on, a positive value to stop
+ * (returned by the reader), or a negative error.  *rec is valid only during
+ * the call.
+ */
+typedef int (*keel_ulog_fn)(const struct keel_ulog_record *rec, void *ctx, struct keel_error *err);
+
+/*
+ * Call `fn` for every record of `range` with LSN >= from_lsn, in LSN order,
+ * inside the caller's read (or write) transaction.  A record that does not
+ * decode, or whose range/LSN differ from its key, stops the read with its
+ * error and "log of range R, LSN L: ..." in the message.
+ */
+int keel_ulog_scan(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
+                   void *ctx, struct keel_error *err);
+
+/* keel_ulog_scan in a read transaction of its own. */
+int keel_ulog_read(keel_store *s, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn, void *ctx,
+                   struct keel_error *err);
+
+/*
+ * Delete the records of `range` with LSN <= upto_lsn (those a snapshot
+ * covers), in the caller's write transaction; *deleted (may be NULL) gets
+ * how many.
+ */
+int keel_ulog_truncate_txn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t upto_lsn,
+                           uint64_t *deleted, struct keel_error *err);
+
+/* The same in a transaction of its own. */
+int keel_ulog_truncate(keel_store *s, uint32_t range, uint64_t upto_lsn, uint64_t *deleted,
+                       struct keel_error *err);
+
+/* The highest LSN logged for `range`, or 0 when it has none, in the caller's txn. */
+int keel_ulog_last_lsn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t *lsn,
+                       struct keel_error *err);
+
+#endif

@@ -1,0 +1,379 @@
+/*
+ * test_checkpoint.c - manifests, signed checkpoints, verify/diff/export/
+ * restore/prune, and the audit chain, on real LMDB stores.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "keel/alloc.h"
+#include "keel/audit.h"
+#include "keel/checkpoint.h"
+#include "keel/snapshot.h"
+#include "keel/store.h"
+
+static char tmpdir[64];
+static char keypath[128];
+static struct keel_error err;
+static keel_store *store;
+static struct keel_ckpt_key key;
+
+static void setup(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/keel-test-ckpt-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmpdir));
+    keel_error_init(&err);
+    cr_assert_eq(keel_store_open(&store, tmpdir, NULL, &err), 0, "%s", err.msg);
+    snprintf(keypath, sizeof(keypath), "%s/cluster.key", tmpdir);
+    cr_assert_eq(keel_ckpt_key_generate(keypath, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ckpt_key_load(&key, keypath, &err), 0, "%s", err.msg);
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+
+    keel_store_close(store);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(checkpoint, .init = setup, .fini = teardown);
+
+/* Range r holds rows of table 1 (width 4) whose row index % 3 == r, values v + row. */
+static void write_range(uint32_t range, uint64_t lsn, float v, uint64_t nrows)
+{
+    struct keel_snap_table t = {1, 4, 1, 0, NULL, NULL, NULL};
+    struct keel_shard_pos sp = {7, lsn * 10, 2, "w1"};
+    struct keel_snapshot snap = {range, lsn, 0, 1, &t, 1, &sp, 0};
+
+    t.keys = keel_calloc(nrows, 8);
+    t.rows = keel_calloc(nrows * 4, 4);
+    t.state = keel_calloc(nrows, 4);
+    for (uint64_t i = 0; i < nrows; i++) {
+        uint64_t row = i * 3 + range;
+        t.keys[t.nrows] = (uint64_t)1 << 48 | row;
+        for (int c = 0; c < 4; c++)
+            t.rows[t.nrows * 4 + c] = v + (float)row;
+        t.state[t.nrows] = 0.5f;
+        t.nrows++;
+    }
+    cr_assert_eq(keel_snapshot_write(store, &snap, &err), 0, "%s", err.msg);
+    free(t.keys);
+    free(t.rows);
+    free(t.state);
+}
+
+static uint64_t take(uint64_t clock)
+{
+    struct keel_ckpt_params p = {"mnist", clock, {0}};
+    uint64_t id = 0;
+
+    memset(p.spec_sha256, 0xab, 32);
+    cr_assert_eq(keel_checkpoint_take(store, &key, &p, &id, &err), 0, "%s", err.msg);
+    return id;
+}
+
+/* Change stored bytes through LMDB: flip one byte, or delete the key. */
+struct tamper {
+    enum keel_db db;
+    unsigned char key[16];
+    size_t klen;
+    size_t offset; /* from the end when negative_offset */
+    int from_end;
+    int remove;
+};
+
+static int tamper_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+{
+    struct tamper *t = ctx;
+    MDB_val v;
+    int rc;
+
+    if (t->remove)
+        return keel_store_del(store, txn, t->db, t->key, t->klen, e);
+    rc = keel_store_get(store, txn, t->db, t->key, t->klen, &v, e);
+    if (rc != 0)
+        return rc;
+    unsigned char *copy = keel_malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[t->from_end ? v.mv_size - 1 - t->offset : t->offset] ^= 0x04;
+    rc = keel_store_put(store, txn, t->db, t->key, t->klen, copy, v.mv_size, e);
+    free(copy);
+    return rc;
+}
+
+static void tamper(struct tamper *t)
+{
+    cr_assert_eq(keel_store_write(store, tamper_fn, t, &err), 0, "%s", err.msg);
+}
+
+Test(checkpoint, key_files_are_checked)
+{
+    char path[160];
+    FILE *f;
+    struct keel_ckpt_key k;
+
+    cr_assert_eq(keel_ckpt_key_generate(keypath, &err), -EEXIST);
+    cr_assert(strstr(err.msg, keypath) != NULL, "%s", err.msg);
+    snprintf(path, sizeof(path), "%s/short.key", tmpdir);
+    f = fopen(path, "w");
+    fputs("tooshort", f);
+    fclose(f);
+    cr_assert_eq(keel_ckpt_key_load(&k, path, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "holds 8 bytes") != NULL, "%s", err.msg);
+    cr_assert_eq(keel_ckpt_key_load(&k, "/nonexistent/key", &err), -ENOENT);
+    struct stat st;
+    cr_assert_eq(stat(keypath, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    cr_assert_eq(st.st_size, 32);
+}
+
+Test(checkpoint, manifest_round_trips_and_refuses_damage)
+{
+    struct keel_ckpt_table tables[1] = {{3, 8, 0, 10, 1}};
+    struct keel_shard_pos sp[1] = {{4, 99, 1, "w\"q"}};
+    struct keel_ckpt_range r = {5, 77, 10, 1, {1, 2, 3}, 1, tables, 1, sp};
+    struct keel_manifest m = {"job-x", 3, 12, {9}, 1234567, {8}, 1, &r, 1, sp}, got;
+    struct keel_buf b = KEEL_BUF_INIT;
+    unsigned char mac[32];
+    struct keel_view json;
+
+    cr_assert_eq(keel_manifest_encode(&b, &m, &key, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_manifest_decode(b.buf, b.len, &got, mac, &json, &err), 0, "%s", err.msg);
+    cr_assert_str_eq(got.job, "job-x");
+    cr_assert_eq(got.id, 3);
+    cr_assert_eq(got.clock, 12);
+    cr_assert_eq(got.created_ns, 1234567);
+    cr_assert_eq(memcmp(got.spec_sha256, m.spec_sha256, 32), 0);
+    cr_assert_eq(memcmp(got.prev_sha256, m.prev_sha256, 32), 0);
+    cr_assert_eq(got.nranges, 1);
+    cr_assert_eq(got.ranges[0].range, 5);
+    cr_assert_eq(got.ranges[0].lsn, 77);
+    cr_assert_eq(memcmp(got.ranges[0].sha256, r.sha256, 32), 0);
+    cr_assert_eq(got.ranges[0].tables[0].width, 8);
+    cr_assert_str_eq(got.ranges[0].shards[0].worker_id, "w\"q");
+    cr_assert_eq(got.nshards, 1);
+    cr_assert_eq(got.shards[0].seq, 99);
+    cr_assert_eq(json.len, b.len - KEEL_MANIFEST_HEADER_SIZE);
+    keel_manifest_release(&got);
+
+    for (size_t n = 0; n < b.len; n++)
+        cr_assert_neq(keel_manifest_decode(b.buf, n, &got, NULL, NULL, &err), 0, "length %zu", n);
+
+    /* A field of the wrong type is named. */
+    char *p = strstr((char *)b.buf + KEEL_MANIFEST_HEADER_SIZE, "\"lsn\":77");
+    cr_assert_not_null(p);
+    memcpy(p, "\"lsn\":\"\"", 8);
+    cr_assert_eq(keel_manifest_decode(b.buf, b.len, &got, NULL, NULL, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "ranges[0]: 'lsn'") != NULL, "%s", err.msg);
+    /* Broken JSON is named with its byte. */
+    memcpy(p, "\"lsn\":{7", 8);
+    cr_assert_eq(keel_manifest_decode(b.buf, b.len, &got, NULL, NULL, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "manifest JSON: byte") != NULL, "%s", err.msg);
+    keel_buf_release(&b);
+}
+
+Test(checkpoint, take_verify_and_chain)
+{
+    uint64_t *ids;
+    size_t n;
+    struct keel_manifest m;
+
+    cr_assert_eq(
+        keel_checkpoint_take(store, &key, &(struct keel_ckpt_params){"j", 0, {0}}, NULL, &err),
+        KEEL_ENOTFOUND);
+    write_range(0, 10, 1, 2000);
+    write_range(1, 11, 1, 2000);
+    write_range(2, 12, 1, 5);
+    cr_assert_eq(take(100), 1);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 1, 1, &err), 0, "%s", err.msg);
+    write_range(1, 20, 2, 2000);
+    cr_assert_eq(take(200), 2);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 2, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_checkpoint_list(store, &ids, &n, &err), 0);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(ids[0], 1);
+    cr_assert_eq(ids[1], 2);
+    free(ids);
+
+    cr_assert_eq(keel_checkpoint_manifest(store, 2, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(m.nranges, 3);
+    cr_assert_eq(m.ranges[1].lsn, 20);
+    cr_assert_eq(m.ranges[1].rows, 2000);
+    cr_assert_eq(m.clock, 200);
+    cr_assert_eq(m.nshards, 1);
+    cr_assert_eq(m.shards[0].seq, 200, "the job's progress is the highest seq of any range");
+    keel_manifest_release(&m);
+
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 9, 1, &err), KEEL_ENOTFOUND);
+    cr_assert(strstr(err.msg, "no checkpoint 9") != NULL, "%s", err.msg);
+
+    /* Another key does not verify. */
+    struct keel_ckpt_key other = key;
+    other.bytes[0] ^= 1;
+    cr_assert_eq(keel_checkpoint_verify(store, &other, 1, 0, &err), KEEL_ECHECKSUM);
+    cr_assert(strstr(err.msg, "signature") != NULL, "%s", err.msg);
+
+    uint64_t count;
+    cr_assert_eq(keel_audit_verify(store, NULL, NULL, &count, &err), 0, "%s", err.msg);
+    cr_assert_eq(count, 4, "taken, verified, taken, verified (unrecorded ones not): %lu",
+                 (unsigned long)count);
+}
+
+Test(checkpoint, tampering_is_found_and_named)
+{
+    struct tamper t = {0};
+
+    write_range(0, 10, 1, 2000);
+    write_range(1, 11, 1, 2000);
+    cr_assert_eq(take(1), 1);
+    cr_assert_eq(take(2), 2);
+
+    /* A flipped byte in a row of range 1 (last byte of its first block). */
+    t.db = KEEL_DB_CKPT_ROWS;
+    keel_store_be64(t.key, 2);
+    keel_store_be32(t.key + 8, 1);
+    keel_store_be32(t.key + 12, 0);
+    t.klen = 16;
+    t.from_end = 1;
+    tamper(&t);
+    cr_assert_neq(keel_checkpoint_verify(store, &key, 2, 1, &err), 0);
+    cr_assert(strstr(err.msg, "checkpoint 2: range 1: block 0") != NULL, "%s", err.msg);
+    tamper(&t); /* flip back */
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 2, 1, &err), 0, "%s", err.msg);
+
+    /* A removed block. */
+    t.remove = 1;
+    tamper(&t);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 2, 1, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "range 1: block 0 is missing") != NULL, "%s", err.msg);
+
+    /* A flipped byte in manifest 1's JSON: its signature fails, and 2's chain too. */
+    memset(&t, 0, sizeof(t));
+    t.db = KEEL_DB_CKPT_MANIFEST;
+    keel_store_be64(t.key, 1);
+    t.klen = 8;
+    t.offset = 60;
+    tamper(&t);
+    cr_assert_neq(keel_checkpoint_verify(store, &key, 1, 1, &err), 0);
+    cr_assert(strstr(err.msg, "checkpoint 1") != NULL, "%s", err.msg);
+}
+
+Test(checkpoint, a_changed_row_keeping_its_block_checksum_fails_the_sha256)
+{
+    /* Rewrite a block with a valid XXH3 but changed value: only SHA-256 catches it. */
+    write_range(0, 10, 1, 20);
+    cr_assert_eq(take(1), 1);
+    struct keel_manifest m;
+    cr_assert_eq(keel_checkpoint_manifest(store, 1, &m, &err), 0);
+    cr_assert_eq(m.ranges[0].blocks, 1);
+    keel_manifest_release(&m);
+
+    /* Replace checkpoint 1's block 0 by the rows of a different snapshot. */
+    write_range(0, 10, 5, 20);
+    cr_assert_eq(take(2), 2);
+    MDB_txn *txn;
+    unsigned char k2[16], k1[16];
+    keel_store_be64(k2, 2);
+    keel_store_be32(k2 + 8, 0);
+    keel_store_be32(k2 + 12, 0);
+    memcpy(k1, k2, 16);
+    keel_store_be64(k1, 1);
+    cr_assert_eq(mdb_txn_begin(keel_store_env(store), NULL, 0, &txn), 0);
+    MDB_val v, k = {16, k2}, kk = {16, k1};
+    cr_assert_eq(mdb_get(txn, keel_store_dbi(store, KEEL_DB_CKPT_ROWS), &k, &v), 0);
+    unsigned char *copy = keel_malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    MDB_val nv = {v.mv_size, copy};
+    cr_assert_eq(mdb_put(txn, keel_store_dbi(store, KEEL_DB_CKPT_ROWS), &kk, &nv, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    free(copy);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 1, 0, &err), KEEL_ECHECKSUM);
+    cr_assert(strstr(err.msg, "checkpoint 1: range 0: SHA-256 of the rows does not match") != NULL,
+              "%s", err.msg);
+}
+
+struct names {
+    char seen[16][16];
+    int n;
+};
+
+static int collect_names(const struct keel_audit_record *r, void *c, struct keel_error *e)
+{
+    struct names *nm = c;
+
+    if (nm->n < 16)
+        snprintf(nm->seen[nm->n++], 16, "%s", keel_audit_event_name(r->event));
+    return 0;
+}
+
+Test(checkpoint, diff_export_restore_prune)
+{
+    struct keel_ckpt_diff *d;
+    size_t n, pruned;
+    char out[160], path[200];
+    struct stat st;
+    uint64_t *ids;
+
+    write_range(0, 10, 1, 100);
+    write_range(1, 11, 1, 100);
+    cr_assert_eq(take(1), 1);
+    write_range(1, 30, 1.5f, 100); /* every row of range 1 moves by 0.5 */
+    cr_assert_eq(take(2), 2);
+
+    cr_assert_eq(keel_checkpoint_diff(store, 1, 2, &d, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(d[0].table_id, 1);
+    cr_assert_eq(d[0].rows_a, 200);
+    cr_assert_eq(d[0].rows_b, 200);
+    cr_assert_eq(d[0].changed, 100);
+    cr_assert_float_eq(d[0].l2, sqrt(100 * 4 * 0.25), 1e-9);
+    free(d);
+
+    snprintf(out, sizeof(out), "%s/export", tmpdir);
+    cr_assert_eq(keel_checkpoint_export(store, 2, out, &err), 0, "%s", err.msg);
+    snprintf(path, sizeof(path), "%s/table_1.npy", out);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_size, 128 + 200 * 4 * 4);
+    FILE *f = fopen(path, "rb");
+    unsigned char hdr[128];
+    cr_assert_eq(fread(hdr, 1, 128, f), 128);
+    fclose(f);
+    cr_assert_eq(memcmp(hdr, "\x93NUMPY\x01\x00", 8), 0);
+    cr_assert(strstr((char *)hdr + 10, "'shape': (200, 4)") != NULL);
+    cr_assert_eq(hdr[127], '\n');
+
+    /* Roll back to 1: range 1's snapshot is checkpoint 1's again. */
+    cr_assert_eq(keel_checkpoint_restore(store, &key, 1, &err), 0, "%s", err.msg);
+    struct keel_snapshot snap;
+    cr_assert_eq(keel_snapshot_read(store, 1, &snap, &err), 0, "%s", err.msg);
+    cr_assert_eq(snap.lsn, 11);
+    cr_assert_float_eq(snap.tables[0].rows[0], 1 + 1, 1e-6);
+    keel_snapshot_release(&snap);
+
+    cr_assert_eq(keel_checkpoint_prune(store, 1, &pruned, &err), 0, "%s", err.msg);
+    cr_assert_eq(pruned, 1);
+    cr_assert_eq(keel_checkpoint_list(store, &ids, &n, &err), 0);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ids[0], 2);
+    free(ids);
+    /* The oldest kept one still verifies although its predecessor is gone. */
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 2, 1, &err), 0, "%s", err.msg);
+
+    struct names names = {0};
+    cr_assert_eq(keel_audit_verify(store, collect_names, &names, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(names.n, 6);
+    cr_assert_str_eq(names.seen[0], "taken");
+    cr_assert_str_eq(names.seen[1], "taken");
+    cr_assert_str_eq(names.seen[2], "exported");
+    cr_assert_str_eq(names.seen[3], "restored");
+    cr_assert_str_eq(names.seen[4], "pruned");
+    cr_assert_str_eq(names.seen[5], "verified");
+}
