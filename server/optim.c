@@ -2,6 +2,7 @@
  * optim.c - server-side optimizers: one row's update from its gradient.
  */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,20 +64,28 @@ static unsigned params_of(enum keel_optim_kind kind)
 static const struct {
     const char *name;
     unsigned bit;
-    size_t offset;
 } param_table[] = {
-    {"lr", P_LR, offsetof(struct keel_optim, lr)},
-    {"momentum", P_MOMENTUM, offsetof(struct keel_optim, momentum)},
-    {"beta1", P_BETA1, offsetof(struct keel_optim, beta1)},
-    {"beta2", P_BETA2, offsetof(struct keel_optim, beta2)},
-    {"epsilon", P_EPSILON, offsetof(struct keel_optim, epsilon)},
+    {"lr", P_LR},       {"momentum", P_MOMENTUM}, {"beta1", P_BETA1},
+    {"beta2", P_BETA2}, {"epsilon", P_EPSILON},
 };
 
 #define NPARAMS (sizeof(param_table) / sizeof(param_table[0]))
 
+/* The field of `o` that param_table[i] names. */
 static float *param_ptr(struct keel_optim *o, size_t i)
 {
-    return (float *)((char *)o + param_table[i].offset);
+    switch (param_table[i].bit) {
+    case P_MOMENTUM:
+        return &o->momentum;
+    case P_BETA1:
+        return &o->beta1;
+    case P_BETA2:
+        return &o->beta2;
+    case P_EPSILON:
+        return &o->epsilon;
+    default:
+        return &o->lr;
+    }
 }
 
 /* Parse one "key=value" of length `len` at `p` into `o`. */
@@ -161,6 +170,7 @@ int keel_optim_parse(struct keel_optim *o, const char *text, struct keel_error *
 
 void keel_optim_format(const struct keel_optim *o, struct keel_buf *out)
 {
+    struct keel_optim copy = *o;
     unsigned used = params_of(o->kind);
     char sep = ':';
 
@@ -169,8 +179,7 @@ void keel_optim_format(const struct keel_optim *o, struct keel_buf *out)
         if (!(used & param_table[i].bit))
             continue;
         /* %.9g prints a float so that it reads back to the same float. */
-        keel_buf_addf(out, "%c%s=%.9g", sep, param_table[i].name,
-                      (double)*param_ptr((struct keel_optim *)o, i));
+        keel_buf_addf(out, "%c%s=%.9g", sep, param_table[i].name, (double)*param_ptr(&copy, i));
         sep = ',';
     }
 }
@@ -215,9 +224,18 @@ size_t keel_optim_state_width(const struct keel_optim *o, uint32_t width)
     return 0;
 }
 
-/* The index of the first non-finite element of g[0..width), or width. */
+/*
+ * The index of the first non-finite element of g[0..width), or width.  The
+ * common case, all finite, is one branch-free pass the compiler vectorizes.
+ */
 static uint32_t first_nonfinite(const float *g, uint32_t width)
 {
+    int bad = 0;
+
+    for (uint32_t j = 0; j < width; j++)
+        bad |= !(fabsf(g[j]) <= FLT_MAX);
+    if (!bad)
+        return width;
     for (uint32_t j = 0; j < width; j++)
         if (!isfinite(g[j]))
             return j;

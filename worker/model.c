@@ -278,7 +278,7 @@ static void softmax_loss(float *z, uint32_t n, uint32_t c, const uint32_t *label
         float *row = z + (size_t)i * c;
         uint32_t arg = 0;
         float max = row[0];
-        double sum = 0.0, zy;
+        double sum, zy;
 
         for (uint32_t k = 1; k < c; k++)
             if (row[k] > max) {
@@ -286,7 +286,9 @@ static void softmax_loss(float *z, uint32_t n, uint32_t c, const uint32_t *label
                 arg = k;
             }
         zy = (double)row[labels[i]] - (double)max;
-        for (uint32_t k = 0; k < c; k++) {
+        row[0] = expf(row[0] - max);
+        sum = row[0];
+        for (uint32_t k = 1; k < c; k++) {
             row[k] = expf(row[k] - max);
             sum += row[k];
         }
