@@ -26,30 +26,30 @@ struct keel_model_work {
     uint32_t n;                            /* samples of the last successful pass, 0 if none */
 };
 
-static const char *kind_name(enum keel_model_kind kind)
+static const char *type_name(enum keel_model_type type)
 {
-    switch (kind) {
-    case KEEL_MODEL_SOFTMAX:
+    switch (type) {
+    case KEEL_MODEL_TYPE_SOFTMAX:
         return "softmax";
-    case KEEL_MODEL_MLP:
+    case KEEL_MODEL_TYPE_MLP:
         return "mlp";
     }
     return NULL;
 }
 
-int keel_model_init(struct keel_model *m, enum keel_model_kind kind, const uint32_t *sizes,
+int keel_model_init(struct keel_model *m, enum keel_model_type type, const uint32_t *sizes,
                     unsigned nsizes, struct keel_error *err)
 {
     uint64_t nparams = 0;
 
     memset(m, 0, sizeof(*m));
-    if (kind_name(kind) == NULL)
-        return keel_err_set(err, KEEL_EINVAL, "unknown model kind %d", (int)kind);
+    if (type_name(type) == NULL)
+        return keel_err_set(err, KEEL_EINVAL, "unknown model type %d", (int)type);
     if (nsizes < 2 || nsizes > KEEL_MODEL_MAX_LAYERS + 1)
         return keel_err_set(err, KEEL_EINVAL,
                             "model '%s' has %u layer sizes; it needs 2 to %u (inputs to classes)",
-                            kind_name(kind), nsizes, KEEL_MODEL_MAX_LAYERS + 1);
-    if (kind == KEEL_MODEL_SOFTMAX && nsizes != 2)
+                            type_name(type), nsizes, KEEL_MODEL_MAX_LAYERS + 1);
+    if (type == KEEL_MODEL_TYPE_SOFTMAX && nsizes != 2)
         return keel_err_set(
             err, KEEL_EINVAL,
             "model 'softmax' has exactly 2 layer sizes (inputs and classes), not %u", nsizes);
@@ -63,7 +63,7 @@ int keel_model_init(struct keel_model *m, enum keel_model_kind kind, const uint3
     if (nparams > KEEL_MODEL_MAX_PARAMS)
         return keel_err_set(err, KEEL_EINVAL, "model has %llu parameters; at most %llu are allowed",
                             (unsigned long long)nparams, (unsigned long long)KEEL_MODEL_MAX_PARAMS);
-    m->kind = kind;
+    m->type = type;
     m->nlayers = nsizes - 1;
     memcpy(m->sizes, sizes, nsizes * sizeof(sizes[0]));
     return KEEL_OK;
@@ -72,17 +72,17 @@ int keel_model_init(struct keel_model *m, enum keel_model_kind kind, const uint3
 int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *err)
 {
     uint32_t sizes[KEEL_MODEL_MAX_LAYERS + 1];
-    enum keel_model_kind kind;
+    enum keel_model_type type;
     unsigned nsizes = 0;
     const char *p;
     int rc;
 
     memset(m, 0, sizeof(*m));
     if (strncmp(spec, "softmax:", 8) == 0) {
-        kind = KEEL_MODEL_SOFTMAX;
+        type = KEEL_MODEL_TYPE_SOFTMAX;
         p = spec + 8;
     } else if (strncmp(spec, "mlp:", 4) == 0) {
-        kind = KEEL_MODEL_MLP;
+        type = KEEL_MODEL_TYPE_MLP;
         p = spec + 4;
     } else {
         return keel_err_set(err, KEEL_EINVAL,
@@ -116,7 +116,7 @@ int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *
                                 (size_t)(p - spec));
         p++;
     }
-    rc = keel_model_init(m, kind, sizes, nsizes, err);
+    rc = keel_model_init(m, type, sizes, nsizes, err);
     if (rc != 0)
         return keel_err_prefix(err, rc, "model '%.64s'", spec);
     return KEEL_OK;
@@ -124,7 +124,7 @@ int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *
 
 void keel_model_format(const struct keel_model *m, struct keel_buf *out)
 {
-    keel_buf_addf(out, "%s:", kind_name(m->kind));
+    keel_buf_addf(out, "%s:", type_name(m->type));
     for (unsigned i = 0; i <= m->nlayers; i++)
         keel_buf_addf(out, i == 0 ? "%u" : "-%u", (unsigned)m->sizes[i]);
 }
@@ -172,12 +172,13 @@ void keel_model_params_fill(struct keel_model_params *p, const struct keel_model
 {
     for (unsigned l = 0; l < m->nlayers; l++) {
         uint32_t width = keel_model_row_width(m, l);
-        struct keel_init ini;
+        struct keel_initializer ini;
 
-        keel_model_default_init(m, l, seed, &ini);
+        keel_model_default_initializer(m, l, seed, &ini);
         for (uint32_t r = 0; r < keel_model_rows(m, l); r++)
-            (void)keel_init_row(&ini, keel_model_table_id(l), r, p->table[l] + (size_t)r * width,
-                                width, NULL); /* the default initializers are always valid */
+            (void)keel_initializer_row(&ini, keel_model_table_id(l), r,
+                                       p->table[l] + (size_t)r * width, width,
+                                       NULL); /* the default initializers are always valid */
     }
 }
 
@@ -438,38 +439,52 @@ static double unit_open_closed(uint64_t u)
     return (double)((u >> 11) + 1) * 0x1.0p-53;
 }
 
-int keel_init_row(const struct keel_init *ini, uint32_t table_id, uint64_t row, float *out,
-                  uint32_t width, struct keel_error *err)
+int keel_initializer_row(const struct keel_initializer *ini, uint32_t table_id, uint64_t row,
+                         float *out, uint32_t width, struct keel_error *err)
 {
     uint64_t base = row_base(ini->seed, table_id, row);
     uint32_t nweights = ini->bias_last && width > 0 ? width - 1 : width;
-    double sd = 0.0;
+    double fans = (double)ini->fan_in + (double)ini->fan_out;
+    double a = 0.0, sd = 0.0;
 
     switch (ini->kind) {
-    case KEEL_INIT_ZEROS:
+    case KEEL_INITIALIZER_ZEROS:
         memset(out, 0, (size_t)width * sizeof(float));
         return KEEL_OK;
-    case KEEL_INIT_UNIFORM:
+    case KEEL_INITIALIZER_UNIFORM:
         if (!(ini->scale > 0.0f) || !isfinite(ini->scale))
             return keel_err_set(err, KEEL_EINVAL, "uniform initializer scale %g is not positive",
                                 (double)ini->scale);
-        for (uint32_t j = 0; j < nweights; j++)
-            out[j] = (float)((2.0 * unit_closed_open(row_word(base, j)) - 1.0) * ini->scale);
+        a = ini->scale;
         break;
-    case KEEL_INIT_GLOROT_NORMAL:
+    case KEEL_INITIALIZER_GLOROT_UNIFORM:
+    case KEEL_INITIALIZER_GLOROT_NORMAL:
         if (ini->fan_in == 0 || ini->fan_out == 0)
-            return keel_err_set(err, KEEL_EINVAL, "glorot initializer needs fan_in and fan_out");
-        sd = sqrt(2.0 / ((double)ini->fan_in + (double)ini->fan_out));
+            return keel_err_set(err, KEEL_EINVAL, "%s initializer needs fan_in and fan_out",
+                                keel_initializer_name(ini->kind));
+        if (ini->kind == KEEL_INITIALIZER_GLOROT_UNIFORM)
+            a = sqrt(6.0 / fans);
+        else
+            sd = sqrt(2.0 / fans);
         break;
-    case KEEL_INIT_HE_NORMAL:
+    case KEEL_INITIALIZER_HE_UNIFORM:
+    case KEEL_INITIALIZER_HE_NORMAL:
         if (ini->fan_in == 0)
-            return keel_err_set(err, KEEL_EINVAL, "he initializer needs fan_in");
-        sd = sqrt(2.0 / (double)ini->fan_in);
+            return keel_err_set(err, KEEL_EINVAL, "%s initializer needs fan_in",
+                                keel_initializer_name(ini->kind));
+        if (ini->kind == KEEL_INITIALIZER_HE_UNIFORM)
+            a = sqrt(6.0 / (double)ini->fan_in);
+        else
+            sd = sqrt(2.0 / (double)ini->fan_in);
         break;
     default:
         return keel_err_set(err, KEEL_EINVAL, "unknown initializer kind %d", (int)ini->kind);
     }
-    if (sd > 0.0) {
+    if (a > 0.0) {
+        /* Word j gives value j. */
+        for (uint32_t j = 0; j < nweights; j++)
+            out[j] = (float)((2.0 * unit_closed_open(row_word(base, j)) - 1.0) * a);
+    } else {
         /* Box-Muller: words 2p and 2p+1 give values 2p (cos) and 2p+1 (sin). */
         for (uint32_t j = 0; j < nweights; j++) {
             uint64_t p = j / 2;
@@ -484,15 +499,20 @@ int keel_init_row(const struct keel_init *ini, uint32_t table_id, uint64_t row, 
     return KEEL_OK;
 }
 
-int keel_init_parse(struct keel_init *ini, const char *text, struct keel_error *err)
+static const char *const initializer_names[] = {
+    [KEEL_INITIALIZER_ZEROS] = "zeros",
+    [KEEL_INITIALIZER_UNIFORM] = "uniform",
+    [KEEL_INITIALIZER_GLOROT_UNIFORM] = "glorot_uniform",
+    [KEEL_INITIALIZER_HE_UNIFORM] = "he_uniform",
+    [KEEL_INITIALIZER_GLOROT_NORMAL] = "glorot_normal",
+    [KEEL_INITIALIZER_HE_NORMAL] = "he_normal",
+};
+
+#define NINITIALIZERS (sizeof(initializer_names) / sizeof(initializer_names[0]))
+
+int keel_initializer_parse(struct keel_initializer *ini, const char *text, struct keel_error *err)
 {
-    if (strcmp(text, "zeros") == 0) {
-        ini->kind = KEEL_INIT_ZEROS;
-    } else if (strcmp(text, "glorot") == 0) {
-        ini->kind = KEEL_INIT_GLOROT_NORMAL;
-    } else if (strcmp(text, "he") == 0) {
-        ini->kind = KEEL_INIT_HE_NORMAL;
-    } else if (strncmp(text, "uniform:", 8) == 0) {
+    if (strncmp(text, "uniform:", 8) == 0) {
         char *end;
         double a;
 
@@ -501,35 +521,34 @@ int keel_init_parse(struct keel_init *ini, const char *text, struct keel_error *
         if (end == text + 8 || *end != '\0' || errno != 0 || !(a > 0.0) || !isfinite(a) || a > 1e30)
             return keel_err_set(err, KEEL_EINVAL,
                                 "initializer '%.64s': the scale must be a positive number", text);
-        ini->kind = KEEL_INIT_UNIFORM;
+        ini->kind = KEEL_INITIALIZER_UNIFORM;
         ini->scale = (float)a;
-    } else {
-        return keel_err_set(err, KEEL_EINVAL,
-                            "unknown initializer '%.64s' (zeros, uniform:A, glorot, he)", text);
+        return KEEL_OK;
     }
-    return KEEL_OK;
+    for (size_t k = 1; k < NINITIALIZERS; k++)
+        if (k != KEEL_INITIALIZER_UNIFORM && strcmp(text, initializer_names[k]) == 0) {
+            ini->kind = (enum keel_initializer_kind)k;
+            return KEEL_OK;
+        }
+    return keel_err_set(err, KEEL_EINVAL,
+                        "unknown initializer '%.64s' (zeros, uniform:A, glorot_uniform, "
+                        "he_uniform, glorot_normal, he_normal)",
+                        text);
 }
 
-const char *keel_init_name(enum keel_init_kind kind)
+const char *keel_initializer_name(enum keel_initializer_kind kind)
 {
-    switch (kind) {
-    case KEEL_INIT_ZEROS:
-        return "zeros";
-    case KEEL_INIT_UNIFORM:
-        return "uniform";
-    case KEEL_INIT_GLOROT_NORMAL:
-        return "glorot";
-    case KEEL_INIT_HE_NORMAL:
-        return "he";
-    }
+    if ((size_t)kind >= 1 && (size_t)kind < NINITIALIZERS)
+        return initializer_names[kind];
     return "unknown";
 }
 
-void keel_model_default_init(const struct keel_model *m, unsigned layer, uint64_t seed,
-                             struct keel_init *ini)
+void keel_model_default_initializer(const struct keel_model *m, unsigned layer, uint64_t seed,
+                                    struct keel_initializer *ini)
 {
     memset(ini, 0, sizeof(*ini));
-    ini->kind = layer + 1 < m->nlayers ? KEEL_INIT_HE_NORMAL : KEEL_INIT_GLOROT_NORMAL;
+    ini->kind =
+        layer + 1 < m->nlayers ? KEEL_INITIALIZER_HE_NORMAL : KEEL_INITIALIZER_GLOROT_NORMAL;
     ini->seed = seed;
     ini->fan_in = m->sizes[layer];
     ini->fan_out = m->sizes[layer + 1];

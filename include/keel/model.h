@@ -20,7 +20,7 @@
  *    r * (s_l + 1).  Gradients use the same layout, so the worker pushes a
  *    table's gradient as its keys in ascending order and the packed rows.
  *
- * Initializers (struct keel_init) are pure functions of (seed, table id, row,
+ * Initializers (struct keel_initializer) are pure functions of (seed, table id, row,
  * column): any server creates any row identically, with no coordination and
  * whatever order rows are first touched in.
  *
@@ -45,30 +45,31 @@
 #define KEEL_MODEL_MAX_BATCH  (UINT32_C(1) << 20)       /* samples in one pass */
 #define KEEL_MODEL_SPEC_MAX   256                       /* bytes of a model spec, with NUL */
 
-enum keel_model_kind {
-    KEEL_MODEL_SOFTMAX = 1, /* softmax regression: one layer */
-    KEEL_MODEL_MLP = 2,     /* ReLU hidden layers, softmax output */
+enum keel_model_type {
+    KEEL_MODEL_TYPE_SOFTMAX = 1, /* softmax regression: one layer */
+    KEEL_MODEL_TYPE_MLP = 2,     /* ReLU hidden layers, softmax output */
 };
 
 /* A model's shape.  Plain data: copy it freely; it owns no memory. */
 struct keel_model {
-    enum keel_model_kind kind;
+    enum keel_model_type type;
     unsigned nlayers;                          /* L, 1..KEEL_MODEL_MAX_LAYERS */
     uint32_t sizes[KEEL_MODEL_MAX_LAYERS + 1]; /* s_0..s_L; unused entries are 0 */
 };
 
 /*
  * Describe the model of `nsizes` layer sizes s_0..s_L (so nsizes = L + 1, at
- * least 2) of the given kind.
- * Errors: KEEL_EINVAL when the kind is unknown, a softmax model has more than
+ * least 2) of the given type.  The values of enum keel_model_type are fixed
+ * (softmax 1, mlp 2), so a description storing the same numbers casts to it.
+ * Errors: KEEL_EINVAL when the type is unknown, a softmax model has more than
  * one layer, nsizes is out of 2..KEEL_MODEL_MAX_LAYERS+1, a size is 0 or above
  * KEEL_MODEL_MAX_UNITS, or the parameters exceed KEEL_MODEL_MAX_PARAMS floats.
  */
-int keel_model_init(struct keel_model *m, enum keel_model_kind kind, const uint32_t *sizes,
+int keel_model_init(struct keel_model *m, enum keel_model_type type, const uint32_t *sizes,
                     unsigned nsizes, struct keel_error *err);
 
 /*
- * Parse a model spec, "softmax:784-10" or "mlp:784-256-128-10": a kind, a
+ * Parse a model spec, "softmax:784-10" or "mlp:784-256-128-10": a type, a
  * colon and the layer sizes as decimal numbers joined by '-'.
  * Errors: KEEL_EINVAL naming the spec and what is wrong with it.
  */
@@ -134,7 +135,7 @@ void keel_model_params_init(struct keel_model_params *p, const struct keel_model
 void keel_model_params_release(struct keel_model_params *p);
 
 /*
- * Initialize every row of every table with keel_model_default_init() and
+ * Initialize every row of every table with keel_model_default_initializer() and
  * `seed`: the same values any server computes for the same rows.
  */
 void keel_model_params_fill(struct keel_model_params *p, const struct keel_model *m, uint64_t seed);
@@ -188,53 +189,57 @@ const float *keel_model_probs(const keel_model_work *w);
 
 /* ---- Initializers ---------------------------------------------------- */
 
-enum keel_init_kind {
-    KEEL_INIT_ZEROS = 1,         /* every value 0 */
-    KEEL_INIT_UNIFORM = 2,       /* uniform on [-scale, scale) */
-    KEEL_INIT_GLOROT_NORMAL = 3, /* normal, sd sqrt(2 / (fan_in + fan_out)) */
-    KEEL_INIT_HE_NORMAL = 4,     /* normal, sd sqrt(2 / fan_in) */
+enum keel_initializer_kind {
+    KEEL_INITIALIZER_ZEROS = 1,          /* every value 0 */
+    KEEL_INITIALIZER_UNIFORM = 2,        /* uniform on [-scale, scale] (as floats) */
+    KEEL_INITIALIZER_GLOROT_UNIFORM = 3, /* uniform, a = sqrt(6 / (fan_in + fan_out)) */
+    KEEL_INITIALIZER_HE_UNIFORM = 4,     /* uniform, a = sqrt(6 / fan_in) */
+    KEEL_INITIALIZER_GLOROT_NORMAL = 5,  /* normal, sd sqrt(2 / (fan_in + fan_out)) */
+    KEEL_INITIALIZER_HE_NORMAL = 6,      /* normal, sd sqrt(2 / fan_in) */
 };
 
 /*
  * How the rows of one table are initialized.  With `bias_last`, the last
  * value of every row is a bias and is set to 0; the others are drawn from
- * the distribution.
+ * the distribution.  Glorot and He have the same variance in their uniform
+ * and normal forms.
  */
-struct keel_init {
-    enum keel_init_kind kind;
+struct keel_initializer {
+    enum keel_initializer_kind kind;
     uint64_t seed;
-    float scale;      /* UNIFORM: the half-width a */
-    uint32_t fan_in;  /* GLOROT, HE: inputs of a unit */
-    uint32_t fan_out; /* GLOROT: outputs of a unit */
+    float scale;      /* UNIFORM: the half-width a; unused by the others */
+    uint32_t fan_in;  /* GLOROT_*, HE_*: inputs of a unit */
+    uint32_t fan_out; /* GLOROT_*: outputs of a unit */
     int bias_last;
 };
 
 /*
  * Parse an initializer name into `ini->kind` (and `ini->scale`): "zeros",
- * "uniform:A" (A a positive number), "glorot" or "he".  The seed, fans and
- * bias flag are left as they were.
+ * "uniform:A" (A a positive number), "glorot_uniform", "he_uniform",
+ * "glorot_normal" or "he_normal".  The seed, fans and bias flag are left as
+ * they were.
  * Errors: KEEL_EINVAL naming the text.
  */
-int keel_init_parse(struct keel_init *ini, const char *text, struct keel_error *err);
+int keel_initializer_parse(struct keel_initializer *ini, const char *text, struct keel_error *err);
 
-/* The name keel_init_parse() takes for `kind` ("he"), or "unknown". */
-const char *keel_init_name(enum keel_init_kind kind);
+/* The name keel_initializer_parse() takes for `kind` ("he_normal"), or "unknown". */
+const char *keel_initializer_name(enum keel_initializer_kind kind);
 
 /*
  * The initializer of layer `layer` of `m` with `seed`: He normal for a layer
  * followed by a ReLU, Glorot normal for the output layer, biases zero.
  */
-void keel_model_default_init(const struct keel_model *m, unsigned layer, uint64_t seed,
-                             struct keel_init *ini);
+void keel_model_default_initializer(const struct keel_model *m, unsigned layer, uint64_t seed,
+                                    struct keel_initializer *ini);
 
 /*
  * Fill out[0..width) with the initial values of row `row` of table
  * `table_id`.  Value j is a pure function of (ini, table_id, row, j): the
  * same on every machine and in every order of calls.
  * Errors: KEEL_EINVAL when the kind is unknown, UNIFORM's scale is not a
- * positive finite number, or a normal's fans are 0.
+ * positive finite number, or a fan it needs is 0.
  */
-int keel_init_row(const struct keel_init *ini, uint32_t table_id, uint64_t row, float *out,
-                  uint32_t width, struct keel_error *err);
+int keel_initializer_row(const struct keel_initializer *ini, uint32_t table_id, uint64_t row,
+                         float *out, uint32_t width, struct keel_error *err);
 
 #endif

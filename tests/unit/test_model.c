@@ -95,12 +95,12 @@ Test(model, init_from_layer_sizes)
     struct keel_model m;
     struct keel_error err = {0};
 
-    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_MLP, sizes, 4, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_TYPE_MLP, sizes, 4, &err), 0, "%s", err.msg);
     cr_assert_eq(m.nlayers, 3);
-    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_SOFTMAX, sizes, 4, &err), KEEL_EINVAL);
-    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_SOFTMAX, sizes, 2, &err), 0, "%s", err.msg);
-    cr_assert_eq(keel_model_init(&m, (enum keel_model_kind)7, sizes, 2, &err), KEEL_EINVAL);
-    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_MLP, sizes, 1, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_TYPE_SOFTMAX, sizes, 4, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_TYPE_SOFTMAX, sizes, 2, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_model_init(&m, (enum keel_model_type)7, sizes, 2, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_model_init(&m, KEEL_MODEL_TYPE_MLP, sizes, 1, &err), KEEL_EINVAL);
 }
 
 Test(model, layout_of_the_reference_mlp)
@@ -450,17 +450,17 @@ Test(model, gradient_is_the_batch_mean)
 
 /* ---- Initializers ----------------------------------------------------- */
 
-static void init_row(const struct keel_init *ini, uint32_t table, uint64_t row, float *out,
+static void init_row(const struct keel_initializer *ini, uint32_t table, uint64_t row, float *out,
                      uint32_t width)
 {
     struct keel_error err = {0};
 
-    cr_assert_eq(keel_init_row(ini, table, row, out, width, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_initializer_row(ini, table, row, out, width, &err), 0, "%s", err.msg);
 }
 
 Test(init, rows_are_a_function_of_seed_table_and_row)
 {
-    struct keel_init ini = {.kind = KEEL_INIT_HE_NORMAL, .seed = 42, .fan_in = 64};
+    struct keel_initializer ini = {.kind = KEEL_INITIALIZER_HE_NORMAL, .seed = 42, .fan_in = 64};
     float a[65], b[65], c[65];
 
     init_row(&ini, 1, 5, a, 65);
@@ -489,8 +489,9 @@ Test(init, rows_are_a_function_of_seed_table_and_row)
  */
 Test(init, known_values_do_not_drift)
 {
-    struct keel_init uni = {.kind = KEEL_INIT_UNIFORM, .seed = 1, .scale = 1.0f};
-    struct keel_init he = {.kind = KEEL_INIT_HE_NORMAL, .seed = 42, .fan_in = 4, .bias_last = 1};
+    struct keel_initializer uni = {.kind = KEEL_INITIALIZER_UNIFORM, .seed = 1, .scale = 1.0f};
+    struct keel_initializer he = {
+        .kind = KEEL_INITIALIZER_HE_NORMAL, .seed = 42, .fan_in = 4, .bias_last = 1};
     const float want_uni[3] = {0.162016436f, -0.534943759f, -0.424929947f};
     const float want_he[3] = {-0.0710884705f, 0.6580773f, -0.522519886f};
     float v[4];
@@ -506,23 +507,26 @@ Test(init, known_values_do_not_drift)
 
 Test(init, bias_last_is_zero_and_zeros_are_zero)
 {
-    struct keel_init ini = {
-        .kind = KEEL_INIT_GLOROT_NORMAL, .seed = 9, .fan_in = 4, .fan_out = 3, .bias_last = 1};
+    struct keel_initializer ini = {.kind = KEEL_INITIALIZER_GLOROT_NORMAL,
+                                   .seed = 9,
+                                   .fan_in = 4,
+                                   .fan_out = 3,
+                                   .bias_last = 1};
     float v[5];
 
     init_row(&ini, 3, 1, v, 5);
     cr_assert_eq(v[4], 0.0f);
     for (int i = 0; i < 4; i++)
         cr_assert_neq(v[i], 0.0f);
-    ini.kind = KEEL_INIT_ZEROS;
+    ini.kind = KEEL_INITIALIZER_ZEROS;
     init_row(&ini, 3, 1, v, 5);
     for (int i = 0; i < 5; i++)
         cr_assert_eq(v[i], 0.0f);
 }
 
 /* Mean and variance of `nrows` rows of `width` values of table 1. */
-static void sample_stats(const struct keel_init *ini, uint32_t nrows, uint32_t width, double *mean,
-                         double *var, double *within_sd, double sd)
+static void sample_stats(const struct keel_initializer *ini, uint32_t nrows, uint32_t width,
+                         double *mean, double *var, double *within_sd, double sd)
 {
     float *row = keel_calloc(width, sizeof(float));
     double s = 0, s2 = 0;
@@ -546,9 +550,9 @@ static void sample_stats(const struct keel_init *ini, uint32_t nrows, uint32_t w
 /* 200 rows x 500 = 100,000 values: the mean's sd is sd/316, the variance's 0.45%. */
 Test(init, normals_have_the_right_mean_and_variance)
 {
-    struct keel_init he = {.kind = KEEL_INIT_HE_NORMAL, .seed = 5, .fan_in = 500};
-    struct keel_init glorot = {
-        .kind = KEEL_INIT_GLOROT_NORMAL, .seed = 5, .fan_in = 500, .fan_out = 300};
+    struct keel_initializer he = {.kind = KEEL_INITIALIZER_HE_NORMAL, .seed = 5, .fan_in = 500};
+    struct keel_initializer glorot = {
+        .kind = KEEL_INITIALIZER_GLOROT_NORMAL, .seed = 5, .fan_in = 500, .fan_out = 300};
     double mean, var, within, sd;
 
     sd = sqrt(2.0 / 500);
@@ -564,76 +568,109 @@ Test(init, normals_have_the_right_mean_and_variance)
     cr_assert_lt(fabs(within - 0.6827), 0.01, "glorot: %g within one sd", within);
 }
 
-Test(init, uniform_is_in_range_with_the_right_variance)
+/* Uniform on [-a, a]: in range, variance a^2 / 3, half the values within a/2. */
+static void check_uniform(const struct keel_initializer *ini, double a)
 {
-    struct keel_init ini = {.kind = KEEL_INIT_UNIFORM, .seed = 11, .scale = 0.5f};
     float row[500];
     double mean, var, within;
 
     for (uint32_t r = 0; r < 200; r++) {
-        init_row(&ini, 1, r, row, 500);
+        init_row(ini, 1, r, row, 500);
         for (int j = 0; j < 500; j++)
-            cr_assert(row[j] >= -0.5f && row[j] < 0.5f, "%g", (double)row[j]);
+            cr_assert(fabsf(row[j]) <= (float)a, "%s: %g outside [-%g, %g]",
+                      keel_initializer_name(ini->kind), (double)row[j], a, a);
     }
-    sample_stats(&ini, 200, 500, &mean, &var, &within, 0.25);
-    cr_assert_lt(fabs(mean), 0.005, "mean %g", mean);
-    cr_assert_lt(fabs(var / (0.25 / 3) - 1), 0.05, "variance %g, want %g", var, 0.25 / 3);
-    cr_assert_lt(fabs(within - 0.5), 0.01, "%g within a/2", within);
+    sample_stats(ini, 200, 500, &mean, &var, &within, a / 2);
+    cr_assert_lt(fabs(mean), 0.01 * a, "%s: mean %g", keel_initializer_name(ini->kind), mean);
+    cr_assert_lt(fabs(var / (a * a / 3) - 1), 0.05, "%s: variance %g, want %g",
+                 keel_initializer_name(ini->kind), var, a * a / 3);
+    cr_assert_lt(fabs(within - 0.5), 0.01, "%s: %g within a/2", keel_initializer_name(ini->kind),
+                 within);
+}
+
+Test(init, uniforms_are_in_range_with_the_right_variance)
+{
+    struct keel_initializer uni = {.kind = KEEL_INITIALIZER_UNIFORM, .seed = 11, .scale = 0.5f};
+    struct keel_initializer glorot = {
+        .kind = KEEL_INITIALIZER_GLOROT_UNIFORM, .seed = 12, .fan_in = 784, .fan_out = 256};
+    struct keel_initializer he = {.kind = KEEL_INITIALIZER_HE_UNIFORM, .seed = 13, .fan_in = 128};
+
+    check_uniform(&uni, 0.5);
+    check_uniform(&glorot, sqrt(6.0 / (784 + 256)));
+    check_uniform(&he, sqrt(6.0 / 128));
 }
 
 Test(init, invalid_initializers_are_refused)
 {
-    struct keel_init ini = {.kind = KEEL_INIT_UNIFORM, .scale = 0.0f};
+    struct keel_initializer ini = {.kind = KEEL_INITIALIZER_UNIFORM, .scale = 0.0f};
     float v[3];
     struct keel_error err = {0};
 
-    cr_assert_eq(keel_init_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
     cr_assert(strstr(err.msg, "scale") != NULL, "%s", err.msg);
     ini.scale = NAN;
-    cr_assert_eq(keel_init_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
-    ini.kind = KEEL_INIT_HE_NORMAL;
-    cr_assert_eq(keel_init_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
-    ini.kind = KEEL_INIT_GLOROT_NORMAL;
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    ini.kind = KEEL_INITIALIZER_HE_NORMAL;
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    ini.kind = KEEL_INITIALIZER_HE_UNIFORM;
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "he_uniform initializer needs fan_in") != NULL, "%s", err.msg);
+    ini.kind = KEEL_INITIALIZER_GLOROT_NORMAL;
     ini.fan_in = 3;
-    cr_assert_eq(keel_init_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
-    ini.kind = (enum keel_init_kind)77;
-    cr_assert_eq(keel_init_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    ini.kind = KEEL_INITIALIZER_GLOROT_UNIFORM;
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
+    ini.kind = (enum keel_initializer_kind)77;
+    cr_assert_eq(keel_initializer_row(&ini, 1, 0, v, 3, &err), KEEL_EINVAL);
 }
 
 Test(init, parse_names)
 {
-    struct keel_init ini;
+    static const struct {
+        const char *text;
+        enum keel_initializer_kind kind;
+    } good[] = {
+        {"zeros", KEEL_INITIALIZER_ZEROS},
+        {"glorot_uniform", KEEL_INITIALIZER_GLOROT_UNIFORM},
+        {"he_uniform", KEEL_INITIALIZER_HE_UNIFORM},
+        {"glorot_normal", KEEL_INITIALIZER_GLOROT_NORMAL},
+        {"he_normal", KEEL_INITIALIZER_HE_NORMAL},
+    };
+    static const char *const bad[] = {
+        "he",          "glorot", "normal",     "uniform", "uniform:-1", "uniform:", "uniform:1x",
+        "uniform:nan", "ZEROS",  "he_normal ", ""};
+    struct keel_initializer ini;
     struct keel_error err = {0};
 
     memset(&ini, 0, sizeof(ini));
-    cr_assert_eq(keel_init_parse(&ini, "he", &err), 0);
-    cr_assert_eq(ini.kind, KEEL_INIT_HE_NORMAL);
-    cr_assert_eq(keel_init_parse(&ini, "glorot", &err), 0);
-    cr_assert_eq(ini.kind, KEEL_INIT_GLOROT_NORMAL);
-    cr_assert_eq(keel_init_parse(&ini, "zeros", &err), 0);
-    cr_assert_eq(ini.kind, KEEL_INIT_ZEROS);
-    cr_assert_eq(keel_init_parse(&ini, "uniform:0.05", &err), 0);
-    cr_assert_eq(ini.kind, KEEL_INIT_UNIFORM);
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        cr_assert_eq(keel_initializer_parse(&ini, good[i].text, &err), 0, "%s", good[i].text);
+        cr_assert_eq(ini.kind, good[i].kind, "%s", good[i].text);
+        cr_assert_str_eq(keel_initializer_name(ini.kind), good[i].text);
+    }
+    cr_assert_eq(keel_initializer_parse(&ini, "uniform:0.05", &err), 0);
+    cr_assert_eq(ini.kind, KEEL_INITIALIZER_UNIFORM);
     cr_assert_float_eq(ini.scale, 0.05f, 1e-9);
-    cr_assert_str_eq(keel_init_name(ini.kind), "uniform");
-    cr_assert_eq(keel_init_parse(&ini, "uniform:-1", &err), KEEL_EINVAL);
-    cr_assert_eq(keel_init_parse(&ini, "uniform:", &err), KEEL_EINVAL);
-    cr_assert_eq(keel_init_parse(&ini, "uniform:1x", &err), KEEL_EINVAL);
-    cr_assert_eq(keel_init_parse(&ini, "normal", &err), KEEL_EINVAL);
-    cr_assert(strstr(err.msg, "'normal'") != NULL, "%s", err.msg);
+    cr_assert_str_eq(keel_initializer_name(ini.kind), "uniform");
+    cr_assert_str_eq(keel_initializer_name((enum keel_initializer_kind)0), "unknown");
+    cr_assert_str_eq(keel_initializer_name((enum keel_initializer_kind)7), "unknown");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(keel_initializer_parse(&ini, bad[i], &err), KEEL_EINVAL, "'%s'", bad[i]);
+        cr_assert(strstr(err.msg, "initializer") != NULL, "'%s': %s", bad[i], err.msg);
+    }
 }
 
 Test(init, model_defaults_are_he_then_glorot)
 {
     struct keel_model m = parse("mlp:784-256-128-10");
-    struct keel_init ini;
+    struct keel_initializer ini;
 
-    keel_model_default_init(&m, 0, 1, &ini);
-    cr_assert_eq(ini.kind, KEEL_INIT_HE_NORMAL);
+    keel_model_default_initializer(&m, 0, 1, &ini);
+    cr_assert_eq(ini.kind, KEEL_INITIALIZER_HE_NORMAL);
     cr_assert_eq(ini.fan_in, 784);
     cr_assert(ini.bias_last);
-    keel_model_default_init(&m, 2, 1, &ini);
-    cr_assert_eq(ini.kind, KEEL_INIT_GLOROT_NORMAL);
+    keel_model_default_initializer(&m, 2, 1, &ini);
+    cr_assert_eq(ini.kind, KEEL_INITIALIZER_GLOROT_NORMAL);
     cr_assert_eq(ini.fan_in, 128);
     cr_assert_eq(ini.fan_out, 10);
 }
@@ -744,8 +781,9 @@ static struct keel_model_stats evaluate(struct trainer *t, const struct dataset 
  */
 static void make_blobs(struct dataset *d, uint32_t n, uint32_t dim, uint32_t classes, uint64_t seed)
 {
-    struct keel_init noise = {.kind = KEEL_INIT_HE_NORMAL, .seed = seed, .fan_in = 2};
-    struct keel_init centers = {.kind = KEEL_INIT_HE_NORMAL, .seed = 777, .fan_in = 2};
+    struct keel_initializer noise = {.kind = KEEL_INITIALIZER_HE_NORMAL, .seed = seed, .fan_in = 2};
+    struct keel_initializer centers = {
+        .kind = KEEL_INITIALIZER_HE_NORMAL, .seed = 777, .fan_in = 2};
     float *c = keel_calloc((size_t)classes * dim, sizeof(float));
 
     d->n = n;
