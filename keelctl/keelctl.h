@@ -27,4 +27,7 @@ struct keelctl_command {
 /* keelctl certs: init, issue, show, revoke (cmd_certs.c). */
 int keelctl_cmd_certs(const struct keel_config *config, int argc, char **argv);
 
+/* keelctl dataset: import, info, list, verify (cmd_dataset.c). */
+int keelctl_cmd_dataset(const struct keel_config *config, int argc, char **argv);
+
 #endif

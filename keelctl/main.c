@@ -10,6 +10,8 @@
 /* The commands, in the order `keelctl --help` lists them. */
 static const struct keelctl_command commands[] = {
     {"certs", "make the cluster CA, issue, show and revoke node certificates", keelctl_cmd_certs},
+    {"dataset", "import IDX, LIBSVM and CSV datasets into a store; info, list, verify",
+     keelctl_cmd_dataset},
     {NULL, NULL, NULL},
 };
 
