@@ -71,6 +71,22 @@ static const struct option_desc options[] = {
     {"net", "request_timeout", OPT_DURATION, F(request_timeout_ms), "30s", 10, HOUR_MS,
      "time a client waits for a reply before giving up on a request"},
     {"log", "level", OPT_LOGLEVEL, F(log_level), "info", 0, 0, "error, warn, info, debug or trace"},
+    {"etcd", "ca", OPT_STRING, F(etcd_ca), "", 0, 0,
+     "CA certificate that signed etcd's certificate (PEM); empty: [tls] ca"},
+    {"etcd", "cert", OPT_STRING, F(etcd_cert), "", 0, 0,
+     "client certificate presented to etcd (PEM); empty: [tls] cert"},
+    {"etcd", "key", OPT_STRING, F(etcd_key), "", 0, 0,
+     "private key of [etcd] cert (PEM); empty: [tls] key"},
+    {"etcd", "connect_timeout", OPT_DURATION, F(etcd_connect_timeout_ms), "2s", 10, HOUR_MS,
+     "time allowed to connect to one etcd endpoint"},
+    {"etcd", "request_timeout", OPT_DURATION, F(etcd_request_timeout_ms), "5s", 10, HOUR_MS,
+     "time allowed for one etcd request and its reply"},
+    {"etcd", "retry_timeout", OPT_DURATION, F(etcd_retry_timeout_ms), "10s", 0, HOUR_MS,
+     "how long an etcd call keeps retrying unavailable endpoints"},
+    {"etcd", "lease_ttl", OPT_DURATION, F(etcd_lease_ttl_ms), "10s", 2000, HOUR_MS,
+     "TTL of this node's etcd lease (membership, leadership); rounded up to seconds"},
+    {"coordinator", "heartbeat", OPT_DURATION, F(coordinator_heartbeat_ms), "5s", 50, HOUR_MS,
+     "interval of the leader's fenced heartbeat and work tick"},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -371,6 +387,10 @@ int keel_config_validate(const struct keel_config *c, const char *const *require
         return keel_err_set(err, KEEL_ECONFIG, "[tls] key: must be set when [tls] cert is");
     if (c->tls_key[0] != '\0' && c->tls_cert[0] == '\0')
         return keel_err_set(err, KEEL_ECONFIG, "[tls] cert: must be set when [tls] key is");
+    if (c->etcd_cert[0] != '\0' && c->etcd_key[0] == '\0')
+        return keel_err_set(err, KEEL_ECONFIG, "[etcd] key: must be set when [etcd] cert is");
+    if (c->etcd_key[0] != '\0' && c->etcd_cert[0] == '\0')
+        return keel_err_set(err, KEEL_ECONFIG, "[etcd] cert: must be set when [etcd] key is");
     return 0;
 }
 

@@ -45,6 +45,16 @@ struct keel_config {
     uint64_t request_timeout_ms;
     /* [log] */
     int log_level; /* enum keel_log_level */
+    /* [etcd] */
+    char *etcd_ca;   /* CA of etcd's certificate; "" = [tls] ca */
+    char *etcd_cert; /* client certificate for etcd; "" = [tls] cert */
+    char *etcd_key;  /* its key; "" = [tls] key */
+    uint64_t etcd_connect_timeout_ms;
+    uint64_t etcd_request_timeout_ms;
+    uint64_t etcd_retry_timeout_ms;
+    uint64_t etcd_lease_ttl_ms; /* a node's lease; whole seconds */
+    /* [coordinator] */
+    uint64_t coordinator_heartbeat_ms; /* leader's fenced heartbeat and work tick */
 };
 
 /* Fill `c` with every option's default. */

@@ -56,7 +56,8 @@
     X(EETCD, "etcd error")                                                                         \
     X(EUNAVAILABLE, "service unavailable")                                                         \
     X(ECANCELED, "operation canceled")                                                             \
-    X(EFORMAT, "unsupported storage format version")
+    X(EFORMAT, "unsupported storage format version")                                               \
+    X(EINDOUBT, "outcome of the write is unknown")
 
 #define KEEL__ERR_BASE (-10000)
 
