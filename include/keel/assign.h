@@ -1,0 +1,160 @@
+/*
+ * assign.h - the assignment table: which servers hold each key range.
+ *
+ * The key space is cut into KEEL_PROTO_NRANGES (256) ranges (keel/range.h).
+ * The assignment table gives every range a replica set: an ordered list of
+ * distinct servers, the first of which is the range's primary and the rest
+ * its backups.  The coordinator's leader computes the table from the set of
+ * live servers and stores it in etcd; servers and workers decode it.
+ *
+ * Invariants of every table these functions return or leave behind, with N
+ * the number of servers in the table and r its replication:
+ *  - every range has exactly min(r, N) replicas, all distinct, all in the
+ *    table's server list (so with no server every range is empty, and with
+ *    fewer servers than r every server holds every range);
+ *  - balance: every server holds between floor(256 * min(r, N) / N) and
+ *    ceil(256 * min(r, N) / N) replicas (so never more than the promised
+ *    ceil(256 * r / N) + 1), and is primary of at most ceil(256 / N) + 1
+ *    ranges (the rebalancer aims at floor/ceil of 256 / N, and reaches it
+ *    whenever the replica sets allow it without moving data);
+ *  - the server list is sorted by id (strcmp) and holds no duplicate.
+ *
+ * What a change guarantees, comparing a range before and after one call of
+ * keel_assign_update() (or join/leave/set_replication):
+ *  - promotion: when a range's primary leaves, the new primary is one of the
+ *    range's previous backups (it already has the data);
+ *  - continuity: the new primary was a replica of the range before, or the
+ *    previous primary is still a replica (a hand-over to a joining server,
+ *    which must first copy the range from it).  The only exceptions are a
+ *    range none of whose previous replicas is still alive, and r = 1, where
+ *    balancing after a join moves whole ranges from a live server to another;
+ *  - minimal movement: existing replicas stay where they are unless balance
+ *    needs them moved.  A join places replicas only on the joining server,
+ *    at most ceil(256 * min(r, N) / N) of them; a leave places one new
+ *    replica for each range the leaver held (fewer when N falls below r)
+ *    and moves nothing else except to restore the balance bound.
+ *  - the version is incremented exactly when anything but the version
+ *    changed (servers, replication or a replica set).
+ * docs/coordinator.md explains the algorithm.
+ *
+ * A keel_assign is a plain value: not thread-safe, owned by one thread; it
+ * may be copied with keel_assign_clone() for another.
+ */
+#ifndef KEEL_ASSIGN_H
+#define KEEL_ASSIGN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/buf.h"
+#include "keel/err.h"
+#include "keel/proto.h"
+
+#define KEEL_ASSIGN_MAX_REPLICATION 5
+#define KEEL_ASSIGN_MAX_SERVERS     1024
+#define KEEL_ASSIGN_MAX_JSON        (4u << 20) /* largest encoded table accepted */
+
+typedef struct keel_assign keel_assign;
+
+/* What one change did, for logs and tests. */
+struct keel_assign_stats {
+    unsigned placed;          /* (range, server) pairs that are new: data to copy */
+    unsigned removed;         /* (range, server) pairs that are gone */
+    unsigned primary_changes; /* ranges whose primary is not the one before */
+    unsigned promoted;        /* of those: ranges whose primary left, backup promoted */
+    int changed;              /* the version was incremented */
+};
+
+/*
+ * A table of version 0 with no servers (every range empty) and replication
+ * `replication` (1..KEEL_ASSIGN_MAX_REPLICATION, else NULL).  Free it with
+ * keel_assign_free().
+ */
+keel_assign *keel_assign_new(unsigned replication);
+
+void keel_assign_free(keel_assign *a);
+
+/* A deep copy; free it with keel_assign_free(). */
+keel_assign *keel_assign_clone(const keel_assign *a);
+
+uint64_t keel_assign_version(const keel_assign *a);
+unsigned keel_assign_replication(const keel_assign *a);
+size_t keel_assign_server_count(const keel_assign *a);
+
+/* Server `i` (< server count) in id order; valid until the table changes. */
+const char *keel_assign_server(const keel_assign *a, size_t i);
+
+/*
+ * The replica set of `range` (< KEEL_PROTO_NRANGES): stores up to `max` ids,
+ * primary first, into `ids` and returns how many replicas the range has.
+ * The pointers are valid until the table changes.
+ */
+size_t keel_assign_replicas(const keel_assign *a, unsigned range, const char **ids, size_t max);
+
+/* The primary of `range`, or NULL when the table has no server. */
+const char *keel_assign_primary(const keel_assign *a, unsigned range);
+
+/* Position of server `id` in the replica set of `range` (0 = primary), or -1. */
+int keel_assign_position(const keel_assign *a, unsigned range, const char *id);
+
+/* How many ranges server `id` holds, and of those how many as primary (0, 0 when unknown). */
+void keel_assign_load(const keel_assign *a, const char *id, unsigned *replicas,
+                      unsigned *primaries);
+
+/*
+ * Make the table describe the live servers `live[0..nlive)` (ids, any order):
+ * servers not in the list leave, new ones join, then replicas are added,
+ * removed and moved as the invariants above require.  Leaves are handled
+ * before joins, so one call may report several changes of membership.  The
+ * version is incremented when the table changed.  `stats` may be NULL.
+ * Errors: KEEL_EINVAL for an id that is not 1-64 of [A-Za-z0-9_-], an id
+ * listed twice, or more than KEEL_ASSIGN_MAX_SERVERS servers; the table is
+ * then unchanged.
+ */
+int keel_assign_update(keel_assign *a, const char *const *live, size_t nlive,
+                       struct keel_assign_stats *stats, struct keel_error *err);
+
+/*
+ * One server joins / leaves: keel_assign_update() with the current servers
+ * plus / minus `id`.  Errors: as keel_assign_update(); KEEL_EEXIST when
+ * joining an id already present, KEEL_ENOTFOUND when an absent id leaves.
+ */
+int keel_assign_join(keel_assign *a, const char *id, struct keel_assign_stats *stats,
+                     struct keel_error *err);
+int keel_assign_leave(keel_assign *a, const char *id, struct keel_assign_stats *stats,
+                      struct keel_error *err);
+
+/*
+ * Change the replication to `replication` (1..KEEL_ASSIGN_MAX_REPLICATION) and
+ * add or drop backups to match; primaries stay.  Errors: KEEL_EINVAL.
+ */
+int keel_assign_set_replication(keel_assign *a, unsigned replication,
+                                struct keel_assign_stats *stats, struct keel_error *err);
+
+/*
+ * Append the table's canonical JSON to `out`:
+ *   {"ranges":[[0,2,1],...],"replication":3,"servers":["s1","s2","s3"],"version":7}
+ * keys sorted, no whitespace; "ranges" has KEEL_PROTO_NRANGES arrays of
+ * indexes into "servers", primary first.  The same table always gives the
+ * same bytes.
+ */
+void keel_assign_encode(const keel_assign *a, struct keel_buf *out);
+
+/*
+ * Decode a table from `len` bytes of JSON at `data`, which may come from
+ * anywhere: every field is checked (an object with exactly the four keys
+ * above; version an integer >= 0; replication 1..KEEL_ASSIGN_MAX_REPLICATION;
+ * at most KEEL_ASSIGN_MAX_SERVERS distinct valid ids in increasing order;
+ * exactly KEEL_PROTO_NRANGES replica sets, each of min(replication, servers)
+ * distinct indexes below the server count; input at most KEEL_ASSIGN_MAX_JSON
+ * bytes).  The balance bound is not required of a decoded table.
+ * On success *out is a new table the caller frees with keel_assign_free().
+ * Errors: KEEL_ECORRUPT naming the field at fault ("assignment: ranges[17][1]:
+ * index 9 is not below the server count 4"); *out is then NULL.
+ */
+int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct keel_error *err);
+
+/* Non-zero when the two tables are equal in everything, version included. */
+int keel_assign_equal(const keel_assign *a, const keel_assign *b);
+
+#endif

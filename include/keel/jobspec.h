@@ -1,0 +1,178 @@
+/*
+ * jobspec.h - a training job's specification: the INI file an operator
+ * submits, its canonical JSON form kept in etcd, its digest, and the model's
+ * parameter tables derived from it.
+ *
+ * docs/coordinator.md describes the file format field by field, with an
+ * example; examples/fashion-mnist-mlp.ini is a complete one.
+ *
+ * Invariants of a struct keel_jobspec that keel_jobspec_load(),
+ * keel_jobspec_parse() or keel_jobspec_decode() returned successfully:
+ *  - every field is within its documented bounds, names are valid ids
+ *    (keel/id.h), and the model has 2 sizes (softmax) or 3 to
+ *    KEEL_JOBSPEC_MAX_SIZES (mlp);
+ *  - optimizer parameters the chosen optimizer does not use are 0, and
+ *    init.scale is 0 unless the method is uniform, so two specs that mean
+ *    the same thing are equal field by field and encode to the same bytes;
+ *  - real numbers hold exactly the value of their 15-significant-digit
+ *    decimal form, so encode -> decode -> encode gives the same bytes.
+ * The struct owns no memory (fixed arrays); copy it freely.  Every function
+ * is thread-safe on distinct specs.
+ */
+#ifndef KEEL_JOBSPEC_H
+#define KEEL_JOBSPEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/buf.h"
+#include "keel/err.h"
+#include "keel/id.h"
+
+#define KEEL_JOBSPEC_FORMAT      1                   /* "format" in the JSON form */
+#define KEEL_JOBSPEC_MAX_SIZES   17                  /* layer sizes, so at most 16 layers */
+#define KEEL_JOBSPEC_MAX_UNITS   65536               /* largest layer size */
+#define KEEL_JOBSPEC_MAX_PARAMS  (UINT64_C(1) << 31) /* floats in the whole model */
+#define KEEL_JOBSPEC_MAX_JSON    (64u << 10)         /* largest JSON form accepted */
+#define KEEL_JOBSPEC_DIGEST_SIZE 32                  /* SHA-256 */
+
+enum keel_model_kind {
+    KEEL_MODEL_SOFTMAX = 1, /* softmax regression: one layer, input -> classes */
+    KEEL_MODEL_MLP = 2,     /* ReLU hidden layers, softmax output */
+};
+
+enum keel_optimizer {
+    KEEL_OPT_SGD = 1,
+    KEEL_OPT_MOMENTUM = 2,
+    KEEL_OPT_ADAGRAD = 3,
+    KEEL_OPT_ADAM = 4,
+};
+
+enum keel_init_method {
+    KEEL_INIT_ZEROS = 1,
+    KEEL_INIT_UNIFORM = 2, /* U(-scale, scale) */
+    KEEL_INIT_GLOROT = 3,  /* U(-a, a), a = sqrt(6 / (in + out)) */
+    KEEL_INIT_HE = 4,      /* U(-a, a), a = sqrt(6 / in) */
+};
+
+enum keel_consistency {
+    KEEL_CONSISTENCY_BSP = 1,
+    KEEL_CONSISTENCY_SSP = 2, /* with staleness 1..KEEL_JOBSPEC_MAX_STALENESS */
+    KEEL_CONSISTENCY_ASP = 3,
+};
+
+#define KEEL_JOBSPEC_MAX_STALENESS 1000
+
+struct keel_jobspec {
+    char name[KEEL_ID_MAX + 1];         /* [job] name */
+    char dataset[KEEL_ID_MAX + 1];      /* [job] dataset: training records */
+    char test_dataset[KEEL_ID_MAX + 1]; /* [job] test_dataset: "" when none */
+    enum keel_model_kind model;         /* [job] model: "softmax:784-10" */
+    unsigned nsizes;                    /* layer sizes, input first */
+    uint32_t sizes[KEEL_JOBSPEC_MAX_SIZES];
+    struct {
+        enum keel_optimizer type; /* [optimizer] type */
+        double lr;                /* all */
+        double momentum;          /* momentum */
+        double beta1, beta2;      /* adam */
+        double epsilon;           /* adagrad, adam */
+    } optimizer;
+    struct {
+        enum keel_init_method method; /* [init] method */
+        uint64_t seed;                /* [init] seed, < 2^63 */
+        double scale;                 /* [init] scale: uniform only */
+    } init;
+    uint32_t batch_size;               /* records per batch */
+    uint32_t epochs;                   /* passes over the data */
+    enum keel_consistency consistency; /* bsp | ssp:N | asp */
+    uint32_t staleness;                /* N of ssp:N, else 0 */
+    uint64_t checkpoint_interval;      /* clocks between checkpoints, 0 = none */
+    unsigned replication;              /* replicas per range, 1..5 */
+    uint32_t shards;                   /* parts the training data is cut into */
+};
+
+/* One parameter table of the model (see keel_jobspec_tables()). */
+struct keel_table_desc {
+    uint16_t id;        /* table id in keys: layer index + 1 */
+    uint32_t row_width; /* floats per row: inputs + 1 (the bias is last) */
+    uint64_t rows;      /* one row per output unit */
+    uint32_t in, out;   /* the layer's input and output sizes */
+};
+
+/* Fill `spec` with the defaults; name, model and dataset are left unset. */
+void keel_jobspec_init(struct keel_jobspec *spec);
+
+/*
+ * Read and validate the job spec file at `path` into `spec`.
+ * Errors: -errno when it cannot be opened; KEEL_EINVAL with the file, the
+ * line when there is one, and the field: "job.ini:7: [optimizer] lr: must be
+ * greater than 0 and at most 10, got '0'", "job.ini: [job] model: must be
+ * set".  Unknown sections and keys, keys given twice and lines longer than
+ * 195 bytes are refused the same way.  On error `spec` is unspecified.
+ */
+int keel_jobspec_load(struct keel_jobspec *spec, const char *path, struct keel_error *err);
+
+/* As keel_jobspec_load() from the NUL-terminated `text`; `origin` names it in errors. */
+int keel_jobspec_parse(struct keel_jobspec *spec, const char *text, const char *origin,
+                       struct keel_error *err);
+
+/*
+ * Check every field and the relations between them.  The parsers and the
+ * decoder call it; call it after changing a spec by hand.
+ * Errors: KEEL_EINVAL naming the first field at fault ("[job] name: ...").
+ */
+int keel_jobspec_validate(const struct keel_jobspec *spec, struct keel_error *err);
+
+/*
+ * Append the canonical JSON form of a valid spec to `out`: keys sorted, no
+ * whitespace, only the parameters the optimizer and init method use, reals
+ * with 15 significant digits, "format": KEEL_JOBSPEC_FORMAT.  The same spec
+ * always gives the same bytes.
+ */
+void keel_jobspec_encode(const struct keel_jobspec *spec, struct keel_buf *out);
+
+/*
+ * Decode and validate a spec from `len` bytes of JSON that may come from
+ * anywhere.  Every key must be known and of the right type, required ones
+ * present; input at most KEEL_JOBSPEC_MAX_JSON bytes.
+ * Errors: KEEL_ECORRUPT naming the field ("job spec: optimizer.beta1: ...").
+ */
+int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *spec,
+                        struct keel_error *err);
+
+/* SHA-256 of the canonical JSON form; checkpoints record it. */
+void keel_jobspec_digest(const struct keel_jobspec *spec,
+                         unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE]);
+
+/* The digest as 64 lowercase hex digits and a NUL. */
+void keel_jobspec_digest_hex(const struct keel_jobspec *spec,
+                             char hex[2 * KEEL_JOBSPEC_DIGEST_SIZE + 1]);
+
+/* "mlp:784-256-128-10" into `out` (cut at `n` bytes, always NUL-terminated). */
+void keel_jobspec_model_string(const struct keel_jobspec *spec, char *out, size_t n);
+
+/*
+ * The model's parameter tables, one per layer l = 0 .. nsizes-2: table id
+ * l + 1, sizes[l+1] rows (one per output unit), each of sizes[l] + 1 floats:
+ * the weights from every input, then the bias.  Stores up to `max` into `out`
+ * and returns how many tables the model has (nsizes - 1).
+ */
+size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_desc *out,
+                           size_t max);
+
+/*
+ * The initial value of row `row` of table `t`, as every server computes it:
+ * `row_width` floats into `out`; the bias (last float) is 0, the weights
+ * follow the init method from a pseudo-random stream that depends only on
+ * the seed and the row's key, so any server, any time, gets the same row.
+ */
+void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
+                           uint64_t row, float *out);
+
+const char *keel_optimizer_name(enum keel_optimizer o);
+const char *keel_init_method_name(enum keel_init_method m);
+
+/* "bsp", "asp" or "ssp:N" into `out` (at least 16 bytes). */
+void keel_consistency_string(const struct keel_jobspec *spec, char *out, size_t n);
+
+#endif
