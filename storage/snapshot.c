@@ -841,8 +841,10 @@ int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel
     r.stats.lsn = snap->lsn;
     if (stats != NULL)
         *stats = r.stats;
-    KEEL_LOG_INFO("restored range %" PRIu32 " to LSN %" PRIu64 ": %" PRIu64
-                  " log record(s) replayed, %" PRIu64 " duplicate(s) skipped",
-                  range, snap->lsn, r.stats.replayed, r.stats.duplicates);
+    /* A range with nothing stored is the common case at first start: not worth a line each. */
+    KEEL_LOG(snap->lsn ? KEEL_LOG_LEVEL_INFO : KEEL_LOG_LEVEL_DEBUG,
+             "restored range %" PRIu32 " to LSN %" PRIu64 ": %" PRIu64
+             " log record(s) replayed, %" PRIu64 " duplicate(s) skipped",
+             range, snap->lsn, r.stats.replayed, r.stats.duplicates);
     return 0;
 }

@@ -43,6 +43,9 @@ struct keel_config {
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t request_timeout_ms;
+    /* [server] */
+    uint64_t server_group_commit_ms;      /* longest wait before the log is committed */
+    uint64_t server_snapshot_interval_ms; /* time between range snapshots */
     /* [log] */
     int log_level; /* enum keel_log_level */
     /* [etcd] */

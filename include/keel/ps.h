@@ -1,0 +1,114 @@
+/*
+ * ps.h - a server's parameters for one job: ranges of rows, the optimizer,
+ * exactly-once bookkeeping and worker clocks.  No network, no etcd: the
+ * server (server/server.c) feeds it decoded requests and persists what it
+ * returns.
+ *
+ * Invariants:
+ *  - A range that the server holds has every row of every table whose key
+ *    falls in it (the model is dense): rows are created from the job's
+ *    initializer when the range is first opened with no stored snapshot.
+ *  - Each range keeps, per data shard, the last position (seq, from 1) it applied.
+ *    A push at or below that position changes nothing (a duplicate); above
+ *    it, every row of the range in the push is updated and the position
+ *    moves to the push's seq.  So a retried or replayed push is applied once.
+ *  - Each applied push gets the range's next LSN; replay of the update log
+ *    reproduces the rows exactly (the optimizer is deterministic).
+ *  - Each range has its own lock; a push or pull touching several ranges
+ *    takes them one at a time, in range order.
+ */
+#ifndef KEEL_PS_H
+#define KEEL_PS_H
+
+#include <stdint.h>
+
+#include "keel/jobspec.h"
+#include "keel/optim.h"
+#include "keel/proto.h"
+#include "keel/snapshot.h"
+#include "keel/store.h"
+
+struct keel_ps;
+
+/* The optimizer a job spec asks for. */
+int keel_ps_optim_of(const struct keel_jobspec *spec, struct keel_optim *o, struct keel_error *err);
+
+/* State for `spec`'s model, holding no range yet.  Free with keel_ps_free(). */
+int keel_ps_new(const struct keel_jobspec *spec, struct keel_ps **out, struct keel_error *err);
+void keel_ps_free(struct keel_ps *ps);
+
+/*
+ * Take range `range`: from its snapshot and update log in `store` when there
+ * are any (restore = snapshot + log replay), else from the initializer.
+ * Idempotent: a range already held is left as it is.
+ */
+int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
+                       struct keel_error *err);
+
+/* Whether `range` is held. */
+int keel_ps_holds(struct keel_ps *ps, unsigned range);
+
+/* Drop a range (it moved to another server). */
+void keel_ps_close_range(struct keel_ps *ps, unsigned range);
+
+/* What a push did in one range, for the update log. */
+struct keel_ps_applied {
+    uint32_t range;
+    uint64_t lsn;
+    struct keel_msg_push push; /* the part of the push in this range; points into `owner` */
+};
+
+/* The result of keel_ps_push(); release with keel_ps_result_release(). */
+struct keel_ps_result {
+    int duplicate;                   /* every range had seen this (shard, seq) already */
+    uint64_t lsn;                    /* the highest LSN given, 0 for a duplicate */
+    struct keel_ps_applied *applied; /* one per range updated */
+    size_t napplied;
+    void *owner; /* memory of the per-range pushes */
+};
+
+void keel_ps_result_release(struct keel_ps_result *r);
+
+/*
+ * Apply `push`: every key must be in a range this server holds (else
+ * KEEL_EREDIRECT naming the range) and in a table of the model with the
+ * push's row width (KEEL_EINVAL).  Non-finite gradients are refused
+ * (KEEL_EINVAL) and change nothing.  The worker's clock moves to push->clock + 1.
+ */
+int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct keel_ps_result *out,
+                 struct keel_error *err);
+
+/* Apply a replicated or replayed part of a push to one range (backups, restore). */
+int keel_ps_apply(struct keel_ps *ps, const struct keel_ps_applied *a, struct keel_error *err);
+
+/*
+ * Copy the rows of `keys` (table `table_id`, `row_width` floats each) into
+ * rows[nkeys * row_width].  Errors as for keel_ps_push.
+ */
+int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, const uint64_t *keys,
+                 uint32_t nkeys, float *rows, struct keel_error *err);
+
+/*
+ * Whether a pull for clock `clock` may be answered now: always under ASP;
+ * under BSP and SSP(s) when every live worker has finished clock - s - 1
+ * (s = 0 for BSP), i.e. its clock is at least clock - s.
+ */
+int keel_ps_clock_ready(struct keel_ps *ps, uint64_t clock);
+
+/* The live workers: those not listed are out of the clock set from now on. */
+void keel_ps_set_workers(struct keel_ps *ps, const char *const *ids, size_t n);
+
+/* The slowest live worker's clock (0 when none). */
+uint64_t keel_ps_min_clock(struct keel_ps *ps);
+
+/*
+ * A copy of range `range` for a snapshot, taken under its lock; release
+ * with keel_snapshot_release().
+ */
+int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *out,
+                     struct keel_error *err);
+
+/* The range's current LSN. */
+uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range);
+
+#endif

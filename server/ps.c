@@ -1,0 +1,512 @@
+/*
+ * ps.c - a server's parameter ranges: push, pull, exactly-once, clocks.
+ *
+ * A held range is a struct keel_snapshot the range owns (malloc'ed arrays,
+ * owned = 1): its tables with sorted keys, rows and optimizer state, its
+ * per-shard positions and its LSN.  The same struct is what a snapshot
+ * writes and what a restore fills, so nothing is converted on the way in
+ * or out.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel/alloc.h"
+#include "keel/log.h"
+#include "keel/ps.h"
+#include "keel/range.h"
+
+#define MAX_TABLES (KEEL_JOBSPEC_MAX_SIZES - 1)
+
+struct range_state {
+    pthread_mutex_t lock;
+    int held;
+    struct keel_snapshot snap;
+};
+
+struct worker_clock {
+    char id[KEEL_PROTO_MAX_ID + 1];
+    uint64_t clock; /* clocks finished: the last push's clock + 1 */
+    int live;
+};
+
+struct keel_ps {
+    struct keel_jobspec spec;
+    struct keel_optim optim;
+    struct keel_table_desc tables[MAX_TABLES];
+    size_t ntables;
+    uint32_t state_width[MAX_TABLES];
+    struct range_state ranges[KEEL_PROTO_NRANGES];
+    pthread_mutex_t clock_lock; /* guards workers */
+    struct worker_clock *workers;
+    size_t nworkers;
+};
+
+int keel_ps_optim_of(const struct keel_jobspec *spec, struct keel_optim *o, struct keel_error *err)
+{
+    static const enum keel_optim_kind kinds[] = {
+        [KEEL_OPT_SGD] = KEEL_OPTIM_SGD,
+        [KEEL_OPT_MOMENTUM] = KEEL_OPTIM_MOMENTUM,
+        [KEEL_OPT_ADAGRAD] = KEEL_OPTIM_ADAGRAD,
+        [KEEL_OPT_ADAM] = KEEL_OPTIM_ADAM,
+    };
+    int rc;
+
+    if (spec->optimizer.type < KEEL_OPT_SGD || spec->optimizer.type > KEEL_OPT_ADAM)
+        return keel_err_set(err, KEEL_EINVAL, "job '%s': unknown optimizer %d", spec->name,
+                            (int)spec->optimizer.type);
+    if ((rc = keel_optim_defaults(o, kinds[spec->optimizer.type], err)) != 0)
+        return rc;
+    o->lr = (float)spec->optimizer.lr;
+    o->momentum = (float)spec->optimizer.momentum;
+    o->beta1 = (float)spec->optimizer.beta1;
+    o->beta2 = (float)spec->optimizer.beta2;
+    o->epsilon = (float)spec->optimizer.epsilon;
+    return keel_optim_check(o, err);
+}
+
+int keel_ps_new(const struct keel_jobspec *spec, struct keel_ps **out, struct keel_error *err)
+{
+    struct keel_ps *ps = keel_calloc(1, sizeof(*ps));
+    int rc;
+
+    ps->spec = *spec;
+    if ((rc = keel_ps_optim_of(spec, &ps->optim, err)) != 0) {
+        free(ps);
+        return rc;
+    }
+    ps->ntables = keel_jobspec_tables(spec, ps->tables, MAX_TABLES);
+    for (size_t i = 0; i < ps->ntables; i++)
+        ps->state_width[i] = (uint32_t)keel_optim_state_width(&ps->optim, ps->tables[i].row_width);
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        pthread_mutex_init(&ps->ranges[r].lock, NULL);
+    pthread_mutex_init(&ps->clock_lock, NULL);
+    *out = ps;
+    return 0;
+}
+
+void keel_ps_free(struct keel_ps *ps)
+{
+    if (ps == NULL)
+        return;
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        keel_snapshot_release(&ps->ranges[r].snap);
+        pthread_mutex_destroy(&ps->ranges[r].lock);
+    }
+    pthread_mutex_destroy(&ps->clock_lock);
+    free(ps->workers);
+    free(ps);
+}
+
+/* Every row of the model whose key is in `range`, from the initializer. */
+static void init_range(struct keel_ps *ps, unsigned range, struct keel_snapshot *snap)
+{
+    snap->range = range;
+    snap->owned = 1;
+    KEEL_ALLOC_ARRAY(snap->tables, ps->ntables);
+    snap->ntables = ps->ntables;
+    for (size_t i = 0; i < ps->ntables; i++) {
+        const struct keel_table_desc *d = &ps->tables[i];
+        struct keel_snap_table *t = &snap->tables[i];
+        uint64_t n = 0;
+
+        t->table_id = d->id;
+        t->width = d->row_width;
+        t->state_width = ps->state_width[i];
+        for (uint64_t row = 0; row < d->rows; row++)
+            n += keel_range_of(keel_key_make(d->id, row)) == range;
+        KEEL_ALLOC_ARRAY(t->keys, n ? n : 1);
+        KEEL_ALLOC_ARRAY(t->rows, n ? n * d->row_width : 1);
+        KEEL_ALLOC_ARRAY(t->state, n && t->state_width ? n * t->state_width : 1);
+        for (uint64_t row = 0; row < d->rows; row++) {
+            uint64_t key = keel_key_make(d->id, row);
+
+            if (keel_range_of(key) != range)
+                continue;
+            t->keys[t->nrows] = key;
+            keel_jobspec_init_row(&ps->spec, d, row, t->rows + t->nrows * d->row_width);
+            t->nrows++;
+        }
+    }
+}
+
+/* Apply the rows of `push` (all in this range) to `snap`'s rows; caller holds the lock. */
+static int apply_rows(struct keel_ps *ps, struct keel_snapshot *snap,
+                      const struct keel_msg_push *push, struct keel_error *err)
+{
+    const struct keel_rows *d = &push->data;
+    struct keel_snap_table *t = keel_snapshot_table(snap, d->table_id);
+    size_t ti;
+
+    if (t == NULL || t->width != d->row_width)
+        return keel_err_set(err, KEEL_EINVAL, "no table %u of width %u in the model", d->table_id,
+                            d->row_width);
+    for (ti = 0; ti < ps->ntables && ps->tables[ti].id != d->table_id; ti++)
+        ;
+    /* Check every gradient first: a bad one must change nothing. */
+    for (size_t i = 0; i < (size_t)d->nkeys * d->row_width; i++)
+        if (!isfinite(d->rows[i]))
+            return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
+                                (unsigned long long)d->keys[i / d->row_width]);
+    for (uint32_t k = 0; k < d->nkeys; k++) {
+        int64_t at = keel_snap_table_find(t, d->keys[k]);
+        int rc;
+
+        if (at < 0)
+            return keel_err_set(err, KEEL_EINVAL, "key %llu is not in range %u",
+                                (unsigned long long)d->keys[k], snap->range);
+        rc = keel_optim_apply(&ps->optim, t->rows + (size_t)at * t->width,
+                              t->state_width ? t->state + (size_t)at * t->state_width : NULL,
+                              d->rows + (size_t)k * d->row_width, t->width, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int replay_cb(struct keel_snapshot *snap, const struct keel_ulog_record *rec, void *ctx,
+                     struct keel_error *err)
+{
+    struct keel_ps *ps = ctx;
+
+    if (snap->ntables == 0)
+        init_range(ps, snap->range, snap);
+    return apply_rows(ps, snap, &rec->push, err);
+}
+
+int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
+                       struct keel_error *err)
+{
+    struct range_state *r = &ps->ranges[range];
+    struct keel_restore_stats stats = {0};
+    int rc = 0;
+
+    pthread_mutex_lock(&r->lock);
+    if (r->held)
+        goto out;
+    memset(&r->snap, 0, sizeof(r->snap));
+    if (store != NULL) {
+        rc = keel_restore(store, range, &r->snap, replay_cb, ps, &stats, err);
+        if (rc != 0) {
+            keel_snapshot_release(&r->snap);
+            goto out;
+        }
+        r->snap.owned = 1;
+    }
+    if (r->snap.ntables == 0) {
+        uint64_t lsn = r->snap.lsn;
+        struct keel_shard_pos *shards = r->snap.shards;
+        size_t nshards = r->snap.nshards;
+
+        r->snap.shards = NULL;
+        r->snap.nshards = 0;
+        keel_snapshot_release(&r->snap);
+        init_range(ps, range, &r->snap);
+        r->snap.lsn = lsn;
+        r->snap.shards = shards;
+        r->snap.nshards = nshards;
+    }
+    r->held = 1;
+out:
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int keel_ps_holds(struct keel_ps *ps, unsigned range)
+{
+    int held;
+
+    pthread_mutex_lock(&ps->ranges[range].lock);
+    held = ps->ranges[range].held;
+    pthread_mutex_unlock(&ps->ranges[range].lock);
+    return held;
+}
+
+void keel_ps_close_range(struct keel_ps *ps, unsigned range)
+{
+    struct range_state *r = &ps->ranges[range];
+
+    pthread_mutex_lock(&r->lock);
+    keel_snapshot_release(&r->snap);
+    r->held = 0;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void keel_ps_result_release(struct keel_ps_result *r)
+{
+    free(r->applied);
+    free(r->owner);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Move worker `id`'s clock forward to `clock` (never back). */
+static void worker_clock_set(struct keel_ps *ps, struct keel_str id, uint64_t clock)
+{
+    struct worker_clock *w = NULL;
+
+    pthread_mutex_lock(&ps->clock_lock);
+    for (size_t i = 0; i < ps->nworkers; i++)
+        if (strlen(ps->workers[i].id) == id.len && memcmp(ps->workers[i].id, id.ptr, id.len) == 0)
+            w = &ps->workers[i];
+    if (w == NULL) {
+        KEEL_REALLOC_ARRAY(ps->workers, ps->nworkers + 1);
+        w = &ps->workers[ps->nworkers++];
+        memset(w, 0, sizeof(*w));
+        memcpy(w->id, id.ptr, id.len);
+        w->live = 1;
+    }
+    if (clock > w->clock)
+        w->clock = clock;
+    pthread_mutex_unlock(&ps->clock_lock);
+}
+
+int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct keel_ps_result *out,
+                 struct keel_error *err)
+{
+    const struct keel_rows *d = &push->data;
+    uint32_t w = d->row_width;
+    uint64_t *keys;
+    float *rows;
+    uint32_t *order;
+    size_t nranges = 0, pos = 0;
+    int rc = 0;
+
+    memset(out, 0, sizeof(*out));
+    out->duplicate = 1;
+    if (push->seq == 0)
+        return keel_err_set(err, KEEL_EINVAL, "push from '%.*s' has seq 0: positions start at 1",
+                            (int)push->worker_id.len, push->worker_id.ptr);
+    if (d->nkeys == 0)
+        goto done;
+    /*
+     * Split the push by range, keeping key order within each range: counting
+     * sort on the range, one allocation for all the per-range pushes.
+     */
+    {
+        uint32_t count[KEEL_PROTO_NRANGES] = {0}, start[KEEL_PROTO_NRANGES];
+
+        for (uint32_t k = 0; k < d->nkeys; k++)
+            count[keel_range_of(d->keys[k])]++;
+        for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+            start[r] = (uint32_t)pos;
+            pos += count[r];
+            nranges += count[r] != 0;
+        }
+        out->owner = keel_malloc(keel_size_add(keel_size_mul(d->nkeys, 8),
+                                               keel_size_mul(keel_size_mul(d->nkeys, w), 4)) +
+                                 keel_size_mul(d->nkeys, 4));
+        keys = out->owner;
+        rows = (float *)(keys + d->nkeys);
+        order = (uint32_t *)(rows + (size_t)d->nkeys * w);
+        for (uint32_t k = 0; k < d->nkeys; k++)
+            order[start[keel_range_of(d->keys[k])]++] = k;
+        for (uint32_t i = 0; i < d->nkeys; i++) {
+            keys[i] = d->keys[order[i]];
+            memcpy(rows + (size_t)i * w, d->rows + (size_t)order[i] * w, (size_t)w * 4);
+        }
+    }
+    KEEL_ALLOC_ARRAY(out->applied, nranges);
+    for (uint32_t i = 0; i < d->nkeys;) {
+        unsigned range = keel_range_of(keys[i]);
+        struct range_state *r = &ps->ranges[range];
+        struct keel_shard_pos *sp;
+        uint32_t j = i;
+
+        while (j < d->nkeys && keel_range_of(keys[j]) == range)
+            j++;
+        pthread_mutex_lock(&r->lock);
+        if (!r->held) {
+            pthread_mutex_unlock(&r->lock);
+            rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+            break;
+        }
+        sp = keel_snapshot_shard(&r->snap, push->shard);
+        if (sp->seq >= push->seq) {
+            pthread_mutex_unlock(&r->lock); /* applied before: exactly once */
+            i = j;
+            continue;
+        }
+        {
+            struct keel_ps_applied *a = &out->applied[out->napplied];
+
+            a->range = range;
+            a->push = *push;
+            a->push.data.nkeys = j - i;
+            a->push.data.keys = keys + i;
+            a->push.data.rows = rows + (size_t)i * w;
+            rc = apply_rows(ps, &r->snap, &a->push, err);
+            if (rc != 0) {
+                pthread_mutex_unlock(&r->lock);
+                break;
+            }
+            sp = keel_snapshot_shard(&r->snap, push->shard);
+            sp->seq = push->seq;
+            sp->incarnation = push->incarnation;
+            snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)push->worker_id.len,
+                     push->worker_id.ptr);
+            a->lsn = ++r->snap.lsn;
+            out->napplied++;
+            out->duplicate = 0;
+            if (a->lsn > out->lsn)
+                out->lsn = a->lsn;
+        }
+        pthread_mutex_unlock(&r->lock);
+        i = j;
+    }
+    if (rc != 0)
+        return rc; /* ranges applied before the failing one stay applied: they are logged */
+done:
+    worker_clock_set(ps, push->worker_id, push->clock + 1);
+    return 0;
+}
+
+int keel_ps_apply(struct keel_ps *ps, const struct keel_ps_applied *a, struct keel_error *err)
+{
+    struct range_state *r = &ps->ranges[a->range];
+    struct keel_shard_pos *sp;
+    int rc = 0;
+
+    pthread_mutex_lock(&r->lock);
+    if (!r->held) {
+        rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", a->range);
+        goto out;
+    }
+    sp = keel_snapshot_shard(&r->snap, a->push.shard);
+    if (sp->seq >= a->push.seq)
+        goto out;
+    if ((rc = apply_rows(ps, &r->snap, &a->push, err)) != 0)
+        goto out;
+    sp = keel_snapshot_shard(&r->snap, a->push.shard);
+    sp->seq = a->push.seq;
+    sp->incarnation = a->push.incarnation;
+    snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)a->push.worker_id.len,
+             a->push.worker_id.ptr);
+    if (a->lsn > r->snap.lsn)
+        r->snap.lsn = a->lsn;
+out:
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, const uint64_t *keys,
+                 uint32_t nkeys, float *rows, struct keel_error *err)
+{
+    for (uint32_t k = 0; k < nkeys; k++) {
+        unsigned range = keel_range_of(keys[k]);
+        struct range_state *r = &ps->ranges[range];
+        struct keel_snap_table *t;
+        int64_t at;
+
+        pthread_mutex_lock(&r->lock);
+        if (!r->held) {
+            pthread_mutex_unlock(&r->lock);
+            return keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+        }
+        t = keel_snapshot_table(&r->snap, table_id);
+        at = t && t->width == row_width ? keel_snap_table_find(t, keys[k]) : -1;
+        if (at < 0) {
+            pthread_mutex_unlock(&r->lock);
+            return keel_err_set(err, KEEL_EINVAL, "no key %llu of width %u in table %u",
+                                (unsigned long long)keys[k], row_width, table_id);
+        }
+        memcpy(rows + (size_t)k * row_width, t->rows + (size_t)at * row_width,
+               (size_t)row_width * 4);
+        pthread_mutex_unlock(&r->lock);
+    }
+    return 0;
+}
+
+uint64_t keel_ps_min_clock(struct keel_ps *ps)
+{
+    uint64_t min = UINT64_MAX;
+
+    pthread_mutex_lock(&ps->clock_lock);
+    for (size_t i = 0; i < ps->nworkers; i++)
+        if (ps->workers[i].live && ps->workers[i].clock < min)
+            min = ps->workers[i].clock;
+    pthread_mutex_unlock(&ps->clock_lock);
+    return min == UINT64_MAX ? 0 : min;
+}
+
+int keel_ps_clock_ready(struct keel_ps *ps, uint64_t clock)
+{
+    uint64_t s = ps->spec.consistency == KEEL_CONSISTENCY_SSP ? ps->spec.staleness : 0;
+    uint64_t min = UINT64_MAX;
+    size_t live = 0;
+
+    if (ps->spec.consistency == KEEL_CONSISTENCY_ASP)
+        return 1;
+    pthread_mutex_lock(&ps->clock_lock);
+    for (size_t i = 0; i < ps->nworkers; i++) {
+        if (!ps->workers[i].live)
+            continue;
+        live++;
+        if (ps->workers[i].clock < min)
+            min = ps->workers[i].clock;
+    }
+    pthread_mutex_unlock(&ps->clock_lock);
+    return live == 0 || min + s >= clock;
+}
+
+void keel_ps_set_workers(struct keel_ps *ps, const char *const *ids, size_t n)
+{
+    pthread_mutex_lock(&ps->clock_lock);
+    for (size_t i = 0; i < ps->nworkers; i++) {
+        int live = 0;
+
+        for (size_t j = 0; j < n && !live; j++)
+            live = strcmp(ps->workers[i].id, ids[j]) == 0;
+        if (ps->workers[i].live && !live)
+            KEEL_LOG_INFO("worker %s left the clock set at clock %llu", ps->workers[i].id,
+                          (unsigned long long)ps->workers[i].clock);
+        ps->workers[i].live = live;
+    }
+    pthread_mutex_unlock(&ps->clock_lock);
+}
+
+static void copy_table(struct keel_snap_table *dst, const struct keel_snap_table *src)
+{
+    *dst = *src;
+    dst->keys = keel_malloc(keel_size_mul(src->nrows, 8) + 8);
+    dst->rows = keel_malloc(keel_size_mul(keel_size_mul(src->nrows, src->width), 4) + 4);
+    dst->state = NULL;
+    memcpy(dst->keys, src->keys, src->nrows * 8);
+    memcpy(dst->rows, src->rows, src->nrows * src->width * 4);
+    if (src->state_width) {
+        dst->state = keel_malloc(keel_size_mul(keel_size_mul(src->nrows, src->state_width), 4) + 4);
+        memcpy(dst->state, src->state, src->nrows * src->state_width * 4);
+    }
+}
+
+int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *out,
+                     struct keel_error *err)
+{
+    struct range_state *r = &ps->ranges[range];
+
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&r->lock);
+    if (!r->held) {
+        pthread_mutex_unlock(&r->lock);
+        return keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+    }
+    *out = r->snap;
+    out->owned = 1;
+    KEEL_ALLOC_ARRAY(out->tables, r->snap.ntables ? r->snap.ntables : 1);
+    for (size_t i = 0; i < r->snap.ntables; i++)
+        copy_table(&out->tables[i], &r->snap.tables[i]);
+    KEEL_ALLOC_ARRAY(out->shards, r->snap.nshards ? r->snap.nshards : 1);
+    memcpy(out->shards, r->snap.shards, r->snap.nshards * sizeof(out->shards[0]));
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range)
+{
+    uint64_t lsn;
+
+    pthread_mutex_lock(&ps->ranges[range].lock);
+    lsn = ps->ranges[range].snap.lsn;
+    pthread_mutex_unlock(&ps->ranges[range].lock);
+    return lsn;
+}

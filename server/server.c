@@ -1,0 +1,658 @@
+/*
+ * server.c - keel-server: the wiring of store, transport, etcd and ranges.
+ *
+ * Threads: the listener's I/O threads run handle() for every request; the
+ * etcd watch thread runs on_watch(); the storage thread commits the update
+ * log in groups, sends the ACKs that waited for it, and writes snapshots.
+ * srv->lock guards the job (ps, spec), the assignment and the queues; the
+ * ranges themselves are guarded inside struct keel_ps.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keel/alloc.h"
+#include "keel/assign.h"
+#include "keel/cli.h"
+#include "keel/dataset.h"
+#include "keel/etcd.h"
+#include "keel/jobs.h"
+#include "keel/log.h"
+#include "keel/member.h"
+#include "keel/net.h"
+#include "keel/ps.h"
+#include "keel/signals.h"
+#include "keel/store.h"
+#include "keel/ulog.h"
+#include "server.h"
+
+/* A push applied in memory, waiting for its log records to be committed. */
+struct pending_ack {
+    struct pending_ack *next;
+    struct keel_conn *conn;
+    struct keel_frame_header req;
+    struct keel_ps_result result;
+    uint64_t seq;
+    uint32_t shard;
+};
+
+/* A pull waiting for the slowest worker (BSP/SSP). */
+struct parked_pull {
+    struct parked_pull *next;
+    struct keel_conn *conn;
+    struct keel_frame_header req;
+    uint32_t table_id, row_width, nkeys;
+    uint64_t clock;
+    uint64_t *keys;
+};
+
+struct open_dataset {
+    char name[KEEL_PROTO_MAX_ID + 1];
+    keel_dataset *ds;
+};
+
+struct srv {
+    const struct keel_config *config;
+    char prefix[160]; /* /keel/<cluster>/ */
+    keel_store *store;
+    struct keel_tls *tls;
+    struct keel_listener *listener;
+    keel_etcd *etcd;
+    keel_member *member;
+    keel_etcd_stream *watch;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* the storage thread: work or stop */
+    int stopping;
+    struct keel_ps *ps; /* the running job's ranges, NULL when none */
+    struct keel_jobspec spec;
+    char job[KEEL_PROTO_MAX_ID + 1];
+    keel_assign *assign;
+    uint64_t assign_version;
+    struct pending_ack *acks, **acks_tail;
+    struct parked_pull *parked;
+    char **workers; /* live worker ids */
+    size_t nworkers;
+    struct open_dataset *datasets;
+    size_t ndatasets;
+    pthread_t storage_tid;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- ranges follow the assignment (srv->lock held) ------------------------ */
+
+static void apply_assignment(struct srv *s)
+{
+    struct keel_error err;
+    const char *self = s->config->node_id;
+    unsigned opened = 0, closed = 0;
+
+    if (s->ps == NULL || s->assign == NULL)
+        return;
+    keel_error_init(&err);
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        const char *primary = keel_assign_primary(s->assign, r);
+        int mine = primary != NULL && strcmp(primary, self) == 0;
+        int held = keel_ps_holds(s->ps, r);
+
+        if (mine && !held) {
+            if (keel_ps_open_range(s->ps, s->store, r, &err) != 0)
+                KEEL_LOG_ERROR("cannot open range %u: %s", r, err.msg);
+            else
+                opened++;
+        } else if (!mine && held) {
+            keel_ps_close_range(s->ps, r);
+            closed++;
+        }
+    }
+    if (opened || closed)
+        KEEL_LOG_INFO("assignment version %" PRIu64 ": opened %u range(s), closed %u",
+                      s->assign_version, opened, closed);
+}
+
+/* ---- parked pulls ------------------------------------------------------------ */
+
+static void answer_pull(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
+                        uint32_t table_id, uint32_t width, const uint64_t *keys, uint32_t nkeys)
+{
+    struct keel_error err;
+    struct keel_msg reply;
+    float *rows = keel_calloc((size_t)nkeys * width + 1, sizeof(float));
+
+    keel_error_init(&err);
+    if (keel_ps_pull(s->ps, table_id, width, keys, nkeys, rows, &err) != 0) {
+        keel_conn_reply_error(conn, req, err.code, err.msg);
+    } else {
+        memset(&reply, 0, sizeof(reply));
+        reply.hdr.type = KEEL_MSG_PULL_REPLY;
+        reply.hdr.epoch = 0;
+        reply.u.pull_reply.clock = keel_ps_min_clock(s->ps);
+        reply.u.pull_reply.data = (struct keel_rows){table_id, width, nkeys, keys, rows};
+        keel_conn_reply(conn, req, &reply, NULL);
+    }
+    free(rows);
+}
+
+/* Answer the parked pulls whose clock is now allowed (srv->lock held). */
+static void release_parked(struct srv *s)
+{
+    struct parked_pull **p = &s->parked;
+
+    while (*p) {
+        struct parked_pull *pp = *p;
+
+        if (s->ps != NULL && !keel_ps_clock_ready(s->ps, pp->clock)) {
+            p = &pp->next;
+            continue;
+        }
+        *p = pp->next;
+        if (s->ps != NULL)
+            answer_pull(s, pp->conn, &pp->req, pp->table_id, pp->row_width, pp->keys, pp->nkeys);
+        else
+            keel_conn_reply_error(pp->conn, &pp->req, KEEL_EUNAVAILABLE, "the job ended");
+        keel_conn_unref(pp->conn);
+        free(pp->keys);
+        free(pp);
+    }
+}
+
+/* ---- requests (I/O threads) -------------------------------------------------- */
+
+static int redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
+                    const char *why)
+{
+    struct keel_msg m;
+
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_ERROR;
+    m.u.error.code = KEEL_EREDIRECT;
+    m.u.error.assignment_version = s->assign_version;
+    m.u.error.message = keel_str_of(why);
+    return keel_conn_reply(conn, req, &m, NULL);
+}
+
+static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
+                       struct keel_error *err)
+{
+    struct pending_ack *a = keel_calloc(1, sizeof(*a));
+    int rc;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->ps == NULL) {
+        pthread_mutex_unlock(&s->lock);
+        free(a);
+        return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
+    }
+    rc = keel_ps_push(s->ps, &msg->u.push, &a->result, err);
+    if (rc == KEEL_EREDIRECT) {
+        keel_ps_result_release(&a->result);
+        free(a);
+        redirect(s, conn, &msg->hdr, err->msg);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    if (rc != 0) {
+        keel_ps_result_release(&a->result);
+        pthread_mutex_unlock(&s->lock);
+        free(a);
+        return rc;
+    }
+    /* The ACK goes out once the storage thread has committed the log records. */
+    keel_conn_ref(conn);
+    a->conn = conn;
+    a->req = msg->hdr;
+    a->seq = msg->u.push.seq;
+    a->shard = msg->u.push.shard;
+    *s->acks_tail = a;
+    s->acks_tail = &a->next;
+    release_parked(s); /* this push may have moved the slowest clock */
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
+                       struct keel_error *err)
+{
+    const struct keel_msg_pull *p = &msg->u.pull;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->ps == NULL) {
+        pthread_mutex_unlock(&s->lock);
+        return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
+    }
+    if (keel_ps_clock_ready(s->ps, p->clock)) {
+        answer_pull(s, conn, &msg->hdr, p->data.table_id, p->data.row_width, p->data.keys,
+                    p->data.nkeys);
+    } else {
+        struct parked_pull *pp = keel_calloc(1, sizeof(*pp));
+
+        keel_conn_ref(conn);
+        pp->conn = conn;
+        pp->req = msg->hdr;
+        pp->table_id = p->data.table_id;
+        pp->row_width = p->data.row_width;
+        pp->nkeys = p->data.nkeys;
+        pp->clock = p->clock;
+        pp->keys = keel_malloc((size_t)p->data.nkeys * 8 + 8);
+        memcpy(pp->keys, p->data.keys, (size_t)p->data.nkeys * 8);
+        pp->next = s->parked;
+        s->parked = pp;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static keel_dataset *dataset_of(struct srv *s, struct keel_str name, struct keel_error *err)
+{
+    char n[KEEL_PROTO_MAX_ID + 1];
+    keel_dataset *ds;
+
+    snprintf(n, sizeof(n), "%.*s", (int)name.len, name.ptr);
+    for (size_t i = 0; i < s->ndatasets; i++)
+        if (strcmp(s->datasets[i].name, n) == 0)
+            return s->datasets[i].ds;
+    if (keel_dataset_open(s->store, n, &ds, err) != 0)
+        return NULL;
+    KEEL_REALLOC_ARRAY(s->datasets, s->ndatasets + 1);
+    snprintf(s->datasets[s->ndatasets].name, sizeof(s->datasets[0].name), "%s", n);
+    s->datasets[s->ndatasets++].ds = ds;
+    return ds;
+}
+
+static int handle_shard_read(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
+                             struct keel_error *err)
+{
+    const struct keel_msg_shard_read *r = &msg->u.shard_read;
+    struct keel_shard_batch batch;
+    struct keel_msg reply;
+    keel_dataset *ds;
+    int rc;
+
+    pthread_mutex_lock(&s->lock);
+    ds = dataset_of(s, r->dataset, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ds == NULL)
+        return err->code;
+    keel_shard_batch_init(&batch);
+    rc = keel_dataset_read(ds, r->shard, r->first, r->max_records,
+                           (size_t)s->config->max_frame_size - KEEL_PROTO_HEADER_SIZE, &batch, err);
+    if (rc == 0) {
+        memset(&reply, 0, sizeof(reply));
+        reply.hdr.type = KEEL_MSG_SHARD_DATA;
+        if (keel_shard_batch_message(&batch, &reply.u.shard_data))
+            reply.hdr.flags |= KEEL_FLAG_LAST;
+        rc = keel_conn_reply(conn, &msg->hdr, &reply, err);
+    }
+    keel_shard_batch_release(&batch);
+    return rc;
+}
+
+static int handle(void *ctx, struct keel_conn *conn, const struct keel_cert_identity *peer,
+                  const struct keel_msg *msg, struct keel_error *err)
+{
+    struct srv *s = ctx;
+
+    switch (msg->hdr.type) {
+    case KEEL_MSG_PUSH:
+        return handle_push(s, conn, msg, err);
+    case KEEL_MSG_PULL:
+        return handle_pull(s, conn, msg, err);
+    case KEEL_MSG_SHARD_READ:
+        return handle_shard_read(s, conn, msg, err);
+    default:
+        return keel_err_set(err, KEEL_ENOTIMPL, "keel-server does not serve %s",
+                            keel_msg_type_name(msg->hdr.type));
+    }
+}
+
+/* ---- storage thread ---------------------------------------------------------- */
+
+/* Commit the log records of `acks`, then answer them. */
+static void commit_and_ack(struct srv *s, struct pending_ack *acks)
+{
+    struct keel_ulog_record *recs = NULL;
+    struct keel_error err;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+
+    keel_error_init(&err);
+    for (struct pending_ack *a = acks; a; a = a->next)
+        for (size_t i = 0; i < a->result.napplied; i++) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                KEEL_REALLOC_ARRAY(recs, cap);
+            }
+            recs[n].range = a->result.applied[i].range;
+            recs[n].lsn = a->result.applied[i].lsn;
+            recs[n].push = a->result.applied[i].push;
+            n++;
+        }
+    if (n > 0)
+        rc = keel_ulog_append(s->store, recs, n, &err);
+    if (rc != 0)
+        KEEL_LOG_ERROR("cannot commit %zu update-log record(s): %s", n, err.msg);
+    while (acks) {
+        struct pending_ack *a = acks;
+        struct keel_msg m;
+
+        acks = a->next;
+        if (rc != 0) {
+            /* Not durable: the worker retries; the retry is a duplicate in memory but is
+             * logged then (its position is already applied), so nothing is lost. */
+            keel_conn_reply_error(a->conn, &a->req, rc, err.msg);
+        } else {
+            memset(&m, 0, sizeof(m));
+            m.hdr.type = KEEL_MSG_ACK;
+            m.u.ack.lsn = a->result.lsn;
+            m.u.ack.seq = a->seq;
+            m.u.ack.shard = a->shard;
+            m.u.ack.status = a->result.duplicate ? KEEL_ACK_DUPLICATE : KEEL_ACK_APPLIED;
+            keel_conn_reply(a->conn, &a->req, &m, NULL);
+        }
+        keel_conn_unref(a->conn);
+        keel_ps_result_release(&a->result);
+        free(a);
+    }
+    free(recs);
+}
+
+static void snapshot_all(struct srv *s)
+{
+    struct keel_error err;
+    unsigned written = 0;
+
+    keel_error_init(&err);
+    pthread_mutex_lock(&s->lock);
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && s->ps; r++) {
+        struct keel_snapshot snap;
+
+        if (!keel_ps_holds(s->ps, r) || keel_ps_snapshot(s->ps, r, &snap, &err) != 0)
+            continue;
+        /* Written under s->lock: the job cannot change under it; pushes go on per range. */
+        if (keel_snapshot_write(s->store, &snap, &err) != 0)
+            KEEL_LOG_ERROR("snapshot of range %u: %s", r, err.msg);
+        else
+            written++;
+        keel_snapshot_release(&snap);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (written)
+        KEEL_LOG_DEBUG("snapshots of %u range(s) written", written);
+}
+
+static void *storage_main(void *arg)
+{
+    struct srv *s = arg;
+    uint64_t next_snapshot = now_ms() + s->config->server_snapshot_interval_ms;
+
+    for (;;) {
+        struct pending_ack *acks;
+        struct timespec until;
+        int stopping;
+
+        pthread_mutex_lock(&s->lock);
+        if (s->acks == NULL && !s->stopping) {
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 200 * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->wake, &s->lock, &until);
+        }
+        stopping = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        /* Group commit: let more pushes join this transaction, briefly. */
+        if (!stopping) {
+            struct timespec d = {0, (long)s->config->server_group_commit_ms * 1000000L};
+            nanosleep(&d, NULL);
+        }
+        pthread_mutex_lock(&s->lock);
+        acks = s->acks;
+        s->acks = NULL;
+        s->acks_tail = &s->acks;
+        pthread_mutex_unlock(&s->lock);
+        if (acks)
+            commit_and_ack(s, acks);
+        if (stopping || now_ms() >= next_snapshot) {
+            snapshot_all(s);
+            next_snapshot = now_ms() + s->config->server_snapshot_interval_ms;
+        }
+        if (stopping)
+            return NULL;
+    }
+}
+
+/* ---- etcd: assignment, jobs, workers (watch thread) --------------------------- */
+
+/* A key below the prefix: "assignment", "jobs/<job>/state", "members/worker/<id>". */
+static const char *rel_key(struct srv *s, const char *key)
+{
+    size_t n = strlen(s->prefix);
+
+    return strncmp(key, s->prefix, n) == 0 ? key + n : NULL;
+}
+
+static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
+{
+    struct keel_error err;
+    keel_assign *a;
+
+    keel_error_init(&err);
+    if (keel_assign_decode(kv->value, kv->value_len, &a, &err) != 0) {
+        KEEL_LOG_ERROR("ignoring a bad assignment in etcd: %s", err.msg);
+        return;
+    }
+    keel_assign_free(s->assign);
+    s->assign = a;
+    s->assign_version = keel_assign_version(a);
+    apply_assignment(s);
+}
+
+/* The job's state changed: take up a running job, drop an ended one. */
+static void set_job_state(struct srv *s, const char *job, const struct keel_etcd_kv *kv,
+                          int deleted)
+{
+    struct keel_job_status st;
+    struct keel_error err;
+    struct keel_etcd_kv spec_kv;
+    char key[256];
+
+    keel_error_init(&err);
+    if (deleted || keel_job_status_decode(kv->value, kv->value_len, &st, &err) != 0 ||
+        st.state != KEEL_JOB_RUNNING) {
+        if (s->ps != NULL && strcmp(s->job, job) == 0) {
+            KEEL_LOG_INFO("job %s is no longer running: releasing its ranges", job);
+            keel_ps_free(s->ps);
+            s->ps = NULL;
+            s->job[0] = '\0';
+            release_parked(s);
+        }
+        return;
+    }
+    if (s->ps != NULL && strcmp(s->job, job) == 0)
+        return;
+    if (s->ps != NULL) {
+        KEEL_LOG_WARN("job %s is running but this server serves %s: ignoring it", job, s->job);
+        return;
+    }
+    snprintf(key, sizeof(key), "%sjobs/%s/spec", s->prefix, job);
+    memset(&spec_kv, 0, sizeof(spec_kv));
+    if (keel_etcd_get(s->etcd, key, &spec_kv, NULL, &err) != 0 ||
+        keel_jobspec_decode(spec_kv.value, spec_kv.value_len, &s->spec, &err) != 0 ||
+        keel_ps_new(&s->spec, &s->ps, &err) != 0) {
+        KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
+        keel_etcd_kv_release(&spec_kv);
+        return;
+    }
+    keel_etcd_kv_release(&spec_kv);
+    snprintf(s->job, sizeof(s->job), "%s", job);
+    KEEL_LOG_INFO("serving job %s", job);
+    keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
+    apply_assignment(s);
+}
+
+static void set_worker(struct srv *s, const char *id, int live)
+{
+    size_t i;
+
+    for (i = 0; i < s->nworkers && strcmp(s->workers[i], id) != 0; i++)
+        ;
+    if (live && i == s->nworkers) {
+        KEEL_REALLOC_ARRAY(s->workers, s->nworkers + 1);
+        s->workers[s->nworkers++] = keel_strdup(id);
+    } else if (!live && i < s->nworkers) {
+        free(s->workers[i]);
+        s->workers[i] = s->workers[--s->nworkers];
+    }
+    if (s->ps != NULL)
+        keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
+    release_parked(s);
+}
+
+static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
+{
+    struct srv *s = user;
+
+    pthread_mutex_lock(&s->lock);
+    if (b->reset) {
+        while (s->nworkers)
+            free(s->workers[--s->nworkers]);
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        const struct keel_etcd_event *ev = &b->events[i];
+        const char *k = rel_key(s, ev->kv.key);
+        int deleted = ev->type == KEEL_ETCD_DELETE;
+        char job[KEEL_PROTO_MAX_ID + 1];
+
+        if (k == NULL)
+            continue;
+        if (strcmp(k, "assignment") == 0 && !deleted) {
+            set_assignment(s, &ev->kv);
+        } else if (strncmp(k, "members/worker/", 15) == 0) {
+            set_worker(s, k + 15, !deleted);
+        } else if (sscanf(k, "jobs/%64[A-Za-z0-9_-]/state", job) == 1 &&
+                   strlen(k) == strlen(job) + 11) {
+            set_job_state(s, job, &ev->kv, deleted);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- start and stop ------------------------------------------------------------ */
+
+int keel_server_run(const struct keel_config *config)
+{
+    struct srv s;
+    struct keel_store_options so = {0};
+    struct keel_listener_options lo;
+    struct keel_tls_files files = keel_tls_files_of(config);
+    struct keel_etcd_options eo;
+    struct keel_member_opts mo = {0};
+    struct keel_etcd_watch_opts wo = {0};
+    struct keel_error err;
+    char address[64];
+    int rc = KEEL_EXIT_FAILURE;
+
+    memset(&s, 0, sizeof(s));
+    s.config = config;
+    s.acks_tail = &s.acks;
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.wake, NULL);
+    snprintf(s.prefix, sizeof(s.prefix), "/keel/%s/", config->cluster_name);
+    keel_error_init(&err);
+    keel_signals_block();
+    keel_store_tune_malloc(0);
+
+    if (keel_store_open(&s.store, config->data_dir, &so, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto out;
+    }
+    if (keel_tls_new(&files, &s.tls, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        rc = KEEL_EXIT_CONFIG;
+        goto close_store;
+    }
+    keel_listener_options_of(config, &lo);
+    lo.handler = handle;
+    lo.handler_ctx = &s;
+    if (keel_listener_start(&lo, s.tls, &s.listener, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto free_tls;
+    }
+    pthread_create(&s.storage_tid, NULL, storage_main, &s);
+
+    keel_etcd_options_from_config(config, &eo);
+    if (keel_etcd_new(&eo, &s.etcd, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto stop_listener;
+    }
+    snprintf(address, sizeof(address), "127.0.0.1:%u", keel_listener_port(s.listener));
+    if (strncmp(config->listen, "127.0.0.1:", 10) != 0) {
+        /* Advertise the configured host with the bound port. */
+        const char *colon = strrchr(config->listen, ':');
+        snprintf(address, sizeof(address), "%.*s:%u", (int)(colon - config->listen), config->listen,
+                 keel_listener_port(s.listener));
+    }
+    mo.cluster = config->cluster_name;
+    mo.role = "server";
+    mo.id = config->node_id;
+    mo.address = address;
+    mo.ttl_s = (int64_t)(config->etcd_lease_ttl_ms / 1000);
+    mo.wait_ms = config->etcd_lease_ttl_ms + 2000;
+    if (keel_member_join(s.etcd, &mo, &s.member, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto free_etcd;
+    }
+    wo.key = s.prefix;
+    wo.prefix = 1;
+    if (keel_etcd_watch_start(s.etcd, &wo, on_watch, &s, &s.watch, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto leave;
+    }
+    KEEL_LOG_INFO("server %s serving at %s (data in %s)", config->node_id, address,
+                  config->data_dir);
+
+    keel_signals_wait(s.tls);
+    rc = KEEL_EXIT_OK;
+
+    keel_etcd_stream_stop(s.watch);
+leave:
+    keel_member_leave(s.member, NULL);
+free_etcd:
+    keel_etcd_free(s.etcd);
+stop_listener:
+    keel_listener_stop(s.listener);
+    pthread_mutex_lock(&s.lock);
+    s.stopping = 1;
+    pthread_cond_signal(&s.wake);
+    pthread_mutex_unlock(&s.lock);
+    pthread_join(s.storage_tid, NULL); /* commits what is queued, writes final snapshots */
+    release_parked(&s);
+    keel_ps_free(s.ps);
+    keel_assign_free(s.assign);
+    for (size_t i = 0; i < s.ndatasets; i++)
+        keel_dataset_close(s.datasets[i].ds);
+    free(s.datasets);
+    while (s.nworkers)
+        free(s.workers[--s.nworkers]);
+    free(s.workers);
+free_tls:
+    keel_tls_free(s.tls);
+close_store:
+    keel_store_close(s.store);
+out:
+    return rc;
+}

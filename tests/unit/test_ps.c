@@ -1,0 +1,288 @@
+/*
+ * test_ps.c - a server's parameter ranges: updates, exactly-once, clocks,
+ * and restore from real LMDB (snapshot + update log).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "keel/alloc.h"
+#include "keel/ps.h"
+#include "keel/range.h"
+#include "keel/ulog.h"
+
+/* softmax 4 -> 3: one table (id 1) of 3 rows of width 5. */
+static const char spec_text[] = "[job]\nname = t\nmodel = softmax:4-3\ndataset = d\n"
+                                "batch_size = 2\nepochs = 1\nconsistency = %s\nshards = 2\n"
+                                "replication = 1\n[optimizer]\ntype = sgd\nlr = 0.5\n"
+                                "[init]\nmethod = uniform\nseed = 7\n";
+
+static struct keel_jobspec spec;
+static struct keel_ps *ps;
+static char dir[64];
+
+static void make(const char *consistency)
+{
+    char text[512];
+    struct keel_error err;
+
+    snprintf(text, sizeof(text), spec_text, consistency);
+    keel_jobspec_init(&spec);
+    cr_assert_eq(keel_jobspec_parse(&spec, text, "test", &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
+}
+
+static void open_all(keel_store *store)
+{
+    struct keel_error err;
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        cr_assert_eq(keel_ps_open_range(ps, store, r, &err), 0, "%s", err.msg);
+}
+
+static void setup(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/keel-ps-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    make("bsp");
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+
+    keel_ps_free(ps);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+TestSuite(ps, .init = setup, .fini = teardown);
+
+static const uint64_t keys3[] = {(UINT64_C(1) << 48) | 0, (UINT64_C(1) << 48) | 1,
+                                 (UINT64_C(1) << 48) | 2};
+
+static struct keel_msg_push push_of(uint32_t shard, uint64_t seq, const float *grads)
+{
+    struct keel_msg_push p;
+
+    memset(&p, 0, sizeof(p));
+    p.worker_id = keel_str_of("w1");
+    p.shard = shard;
+    p.seq = seq;
+    p.incarnation = 1;
+    p.clock = seq - 1;
+    p.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    return p;
+}
+
+static void pull3(float *rows)
+{
+    struct keel_error err;
+
+    cr_assert_eq(keel_ps_pull(ps, 1, 5, keys3, 3, rows, &err), 0, "%s", err.msg);
+}
+
+Test(ps, push_applies_sgd_once_per_shard_position)
+{
+    float before[15], after[15], again[15], grads[15];
+    struct keel_msg_push p;
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    open_all(NULL);
+    for (int i = 0; i < 15; i++)
+        grads[i] = (float)(i + 1) * 0.1f;
+    pull3(before);
+    p = push_of(0, 1, grads);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert_not(res.duplicate);
+    cr_assert_geq(res.napplied, 1);
+    keel_ps_result_release(&res);
+    pull3(after);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(after[i], before[i] - 0.5f * grads[i], 1e-6, "element %d", i);
+    /* The same (shard, seq) again: acknowledged as a duplicate, rows unchanged. */
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert(res.duplicate);
+    cr_assert_eq(res.napplied, 0);
+    keel_ps_result_release(&res);
+    pull3(again);
+    cr_assert_eq(memcmp(after, again, sizeof(after)), 0);
+    /* An older position of the same shard is a duplicate too; another shard is not. */
+    p = push_of(0, 1, grads);
+    p.seq = 1;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    cr_assert(res.duplicate);
+    keel_ps_result_release(&res);
+    p = push_of(1, 1, grads);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    cr_assert_not(res.duplicate);
+    keel_ps_result_release(&res);
+}
+
+Test(ps, push_is_split_by_range_with_lsn_per_range)
+{
+    float grads[15] = {0};
+    struct keel_msg_push p = push_of(0, 1, grads);
+    struct keel_ps_result res;
+    struct keel_error err;
+    unsigned distinct = 0, seen[KEEL_PROTO_NRANGES] = {0};
+
+    open_all(NULL);
+    for (int k = 0; k < 3; k++)
+        distinct += seen[keel_range_of(keys3[k])]++ == 0;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert_eq(res.napplied, distinct);
+    for (size_t i = 0; i < res.napplied; i++) {
+        cr_assert_eq(res.applied[i].lsn, 1, "first push in its range gets LSN 1");
+        for (uint32_t k = 0; k < res.applied[i].push.data.nkeys; k++)
+            cr_assert_eq(keel_range_of(res.applied[i].push.data.keys[k]), res.applied[i].range);
+    }
+    keel_ps_result_release(&res);
+}
+
+Test(ps, range_not_held_is_a_redirect)
+{
+    float grads[15] = {0}, rows[15];
+    struct keel_msg_push p = push_of(0, 1, grads);
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), KEEL_EREDIRECT);
+    cr_assert_eq(keel_ps_pull(ps, 1, 5, keys3, 3, rows, &err), KEEL_EREDIRECT);
+}
+
+Test(ps, non_finite_gradient_changes_nothing)
+{
+    float grads[15] = {0}, before[15], after[15];
+    struct keel_msg_push p;
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    open_all(NULL);
+    pull3(before);
+    grads[7] = NAN;
+    p = push_of(0, 1, grads);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), KEEL_EINVAL);
+    keel_ps_result_release(&res);
+    pull3(after);
+    cr_assert_eq(memcmp(before, after, sizeof(before)), 0);
+    /* seq 0 is not a position */
+    grads[7] = 0;
+    p = push_of(0, 1, grads);
+    p.seq = 0;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), KEEL_EINVAL);
+}
+
+Test(ps, restore_from_snapshot_and_log_reproduces_rows)
+{
+    keel_store *store;
+    struct keel_error err;
+    float grads[15], expect[15], got[15];
+
+    cr_assert_eq(keel_store_open(&store, dir, NULL, &err), 0, "%s", err.msg);
+    open_all(store);
+    for (uint64_t seq = 1; seq <= 6; seq++) {
+        struct keel_msg_push p;
+        struct keel_ps_result res;
+
+        for (int i = 0; i < 15; i++)
+            grads[i] = (float)((seq * 31 + (uint64_t)i) % 7) * 0.01f - 0.03f;
+        p = push_of(0, seq, grads);
+        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+        for (size_t i = 0; i < res.napplied; i++) {
+            struct keel_ulog_record rec = {res.applied[i].range, res.applied[i].lsn,
+                                           res.applied[i].push};
+            cr_assert_eq(keel_ulog_append(store, &rec, 1, &err), 0, "%s", err.msg);
+        }
+        keel_ps_result_release(&res);
+        if (seq == 3) { /* snapshot every range half way: the log after it is replayed */
+            for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+                struct keel_snapshot snap;
+
+                cr_assert_eq(keel_ps_snapshot(ps, r, &snap, &err), 0, "%s", err.msg);
+                cr_assert_eq(keel_snapshot_write(store, &snap, &err), 0, "%s", err.msg);
+                keel_snapshot_release(&snap);
+            }
+        }
+    }
+    pull3(expect);
+    keel_ps_free(ps);
+
+    make("bsp");
+    open_all(store);
+    pull3(got);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(got[i], expect[i], 0, "element %d differs after restore", i);
+    /* The restored position makes a re-sent push a duplicate. */
+    {
+        struct keel_msg_push p = push_of(0, 6, grads);
+        struct keel_ps_result res;
+
+        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+        cr_assert(res.duplicate, "a push applied before the restart was applied again");
+        keel_ps_result_release(&res);
+    }
+    keel_store_close(store);
+}
+
+Test(ps, bsp_waits_for_every_live_worker_and_dead_ones_leave)
+{
+    float grads[15] = {0};
+    struct keel_msg_push p = push_of(0, 1, grads);
+    struct keel_ps_result res;
+    struct keel_error err;
+    const char *live[] = {"w1", "w2"};
+
+    open_all(NULL);
+    p.clock = 0; /* w1 finished clock 0 */
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    keel_ps_result_release(&res);
+    p.worker_id = keel_str_of("w2");
+    p.shard = 1;
+    p.clock = 0;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    keel_ps_result_release(&res);
+    keel_ps_set_workers(ps, live, 2);
+    cr_assert(keel_ps_clock_ready(ps, 1), "both finished clock 0");
+    p.worker_id = keel_str_of("w1");
+    p.shard = 0;
+    p.seq = 2;
+    p.clock = 1;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    keel_ps_result_release(&res);
+    cr_assert_not(keel_ps_clock_ready(ps, 2), "BSP let w1 run ahead of w2");
+    keel_ps_set_workers(ps, live, 1); /* w2 died */
+    cr_assert(keel_ps_clock_ready(ps, 2), "a dead worker still holds the clock");
+}
+
+Test(ps, ssp_allows_the_bound_and_no_more)
+{
+    float grads[15] = {0};
+    struct keel_msg_push p = push_of(0, 1, grads);
+    struct keel_ps_result res;
+    struct keel_error err;
+    const char *live[] = {"w1", "w2"};
+
+    keel_ps_free(ps);
+    make("ssp:2");
+    open_all(NULL);
+    p.worker_id = keel_str_of("w2");
+    p.clock = 0;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    keel_ps_result_release(&res);
+    p.worker_id = keel_str_of("w1");
+    p.shard = 1;
+    p.clock = 0;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0);
+    keel_ps_result_release(&res);
+    keel_ps_set_workers(ps, live, 2);
+    /* slowest finished 1 clock: pulls for clocks up to 1 + 2 may go on */
+    cr_assert(keel_ps_clock_ready(ps, 3));
+    cr_assert_not(keel_ps_clock_ready(ps, 4));
+}
