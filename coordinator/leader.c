@@ -375,7 +375,7 @@ static int run_job(keel_leader *l, keel_election *e, const struct keel_cstate *s
     struct keel_shard_table t;
     struct keel_job_status done_st;
     struct keel_shard *was;
-    unsigned char *changed;
+    unsigned char *changed, *leased;
     int64_t *mods, *pending;
     size_t nrefs;
     int rc, all_done;
@@ -410,7 +410,11 @@ static int run_job(keel_leader *l, keel_election *e, const struct keel_cstate *s
     }
     refs = keel_calloc(s->nmembers + 1, sizeof(*refs));
     nrefs = live_workers(s, refs);
-    keel_shards_assign(&t, refs, nrefs, changed);
+    leased = keel_calloc(t.nshards, 1); /* keel_shards_assign() clears what it is given */
+    keel_shards_assign(&t, refs, nrefs, leased);
+    for (uint32_t n = 0; n < t.nshards; n++)
+        changed[n] |= leased[n];
+    free(leased);
     free(refs);
 
     all_done = keel_shards_all_done(&t);
@@ -494,9 +498,10 @@ static int jobs_tick(keel_leader *l, keel_election *e, const struct keel_cstate 
 
             keel_jobspec_model_string(&oldest->spec, model, sizeof(model));
             KEEL_LOG_INFO("job '%s': started: model %s, dataset '%s' (%" PRIu32 " shards), %" PRIu32
-                          " epochs, replication %u",
+                          " epoch%s, replication %u",
                           oldest->name, model, oldest->spec.dataset, oldest->spec.shards,
-                          oldest->spec.epochs, oldest->spec.replication);
+                          oldest->spec.epochs, oldest->spec.epochs == 1 ? "" : "s",
+                          oldest->spec.replication);
             wake(l); /* lease its shards with a fresh read */
             *running = oldest;
         }
@@ -614,8 +619,8 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         a = keel_assign_new(replication);
     /* Each step: from a copy, so the log can say what changed. */
     for (int step = 0; step < 4 && rc == 0; step++) {
-        static const char *const why[] = {"replication", "servers left", "servers joined",
-                                          "settled"};
+        static const char *const why[] = {"replication", "servers changed",
+                                          "restarted servers rejoined", "settled"};
         struct keel_assign_stats st;
 
         memset(&st, 0, sizeof(st));
