@@ -22,12 +22,15 @@ void keel_cstate_release(struct keel_cstate *s)
     free(s->jobs);
     keel_member_list_free(s->members, s->nmembers);
     keel_etcd_kvs_release(&s->kvs);
+    free(s->prefix);
     memset(s, 0, sizeof(*s));
 }
 
 const char *keel_cstate_rel(const struct keel_cstate *s, const struct keel_etcd_kv *kv)
 {
-    return kv->key_len >= s->prefix_len ? kv->key + s->prefix_len : "";
+    size_t n = s->prefix ? strlen(s->prefix) : 0;
+
+    return n && strncmp(kv->key, s->prefix, n) == 0 ? kv->key + n : "";
 }
 
 const struct keel_cstate_job *keel_cstate_job(const struct keel_cstate *s, const char *name)
@@ -187,19 +190,15 @@ static void decode_job(struct keel_cstate_job *j)
     qsort(j->eval, j->neval, sizeof(*j->eval), cmp_item);
 }
 
-int keel_cstate_read(keel_etcd *c, const char *cluster, struct keel_cstate *out,
-                     struct keel_error *err)
+void keel_cstate_parse(struct keel_cstate *out, const char *cluster, struct keel_etcd_kvs *kvs)
 {
     struct keel_buf prefix = KEEL_BUF_INIT;
-    int rc;
 
     memset(out, 0, sizeof(*out));
+    out->kvs = *kvs;
+    memset(kvs, 0, sizeof(*kvs));
     keel_buf_addf(&prefix, "/keel/%s/", cluster);
-    out->prefix_len = prefix.len;
-    rc = keel_etcd_range_prefix(c, (const char *)prefix.buf, NULL, &out->kvs, err);
-    keel_buf_release(&prefix);
-    if (rc != 0)
-        return rc;
+    out->prefix = (char *)keel_buf_detach(&prefix, NULL);
     out->revision = out->kvs.revision;
     for (size_t i = 0; i < out->kvs.n; i++) {
         const struct keel_etcd_kv *kv = &out->kvs.kvs[i];
@@ -220,6 +219,25 @@ int keel_cstate_read(keel_etcd *c, const char *cluster, struct keel_cstate *out,
     }
     for (size_t i = 0; i < out->njobs; i++)
         decode_job(&out->jobs[i]);
+}
+
+int keel_cstate_read(keel_etcd *c, const char *cluster, struct keel_cstate *out,
+                     struct keel_error *err)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    struct keel_etcd_kvs kvs;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    memset(&kvs, 0, sizeof(kvs));
+    keel_buf_addf(&prefix, "/keel/%s/", cluster);
+    rc = keel_etcd_range_prefix(c, (const char *)prefix.buf, NULL, &kvs, err);
+    keel_buf_release(&prefix);
+    if (rc != 0) {
+        keel_etcd_kvs_release(&kvs);
+        return rc;
+    }
+    keel_cstate_parse(out, cluster, &kvs);
     return 0;
 }
 

@@ -497,11 +497,11 @@ static int jobs_tick(keel_leader *l, keel_election *e, const struct keel_cstate 
             char model[64];
 
             keel_jobspec_model_string(&oldest->spec, model, sizeof(model));
-            KEEL_LOG_INFO("job '%s': started: model %s, dataset '%s' (%" PRIu32 " shards), %" PRIu32
-                          " epoch%s, replication %u",
+            KEEL_LOG_INFO("job '%s': started: model %s, dataset '%s' (%" PRIu32
+                          " shard%s), %" PRIu32 " epoch%s, replication %u",
                           oldest->name, model, oldest->spec.dataset, oldest->spec.shards,
-                          oldest->spec.epochs, oldest->spec.epochs == 1 ? "" : "s",
-                          oldest->spec.replication);
+                          oldest->spec.shards == 1 ? "" : "s", oldest->spec.epochs,
+                          oldest->spec.epochs == 1 ? "" : "s", oldest->spec.replication);
             wake(l); /* lease its shards with a fresh read */
             *running = oldest;
         }
@@ -565,12 +565,13 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
         *mod = rev;
         server_diff(before, a, &left);
         server_diff(a, before, &joined);
-        KEEL_LOG_INFO("assignment version %" PRIu64 " (%s): %zu servers, replication %u; left: %s; "
-                      "joined: %s; %u replicas placed, %u removed, %u primaries changed (%u "
-                      "promoted)",
+        KEEL_LOG_INFO("assignment version %" PRIu64 " (%s): %zu server%s, replication %u; "
+                      "left: %s; joined: %s; %u replicas placed, %u removed, %u primaries "
+                      "changed (%u promoted)",
                       keel_assign_version(a), why, keel_assign_server_count(a),
-                      keel_assign_replication(a), (const char *)left.buf, (const char *)joined.buf,
-                      st->placed, st->removed, st->primary_changes, st->promoted);
+                      keel_assign_server_count(a) == 1 ? "" : "s", keel_assign_replication(a),
+                      (const char *)left.buf, (const char *)joined.buf, st->placed, st->removed,
+                      st->primary_changes, st->promoted);
     }
     keel_etcd_txn_free(t);
     keel_buf_release(&key);

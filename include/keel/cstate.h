@@ -54,7 +54,7 @@ struct keel_cstate_job {
 struct keel_cstate {
     int64_t revision;                         /* the store revision everything was read at */
     struct keel_etcd_kvs kvs;                 /* every key under the prefix, sorted by key */
-    size_t prefix_len;                        /* of "/keel/<cluster>/" */
+    char *prefix;                             /* "/keel/<cluster>/" */
     const struct keel_etcd_kv *leader;        /* the election's leader key, NULL when none */
     const struct keel_etcd_kv *leader_record; /* `leader`, NULL when absent */
     const struct keel_etcd_kv *assignment;    /* `assignment`, NULL when absent */
@@ -72,9 +72,16 @@ struct keel_cstate {
 int keel_cstate_read(keel_etcd *c, const char *cluster, struct keel_cstate *out,
                      struct keel_error *err);
 
+/*
+ * Sort out `kvs` (every key under /keel/<cluster>/, as a prefix range read
+ * returns them), taking ownership of it (`kvs` is left empty).  What
+ * keel_cstate_read() does after its read; never fails.
+ */
+void keel_cstate_parse(struct keel_cstate *out, const char *cluster, struct keel_etcd_kvs *kvs);
+
 void keel_cstate_release(struct keel_cstate *s);
 
-/* The key's part after "/keel/<cluster>/". */
+/* The key's part after "/keel/<cluster>/"; "" for a key outside it. */
 const char *keel_cstate_rel(const struct keel_cstate *s, const struct keel_etcd_kv *kv);
 
 /* The job named `name`, or NULL. */
