@@ -106,7 +106,23 @@ expect_err 'lr.ini:6: \[optimizer\] lr: ' "the refusal names the file, line and 
 run kc job submit "$tmp/typo.ini"
 expect_status 1 "a spec with an unknown key is refused"
 expect_err "unknown key 'epoch' in section \[job\]" "the refusal names the unknown key"
-run kc job submit "$tmp/j1.ini"
+# --store checks the datasets in a store: shard counts must match.
+printf '0,1,2,3,4\n1,5,6,7,8\n2,9,10,11,12\n0,1,1,1,1\n' >"$tmp/d1.csv"
+run "$bindir/keelctl" dataset import -q --store "$tmp/store" --name d1 --format csv --shards 2 \
+    "$tmp/d1.csv"
+expect_status 0 "a dataset of 2 shards imported"
+sed -e 's/^shards = 2/shards = 3/' -e 's/^name = j1/name = j1x/' "$tmp/j1.ini" >"$tmp/j1x.ini"
+run kc job submit --store "$tmp/store" "$tmp/j1x.ini"
+expect_status 1 "a spec whose shards differ from the dataset's"
+expect_err "\[job\] shards: the job spec says 3, but dataset 'd1' in '.*' was imported with 2" \
+    "the refusal names both shard counts"
+sed -e 's/^dataset = d1/dataset = d9/' -e 's/^name = j1/name = j1y/' "$tmp/j1.ini" >"$tmp/j1y.ini"
+run kc job submit --store "$tmp/store" "$tmp/j1y.ini"
+expect_status 1 "a spec whose dataset is not in the store"
+expect_err "\[job\] dataset: .*d9" "the refusal names the dataset"
+run kc job list --json
+expect_out '^\[\]$' "nothing was submitted by the refused specs"
+run kc job submit --store "$tmp/store" "$tmp/j1.ini"
 expect_status 0 "job j1 submitted"
 expect_out "^submitted job 'j1': model softmax:4-3, dataset 'd1' \(2 shards\)" "submit says what"
 expect_out '^digest sha256:[0-9a-f]{64}$' "submit prints the spec digest"
