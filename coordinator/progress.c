@@ -1,0 +1,209 @@
+/*
+ * progress.c - workers' progress reports and evaluation results: their JSON
+ * forms and key names (see progress.h).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "keel/progress.h"
+
+static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
+{
+    char msg[KEEL_ERROR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return keel_err_set(err, KEEL_ECORRUPT, "%s: %s", what, msg);
+}
+
+static void dump_into(json_t *root, struct keel_buf *out)
+{
+    char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+
+    if (text == NULL) {
+        fprintf(stderr, "keel: out of memory encoding JSON\n");
+        abort();
+    }
+    keel_buf_add_str(out, text);
+    free(text);
+    json_decref(root);
+}
+
+/* Parse `len` bytes of untrusted JSON that must be an object. */
+static json_t *load_object(const void *data, size_t len, const char *what, struct keel_error *err)
+{
+    json_error_t jerr;
+    json_t *root;
+
+    if (len > KEEL_PROGRESS_MAX_JSON) {
+        corrupt(err, what, "%zu bytes, more than the %d allowed", len, KEEL_PROGRESS_MAX_JSON);
+        return NULL;
+    }
+    root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        corrupt(err, what, "not JSON: %s at offset %d", jerr.text, jerr.position);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        corrupt(err, what, "not a JSON object");
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+static int get_uint(json_t *root, const char *what, const char *key, uint64_t min, uint64_t max,
+                    uint64_t *out, struct keel_error *err)
+{
+    json_t *v = json_object_get(root, key);
+
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < min ||
+        (uint64_t)json_integer_value(v) > max)
+        return corrupt(err, what, "%s: must be an integer from %" PRIu64 " to %" PRIu64, key, min,
+                       max);
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int get_worker(json_t *root, const char *what, char *out, struct keel_error *err)
+{
+    json_t *v = json_object_get(root, "worker");
+
+    if (!json_is_string(v) || !keel_id_valid(json_string_value(v)))
+        return corrupt(err, what, "worker: must be a worker id of 1-%d of [A-Za-z0-9_-]",
+                       KEEL_ID_MAX);
+    snprintf(out, KEEL_ID_MAX + 1, "%s", json_string_value(v));
+    return 0;
+}
+
+static int get_real(json_t *root, const char *what, const char *key, double min, double max,
+                    double *out, struct keel_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    double d;
+
+    if (!json_is_number(v))
+        return corrupt(err, what, "%s: must be a number", key);
+    d = json_number_value(v);
+    if (!isfinite(d) || d < min || d > max)
+        return corrupt(err, what, "%s: must be from %g to %g, got %g", key, min, max, d);
+    *out = d;
+    return 0;
+}
+
+void keel_progress_encode(const struct keel_progress *p, struct keel_buf *out)
+{
+    json_t *root = json_object();
+
+    json_object_set_new(root, "worker", json_string(p->worker));
+    json_object_set_new(root, "incarnation", json_integer((json_int_t)p->incarnation));
+    json_object_set_new(root, "pass", json_integer(p->pass));
+    json_object_set_new(root, "batch", json_integer(p->batch));
+    dump_into(root, out);
+}
+
+int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
+                         struct keel_error *err)
+{
+    json_t *root;
+    uint64_t inc, pass, batch;
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    if ((root = load_object(data, len, "progress", err)) == NULL)
+        return KEEL_ECORRUPT;
+    if ((rc = get_worker(root, "progress", p->worker, err)) != 0 ||
+        (rc = get_uint(root, "progress", "incarnation", 1, INT64_MAX, &inc, err)) != 0 ||
+        (rc = get_uint(root, "progress", "pass", 0, UINT32_MAX, &pass, err)) != 0 ||
+        (rc = get_uint(root, "progress", "batch", 0, UINT32_MAX, &batch, err)) != 0) {
+        memset(p, 0, sizeof(*p));
+        goto out;
+    }
+    p->incarnation = inc;
+    p->pass = (uint32_t)pass;
+    p->batch = (uint32_t)batch;
+out:
+    json_decref(root);
+    return rc;
+}
+
+void keel_eval_encode(const struct keel_eval *e, struct keel_buf *out)
+{
+    json_t *root = json_object();
+
+    json_object_set_new(root, "worker", json_string(e->worker));
+    json_object_set_new(root, "pass", json_integer(e->pass));
+    json_object_set_new(root, "accuracy", json_real(e->accuracy));
+    json_object_set_new(root, "loss", json_real(e->loss));
+    dump_into(root, out);
+}
+
+int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct keel_error *err)
+{
+    json_t *root;
+    uint64_t pass;
+    int rc;
+
+    memset(e, 0, sizeof(*e));
+    if ((root = load_object(data, len, "eval", err)) == NULL)
+        return KEEL_ECORRUPT;
+    if ((rc = get_worker(root, "eval", e->worker, err)) != 0 ||
+        (rc = get_uint(root, "eval", "pass", 0, UINT32_MAX, &pass, err)) != 0 ||
+        (rc = get_real(root, "eval", "accuracy", 0, 1, &e->accuracy, err)) != 0 ||
+        (rc = get_real(root, "eval", "loss", 0, HUGE_VAL, &e->loss, err)) != 0) {
+        memset(e, 0, sizeof(*e));
+        goto out;
+    }
+    e->pass = (uint32_t)pass;
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* A decimal number of 32 bits without sign or leading zero, ending at *end ('\0' or '/'). */
+static int parse_u32(const char *s, uint32_t *out, const char **end)
+{
+    uint64_t v = 0;
+    const char *p = s;
+
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] >= '0' && p[1] <= '9'))
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return -1;
+        p++;
+    }
+    *out = (uint32_t)v;
+    *end = p;
+    return 0;
+}
+
+enum keel_job_key keel_job_key_parse(const char *rest, uint32_t *num, char *worker)
+{
+    const char *end;
+
+    if (strncmp(rest, "shards/", 7) == 0)
+        return parse_u32(rest + 7, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_SHARD
+                                                                   : KEEL_JOB_KEY_OTHER;
+    if (strncmp(rest, "progress/", 9) == 0)
+        return parse_u32(rest + 9, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_PROGRESS
+                                                                   : KEEL_JOB_KEY_OTHER;
+    if (strncmp(rest, "eval/", 5) == 0 && parse_u32(rest + 5, num, &end) == 0 && *end == '/' &&
+        keel_id_valid(end + 1)) {
+        snprintf(worker, KEEL_ID_MAX + 1, "%s", end + 1);
+        return KEEL_JOB_KEY_EVAL;
+    }
+    return KEEL_JOB_KEY_OTHER;
+}
