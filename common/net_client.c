@@ -298,7 +298,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct keel_client *c = arg;
     struct keel_error err;
-    char why[256];
+    char why[256] = "";
 
     keel_error_init(&err);
     if (what & BEV_EVENT_CONNECTED) {
