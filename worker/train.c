@@ -350,8 +350,6 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
                         stale = 1;
                 } else if (kind == X_PULL && m->hdr.type == KEEL_MSG_PULL_REPLY) {
                     rc = take_rows(&w->job, p, &m->u.pull_reply, err);
-                    if (st && m->u.pull_reply.clock > st->max_clock)
-                        st->max_clock = m->u.pull_reply.clock;
                     continue;
                 } else if (kind == X_PUSH && m->hdr.type == KEEL_MSG_ACK) {
                     if (st) {
@@ -449,18 +447,6 @@ static struct part *route_parts(struct wk *w, int every_primary, size_t *n)
     return parts;
 }
 
-/* An empty part for every primary (clock messages). */
-static struct part *primary_parts(struct wk *w, size_t *n)
-{
-    struct part *parts;
-
-    KEEL_ALLOC_ARRAY(parts, w->route.nprimaries ? w->route.nprimaries : 1);
-    for (size_t p = 0; p < w->route.nprimaries; p++)
-        snprintf(parts[p].g.server, sizeof(parts[p].g.server), "%s", w->route.primaries[p]);
-    *n = w->route.nprimaries;
-    return parts;
-}
-
 int wk_pull_all(struct wk *w, uint64_t clock, struct keel_error *err)
 {
     size_t n;
@@ -476,30 +462,6 @@ int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, stru
     struct part *parts = route_parts(w, 1, &n);
 
     return exchange(w, X_PUSH, parts, n, clock, shard, seq, st, err);
-}
-
-int wk_clock_sync(struct wk *w, uint32_t shard, uint64_t seq, struct keel_error *err)
-{
-    struct wk_xstats st = {0};
-    struct part *parts;
-    size_t n;
-    int rc;
-
-    /* A pull of no keys for clock 0 never waits; its reply says the slowest live worker's clock. */
-    parts = primary_parts(w, &n);
-    if ((rc = exchange(w, X_PULL, parts, n, 0, 0, 0, &st, err)) != 0)
-        return rc;
-    if (st.max_clock > w->job.clock)
-        w->job.clock = st.max_clock;
-    if (w->job.clock == 0)
-        return 0;
-    /*
-     * Tell every primary this worker has finished clock - 1 (a push of no keys
-     * changes no row), so that its pull for `clock` does not wait on its own
-     * older clock from a previous life.
-     */
-    parts = primary_parts(w, &n);
-    return exchange(w, X_PUSH, parts, n, w->job.clock - 1, shard, seq, NULL, err);
 }
 
 /* ---- data records ---------------------------------------------------------------------- */
@@ -701,9 +663,15 @@ int wk_check_dataset(struct wk *w, struct keel_error *err)
                                "dataset '%s' has fewer shards than the job's %" PRIu32
                                " (give the job the dataset's shard count)",
                                s->dataset, s->shards);
-    if (rc == 0)
-        keel_reply_free(reply);
-    return rc;
+    if (rc != 0)
+        return rc;
+    keel_reply_free(reply);
+    /* Shard 0 is the largest (round-robin): its batches per pass space the clocks. */
+    if ((rc = read_records(w, s->dataset, 0, 0, 1, 0, &reply, err)) != 0)
+        return rc;
+    w->job.nb_max = keel_worker_nbatches(reply->msg.u.shard_data.total, s->batch_size);
+    keel_reply_free(reply);
+    return 0;
 }
 
 /* ---- evaluation -------------------------------------------------------------------------- */

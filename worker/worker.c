@@ -615,11 +615,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         end = LEASE_FATAL;
         goto out;
     }
-    if ((rc = wk_clock_sync(w, l->shard, keel_worker_seq(pass, batch), &err)) != 0) {
-        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-        end = rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
-        goto out;
-    }
+    j->clock = keel_worker_clock(j->nb_max, pass, batch);
     KEEL_LOG_INFO("job %s: shard %" PRIu32 " (%" PRIu64 " records, %" PRIu32
                   " batches): starting at pass %" PRIu32 " batch %" PRIu32 ", clock %" PRIu64,
                   j->name, l->shard, rd.total, nbatches, pass, batch, j->clock);
@@ -664,6 +660,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
                       : LEASE_FAILED;
             goto report;
         }
+        j->clock = keel_worker_clock(j->nb_max, pass, batch);
         if ((rc = wk_pull_all(w, j->clock, &err)) != 0) {
             if (rc == KEEL_ECANCELED) {
                 end = LEASE_STOPPED;
@@ -702,7 +699,6 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
                           j->name, l->shard, dup_first, dup_first + dup_run - 1, pass);
             dup_run = 0;
         }
-        j->clock++;
         keel_worker_next(nbatches, &pass, &batch);
         j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
         if (pass == l->pass)

@@ -64,7 +64,8 @@ struct wk_job {
     int checked;          /* the dataset's shard count was checked against the spec */
     int failed;           /* a problem no retry can fix: idle until the job changes */
     struct wk_pos *floor; /* per shard: every batch before it was acknowledged */
-    uint64_t clock;       /* the next iteration's clock */
+    uint32_t nb_max;      /* batches per pass of the largest shard (shard 0) */
+    uint64_t clock;       /* the clock of the batch being computed: keel_worker_clock() */
 };
 
 struct wk {
@@ -137,7 +138,6 @@ int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err);
 /* Counts of one exchange with the servers. */
 struct wk_xstats {
     unsigned acks, duplicates; /* pushes: ACKs, of which DUPLICATE */
-    uint64_t max_clock;        /* pulls: the highest clock servers reported */
 };
 
 /* Pull every row of the model into w->job.params for iteration `clock` (0: never waits). */
@@ -146,12 +146,6 @@ int wk_pull_all(struct wk *w, uint64_t clock, struct keel_error *err);
 /* Push w->job.grads, named (shard, seq), for iteration `clock`, to every primary. */
 int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
                 struct keel_error *err);
-
-/*
- * Line this worker's clock up with the servers' before the first batch of a
- * lease: learn the clock the servers have reached and make it this worker's.
- */
-int wk_clock_sync(struct wk *w, uint32_t shard, uint64_t seq, struct keel_error *err);
 
 /* Records of a dataset shard, read from the servers with fail-over. */
 struct wk_reader {
@@ -179,8 +173,8 @@ int wk_reader_fill(struct wk *w, struct wk_reader *r, uint64_t from, uint32_t n,
                    struct keel_error *err);
 
 /*
- * Check that the job's dataset has exactly spec.shards shards.  KEEL_EINVAL
- * (fatal for the job) when it has more or fewer.
+ * Check that the job's dataset has exactly spec.shards shards (KEEL_EINVAL,
+ * fatal for the job, when it has more or fewer), and set w->job.nb_max.
  */
 int wk_check_dataset(struct wk *w, struct keel_error *err);
 

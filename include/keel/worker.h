@@ -117,6 +117,21 @@ static inline void keel_worker_next(uint32_t nbatches, uint32_t *pass, uint32_t 
     }
 }
 
+/*
+ * The clock of batch `batch` of pass `pass`: pass * nb_max + batch, where
+ * nb_max is the number of batches per pass of the job's largest shard (shard
+ * 0: shards are dealt round-robin, so no other has more).  Every worker's
+ * clock is the position of its data, whichever shard it works on: workers
+ * under BSP move through their shards in step, a restarted worker (or one
+ * that took a shard over) is at the clock of the position it resumes from
+ * with nothing to line up, and a shard with one batch fewer than shard 0
+ * ends one clock early, which BSP allows.
+ */
+static inline uint64_t keel_worker_clock(uint32_t nb_max, uint32_t pass, uint32_t batch)
+{
+    return (uint64_t)pass * nb_max + batch;
+}
+
 /* ---- batches ----------------------------------------------------------------- */
 
 /*

@@ -5,15 +5,16 @@
 # imported in 2 shards; s2 has no data), and this script writing what the
 # coordinator's leader would (assignment, job spec, state, shard lease).
 #
-# One worker trains softmax regression on shard 0 (30,000 images, 600
-# batches of 50, one pass) and is checked for: a fail-over of its data reads
-# when the server it reads from is SIGKILLed; loss falling in its log; SIGKILL
-# half way and a restart that resumes at the recorded position, the servers
-# acknowledging the pushes they had applied already as duplicates; progress
-# keys advancing; the test accuracy written to etcd above 0.70; a clean
-# SIGTERM.  Then the servers are stopped and their stores read back: every
-# range that holds rows has applied exactly 600 pushes (its LSN) and records
-# shard 0 at the end of pass 0, so no push was applied twice or lost.
+# Two workers train softmax regression under BSP, w1 on shard 0 and w2 on
+# shard 1 (30,000 images each, 600 batches of 50, one pass).  w1 is checked
+# for: a fail-over of its data reads when the server it reads from is
+# SIGKILLed; loss falling in its log; SIGKILL half way and a restart that
+# resumes at the recorded position, the servers acknowledging the pushes they
+# had applied already as duplicates (meanwhile w2 waits for it: BSP); progress
+# keys advancing; the test accuracy written to etcd above 0.70 by both; a
+# clean SIGTERM.  Then the servers are stopped and their stores read back:
+# every range that holds rows has applied exactly 1200 pushes (its LSN) and
+# records both shards at the end of pass 0: no push was applied twice or lost.
 set -u
 bindir=$1
 srcdir=$2
@@ -101,7 +102,10 @@ for s in s1 s2 s3; do
     "$keelctl" certs issue --dir "$tmp/pki" --role server --id $s >/dev/null 2>&1 ||
         fail "certs issue $s"
 done
-"$keelctl" certs issue --dir "$tmp/pki" --role worker --id w1 >/dev/null 2>&1 || fail "certs issue w1"
+for w in w1 w2; do
+    "$keelctl" certs issue --dir "$tmp/pki" --role worker --id $w >/dev/null 2>&1 ||
+        fail "certs issue $w"
+done
 etcd_start "$tmp/etcd" || exit 1
 
 for s in s1 s3; do
@@ -158,6 +162,11 @@ wait_for 10 logged w1 "waiting: job fm: no shard is leased to worker w1" ||
 inc1=$(json_field members/worker/w1 incarnation)
 etcdctl_ put /keel/t/jobs/fm/shards/0 \
     "$("$helper" shard --epochs 1 --owner w1 --incarnation "$inc1")" >/dev/null
+# A second worker on shard 1, in step with w1 (BSP) until the end.
+start_worker w2
+wait_for 10 registered worker/w2 || fail "worker w2 did not register" "$(cat "$tmp/w2.log")"
+etcdctl_ put /keel/t/jobs/fm/shards/1 "$("$helper" shard --epochs 1 --owner w2 \
+    --incarnation "$(json_field members/worker/w2 incarnation)")" >/dev/null
 
 # The data server dies: reads fail over (s2 has no data, s3 has it).
 if wait_for 60 logged w1 "shard 0 pass 0 batch 100/600"; then ok; else
@@ -233,6 +242,16 @@ wait_for 10 bash -c "ETCDCTL_API=3 etcdctl --endpoints $ETCD_ENDPOINT get --prin
     fail "progress is not at the end of pass 0" "$(key jobs/fm/progress/0)"
 
 # --- SIGTERM: a clean exit that leaves the membership -----------------------------------
+if wait_for 60 bash -c "ETCDCTL_API=3 etcdctl --endpoints $ETCD_ENDPOINT get --print-value-only \
+    /keel/t/jobs/fm/eval/0/w2 | grep -q accuracy"; then ok; else
+    fail "no eval/0/w2 in etcd" "$(tail -n 20 "$tmp/w2.log")"
+fi
+accuracy2=$(json_field jobs/fm/eval/0/w2 accuracy)
+echo "accuracy measured by w2 at the end of its pass: $accuracy2"
+python3 -c "import sys; sys.exit(0 if float('$accuracy2') > 0.70 else 1)" && ok ||
+    fail "test accuracy $accuracy2 (w2) is not above 0.70"
+stop w2
+[ "$stop_status" = 0 ] && ok || fail "worker w2 exit status $stop_status after SIGTERM"
 stop w1
 [ "$stop_status" = 0 ] && ok || fail "worker w1 exit status $stop_status after SIGTERM"
 [ -z "$(key members/worker/w1)" ] && ok || fail "worker w1 is still registered after SIGTERM"
@@ -248,15 +267,17 @@ for s in s2 s3; do
     run "$helper" dump --store "$tmp/$s" --spec "$tmp/job.ini"
     expect_status 0 "dump the ranges of $s"
     while read -r _ range _ lsn _ nrows rest; do
+        rest="$rest "
         [ "$nrows" -gt 0 ] || continue
         rows=$((rows + nrows))
-        if [ "$lsn" = 600 ]; then ok; else
-            fail "$s range $range: $lsn pushes applied, expected 600 (one per batch)"
+        if [ "$lsn" = 1200 ]; then ok; else
+            fail "$s range $range: $lsn pushes applied, expected 1200 (one per batch of each shard)"
         fi
-        if printf '%s\n' "$rest" | grep -q "shard 0 seq $seq_end worker w1 incarnation $inc2"; then
+        if printf '%s\n' "$rest" | grep -q "shard 0 seq $seq_end worker w1 incarnation $inc2 " &&
+            printf '%s\n' "$rest" | grep -q "shard 1 seq $seq_end worker w2 "; then
             ok
         else
-            fail "$s range $range: shard 0 is not at the end of pass 0" "$rest"
+            fail "$s range $range: shards 0 and 1 are not at the end of pass 0" "$rest"
         fi
     done <<<"$run_out"
 done

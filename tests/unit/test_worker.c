@@ -385,3 +385,20 @@ Test(worker, oversized_reports_are_refused_before_parsing)
     cr_assert_eq(keel_progress_decode(big, sizeof(big), &p, &err), KEEL_ECORRUPT);
     cr_assert(strstr(err.msg, "more than the 1024 allowed") != NULL, "%s", err.msg);
 }
+
+Test(worker, clocks_follow_the_data_position_so_shards_stay_in_step)
+{
+    /* Shard 0 has 5 batches a pass, another shard 4: they meet again at every pass. */
+    cr_assert_eq(keel_worker_clock(5, 0, 0), 0);
+    cr_assert_eq(keel_worker_clock(5, 0, 4), 4);
+    cr_assert_eq(keel_worker_clock(5, 1, 0), 5, "pass 1 starts at the same clock for every shard");
+    cr_assert_eq(keel_worker_clock(5, 2, 3), 13);
+    /* Resuming at a recorded position gives the clock the batch had before. */
+    for (uint32_t p = 0; p < 3; p++)
+        for (uint32_t b = 0; b < 5; b++) {
+            uint32_t np = p, nb = b;
+
+            keel_worker_next(5, &np, &nb);
+            cr_assert_eq(keel_worker_clock(5, np, nb), keel_worker_clock(5, p, b) + 1);
+        }
+}
