@@ -8,6 +8,13 @@
  * that parses must name a number that prints back to the same digits.
  */
 #include <inttypes.h>
+ * fuzz_progress.c - libFuzzer target for the decoders of a worker's progress
+ * and evaluation reports (keel/progress.h), which read JSON from etcd.
+ *
+ * The input goes to both decoders.  What decodes must encode to JSON that
+ * decodes again and encodes to the same bytes; what is refused must say why
+ * and leave no half-decoded value behind.
+ */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         keel_progress_encode(&p, &a);
         if (keel_progress_decode(a.buf, a.len, &p2, &err) != 0) {
             fprintf(stderr, "progress does not decode again: %s\n", err.msg);
+            fprintf(stderr, "re-decoding progress failed: %s\n", err.msg);
             abort();
         }
         keel_progress_encode(&p2, &b);
@@ -78,6 +86,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
+    } else if (err.msg[0] == '\0' || p.worker[0] != '\0') {
+        abort();
+    }
     keel_buf_reset(&a);
     keel_buf_reset(&b);
     keel_error_init(&err);
@@ -85,11 +96,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         keel_eval_encode(&e, &a);
         if (keel_eval_decode(a.buf, a.len, &e2, &err) != 0) {
             fprintf(stderr, "eval does not decode again: %s\n", err.msg);
+            fprintf(stderr, "re-decoding eval failed: %s\n", err.msg);
             abort();
         }
         keel_eval_encode(&e2, &b);
         same(&a, &b, "eval");
     } else if (err.msg[0] == '\0') {
+    } else if (err.msg[0] == '\0' || e.worker[0] != '\0') {
         abort();
     }
     keel_buf_release(&a);
