@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "keel/dataset.h"
 #include "keel/jobspec.h"
 #include "keel/range.h"
 
@@ -81,6 +82,10 @@ static const struct {
 #define DEFAULT_SCALE     0.05
 #define DEFAULT_LR_ADAM   0.001
 #define DEFAULT_LR_OTHERS 0.01
+
+/* Dataset names are as `keelctl dataset import` takes them. */
+#define DATASET_RULE "must be 1-64 of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
+_Static_assert(KEEL_DATASET_NAME_MAX == KEEL_ID_MAX, "dataset names fit the spec's arrays");
 
 static const char *const optimizer_names[] = {NULL, "sgd", "momentum", "adagrad", "adam"};
 static const char *const init_names[] = {NULL, "zeros", "uniform", "glorot", "he"};
@@ -392,18 +397,22 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
 
     switch (f) {
     case F_NAME:
-    case F_DATASET:
-    case F_TEST_DATASET: {
-        char *dst = f == F_NAME ? spec->name : f == F_DATASET ? spec->dataset : spec->test_dataset;
-
         if (!keel_id_valid(value)) {
             snprintf(why, whylen, "must be 1-%d of A-Z a-z 0-9 - _, got '%.80s'", KEEL_ID_MAX,
                      value);
             return -1;
         }
-        snprintf(dst, KEEL_ID_MAX + 1, "%s", value);
+        snprintf(spec->name, sizeof(spec->name), "%s", value);
         return 0;
-    }
+    case F_DATASET:
+    case F_TEST_DATASET:
+        if (keel_dataset_name_check(value, NULL) != 0) {
+            snprintf(why, whylen, "%s, got '%.80s'", DATASET_RULE, value);
+            return -1;
+        }
+        snprintf(f == F_DATASET ? spec->dataset : spec->test_dataset, sizeof(spec->dataset), "%s",
+                 value);
+        return 0;
     case F_MODEL:
         if (parse_model(spec, value, why, whylen) != 0) {
             size_t used = strlen(why);
@@ -521,10 +530,13 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
 
     if (!keel_id_valid(s->name))
         return field_err(err, F_NAME, "must be set to 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
-    if (!keel_id_valid(s->dataset))
-        return field_err(err, F_DATASET, "must be set to 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
-    if (s->test_dataset[0] != '\0' && !keel_id_valid(s->test_dataset))
-        return field_err(err, F_TEST_DATASET, "must be 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
+    if (memchr(s->dataset, '\0', sizeof(s->dataset)) == NULL || s->dataset[0] == '\0')
+        return field_err(err, F_DATASET, "must be set");
+    if (keel_dataset_name_check(s->dataset, NULL) != 0)
+        return field_err(err, F_DATASET, DATASET_RULE);
+    if (memchr(s->test_dataset, '\0', sizeof(s->test_dataset)) == NULL ||
+        (s->test_dataset[0] != '\0' && keel_dataset_name_check(s->test_dataset, NULL) != 0))
+        return field_err(err, F_TEST_DATASET, DATASET_RULE);
     if (s->model != KEEL_MODEL_SOFTMAX && s->model != KEEL_MODEL_MLP)
         return field_err(err, F_MODEL, "must be set");
     if ((s->model == KEEL_MODEL_SOFTMAX && s->nsizes != 2) ||

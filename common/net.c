@@ -171,7 +171,9 @@ struct keel_listener {
     unsigned nthreads;
     unsigned next; /* round robin; acceptor thread only */
     unsigned port;
-    unsigned nconns; /* atomic */
+    unsigned nconns;           /* atomic */
+    int stopping;              /* atomic; set by keel_listener_stop() */
+    struct event *accept_stop; /* user-triggered on accept_base: break its loop */
 };
 
 /* A reply made on another thread, waiting for the I/O thread to write it. */
@@ -647,6 +649,14 @@ static void io_wake_cb(evutil_socket_t unused, short what, void *arg)
 {
     struct io_thread *t = arg;
 
+    /*
+     * Stopping is asked through this event, not event_base_loopbreak() from
+     * outside: a loop that has not started yet would forget that break.
+     */
+    if (__atomic_load_n(&t->l->stopping, __ATOMIC_ACQUIRE)) {
+        event_base_loopbreak(t->base);
+        return;
+    }
     for (;;) {
         int fd;
 
@@ -706,6 +716,11 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     event_active(t->wake, EV_READ, 0);
 }
 
+static void accept_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopbreak(arg);
+}
+
 static void accept_error_cb(struct evconnlistener *evl, void *arg)
 {
     int e = EVUTIL_SOCKET_ERROR();
@@ -746,6 +761,7 @@ int keel_listener_start(const struct keel_listener_options *o, struct keel_tls *
         return keel_err_set(err, -e, "cannot listen on '%s': %s", o->listen, strerror(e));
     }
     evconnlistener_set_error_cb(l->evl, accept_error_cb);
+    l->accept_stop = event_new(l->accept_base, -1, 0, accept_stop_cb, l->accept_base);
     getsockname(evconnlistener_get_fd(l->evl), (struct sockaddr *)&sa, &salen);
     l->port = ntohs(sa.sin_port);
 
@@ -782,14 +798,16 @@ void keel_listener_stop(struct keel_listener *l)
 {
     if (l == NULL)
         return;
-    event_base_loopbreak(l->accept_base);
+    __atomic_store_n(&l->stopping, 1, __ATOMIC_RELEASE);
+    event_active(l->accept_stop, EV_READ, 0);
     pthread_join(l->accept_tid, NULL);
+    event_free(l->accept_stop);
     evconnlistener_free(l->evl);
     event_base_free(l->accept_base);
     for (unsigned i = 0; i < l->nthreads; i++) {
         struct io_thread *t = &l->threads[i];
 
-        event_base_loopbreak(t->base);
+        event_active(t->wake, EV_READ, 0);
         pthread_join(t->tid, NULL);
         /* The thread has stopped: its connections are ours to close. */
         while (t->conns)

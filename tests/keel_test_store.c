@@ -318,6 +318,7 @@ static void crash_writer(const struct opts *o, const struct keel_ckpt_key *key, 
     struct keel_error err;
     keel_store *s;
     uint64_t next[CRASH_RANGES];
+    int have_snapshot = 0; /* a checkpoint needs at least one range snapshot */
 
     keel_error_init(&err);
     srand(seed);
@@ -328,6 +329,7 @@ static void crash_writer(const struct opts *o, const struct keel_ckpt_key *key, 
         if (range_state(s, r, &snap, &log, &err) != 0)
             _exit(die("crash writer", &err));
         next[r] = (log > snap ? log : snap) + 1;
+        have_snapshot |= snap > 0;
     }
     for (uint64_t round = 0; round < 1000000; round++) {
         uint32_t r = (uint32_t)(rand() % CRASH_RANGES);
@@ -337,10 +339,13 @@ static void crash_writer(const struct opts *o, const struct keel_ckpt_key *key, 
         if (append_log(s, r, next[r], n, &err) != 0)
             _exit(die("crash writer: log", &err));
         next[r] += n;
-        if (rand() % 3 == 0 &&
-            write_snapshot(s, r, next[r] - 1, CRASH_ROWS + (uint64_t)(rand() % 2000), &err) != 0)
-            _exit(die("crash writer: snapshot", &err));
-        if (rand() % 10 == 0 && take_checkpoint(s, key, round, &id, &err) != 0)
+        if (rand() % 3 == 0) {
+            if (write_snapshot(s, r, next[r] - 1, CRASH_ROWS + (uint64_t)(rand() % 2000), &err) !=
+                0)
+                _exit(die("crash writer: snapshot", &err));
+            have_snapshot = 1;
+        }
+        if (have_snapshot && rand() % 10 == 0 && take_checkpoint(s, key, round, &id, &err) != 0)
             _exit(die("crash writer: checkpoint", &err));
         if (rand() % 25 == 0 && keel_checkpoint_prune(s, 3, NULL, &err) != 0)
             _exit(die("crash writer: prune", &err));
