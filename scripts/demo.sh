@@ -200,7 +200,7 @@ epochs=${epochs:-1} batch=${batch:-64}
 info "$(ini model), $epochs epochs, batch $batch, $(ini consistency), optimizer $(sed -n '/^\[optimizer\]/,/^\[/s/^type *= *//p' "$spec"), $KEEL_SHARDS shards, replication $KEEL_REPLICATION"
 submit_out=$("$bin/keelctl" --config "$cfg" job submit "$spec" 2>&1) ||
     fail "keelctl job submit failed: $submit_out"
-info "${submit_out:-submitted $job}"
+printf '%s\n' "${submit_out:-submitted $job}" | sed 's/^/    /'
 
 # Records per shard of the training set, from a server's store.
 records=$("$bin/keelctl" dataset info --store "$dir/data/server-s1" --name "$KEEL_DATASET" --json |
@@ -248,8 +248,16 @@ step "training (progress every 5 s; worker w1 is killed half way)"
 printf '    %-8s %-10s %-11s %-10s %-9s %s\n' time epoch examples/s test-loss test-acc shards
 last_ex=0 last_t=$SECONDS moved_t=$SECONDS killed='' kill_note='' resume_note='' kill_shard=''
 limit=$((limit_min * 60))
+poll_failures=0
 while :; do
-    poll || fail "cannot read the job's keys from etcd"
+    # etcd may be slow for a moment on a busy machine: three misses in a row fail.
+    if ! poll; then
+        poll_failures=$((poll_failures + 1))
+        ((poll_failures < 3)) || fail "cannot read the job's keys from etcd (3 tries in a row)"
+        sleep 5
+        continue
+    fi
+    poll_failures=0
     now=$SECONDS
     ex=${P[examples]:-0}
     if ((ex > last_ex)); then moved_t=$now; fi
@@ -314,7 +322,7 @@ info "job $job: ${P[state]:-} ($epochs epochs of $(ini model) on ${total} traini
 eval_pass=${P[eval.pass]:--1}
 if [ "$eval_pass" -ge 0 ]; then
     reached=$(python3 -c "print('reached' if ${P[eval.accuracy]} >= 0.88 else 'not reached')")
-    info "final test accuracy: ${P[eval.accuracy]} after epoch $((eval_pass + 1)) (test loss ${P[eval.loss]}, 10000 test images; target 0.88: $reached)"
+    info "final test accuracy: ${P[eval.accuracy]} after epoch $((eval_pass + 1)) (test loss ${P[eval.loss]}, ${P[eval.examples]:-?} test images; target 0.88: $reached)"
 else
     info "final test accuracy: none reported (no key under ${prefix}eval/)"
 fi

@@ -13,6 +13,7 @@ on stdin and prints KEY=VALUE lines that scripts/demo.sh reads:
   eval.accuracy=A          mean test accuracy of that pass's evaluations,
   eval.loss=L              and mean test loss, weighted by their examples
   eval.workers=N           how many workers evaluated that pass
+  eval.examples=N          the most test records one of them measured
   bad=KEY: WHY             a value that could not be read (one line each)
 
 A shard's position (pass, batch) means every batch before it is applied.  It
@@ -94,6 +95,7 @@ def main():
         print("eval.accuracy=%.4f" % acc)
         print("eval.loss=%.4f" % loss)
         print("eval.workers=%d" % len(es))
+        print("eval.examples=%d" % max(int(e["examples"]) for e in es))
     else:
         print("eval.pass=-1")
     for b in bad:

@@ -40,6 +40,7 @@ registered() { members | grep -qx "$1"; }
 unregistered() { ! registered "$1"; }
 leader() { ectl get --print-value-only /keel/t/leader 2>/dev/null | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'; }
 leader_is() { [ "$(leader)" = "$1" ]; }
+leader_is_any() { [ -n "$(leader)" ]; }
 pid_of() { cat "$dir/pids/$1.pid" 2>/dev/null; }
 # A process runs (a zombie does not count) and is the cluster's NAME.
 runs_as() { # PID NAME
@@ -201,6 +202,28 @@ fi
 run cl start --dir "$dir" coordinator "$lead"
 expect_status 0 "start the old leader again"
 remember_pids
+
+# --- etcd killed and started again: the nodes carry on, registered -----------------
+all_registered() {
+    local k
+    for k in coordinator/c1 coordinator/c2 server/s1 server/s2; do registered "$k" || return 1; done
+}
+run cl kill --dir "$dir" etcd
+expect_status 0 "kill etcd"
+sleep 1
+run cl start --dir "$dir" etcd
+expect_status 0 "start etcd again"
+remember_pids
+t0=$(now_ms)
+if wait_for 20 all_registered && wait_for 10 leader_is_any; then
+    echo "every node registered and a leader $(($(now_ms) - t0)) ms after etcd came back"
+    ok
+else
+    fail "nodes not all registered after etcd's restart" "$(members)"
+fi
+run cl status --dir "$dir"
+expect_status $((workers == 2 ? 0 : 3)) "status after etcd's restart"
+expect_out '^etcd +- +[0-9]+ +running ' "status shows etcd running again"
 
 # --- down on a half-dead cluster: etcd and a server killed ---------------------------
 run cl kill --dir "$dir" etcd
