@@ -433,7 +433,7 @@ import_datasets() { # into every server's data directory
 }
 
 cmd_up() {
-    local dir='' coordinators=2 servers=3 workers=2 replication=2 dataset=fashion-mnist
+    local dir='' coordinators=2 servers=3 workers=2 replication=1 dataset=fashion-mnist
     local shards='' name=local ttl=3s level=info bin=$top/build/bin i port b role id n
     timeout=60
     while [ $# -gt 0 ]; do

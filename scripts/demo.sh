@@ -155,7 +155,7 @@ if [ -z "$dir" ]; then
     made_dir=1
 fi
 bash "$cluster" up --dir "$dir" --bin "$bin" --coordinators 2 --servers 3 --workers 2 \
-    --replication 2 --dataset fashion-mnist 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
+    --replication 1 --dataset fashion-mnist 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
     fail "the local cluster did not start (see the messages above; logs in $dir/logs)"
 dir=$(cd "$dir" && pwd -P)
 cfg=$dir/keelctl.ini
