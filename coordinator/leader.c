@@ -582,11 +582,15 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
     return rc;
 }
 
-/* Whether any job has left `pending`: its rows then exist only on the servers. */
-static int a_job_started(const struct keel_cstate *s)
+/*
+ * Whether a job with one replica per range has left `pending`: its rows then
+ * exist only on their one server, with no backup to promote.
+ */
+static int a_single_copy_job_started(const struct keel_cstate *s)
 {
     for (size_t i = 0; i < s->njobs; i++)
-        if (s->jobs[i].status_ok && s->jobs[i].status.state != KEEL_JOB_PENDING)
+        if (s->jobs[i].status_ok && s->jobs[i].spec_ok && s->jobs[i].spec.replication == 1 &&
+            s->jobs[i].status.state != KEEL_JOB_PENDING)
             return 1;
     return 0;
 }
@@ -595,11 +599,11 @@ static int a_job_started(const struct keel_cstate *s)
  * Bring the assignment up to date with the live servers and `replication`,
  * writing every version that results (see leader.h for the steps).
  *
- * Servers do not yet stream a range's updates to its backups, so a range's
- * rows live only on its primary: moving the range would start it again from
- * the initializer elsewhere.  So once a job has started the assignment is
- * frozen: a server that crashes keeps its ranges, workers retry until it is
- * back, and it restores them from its own store (snapshot + update log).
+ * With replication 1 a range's rows live only on its primary: moving the
+ * range would start it again from the initializer elsewhere.  So once such a
+ * job has started the assignment is frozen: a server that crashes keeps its
+ * ranges, workers retry until it is back, and it restores them from its own
+ * store (snapshot + update log).
  */
 static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
                            unsigned replication, struct keel_error *err)
@@ -611,10 +615,10 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     int64_t mod = s->assignment ? s->assignment->mod_revision : 0;
     int rc = 0;
 
-    if (s->assignment != NULL && a_job_started(s)) {
+    if (s->assignment != NULL && a_single_copy_job_started(s)) {
         if (!l->frozen_logged)
-            KEEL_LOG_INFO("a job has started: the assignment stays as it is (a range's rows "
-                          "live only on its server)");
+            KEEL_LOG_INFO("a job with replication 1 has started: the assignment stays as it is "
+                          "(a range's rows live only on its server)");
         l->frozen_logged = 1;
         return 0;
     }

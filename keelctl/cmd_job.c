@@ -196,7 +196,7 @@ static void job_key(const struct keel_config *config, const char *job, const cha
 static int check_datasets(const char *dir, const struct keel_jobspec *spec)
 {
     struct keel_store_options so = {0, 0, 1};
-    struct keel_dataset_info info;
+    struct keel_dataset_info info = {0};
     struct keel_error err;
     keel_store *s;
     int rc = KEEL_EXIT_OK;
