@@ -315,6 +315,15 @@ if wait_for 10 assignment_ok s1,s3 1; then ok; else
     fail "the new leader did not set replication 1" "$(get assignment | head -c 200)"
 fi
 
+# A clean stop (under the sanitizers this also checks the leader work for leaks).
+kill -TERM "${pid[c2]}"
+if wait_for 10 eval '! kill -0 "${pid[c2]}" 2>/dev/null'; then ok; else fail "c2 ignored SIGTERM"; fi
+unset "pid[c2]"
+run cat "$tmp/c2.log"
+expect_out "leader work stops: shutting down" "the leader's work is told leadership ended"
+expect_out "coordinator 'c2' stopped" "c2 stopped cleanly"
+if grep -q 'Sanitizer' "$tmp/c2.log"; then fail "sanitizer report" "$(cat "$tmp/c2.log")"; else ok; fi
+
 # --- etcd down: keelctl says so, quickly ------------------------------------------
 etcd_stop
 t0=$(now_ms)
