@@ -46,7 +46,7 @@ leader_is() { leader_value | grep -q "\"id\":\"$1\""; }
 # The node id holding the election right now (the leader key's value).
 elected() { etcdctl_ get --prefix --print-value-only /keel/t/election/coordinator --sort-by=CREATE | head -n 1; }
 elected_is() { [ "$(elected)" = "$1" ]; }
-logged() { grep -q "$2" "$tmp/$1.log"; }
+logged() { grep -q "$2" "$tmp/$1.log" 2>/dev/null; }
 alive() { kill -0 "${pid[$1]}" 2>/dev/null; }
 
 # --- etcd unreachable at start: the coordinator waits, and still stops cleanly ---
