@@ -258,6 +258,13 @@ stop w1
 logged w1 "worker w1 stopping: .* push(es) acknowledged as duplicates" && ok ||
     fail "no stop summary in the log" "$(tail -n 5 "$tmp/w1.log")"
 
+# Under the sanitizers, the workers' logs carry any report they made.
+for f in "$tmp"/w1-first.log "$tmp"/w1.log "$tmp"/w2.log; do
+    if grep -aq "runtime error:\|Sanitizer" "$f"; then
+        fail "sanitizer report in $(basename "$f")" "$(grep -a -A5 "runtime error:\|Sanitizer" "$f")"
+    fi
+done
+
 # --- the servers' stores: every push applied exactly once --------------------------------
 stop s2
 stop s3
