@@ -250,6 +250,11 @@ accuracy2=$(json_field jobs/fm/eval/0/w2 accuracy)
 echo "accuracy measured by w2 at the end of its pass: $accuracy2"
 python3 -c "import sys; sys.exit(0 if float('$accuracy2') > 0.70 else 1)" && ok ||
     fail "test accuracy $accuracy2 (w2) is not above 0.70"
+# The leader marks the job done: the workers go back to waiting for one.
+etcdctl_ put /keel/t/jobs/fm/state "$("$helper" state done)" >/dev/null
+if wait_for 10 logged w2 "waiting: no job is running"; then ok; else
+    fail "worker w2 does not wait once the job is done" "$(tail -n 5 "$tmp/w2.log")"
+fi
 stop w2
 [ "$stop_status" = 0 ] && ok || fail "worker w2 exit status $stop_status after SIGTERM"
 stop w1
