@@ -14,7 +14,9 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "keel/dataset.h"
 #include "keel/jobspec.h"
+#include "keel/model.h"
 #include "keel/range.h"
 
 /* The fields of the INI file, in the order the docs list them. */
@@ -81,6 +83,10 @@ static const struct {
 #define DEFAULT_SCALE     0.05
 #define DEFAULT_LR_ADAM   0.001
 #define DEFAULT_LR_OTHERS 0.01
+
+/* Dataset names are as `keelctl dataset import` takes them. */
+#define DATASET_RULE "must be 1-64 of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
+_Static_assert(KEEL_DATASET_NAME_MAX == KEEL_ID_MAX, "dataset names fit the spec's arrays");
 
 static const char *const optimizer_names[] = {NULL, "sgd", "momentum", "adagrad", "adam"};
 static const char *const init_names[] = {NULL, "zeros", "uniform", "glorot", "he"};
@@ -392,18 +398,22 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
 
     switch (f) {
     case F_NAME:
-    case F_DATASET:
-    case F_TEST_DATASET: {
-        char *dst = f == F_NAME ? spec->name : f == F_DATASET ? spec->dataset : spec->test_dataset;
-
         if (!keel_id_valid(value)) {
             snprintf(why, whylen, "must be 1-%d of A-Z a-z 0-9 - _, got '%.80s'", KEEL_ID_MAX,
                      value);
             return -1;
         }
-        snprintf(dst, KEEL_ID_MAX + 1, "%s", value);
+        snprintf(spec->name, sizeof(spec->name), "%s", value);
         return 0;
-    }
+    case F_DATASET:
+    case F_TEST_DATASET:
+        if (keel_dataset_name_check(value, NULL) != 0) {
+            snprintf(why, whylen, "%s, got '%.80s'", DATASET_RULE, value);
+            return -1;
+        }
+        snprintf(f == F_DATASET ? spec->dataset : spec->test_dataset, sizeof(spec->dataset), "%s",
+                 value);
+        return 0;
     case F_MODEL:
         if (parse_model(spec, value, why, whylen) != 0) {
             size_t used = strlen(why);
@@ -521,10 +531,13 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
 
     if (!keel_id_valid(s->name))
         return field_err(err, F_NAME, "must be set to 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
-    if (!keel_id_valid(s->dataset))
-        return field_err(err, F_DATASET, "must be set to 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
-    if (s->test_dataset[0] != '\0' && !keel_id_valid(s->test_dataset))
-        return field_err(err, F_TEST_DATASET, "must be 1-%d of A-Z a-z 0-9 - _", KEEL_ID_MAX);
+    if (memchr(s->dataset, '\0', sizeof(s->dataset)) == NULL || s->dataset[0] == '\0')
+        return field_err(err, F_DATASET, "must be set");
+    if (keel_dataset_name_check(s->dataset, NULL) != 0)
+        return field_err(err, F_DATASET, DATASET_RULE);
+    if (memchr(s->test_dataset, '\0', sizeof(s->test_dataset)) == NULL ||
+        (s->test_dataset[0] != '\0' && keel_dataset_name_check(s->test_dataset, NULL) != 0))
+        return field_err(err, F_TEST_DATASET, DATASET_RULE);
     if (s->model != KEEL_MODEL_SOFTMAX && s->model != KEEL_MODEL_MLP)
         return field_err(err, F_MODEL, "must be set");
     if ((s->model == KEEL_MODEL_SOFTMAX && s->nsizes != 2) ||
@@ -920,7 +933,7 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
     static const enum field opt_fields[] = {F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON};
     json_error_t jerr;
     json_t *root, *opt, *init, *v;
-    uint64_t u;
+    uint64_t u = 0;
     int rc;
 
     keel_jobspec_init(s);
@@ -1067,41 +1080,32 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
     return n;
 }
 
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-    return z ^ (z >> 31);
-}
-
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out)
 {
-    uint64_t state = mix64(spec->init.seed ^ mix64(keel_key_make(t->id, row)));
-    double a;
+    /* One generator for every initial value in Keel: the model's (model.h). */
+    struct keel_initializer ini = {0};
 
+    ini.seed = spec->init.seed;
+    ini.fan_in = t->in;
+    ini.fan_out = t->out;
+    ini.bias_last = 1;
+    ini.scale = (float)spec->init.scale;
     switch (spec->init.method) {
     case KEEL_INIT_UNIFORM:
-        a = spec->init.scale;
+        ini.kind = KEEL_INITIALIZER_UNIFORM;
         break;
     case KEEL_INIT_GLOROT:
-        a = sqrt(6.0 / ((double)t->in + (double)t->out));
+        ini.kind = KEEL_INITIALIZER_GLOROT_UNIFORM;
         break;
     case KEEL_INIT_HE:
-        a = sqrt(6.0 / (double)t->in);
+        ini.kind = KEEL_INITIALIZER_HE_UNIFORM;
         break;
     default:
-        a = 0;
+        ini.kind = KEEL_INITIALIZER_ZEROS;
         break;
     }
-    for (uint32_t i = 0; i + 1 < t->row_width; i++) {
-        /* splitmix64 stream; the top 24 bits give a uniform in [0, 1). */
-        double u;
-
-        state += UINT64_C(0x9e3779b97f4a7c15);
-        u = (double)(mix64(state) >> 40) * (1.0 / 16777216.0);
-        out[i] = a == 0 ? 0.0f : (float)((2.0 * u - 1.0) * a);
-    }
-    if (t->row_width > 0)
-        out[t->row_width - 1] = 0.0f;
+    /* A validated spec cannot fail here; if it did, start from zeros rather than garbage. */
+    if (keel_initializer_row(&ini, t->id, row, out, t->row_width, NULL) != 0)
+        memset(out, 0, (size_t)t->row_width * sizeof(float));
 }

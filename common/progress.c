@@ -134,7 +134,7 @@ int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
                          struct keel_error *err)
 {
     static const char *const keys[] = {"worker", "incarnation", "pass", "batch", NULL};
-    uint64_t inc, pass, batch;
+    uint64_t inc = 0, pass = 0, batch = 0;
     json_t *root;
     int rc;
 
@@ -173,7 +173,7 @@ int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct k
 {
     static const char *const keys[] = {"worker",   "pass",    "accuracy", "loss",
                                        "examples", "time_ms", NULL};
-    uint64_t pass, examples, time_ms;
+    uint64_t pass = 0, examples = 0, time_ms = 0;
     json_t *root;
     int rc;
 
@@ -200,4 +200,42 @@ int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct k
 out:
     json_decref(root);
     return rc;
+}
+
+/* ---- the keys below jobs/<job>/ ---- */
+
+static int parse_u32(const char *s, uint32_t *out, const char **end)
+{
+    uint64_t v = 0;
+    const char *p = s;
+
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] >= '0' && p[1] <= '9'))
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return -1;
+        p++;
+    }
+    *out = (uint32_t)v;
+    *end = p;
+    return 0;
+}
+
+enum keel_job_key keel_job_key_parse(const char *rest, uint32_t *num, char *worker)
+{
+    const char *end;
+
+    if (strncmp(rest, "shards/", 7) == 0)
+        return parse_u32(rest + 7, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_SHARD
+                                                                   : KEEL_JOB_KEY_OTHER;
+    if (strncmp(rest, "progress/", 9) == 0)
+        return parse_u32(rest + 9, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_PROGRESS
+                                                                   : KEEL_JOB_KEY_OTHER;
+    if (strncmp(rest, "eval/", 5) == 0 && parse_u32(rest + 5, num, &end) == 0 && *end == '/' &&
+        keel_id_valid(end + 1)) {
+        snprintf(worker, KEEL_ID_MAX + 1, "%s", end + 1);
+        return KEEL_JOB_KEY_EVAL;
+    }
+    return KEEL_JOB_KEY_OTHER;
 }

@@ -11,13 +11,20 @@
 #include "keel/cli.h"
 #include "keel/coordinator.h"
 #include "keel/etcd.h"
+#include "keel/leader.h"
 #include "keel/log.h"
 
 static const char *const required[] = {"node.id", NULL};
 
-static keel_coordinator *running;
+static keel_coordinator *volatile running;
 static volatile sig_atomic_t stop_early;
 
+/*
+ * A handler rather than a sigwait thread: a signal may be delivered to any
+ * thread that does not block it, and some threads are not ours to block
+ * (libraries', sanitizers').  keel_coordinator_stop() is async-signal-safe:
+ * an atomic store and a write() to an eventfd.
+ */
 static void on_signal(int sig)
 {
     (void)sig;
@@ -30,9 +37,12 @@ static int run(const struct keel_config *config, int argc, char **argv)
 {
     struct keel_etcd_options eo;
     struct keel_coordinator_opts co = {0};
+    struct keel_leader_opts lo = {0};
+    struct keel_coordinator_hooks hooks;
     struct keel_error err;
     struct sigaction sa;
     keel_coordinator *coord = NULL;
+    keel_leader *leader = NULL;
     keel_etcd *etcd = NULL;
     int rc;
 
@@ -59,8 +69,14 @@ static int run(const struct keel_config *config, int argc, char **argv)
     co.heartbeat_ms = config->coordinator_heartbeat_ms;
     /* A restart right after a crash finds its old registration until that lease expires. */
     co.join_wait_ms = (uint64_t)co.lease_ttl_s * 1000 + 2000;
-    if ((rc = keel_coordinator_new(&co, NULL, &coord, &err)) != 0)
+    lo.etcd = etcd;
+    lo.cluster = config->cluster_name;
+    if ((rc = keel_leader_new(&lo, &leader, &err)) != 0)
         goto fail;
+    keel_leader_hooks(leader, &hooks);
+    if ((rc = keel_coordinator_new(&co, &hooks, &coord, &err)) != 0)
+        goto fail;
+    keel_leader_attach(leader, coord);
     KEEL_LOG_INFO("coordinator '%s' of cluster '%s' starting (etcd %s, lease TTL %lld s)",
                   config->node_id, config->cluster_name, config->etcd_endpoints,
                   (long long)co.lease_ttl_s);
@@ -69,6 +85,7 @@ static int run(const struct keel_config *config, int argc, char **argv)
         keel_coordinator_stop(coord);
     rc = keel_coordinator_run(coord, &err);
     running = NULL;
+    keel_leader_free(leader);
     keel_coordinator_free(coord);
     keel_etcd_free(etcd);
     if (rc != 0) {
@@ -78,6 +95,7 @@ static int run(const struct keel_config *config, int argc, char **argv)
     KEEL_LOG_INFO("coordinator '%s' stopped", config->node_id);
     return KEEL_EXIT_OK;
 fail:
+    keel_leader_free(leader);
     keel_coordinator_free(coord);
     keel_etcd_free(etcd);
     fprintf(stderr, "keel-coordinator: %s\n", err.msg);

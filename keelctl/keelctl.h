@@ -16,7 +16,17 @@
 #ifndef KEELCTL_H
 #define KEELCTL_H
 
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include <stdio.h>
+
 #include "keel/config.h"
+#include "keel/cstate.h"
+#include "keel/etcd.h"
 
 struct keelctl_command {
     const char *name;
@@ -33,5 +43,66 @@ int keelctl_cmd_dataset(const struct keel_config *config, int argc, char **argv)
 /* keelctl checkpoint: list, show, verify, diff, export, restore, prune, audit, keygen
  * (cmd_checkpoint.c). */
 int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **argv);
+
+/* keelctl job: submit, list, show, stop (cmd_job.c). */
+int keelctl_cmd_job(const struct keel_config *config, int argc, char **argv);
+
+/* keelctl status: leader, members, ranges, jobs (cmd_status.c). */
+int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv);
+
+/* ---- shared by the etcd commands (ctl_etcd.c) ---- */
+
+/*
+ * A client of the cluster's etcd ([cluster] etcd, [etcd] or [tls] files)
+ * that gives up after about a second when etcd does not answer, so that an
+ * operator hears at once that etcd is down.  Errors: keel_etcd_new()'s.
+ */
+int keelctl_etcd_open(const struct keel_config *config, keel_etcd **out, struct keel_error *err);
+
+/*
+ * Print "keelctl WHAT: ..." for `err` on stderr, saying plainly when etcd is
+ * unreachable, and return KEEL_EXIT_FAILURE.
+ */
+int keelctl_etcd_fail(const char *what, const struct keel_config *config,
+                      const struct keel_error *err);
+
+/* How far a job has got, from its shard leases. */
+struct keelctl_progress {
+    uint32_t shards, shards_done, leased, epochs;
+    uint64_t passes_done, passes_total; /* passes finished over all shards, of shards*epochs */
+    int unreadable;                     /* a shard lease in etcd did not decode */
+};
+
+void keelctl_job_progress(const struct keel_cstate_job *j, struct keelctl_progress *p);
+
+/* A job's state and progress as JSON: what `job list` and `status` print per job (cmd_job.c). */
+json_t *keelctl_job_json(const struct keel_cstate_job *j);
+
+/* The same as a table with a header line, one job per line (cmd_job.c). */
+void keelctl_job_rows(const struct keel_cstate *s, FILE *out);
+
+/* "4.2s", "3m07s", "2h05m", "3d04h"; "-" for a negative age. */
+void keelctl_format_age(int64_t ms, char *out, size_t n);
+
+/* Unix ms as "2026-01-02T03:04:05Z". */
+void keelctl_format_time(uint64_t ms, char *out, size_t n);
+
+int64_t keelctl_now_ms(void);
+
+/* A subcommand of a command: `keelctl certs issue ...`. */
+struct keelctl_sub {
+    const char *name;
+    int (*run)(const struct keel_config *config, int argc, char **argv);
+};
+
+/*
+ * Run the subcommand named by argv[1] of command `cmd` ("certs") from
+ * subs[0..n), with argv[1] as its argv[0]; `usage` prints the command's help.
+ * No subcommand or an unknown one: a message, the help on stderr, and
+ * KEEL_EXIT_USAGE; --help or -h: the help on stdout and KEEL_EXIT_OK.
+ */
+int keelctl_run_sub(const char *cmd, const struct keelctl_sub *subs, size_t n,
+                    void (*usage)(FILE *out), const struct keel_config *config, int argc,
+                    char **argv);
 
 #endif

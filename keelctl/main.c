@@ -13,6 +13,9 @@ static const struct keelctl_command commands[] = {
     {"dataset", "import IDX, LIBSVM and CSV datasets into a store; info, list, verify",
      keelctl_cmd_dataset},
     {"checkpoint", "checkpoints: list, verify, diff, export, prune; audit", keelctl_cmd_checkpoint},
+    {"job", "training jobs in etcd: submit, list, show, stop", keelctl_cmd_job},
+    {"status", "the cluster: leader and epoch, members, ranges per server, jobs",
+     keelctl_cmd_status},
     {NULL, NULL, NULL},
 };
 

@@ -12,27 +12,31 @@
  *  - every range has exactly min(r, N) replicas, all distinct, all in the
  *    table's server list (so with no server every range is empty, and with
  *    fewer servers than r every server holds every range);
- *  - balance: every server holds between floor(256 * min(r, N) / N) and
- *    ceil(256 * min(r, N) / N) replicas (so never more than the promised
- *    ceil(256 * r / N) + 1), and is primary of at most ceil(256 / N) + 1
- *    ranges (the rebalancer aims at floor/ceil of 256 / N, and reaches it
- *    whenever the replica sets allow it without moving data);
+ *  - replica balance: every server holds between floor(256 * min(r, N) / N)
+ *    and ceil(256 * min(r, N) / N) replicas (one tighter than the promised
+ *    ceil(256 * r / N) + 1);
+ *  - primary balance: every server leads at most ceil(256 / N) + 1 ranges
+ *    after a single join or leave, a replication change, or a call with the
+ *    table's own server list.  After several servers left at once, promotion
+ *    may pile primaries up; calling keel_assign_update() again with the same
+ *    servers ("settling") restores the bound by role swaps alone;
  *  - the server list is sorted by id (strcmp) and holds no duplicate.
  *
  * What a change guarantees, comparing a range before and after one call of
  * keel_assign_update() (or join/leave/set_replication):
- *  - promotion: when a range's primary leaves, the new primary is one of the
- *    range's previous backups (it already has the data);
- *  - continuity: the new primary was a replica of the range before, or the
- *    previous primary is still a replica (a hand-over to a joining server,
- *    which must first copy the range from it).  The only exceptions are a
- *    range none of whose previous replicas is still alive, and r = 1, where
- *    balancing after a join moves whole ranges from a live server to another;
- *  - minimal movement: existing replicas stay where they are unless balance
- *    needs them moved.  A join places replicas only on the joining server,
- *    at most ceil(256 * min(r, N) / N) of them; a leave places one new
- *    replica for each range the leaver held (fewer when N falls below r)
- *    and moves nothing else except to restore the balance bound.
+ *  - promotion: when a range's primary leaves and a backup survives, the new
+ *    primary is one of its previous backups (it already has the data);
+ *  - continuity: when some previous replica of the range is alive, the new
+ *    primary was a replica of it before, or the previous primary is alive
+ *    (a hand-over: the new primary copies the range from it first).  After
+ *    a single join or leave with min(r, N) >= 2 the previous primary even
+ *    stays in the set, and the set keeps one of its previous replicas;
+ *  - minimal movement: replicas stay where they are unless balance needs
+ *    them moved.  A join places replicas only on the joining server, at most
+ *    ceil(256 * min(r, N) / N) of them; a leave places one new replica for
+ *    each range the leaver held (none when N falls below r), and moves other
+ *    replicas only when the replica sets leave a survivor no other way to
+ *    reach the balance floor (stats->placed says how many were placed);
  *  - the version is incremented exactly when anything but the version
  *    changed (servers, replication or a replica set).
  * docs/coordinator.md explains the algorithm.

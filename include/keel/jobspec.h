@@ -8,9 +8,9 @@
  *
  * Invariants of a struct keel_jobspec that keel_jobspec_load(),
  * keel_jobspec_parse() or keel_jobspec_decode() returned successfully:
- *  - every field is within its documented bounds, names are valid ids
- *    (keel/id.h), and the model has 2 sizes (softmax) or 3 to
- *    KEEL_JOBSPEC_MAX_SIZES (mlp);
+ *  - every field is within its documented bounds, the job's name is an id
+ *    (keel/id.h), dataset names follow keel_dataset_name_check(), the model has 2 sizes (softmax)
+ * or 3 to KEEL_JOBSPEC_MAX_SIZES (mlp);
  *  - optimizer parameters the chosen optimizer does not use are 0, and
  *    init.scale is 0 unless the method is uniform, so two specs that mean
  *    the same thing are equal field by field and encode to the same bytes;
@@ -65,7 +65,7 @@ enum keel_consistency {
 
 struct keel_jobspec {
     char name[KEEL_ID_MAX + 1];         /* [job] name */
-    char dataset[KEEL_ID_MAX + 1];      /* [job] dataset: training records */
+    char dataset[KEEL_ID_MAX + 1];      /* [job] dataset: training records, as imported */
     char test_dataset[KEEL_ID_MAX + 1]; /* [job] test_dataset: "" when none */
     enum keel_model_kind model;         /* [job] model: "softmax:784-10" */
     unsigned nsizes;                    /* layer sizes, input first */
@@ -88,7 +88,7 @@ struct keel_jobspec {
     uint32_t staleness;                /* N of ssp:N, else 0 */
     uint64_t checkpoint_interval;      /* clocks between checkpoints, 0 = none */
     unsigned replication;              /* replicas per range, 1..5 */
-    uint32_t shards;                   /* parts the training data is cut into */
+    uint32_t shards;                   /* the dataset's shard count, as imported */
 };
 
 /* One parameter table of the model (see keel_jobspec_tables()). */
@@ -163,8 +163,8 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
 /*
  * The initial value of row `row` of table `t`, as every server computes it:
  * `row_width` floats into `out`; the bias (last float) is 0, the weights
- * follow the init method from a pseudo-random stream that depends only on
- * the seed and the row's key, so any server, any time, gets the same row.
+ * follow the init method (glorot and he are their uniform forms) through
+ * keel_initializer_row() of model.h, so any server, any time, gets the same row.
  */
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out);

@@ -58,4 +58,21 @@ void keel_eval_encode(const struct keel_eval *e, struct keel_buf *out);
 /* Errors: KEEL_ECORRUPT naming the field ("eval: accuracy: must be a number from 0 to 1"). */
 int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct keel_error *err);
 
+/* What a key below jobs/<job>/ is (keel_job_key_parse()). */
+enum keel_job_key {
+    KEEL_JOB_KEY_OTHER = 0,    /* spec, state, or a key this file does not know */
+    KEEL_JOB_KEY_SHARD = 1,    /* shards/<n> */
+    KEEL_JOB_KEY_PROGRESS = 2, /* progress/<n> */
+    KEEL_JOB_KEY_EVAL = 3,     /* eval/<pass>/<worker> */
+};
+
+/*
+ * Sort out the part of a key after "jobs/<job>/": shards/<n> and
+ * progress/<n> give the number in `num`; eval/<pass>/<worker> gives the
+ * pass in `num` and the worker id in `worker` (KEEL_ID_MAX + 1 bytes).
+ * Numbers are decimal, without sign or leading zeros, and fit in 32 bits;
+ * anything else is KEEL_JOB_KEY_OTHER.
+ */
+enum keel_job_key keel_job_key_parse(const char *rest, uint32_t *num, char *worker);
+
 #endif

@@ -50,7 +50,7 @@ Test(jobs, only_the_documented_transitions_are_allowed)
 Test(jobs, state_names_round_trip)
 {
     for (int s = KEEL_JOB_PENDING; s <= KEEL_JOB_STOPPED; s++)
-        cr_assert_eq(keel_job_state_parse(keel_job_state_name((enum keel_job_state)s)), s);
+        cr_assert_eq((int)keel_job_state_parse(keel_job_state_name((enum keel_job_state)s)), s);
     cr_assert_eq(keel_job_state_parse("Running"), 0);
     cr_assert_str_eq(keel_job_state_name((enum keel_job_state)9), "unknown");
 }

@@ -61,7 +61,7 @@ Test(jobspec, example_file_parses)
     cr_assert_eq(spec.sizes[1], 256);
     cr_assert_eq(spec.sizes[2], 128);
     cr_assert_eq(spec.sizes[3], 10);
-    cr_assert_str_eq(spec.dataset, "fashion-mnist-train");
+    cr_assert_str_eq(spec.dataset, "fashion-mnist");
     cr_assert_str_eq(spec.test_dataset, "fashion-mnist-test");
     cr_assert_eq(spec.batch_size, 64);
     cr_assert_eq(spec.epochs, 10);
@@ -69,7 +69,7 @@ Test(jobspec, example_file_parses)
     cr_assert_eq(spec.staleness, 2);
     cr_assert_eq(spec.checkpoint_interval, 500);
     cr_assert_eq(spec.replication, 2);
-    cr_assert_eq(spec.shards, 8);
+    cr_assert_eq(spec.shards, 4);
     cr_assert_eq(spec.optimizer.type, KEEL_OPT_ADAM);
     cr_assert_eq(spec.optimizer.lr, 0.001);
     cr_assert_eq(spec.optimizer.beta1, 0.9);
@@ -170,7 +170,8 @@ static struct bad_spec bad_specs[] = {
     {"[job]\nmodel = mlp:784-10-\n", "t.ini:2: [job] model: layer sizes must be decimal"},
     {"[job]\nname = j\ndataset = d\nmodel = mlp:65536-65536-65536\n",
      "t.ini: [job] model: 8590065664 parameters, more than the 2147483648 allowed"},
-    {"[job]\ndataset = a.b\n", "t.ini:2: [job] dataset: must be 1-64"},
+    {"[job]\ndataset = .hidden\n", "t.ini:2: [job] dataset: must be 1-64 of A-Z a-z 0-9 . _ -"},
+    {"[job]\ndataset = a/b\n", "t.ini:2: [job] dataset: must be 1-64"},
     {"[job]\ntest_dataset = \n", "t.ini:2: [job] test_dataset: must be 1-64"},
     {"[job]\nbatch_size = 0\n", "t.ini:2: [job] batch_size: must be an integer from 1 to 65536"},
     {"[job]\nbatch_size = 12x\n", "t.ini:2: [job] batch_size: must be an integer"},
@@ -319,13 +320,13 @@ Test(jobspec, digest_is_stable_and_ignores_how_the_file_was_written)
     cr_assert_eq(keel_jobspec_load(&spec, path, &err), 0, "%s", err.msg);
     keel_jobspec_digest_hex(&spec, h1);
     /* The canonical form is part of the checkpoint format: this value must not change. */
-    cr_assert_str_eq(h1, "a6f50bbf12c4afcf585244cd372493594c32044201abba7dbd6b96d24f5e6a0f");
+    cr_assert_str_eq(h1, "14ed3fd8275300b59af6c467c245a4c9ece290a9c73e50eb19b68d3e57f1d1f2");
     /* Same meaning, other order, comments, defaults spelled out, other number forms. */
     cr_assert_eq(keel_jobspec_parse(&other,
                                     "[init]\nseed = 42\n[optimizer]\nepsilon = 0.00000001\n"
                                     "type = adam\nbeta2 = 0.9990\n; note\nlr = 1e-3\n"
-                                    "[job]\nshards = 8\nname = fmnist-mlp\nreplication = 2\n"
-                                    "model = mlp:784-256-128-10\ndataset = fashion-mnist-train\n"
+                                    "[job]\nshards = 4\nname = fmnist-mlp\nreplication = 2\n"
+                                    "model = mlp:784-256-128-10\ndataset = fashion-mnist\n"
                                     "test_dataset = fashion-mnist-test\nbatch_size = 64\n"
                                     "epochs = 10\nconsistency = ssp:2\n"
                                     "checkpoint_interval = 500\n",

@@ -1,0 +1,838 @@
+/*
+ * leader.c - the coordinator leader's work (see leader.h): each tick reads
+ * the cluster's keys at one revision, then moves jobs, leases shards and
+ * keeps the range assignment, writing every change fenced.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keel/alloc.h"
+#include "keel/assign.h"
+#include "keel/buf.h"
+#include "keel/cstate.h"
+#include "keel/election.h"
+#include "keel/jobs.h"
+#include "keel/leader.h"
+#include "keel/log.h"
+#include "keel/progress.h"
+
+/*
+ * Shards written per transaction.  etcd allows 128 compares and 128
+ * operations per transaction; each shard takes one of each, the job's state
+ * one compare and perhaps one put.
+ */
+#define SHARDS_PER_TXN 100
+
+struct server_seen {
+    char id[KEEL_ID_MAX + 1];
+    uint64_t incarnation;
+};
+
+struct keel_leader {
+    keel_etcd *etcd;
+    char *cluster;
+    char *prefix; /* /keel/<cluster>/ */
+    keel_coordinator *co;
+    keel_etcd_stream *watch;
+    /* Per leadership, dropped when it ends. */
+    int64_t revision;            /* of the last read */
+    struct server_seen *servers; /* live servers at the last assignment written or checked */
+    int frozen_logged;           /* said once that the assignment is frozen */
+    size_t nservers;
+    int servers_known;         /* `servers` holds what the last tick saw */
+    char job[KEEL_ID_MAX + 1]; /* the job `seen` belongs to */
+    int64_t *seen;             /* per shard: mod revision of the last progress handled */
+    uint32_t nseen;
+};
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void wake(keel_leader *l)
+{
+    if (l->co)
+        keel_coordinator_wake(l->co);
+}
+
+/* Forget what this leadership learnt. */
+static void forget(keel_leader *l)
+{
+    free(l->servers);
+    l->servers = NULL;
+    l->nservers = 0;
+    l->servers_known = 0;
+    free(l->seen);
+    l->seen = NULL;
+    l->nseen = 0;
+    l->job[0] = '\0';
+    l->revision = 0;
+}
+
+/*
+ * Commit `t` fenced.  Returns 0 with *applied = 1 when its compares held and
+ * *applied = 0 when a key had changed since it was read (the next tick reads
+ * again); KEEL_EEPOCH when deposed; KEEL_EINDOUBT or another client error
+ * otherwise.  `rev` (may be NULL) receives the revision of the write.
+ */
+static int commit(keel_leader *l, keel_election *e, const keel_etcd_txn *t, const char *what,
+                  int *applied, int64_t *rev, struct keel_error *err)
+{
+    struct keel_etcd_txn_result r;
+    int rc;
+
+    *applied = 0;
+    rc = keel_election_commit(e, t, &r, err);
+    if (rc == KEEL_EINDOUBT) {
+        KEEL_LOG_WARN("%s: outcome unknown, reading again: %s", what, err->msg);
+        wake(l);
+        return rc;
+    }
+    if (rc != 0)
+        return rc;
+    *applied = r.succeeded;
+    if (rev)
+        *rev = r.revision;
+    keel_etcd_txn_result_release(&r);
+    if (!*applied) {
+        KEEL_LOG_INFO("%s: changed in etcd since it was read, reading again", what);
+        wake(l);
+    }
+    return 0;
+}
+
+/* ---- job states ----------------------------------------------------------- */
+
+static void job_key(const keel_leader *l, const char *job, const char *rest, struct keel_buf *out)
+{
+    keel_buf_reset(out);
+    keel_buf_addf(out, "%sjobs/%s/%s", l->prefix, job, rest);
+}
+
+/*
+ * Write `st` as job `j`'s state if the state key is still as read.  Returns
+ * 0 (see *applied), or the error of commit().
+ */
+static int write_state(keel_leader *l, keel_election *e, const struct keel_cstate_job *j,
+                       const struct keel_job_status *st, int *applied, struct keel_error *err)
+{
+    struct keel_buf key = KEEL_BUF_INIT, val = KEEL_BUF_INIT;
+    keel_etcd_txn *t = keel_etcd_txn_new();
+    char what[128];
+    int rc;
+
+    job_key(l, j->name, "state", &key);
+    keel_job_status_encode(st, &val);
+    keel_etcd_txn_compare(t, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
+                          j->state_kv ? j->state_kv->mod_revision : 0);
+    keel_etcd_txn_put(t, KEEL_ETCD_THEN, (const char *)key.buf, val.buf, val.len, 0);
+    snprintf(what, sizeof(what), "job '%s': state", j->name);
+    rc = commit(l, e, t, what, applied, NULL, err);
+    keel_etcd_txn_free(t);
+    keel_buf_release(&key);
+    keel_buf_release(&val);
+    return rc;
+}
+
+/* Move job `j` to failed with `reason` (also when its state is unreadable). */
+static int fail_job(keel_leader *l, keel_election *e, const struct keel_cstate_job *j,
+                    const char *reason, struct keel_error *err)
+{
+    struct keel_job_status st;
+    int applied, rc;
+
+    if (j->status_ok) {
+        st = j->status;
+        if (keel_job_status_move(&st, KEEL_JOB_FAILED, wall_ms(), reason, NULL) != 0)
+            return 0; /* already final */
+    } else {
+        keel_job_status_init(&st, wall_ms());
+        st.state = KEEL_JOB_FAILED;
+        snprintf(st.reason, sizeof(st.reason), "%s", reason);
+    }
+    rc = write_state(l, e, j, &st, &applied, err);
+    if (rc == 0 && applied)
+        KEEL_LOG_WARN("job '%s': failed: %s", j->name, reason);
+    return rc;
+}
+
+/* ---- shards --------------------------------------------------------------- */
+
+/* Log what changed in shard `n` from `was` to `now`. */
+static void log_shard(const char *job, uint32_t n, const struct keel_shard *was,
+                      const struct keel_shard *now)
+{
+    if (was->owner[0] &&
+        (strcmp(was->owner, now->owner) != 0 || was->incarnation != now->incarnation)) {
+        if (now->done)
+            KEEL_LOG_INFO("job '%s': shard %" PRIu32 " done (by '%s')", job, n, was->owner);
+        else if (now->pass > was->pass)
+            KEEL_LOG_INFO("job '%s': shard %" PRIu32 " finished pass %" PRIu32
+                          " (by '%s'), lease ended",
+                          job, n, was->pass, was->owner);
+        else
+            KEEL_LOG_INFO("job '%s': shard %" PRIu32 " released by '%s' (incarnation %" PRIu64
+                          ") at (%" PRIu32 ", %" PRIu32 ")",
+                          job, n, was->owner, was->incarnation, now->pass, now->batch);
+    }
+    if (now->owner[0] &&
+        (strcmp(was->owner, now->owner) != 0 || was->incarnation != now->incarnation))
+        KEEL_LOG_INFO("job '%s': shard %" PRIu32 " leased to '%s' (incarnation %" PRIu64
+                      ") at (%" PRIu32 ", %" PRIu32 ")",
+                      job, n, now->owner, now->incarnation, now->pass, now->batch);
+    else if (now->owner[0] && (now->pass != was->pass || now->batch != was->batch))
+        KEEL_LOG_DEBUG("job '%s': shard %" PRIu32 " at (%" PRIu32 ", %" PRIu32 ") by '%s'", job, n,
+                       now->pass, now->batch, now->owner);
+}
+
+/*
+ * Write the shards of `t` marked in `changed`, and `final_state` (may be
+ * NULL) after them, in transactions of at most SHARDS_PER_TXN shards, each
+ * comparing the job's state and every shard it writes with their mod
+ * revisions as read (`mods`).  `done_marks` (may be NULL) receives, for each
+ * shard written, `pending[n]`, the progress mod revision it consumed.
+ * Returns 0 when everything was written, 1 when a compare failed (the rest is
+ * left for the next tick), or the error of commit().
+ */
+static int write_shards(keel_leader *l, keel_election *e, const struct keel_cstate_job *j,
+                        const struct keel_shard_table *t, const unsigned char *changed,
+                        const int64_t *mods, const struct keel_job_status *final_state,
+                        const int64_t *pending, struct keel_error *err)
+{
+    struct keel_buf state_key = KEEL_BUF_INIT, key = KEEL_BUF_INIT, val = KEEL_BUF_INIT;
+    uint32_t n = 0;
+    int rc = 0;
+
+    job_key(l, j->name, "state", &state_key);
+    for (;;) {
+        keel_etcd_txn *t_ = keel_etcd_txn_new();
+        uint32_t first = n, count = 0;
+        char what[128];
+        int applied;
+
+        keel_etcd_txn_compare(t_, (const char *)state_key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
+                              j->state_kv ? j->state_kv->mod_revision : 0);
+        for (; n < t->nshards && count < SHARDS_PER_TXN; n++) {
+            char rest[32];
+
+            if (!changed[n])
+                continue;
+            snprintf(rest, sizeof(rest), "shards/%" PRIu32, n);
+            job_key(l, j->name, rest, &key);
+            keel_buf_reset(&val);
+            keel_shard_encode(&t->shards[n], &val);
+            keel_etcd_txn_compare(t_, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
+                                  mods[n]);
+            keel_etcd_txn_put(t_, KEEL_ETCD_THEN, (const char *)key.buf, val.buf, val.len, 0);
+            count++;
+        }
+        if (n >= t->nshards && final_state) {
+            keel_buf_reset(&val);
+            keel_job_status_encode(final_state, &val);
+            keel_etcd_txn_put(t_, KEEL_ETCD_THEN, (const char *)state_key.buf, val.buf, val.len, 0);
+        } else if (count == 0) {
+            keel_etcd_txn_free(t_);
+            break;
+        }
+        snprintf(what, sizeof(what), "job '%s': shards", j->name);
+        rc = commit(l, e, t_, what, &applied, NULL, err);
+        keel_etcd_txn_free(t_);
+        if (rc != 0)
+            break;
+        if (!applied) {
+            rc = 1;
+            break;
+        }
+        if (pending && l->seen)
+            for (uint32_t i = first; i < n && i < l->nseen; i++)
+                if (changed[i] && pending[i])
+                    l->seen[i] = pending[i];
+        if (n >= t->nshards)
+            break;
+    }
+    keel_buf_release(&state_key);
+    keel_buf_release(&key);
+    keel_buf_release(&val);
+    return rc;
+}
+
+/* The live workers, as shard leases need them; `refs` has room for s->nmembers. */
+static size_t live_workers(const struct keel_cstate *s, struct keel_worker_ref *refs)
+{
+    const struct keel_member_info *w;
+    size_t n;
+
+    w = keel_cstate_members(s, "worker", &n);
+    for (size_t i = 0; i < n; i++) {
+        refs[i].id = w[i].id;
+        refs[i].incarnation = w[i].incarnation;
+    }
+    return n;
+}
+
+/*
+ * Whether a shard of `j` may be leased: its value names an owner.  A cheap
+ * look at the bytes as keel_shard_encode() writes them, so that ended jobs
+ * cost no decoding tick after tick; keel_cstate_shards() decides for real.
+ */
+static int any_owned(const struct keel_cstate_job *j)
+{
+    for (size_t i = 0; i < j->nshards; i++)
+        if (strstr((const char *)j->shards[i].kv->value, "\"owner\":null") == NULL)
+            return 1;
+    return 0;
+}
+
+/* A job that ended: free any shard still leased, so its workers are free. */
+static int release_ended(keel_leader *l, keel_election *e, const struct keel_cstate_job *j,
+                         struct keel_error *err)
+{
+    struct keel_shard_table t;
+    struct keel_shard *was;
+    unsigned char *changed;
+    int64_t *mods;
+    int rc = 0;
+
+    if (!j->spec_ok || !any_owned(j))
+        return 0;
+    mods = keel_calloc(j->spec.shards, sizeof(*mods));
+    if (keel_cstate_shards(j, &t, mods, err) != 0) {
+        KEEL_LOG_WARN("%s", err->msg);
+        free(mods);
+        return 0;
+    }
+    changed = keel_calloc(t.nshards, 1);
+    was = keel_calloc(t.nshards, sizeof(*was));
+    memcpy(was, t.shards, sizeof(*was) * t.nshards);
+    if (keel_shards_assign(&t, NULL, 0, changed) > 0) {
+        for (uint32_t n = 0; n < t.nshards; n++)
+            if (changed[n])
+                KEEL_LOG_INFO("job '%s' is %s: shard %" PRIu32 " released by '%s' at (%" PRIu32
+                              ", %" PRIu32 ")",
+                              j->name, keel_job_state_name(j->status.state), n, was[n].owner,
+                              t.shards[n].pass, t.shards[n].batch);
+        rc = write_shards(l, e, j, &t, changed, mods, NULL, NULL, err);
+        if (rc == 1)
+            rc = 0;
+    }
+    free(was);
+    free(changed);
+    free(mods);
+    keel_shards_release(&t);
+    return rc;
+}
+
+/* Make `l->seen` track job `j` (a new running job starts with nothing handled). */
+static void track_job(keel_leader *l, const struct keel_cstate_job *j)
+{
+    if (strcmp(l->job, j->name) == 0 && l->nseen == j->spec.shards)
+        return;
+    free(l->seen);
+    l->seen = keel_calloc(j->spec.shards, sizeof(*l->seen));
+    l->nseen = j->spec.shards;
+    snprintf(l->job, sizeof(l->job), "%s", j->name);
+}
+
+/*
+ * Apply progress report `p` (key `it`) to `t`.  Returns 1 when the shard
+ * changed, 0 when the report changed nothing (a repeat) or was refused
+ * (logged).
+ */
+static int apply_progress(const struct keel_cstate_job *j, struct keel_shard_table *t,
+                          const struct keel_cstate_item *it)
+{
+    struct keel_progress p;
+    struct keel_shard *sh;
+    struct keel_error e;
+
+    keel_error_init(&e);
+    if (keel_progress_decode(it->kv->value, it->kv->value_len, &p, &e) != 0) {
+        KEEL_LOG_WARN("job '%s': ignoring progress/%" PRIu32 ": %s", j->name, it->num, e.msg);
+        return 0;
+    }
+    sh = &t->shards[it->num];
+    if (keel_shard_seq(p.pass, p.batch) == keel_shard_seq(sh->pass, sh->batch))
+        return 0; /* already recorded (or written again after a restart) */
+    if (keel_shards_progress(t, it->num, p.worker, p.incarnation, p.pass, p.batch, &e) != 0) {
+        KEEL_LOG_WARN("job '%s': progress of '%s' (incarnation %" PRIu64 ") refused: %s", j->name,
+                      p.worker, p.incarnation, e.msg);
+        return 0;
+    }
+    return 1;
+}
+
+/* One tick of the running job `j`: progress, leases, done. */
+static int run_job(keel_leader *l, keel_election *e, const struct keel_cstate *s,
+                   const struct keel_cstate_job *j, struct keel_error *err)
+{
+    struct keel_worker_ref *refs;
+    struct keel_shard_table t;
+    struct keel_job_status done_st;
+    struct keel_shard *was;
+    unsigned char *changed, *leased;
+    int64_t *mods, *pending;
+    size_t nrefs;
+    int rc, all_done;
+
+    mods = keel_calloc(j->spec.shards, sizeof(*mods));
+    if (keel_cstate_shards(j, &t, mods, err) != 0) {
+        char reason[KEEL_JOB_REASON_MAX];
+
+        free(mods);
+        snprintf(reason, sizeof(reason), "unreadable shard lease in etcd: %.200s", err->msg);
+        keel_error_init(err);
+        return fail_job(l, e, j, reason, err);
+    }
+    track_job(l, j);
+    changed = keel_calloc(t.nshards, 1);
+    pending = keel_calloc(t.nshards, sizeof(*pending));
+    was = keel_calloc(t.nshards, sizeof(*was));
+    memcpy(was, t.shards, sizeof(*was) * t.nshards);
+
+    /* Reports first: one from a worker that has just gone still counts. */
+    for (size_t i = 0; i < j->nprogress; i++) {
+        const struct keel_cstate_item *it = &j->progress[i];
+
+        if (it->num >= t.nshards || it->kv->mod_revision == l->seen[it->num])
+            continue;
+        if (apply_progress(j, &t, it)) {
+            changed[it->num] = 1;
+            pending[it->num] = it->kv->mod_revision; /* handled once written */
+        } else {
+            l->seen[it->num] = it->kv->mod_revision;
+        }
+    }
+    refs = keel_calloc(s->nmembers + 1, sizeof(*refs));
+    nrefs = live_workers(s, refs);
+    leased = keel_calloc(t.nshards, 1); /* keel_shards_assign() clears what it is given */
+    keel_shards_assign(&t, refs, nrefs, leased);
+    for (uint32_t n = 0; n < t.nshards; n++)
+        changed[n] |= leased[n];
+    free(leased);
+    free(refs);
+
+    all_done = keel_shards_all_done(&t);
+    if (all_done) {
+        done_st = j->status;
+        if (keel_job_status_move(&done_st, KEEL_JOB_DONE, wall_ms(), NULL, err) != 0) {
+            rc = 0;
+            goto out;
+        }
+    }
+    for (uint32_t n = 0; n < t.nshards; n++)
+        if (changed[n])
+            log_shard(j->name, n, &was[n], &t.shards[n]);
+    rc = write_shards(l, e, j, &t, changed, mods, all_done ? &done_st : NULL, pending, err);
+    if (rc == 1)
+        rc = 0;
+    else if (rc == 0 && all_done)
+        KEEL_LOG_INFO("job '%s': done: all %" PRIu32 " shards finished %" PRIu32 " epoch%s",
+                      j->name, t.nshards, t.epochs, t.epochs == 1 ? "" : "s");
+out:
+    free(was);
+    free(pending);
+    free(changed);
+    free(mods);
+    keel_shards_release(&t);
+    return rc;
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+/*
+ * Sort out every job: fail unreadable ones, release ended ones, start the
+ * oldest pending one when none runs, and run the running one.  *running
+ * receives the running job (NULL when none), for the replication.
+ */
+static int jobs_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
+                     const struct keel_cstate_job **running, struct keel_error *err)
+{
+    const struct keel_cstate_job *oldest = NULL;
+    int rc;
+
+    *running = NULL;
+    for (size_t i = 0; i < s->njobs; i++) {
+        const struct keel_cstate_job *j = &s->jobs[i];
+
+        if (j->state_kv == NULL)
+            continue; /* not a job (yet): submit writes spec and state together */
+        if (!j->status_ok || (!j->spec_ok && !keel_job_state_is_final(j->status.state))) {
+            if ((rc = fail_job(l, e, j, j->error, err)) != 0)
+                return rc;
+            continue;
+        }
+        switch (j->status.state) {
+        case KEEL_JOB_RUNNING:
+            if (*running == NULL)
+                *running = j;
+            else
+                KEEL_LOG_WARN("job '%s' is running as well as '%s': only one is served", j->name,
+                              (*running)->name);
+            break;
+        case KEEL_JOB_PENDING:
+            if (oldest == NULL || j->state_kv->create_revision < oldest->state_kv->create_revision)
+                oldest = j;
+            break;
+        default:
+            if ((rc = release_ended(l, e, j, err)) != 0)
+                return rc;
+            break;
+        }
+    }
+    if (*running == NULL && oldest != NULL) {
+        struct keel_job_status st = oldest->status;
+        int applied;
+
+        if (keel_job_status_move(&st, KEEL_JOB_RUNNING, wall_ms(), NULL, err) != 0)
+            return 0;
+        if ((rc = write_state(l, e, oldest, &st, &applied, err)) != 0)
+            return rc;
+        if (applied) {
+            char model[64];
+
+            keel_jobspec_model_string(&oldest->spec, model, sizeof(model));
+            KEEL_LOG_INFO("job '%s': started: model %s, dataset '%s' (%" PRIu32
+                          " shard%s), %" PRIu32 " epoch%s, replication %u",
+                          oldest->name, model, oldest->spec.dataset, oldest->spec.shards,
+                          oldest->spec.shards == 1 ? "" : "s", oldest->spec.epochs,
+                          oldest->spec.epochs == 1 ? "" : "s", oldest->spec.replication);
+            wake(l); /* lease its shards with a fresh read */
+            *running = oldest;
+        }
+        return 0;
+    }
+    if (*running)
+        return run_job(l, e, s, *running, err);
+    return 0;
+}
+
+/* ---- assignment ----------------------------------------------------------- */
+
+static int server_known(const keel_leader *l, const char *id, uint64_t *inc)
+{
+    for (size_t i = 0; i < l->nservers; i++)
+        if (strcmp(l->servers[i].id, id) == 0) {
+            *inc = l->servers[i].incarnation;
+            return 1;
+        }
+    return 0;
+}
+
+/* "s1 s2" of the servers in `a` and not in `b` into `out`; "-" when none. */
+static void server_diff(const keel_assign *a, const keel_assign *b, struct keel_buf *out)
+{
+    size_t start = out->len;
+
+    for (size_t i = 0; i < keel_assign_server_count(a); i++) {
+        const char *id = keel_assign_server(a, i);
+        size_t k;
+
+        for (k = 0; k < keel_assign_server_count(b); k++)
+            if (strcmp(keel_assign_server(b, k), id) == 0)
+                break;
+        if (k == keel_assign_server_count(b))
+            keel_buf_addf(out, "%s%s", out->len > start ? " " : "", id);
+    }
+    if (out->len == start)
+        keel_buf_add_str(out, "-");
+}
+
+/* Write `a` if the key is still at *mod; then *mod is the write's revision. */
+static int write_assignment(keel_leader *l, keel_election *e, const keel_assign *before,
+                            const keel_assign *a, const struct keel_assign_stats *st,
+                            const char *why, int64_t *mod, struct keel_error *err)
+{
+    struct keel_buf key = KEEL_BUF_INIT, val = KEEL_BUF_INIT, left = KEEL_BUF_INIT,
+                    joined = KEEL_BUF_INIT;
+    keel_etcd_txn *t = keel_etcd_txn_new();
+    int64_t rev = 0;
+    int applied, rc;
+
+    keel_buf_addf(&key, "%sassignment", l->prefix);
+    keel_assign_encode(a, &val);
+    keel_etcd_txn_compare(t, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL, *mod);
+    keel_etcd_txn_put(t, KEEL_ETCD_THEN, (const char *)key.buf, val.buf, val.len, 0);
+    rc = commit(l, e, t, "assignment", &applied, &rev, err);
+    if (rc == 0 && !applied)
+        rc = 1;
+    if (rc == 0) {
+        *mod = rev;
+        server_diff(before, a, &left);
+        server_diff(a, before, &joined);
+        KEEL_LOG_INFO("assignment version %" PRIu64 " (%s): %zu server%s, replication %u; "
+                      "left: %s; joined: %s; %u replicas placed, %u removed, %u primaries "
+                      "changed (%u promoted)",
+                      keel_assign_version(a), why, keel_assign_server_count(a),
+                      keel_assign_server_count(a) == 1 ? "" : "s", keel_assign_replication(a),
+                      (const char *)left.buf, (const char *)joined.buf, st->placed, st->removed,
+                      st->primary_changes, st->promoted);
+    }
+    keel_etcd_txn_free(t);
+    keel_buf_release(&key);
+    keel_buf_release(&val);
+    keel_buf_release(&left);
+    keel_buf_release(&joined);
+    return rc;
+}
+
+/*
+ * Whether a job with one replica per range has left `pending`: its rows then
+ * exist only on their one server, with no backup to promote.
+ */
+static int a_single_copy_job_started(const struct keel_cstate *s)
+{
+    for (size_t i = 0; i < s->njobs; i++)
+        if (s->jobs[i].status_ok && s->jobs[i].spec_ok && s->jobs[i].spec.replication == 1 &&
+            s->jobs[i].status.state != KEEL_JOB_PENDING)
+            return 1;
+    return 0;
+}
+
+/*
+ * Bring the assignment up to date with the live servers and `replication`,
+ * writing every version that results (see leader.h for the steps).
+ *
+ * With replication 1 a range's rows live only on its primary: moving the
+ * range would start it again from the initializer elsewhere.  So once such a
+ * job has started the assignment is frozen: a server that crashes keeps its
+ * ranges, workers retry until it is back, and it restores them from its own
+ * store (snapshot + update log).
+ */
+static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
+                           unsigned replication, struct keel_error *err)
+{
+    const struct keel_member_info *srv;
+    const char **live, **stay;
+    keel_assign *a = NULL, *before;
+    size_t nlive, nstay = 0;
+    int64_t mod = s->assignment ? s->assignment->mod_revision : 0;
+    int rc = 0;
+
+    if (s->assignment != NULL && a_single_copy_job_started(s)) {
+        if (!l->frozen_logged)
+            KEEL_LOG_INFO("a job with replication 1 has started: the assignment stays as it is "
+                          "(a range's rows live only on its server)");
+        l->frozen_logged = 1;
+        return 0;
+    }
+    l->frozen_logged = 0;
+    srv = keel_cstate_members(s, "server", &nlive);
+    live = keel_calloc(nlive + 1, sizeof(*live));
+    stay = keel_calloc(nlive + 1, sizeof(*stay));
+    for (size_t i = 0; i < nlive; i++) {
+        uint64_t inc;
+
+        live[i] = srv[i].id;
+        if (l->servers_known && server_known(l, srv[i].id, &inc) && inc != srv[i].incarnation)
+            KEEL_LOG_INFO("server '%s' restarted (incarnation %" PRIu64 " -> %" PRIu64
+                          "): it leaves and joins again",
+                          srv[i].id, inc, srv[i].incarnation);
+        else
+            stay[nstay++] = srv[i].id;
+    }
+    if (s->assignment) {
+        if (keel_assign_decode(s->assignment->value, s->assignment->value_len, &a, err) != 0) {
+            KEEL_LOG_ERROR("the assignment in etcd is unreadable, computing a new one: %s",
+                           err->msg);
+            keel_error_init(err);
+        }
+    }
+    if (a == NULL)
+        a = keel_assign_new(replication);
+    /* Each step: from a copy, so the log can say what changed. */
+    for (int step = 0; step < 4 && rc == 0; step++) {
+        static const char *const why[] = {"replication", "servers changed",
+                                          "restarted servers rejoined", "settled"};
+        struct keel_assign_stats st;
+
+        memset(&st, 0, sizeof(st));
+        before = keel_assign_clone(a);
+        if (step == 0 && keel_assign_replication(a) != replication)
+            rc = keel_assign_set_replication(a, replication, &st, err);
+        else if (step == 1)
+            rc = keel_assign_update(a, stay, nstay, &st, err);
+        else if (step >= 2)
+            rc = keel_assign_update(a, live, nlive, &st, err);
+        if (rc == 0 && st.changed)
+            rc = write_assignment(l, e, before, a, &st, why[step], &mod, err);
+        keel_assign_free(before);
+    }
+    if (rc == 1) {
+        rc = 0; /* changed under us: the next tick starts again from etcd */
+    } else if (rc == 0) {
+        free(l->servers);
+        l->servers = keel_calloc(nlive + 1, sizeof(*l->servers));
+        for (size_t i = 0; i < nlive; i++) {
+            snprintf(l->servers[i].id, sizeof(l->servers[i].id), "%s", srv[i].id);
+            l->servers[i].incarnation = srv[i].incarnation;
+        }
+        l->nservers = nlive;
+        l->servers_known = 1;
+    } else if (rc != KEEL_EEPOCH && rc != KEEL_EINDOUBT) {
+        KEEL_LOG_WARN("assignment: %s", err->msg);
+    }
+    keel_assign_free(a);
+    free(live);
+    free(stay);
+    return rc == KEEL_EEPOCH ? rc : 0;
+}
+
+/* ---- the hooks ------------------------------------------------------------ */
+
+static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
+{
+    const struct keel_cstate_job *running;
+    struct keel_cstate s;
+    int rc;
+
+    rc = keel_cstate_read(l->etcd, l->cluster, &s, err);
+    if (rc != 0) {
+        keel_cstate_release(&s);
+        return rc;
+    }
+    l->revision = s.revision;
+    rc = jobs_tick(l, e, &s, &running, err);
+    if (rc == KEEL_EINDOUBT)
+        rc = 0; /* logged; the next tick reads back what happened */
+    if (rc != KEEL_EEPOCH) {
+        struct keel_error aerr;
+        int arc;
+
+        keel_error_init(&aerr);
+        arc = assignment_tick(l, e, &s, running ? running->spec.replication : 1, &aerr);
+        if (arc == KEEL_EEPOCH) {
+            *err = aerr;
+            rc = arc;
+        }
+    }
+    keel_cstate_release(&s);
+    return rc;
+}
+
+/* A change the leader should act on: members, a job's spec or state, a progress report. */
+static int interesting(const keel_leader *l, const char *key)
+{
+    size_t n = strlen(l->prefix);
+    const char *rel, *slash;
+
+    if (strncmp(key, l->prefix, n) != 0)
+        return 0;
+    rel = key + n;
+    if (strncmp(rel, "members/", 8) == 0)
+        return 1;
+    if (strncmp(rel, "jobs/", 5) != 0 || (slash = strchr(rel + 5, '/')) == NULL)
+        return 0;
+    return strcmp(slash, "/spec") == 0 || strcmp(slash, "/state") == 0 ||
+           strncmp(slash, "/progress/", 10) == 0;
+}
+
+static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
+{
+    keel_leader *l = user;
+
+    if (b->reset) {
+        wake(l);
+        return;
+    }
+    for (size_t i = 0; i < b->n; i++)
+        if (interesting(l, b->events[i].kv.key)) {
+            wake(l);
+            return;
+        }
+}
+
+static void stop_watch(keel_leader *l)
+{
+    if (l->watch) {
+        keel_etcd_stream_stop(l->watch);
+        l->watch = NULL;
+    }
+}
+
+static int on_elected(void *user, keel_election *e, struct keel_error *err)
+{
+    keel_leader *l = user;
+    struct keel_etcd_watch_opts wo = {0};
+    struct keel_error werr;
+    int rc;
+
+    forget(l);
+    KEEL_LOG_INFO("leader work starts (epoch %lld)", (long long)keel_election_epoch(e));
+    rc = tick(l, e, err);
+    if (rc == KEEL_EEPOCH)
+        return rc;
+    if (l->co) {
+        /* From the revision just read, or (when that read failed) a fresh listing. */
+        wo.key = l->prefix;
+        wo.prefix = 1;
+        wo.start_revision = l->revision ? l->revision + 1 : 0;
+        keel_error_init(&werr);
+        if (keel_etcd_watch_start(l->etcd, &wo, on_watch, l, &l->watch, &werr) != 0)
+            KEEL_LOG_WARN("cannot watch the cluster's keys, acting at each heartbeat only: %s",
+                          werr.msg);
+    }
+    return rc;
+}
+
+static int on_lead(void *user, keel_election *e, struct keel_error *err)
+{
+    return tick(user, e, err);
+}
+
+static void on_deposed(void *user, const char *why)
+{
+    keel_leader *l = user;
+
+    stop_watch(l);
+    forget(l);
+    KEEL_LOG_INFO("leader work stops: %s", why);
+}
+
+int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct keel_error *err)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    keel_leader *l;
+
+    *out = NULL;
+    if (o->etcd == NULL || o->cluster == NULL || o->cluster[0] == '\0')
+        return keel_err_set(err, KEEL_EINVAL, "leader work needs etcd and a cluster name");
+    l = keel_calloc(1, sizeof(*l));
+    l->etcd = o->etcd;
+    l->cluster = keel_strdup(o->cluster);
+    keel_buf_addf(&prefix, "/keel/%s/", o->cluster);
+    l->prefix = (char *)keel_buf_detach(&prefix, NULL);
+    *out = l;
+    return 0;
+}
+
+void keel_leader_free(keel_leader *l)
+{
+    if (l == NULL)
+        return;
+    stop_watch(l);
+    forget(l);
+    free(l->cluster);
+    free(l->prefix);
+    free(l);
+}
+
+void keel_leader_hooks(keel_leader *l, struct keel_coordinator_hooks *hooks)
+{
+    memset(hooks, 0, sizeof(*hooks));
+    hooks->user = l;
+    hooks->elected = on_elected;
+    hooks->lead = on_lead;
+    hooks->deposed = on_deposed;
+}
+
+void keel_leader_attach(keel_leader *l, keel_coordinator *co)
+{
+    l->co = co;
+}
