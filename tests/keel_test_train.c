@@ -8,8 +8,8 @@
  *   keel-test-train state STATE                          job state JSON
  *   keel-test-train shard --epochs E [--owner ID --incarnation K] [--pass P] [--batch B]
  *                                                        shard lease JSON
- *   keel-test-train dump --store DIR --spec FILE.ini     per range with a snapshot in the
- *       store, after restoring it (snapshot + log replay), as keel-server would:
+ *   keel-test-train dump --store DIR --spec FILE.ini     per range that applied pushes,
+ *       restored from the store (snapshot + update-log replay) as keel-server would:
  *       "range R lsn L rows N shard S seq Q worker W incarnation K ..."
  *   keel-test-train seq PASS BATCH                       keel_shard_seq(PASS, BATCH)
  */
@@ -180,8 +180,6 @@ static int cmd_dump(int argc, char **argv)
     struct keel_error err;
     struct keel_ps *ps = NULL;
     keel_store *store = NULL;
-    uint32_t *ranges = NULL;
-    size_t n = 0;
     int opt, rc = 1;
 
     keel_error_init(&err);
@@ -199,29 +197,24 @@ static int cmd_dump(int argc, char **argv)
     if (keel_jobspec_load(&spec, spec_path, &err) != 0 ||
         keel_store_open(&store, store_dir, &so, &err) != 0 || keel_ps_new(&spec, &ps, &err) != 0)
         goto out;
-    {
-        MDB_txn *txn;
-        int r;
-
-        if (keel_store_read_begin(store, &txn, &err) != 0)
-            goto out;
-        r = keel_snapshot_ranges(store, txn, &ranges, &n, &err);
-        keel_store_read_end(store, txn);
-        if (r != 0)
-            goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
+    /* Every range that applied pushes (LSN > 0) once restored from snapshot + log. */
+    for (uint32_t range = 0; range < KEEL_PROTO_NRANGES; range++) {
         struct keel_snapshot snap;
 
-        if (keel_ps_open_range(ps, store, ranges[i], &err) != 0 ||
-            keel_ps_snapshot(ps, ranges[i], &snap, &err) != 0)
+        if (keel_ps_open_range(ps, store, range, &err) != 0)
+            goto out;
+        if (keel_ps_lsn(ps, range) == 0) {
+            keel_ps_close_range(ps, range);
+            continue;
+        }
+        if (keel_ps_snapshot(ps, range, &snap, &err) != 0)
             goto out;
         {
             uint64_t rows = 0;
 
             for (size_t t = 0; t < snap.ntables; t++)
                 rows += snap.tables[t].nrows;
-            printf("range %" PRIu32 " lsn %" PRIu64 " rows %" PRIu64, ranges[i], snap.lsn, rows);
+            printf("range %" PRIu32 " lsn %" PRIu64 " rows %" PRIu64, range, snap.lsn, rows);
         }
         for (size_t s = 0; s < snap.nshards; s++)
             printf(" shard %" PRIu32 " seq %" PRIu64 " worker %s incarnation %" PRIu64,
@@ -229,12 +222,12 @@ static int cmd_dump(int argc, char **argv)
                    snap.shards[s].incarnation);
         printf("\n");
         keel_snapshot_release(&snap);
+        keel_ps_close_range(ps, range);
     }
     rc = 0;
 out:
     if (rc != 0)
         fail(&err);
-    free(ranges);
     keel_ps_free(ps);
     if (store)
         keel_store_close(store);

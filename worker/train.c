@@ -400,6 +400,10 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
             parts_free(failed, nfailed);
             return keel_err_set(err, KEEL_ECANCELED, "stopping");
         }
+        if (!wk_job_running(w)) { /* the servers dropped it: nothing left to apply or read */
+            parts_free(failed, nfailed);
+            return keel_err_set(err, KEEL_ECANCELED, "job %s is no longer running", w->job.name);
+        }
         parts = regroup(w, failed, nfailed, &nparts, err);
     }
     parts_free(parts, nparts);
@@ -552,6 +556,8 @@ static int read_records(struct wk *w, const char *dataset, uint32_t shard, uint6
             w->data_server[0] = '\0';
         if (atomic_load(&w->stopping))
             return keel_err_set(err, KEEL_ECANCELED, "stopping");
+        if (!wk_job_running(w))
+            return keel_err_set(err, KEEL_ECANCELED, "job %s is no longer running", w->job.name);
         if (wk_now_ms() - start >= w->config->worker_retry_timeout_ms)
             return keel_err_set(err, KEEL_ETIMEDOUT,
                                 "cannot read shard %" PRIu32 " of dataset '%s' from any server"

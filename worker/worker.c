@@ -557,6 +557,16 @@ static int lease_holds(struct wk *w, uint32_t shard)
     return !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation;
 }
 
+int wk_job_running(struct wk *w)
+{
+    char job[KEEL_ID_MAX + 1];
+
+    pthread_mutex_lock(&w->lock);
+    running_job(w, job, sizeof(job));
+    pthread_mutex_unlock(&w->lock);
+    return strcmp(job, w->job.name) == 0;
+}
+
 /* ---- training ------------------------------------------------------------------------- */
 
 /* Why a lease ended. */
@@ -652,7 +662,10 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         pthread_mutex_unlock(&w->lock);
 
         if ((rc = wk_reader_fill(w, &rd, (uint64_t)batch * B, n, &err)) != 0) {
-            KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
+            if (rc == KEEL_ECANCELED)
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+            else
+                KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
             end = rc == KEEL_ECANCELED ? LEASE_STOPPED
                   : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
                      rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
@@ -663,6 +676,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         j->clock = keel_worker_clock(j->nb_max, pass, batch);
         if ((rc = wk_pull_all(w, j->clock, &err)) != 0) {
             if (rc == KEEL_ECANCELED) {
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
                 end = LEASE_STOPPED;
             } else {
                 KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock,
@@ -681,10 +695,15 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
         if ((rc = wk_push_all(w, l->shard, keel_worker_seq(pass, batch), j->clock, &xs, &err)) !=
             0) {
-            KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32
-                           ": %s",
-                           j->name, l->shard, pass, batch, err.msg);
-            end = LEASE_FAILED;
+            if (rc == KEEL_ECANCELED) {
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+                end = LEASE_STOPPED;
+            } else {
+                KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32
+                               ": %s",
+                               j->name, l->shard, pass, batch, err.msg);
+                end = LEASE_FAILED;
+            }
             goto report;
         }
         w->total_batches++;
@@ -760,7 +779,8 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     }
     end = LEASE_PASS_DONE;
 report:
-    report(w, l->shard, pass, batch, 1);
+    if (end != LEASE_LOST) /* a lost lease is someone else's to report */
+        report(w, l->shard, pass, batch, 1);
 out:
     wk_reader_release(&rd);
     return end;

@@ -133,6 +133,9 @@ struct keel_client *wk_conn_of(struct wk *w, const char *id);
  */
 int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err);
 
+/* Whether w->job is still the running job (training thread). */
+int wk_job_running(struct wk *w);
+
 /* ---- train.c --------------------------------------------------------------------- */
 
 /* Counts of one exchange with the servers. */

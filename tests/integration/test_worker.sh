@@ -250,6 +250,11 @@ accuracy2=$(json_field jobs/fm/eval/0/w2 accuracy)
 echo "accuracy measured by w2 at the end of its pass: $accuracy2"
 python3 -c "import sys; sys.exit(0 if float('$accuracy2') > 0.70 else 1)" && ok ||
     fail "test accuracy $accuracy2 (w2) is not above 0.70"
+# The leader marks the job done: the workers go back to waiting for one.
+etcdctl_ put /keel/t/jobs/fm/state "$("$helper" state done)" >/dev/null
+if wait_for 10 logged w2 "waiting: no job is running"; then ok; else
+    fail "worker w2 does not wait once the job is done" "$(tail -n 5 "$tmp/w2.log")"
+fi
 stop w2
 [ "$stop_status" = 0 ] && ok || fail "worker w2 exit status $stop_status after SIGTERM"
 stop w1
@@ -257,6 +262,13 @@ stop w1
 [ -z "$(key members/worker/w1)" ] && ok || fail "worker w1 is still registered after SIGTERM"
 logged w1 "worker w1 stopping: .* push(es) acknowledged as duplicates" && ok ||
     fail "no stop summary in the log" "$(tail -n 5 "$tmp/w1.log")"
+
+# Under the sanitizers, the workers' logs carry any report they made.
+for f in "$tmp"/w1-first.log "$tmp"/w1.log "$tmp"/w2.log; do
+    if grep -aq "runtime error:\|Sanitizer" "$f"; then
+        fail "sanitizer report in $(basename "$f")" "$(grep -a -A5 "runtime error:\|Sanitizer" "$f")"
+    fi
+done
 
 # --- the servers' stores: every push applied exactly once --------------------------------
 stop s2
