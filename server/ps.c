@@ -241,6 +241,19 @@ void keel_ps_result_release(struct keel_ps_result *r)
     memset(r, 0, sizeof(*r));
 }
 
+/*
+ * The exactly-once position of a push is kept per (shard, table): a worker
+ * sends one PUSH per table of a batch, all with the batch's seq, and a range
+ * may hold rows of several tables.  The position's id is the shard for table
+ * 1 and the shard plus (table - 1) << 16 for the others, so a one-table
+ * model's positions are just its shards.  Logged records carry the same id,
+ * so replay after a restart skips exactly what was applied.
+ */
+static uint32_t position_id(uint32_t shard, uint32_t table_id)
+{
+    return ((table_id - 1) << 16) | shard;
+}
+
 /* Move worker `id`'s clock forward to `clock` (never back). */
 static void worker_clock_set(struct keel_ps *ps, struct keel_str id, uint64_t clock)
 {
@@ -278,6 +291,9 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
     if (push->seq == 0)
         return keel_err_set(err, KEEL_EINVAL, "push from '%.*s' has seq 0: positions start at 1",
                             (int)push->worker_id.len, push->worker_id.ptr);
+    if (push->shard > 0xFFFF || d->table_id < 1 || d->table_id > 0xFFFF)
+        return keel_err_set(err, KEEL_EINVAL, "push for shard %u of table %u: out of range",
+                            push->shard, d->table_id);
     if (d->nkeys == 0)
         goto done;
     /*
@@ -352,7 +368,8 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         unsigned range = keel_range_of(keys[i]);
         struct range_state *r = &ps->ranges[range];
         struct keel_ps_applied *a = &out->applied[out->napplied];
-        struct keel_shard_pos *sp = keel_snapshot_shard(&r->snap, push->shard);
+        uint32_t pos_id = position_id(push->shard, d->table_id);
+        struct keel_shard_pos *sp = keel_snapshot_shard(&r->snap, pos_id);
         uint32_t j = i;
 
         while (j < d->nkeys && keel_range_of(keys[j]) == range)
@@ -363,6 +380,7 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         }
         a->range = range;
         a->push = *push;
+        a->push.shard = pos_id; /* logged with its position id: see position_id() */
         a->push.data.nkeys = j - i;
         a->push.data.keys = keys + i;
         a->push.data.rows = rows + (size_t)i * w;
@@ -370,7 +388,7 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         rc = apply_rows(ps, &r->snap, &a->push, err);
         if (rc != 0)
             break;
-        sp = keel_snapshot_shard(&r->snap, push->shard);
+        sp = keel_snapshot_shard(&r->snap, pos_id);
         sp->seq = push->seq;
         sp->incarnation = push->incarnation;
         snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)push->worker_id.len,

@@ -8,7 +8,9 @@
  *  - A range that the server holds has every row of every table whose key
  *    falls in it (the model is dense): rows are created from the job's
  *    initializer when the range is first opened with no stored snapshot.
- *  - Each range keeps, per data shard, the last position (seq, from 1) it applied.
+ *  - Each range keeps, per data shard and table, the last position (seq, from 1)
+ *    it applied (a worker pushes each table of a batch with the batch's seq).
+ *    The position's id is shard + ((table - 1) << 16): for table 1 the shard.
  *    A push at or below that position changes nothing (a duplicate); above
  *    it, every row of the range in the push is updated and the position
  *    moves to the push's seq.  So a retried or replayed push is applied once.
@@ -55,7 +57,8 @@ void keel_ps_close_range(struct keel_ps *ps, unsigned range);
 struct keel_ps_applied {
     uint32_t range;
     uint64_t lsn;
-    struct keel_msg_push push; /* the part of the push in this range; points into `owner` */
+    struct keel_msg_push push; /* the part of the push in this range; points into `owner`;
+                                  its shard is the position id (shard and table) */
 };
 
 /* The result of keel_ps_push(); release with keel_ps_result_release(). */

@@ -286,3 +286,43 @@ Test(ps, ssp_allows_the_bound_and_no_more)
     cr_assert(keel_ps_clock_ready(ps, 3));
     cr_assert_not(keel_ps_clock_ready(ps, 4));
 }
+
+Test(ps, each_table_of_a_batch_is_applied_once)
+{
+    static const char mlp[] = "[job]\nname = t\nmodel = mlp:4-3-2\ndataset = d\nbatch_size = 2\n"
+                              "epochs = 1\nconsistency = asp\nshards = 2\nreplication = 1\n"
+                              "[optimizer]\ntype = sgd\nlr = 0.5\n[init]\nmethod = uniform\n"
+                              "seed = 7\n";
+    static const uint64_t keys2[] = {(UINT64_C(2) << 48) | 0, (UINT64_C(2) << 48) | 1};
+    float g1[15], g2[8], before[8], after[8];
+    struct keel_msg_push p;
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    keel_ps_free(ps);
+    keel_jobspec_init(&spec);
+    cr_assert_eq(keel_jobspec_parse(&spec, mlp, "test", &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
+    open_all(NULL);
+    for (int i = 0; i < 15; i++)
+        g1[i] = 0.25f;
+    for (int i = 0; i < 8; i++)
+        g2[i] = 0.5f;
+    cr_assert_eq(keel_ps_pull(ps, 2, 4, keys2, 2, before, &err), 0, "%s", err.msg);
+    /* One batch: a push per table, both with the batch's seq. */
+    p = push_of(0, 1, g1);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert_not(res.duplicate);
+    keel_ps_result_release(&res);
+    p.data = (struct keel_rows){2, 4, 2, keys2, g2};
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert_not(res.duplicate, "the second table of the batch was taken for a duplicate");
+    keel_ps_result_release(&res);
+    cr_assert_eq(keel_ps_pull(ps, 2, 4, keys2, 2, after, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 8; i++)
+        cr_assert_float_eq(after[i], before[i] - 0.25f, 1e-6, "element %d", i);
+    /* The same table again at the same seq is the duplicate. */
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert(res.duplicate);
+    keel_ps_result_release(&res);
+}
