@@ -121,6 +121,12 @@ static int cmp_item(const void *a, const void *b)
     return strcmp(x->worker, y->worker);
 }
 
+static void sort_items(struct keel_cstate_item *items, size_t n)
+{
+    if (n > 1)
+        qsort(items, n, sizeof(*items), cmp_item);
+}
+
 /* jobs/<job>/<rest>: file the key under its job. */
 static void add_job_key(struct keel_cstate *s, const struct keel_etcd_kv *kv, const char *path)
 {
@@ -185,9 +191,9 @@ static void decode_job(struct keel_cstate_job *j)
     } else {
         j->status_ok = 1;
     }
-    qsort(j->shards, j->nshards, sizeof(*j->shards), cmp_item);
-    qsort(j->progress, j->nprogress, sizeof(*j->progress), cmp_item);
-    qsort(j->eval, j->neval, sizeof(*j->eval), cmp_item);
+    sort_items(j->shards, j->nshards);
+    sort_items(j->progress, j->nprogress);
+    sort_items(j->eval, j->neval);
 }
 
 void keel_cstate_parse(struct keel_cstate *out, const char *cluster, struct keel_etcd_kvs *kvs)

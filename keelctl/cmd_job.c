@@ -202,6 +202,7 @@ static int check_datasets(const char *dir, const struct keel_jobspec *spec)
     int rc = KEEL_EXIT_OK;
 
     keel_error_init(&err);
+    memset(&info, 0, sizeof(info));
     if (keel_store_open(&s, dir, &so, &err) != 0)
         return fail_msg("submit", "--store: %s", err.msg);
     if (keel_dataset_stat(s, spec->dataset, &info, &err) != 0)

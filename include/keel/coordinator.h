@@ -9,7 +9,9 @@
  *              lease; blocks until leader, the lease is lost, or stop
  *   LEADING    epoch = the leader key's create revision; every tick
  *              ([coordinator] heartbeat) write the fenced leader record
- *              /keel/<cluster>/leader and call hooks->lead()
+ *              /keel/<cluster>/leader and call hooks->lead(); a tick woken
+ *              early (keel_coordinator_wake()) skips the record when it was
+ *              written less than half a heartbeat ago
  *   LOST       the lease is gone: step down at once (hooks->deposed), then
  *              register again with a new incarnation and campaign again
  *   STOPPING   resign if leading, revoke the lease (deleting the member key

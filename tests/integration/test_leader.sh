@@ -3,7 +3,8 @@
 # job and status commands against a real etcd and a real keel-coordinator:
 # jobs move pending -> running -> done as progress reports reach the end, a
 # second job waits for the first, a killed worker's shard is re-leased to
-# another worker at its recorded position, the assignment is written when
+# another worker at its recorded position (and a restarted worker takes its
+# shard back under a new incarnation), the assignment is written when
 # servers register and re-written with backups promoted when one's lease
 # expires, keelctl status --json answers within a second and fails clearly
 # with etcd down, keelctl job submit/list/show/stop round trip.
@@ -43,13 +44,14 @@ now_ms() { date +%s%3N; }
 etcd_start "$tmp/etcd" || exit 1
 kc() { "$bindir/keelctl" -o cluster.name=t -o cluster.etcd="$ETCD_ENDPOINT" "$@"; }
 get() { etcdctl_ get --print-value-only "/keel/t/$1"; }
-# member ROLE ID: register under a lease of $ttl s, held until killed.
+# member ROLE ID [WAIT_MS]: register under a lease of $ttl s, held until
+# killed; WAIT_MS: how long a previous registration of ID may linger.
 member() {
     "$check" --endpoints "$ETCD_ENDPOINT" member-join t "$1" "$2" "127.0.0.1:7${2#[sw]}00" "$ttl" \
-        0 600 >"$tmp/$2.out" 2>&1 &
+        "${3:-0}" 600 >"$tmp/$2.out" 2>&1 &
     pid[$2]=$!
     disown "$!" # killed on purpose: no job-control notice
-    wait_for 10 grep -q '^joined' "$tmp/$2.out"
+    wait_for 15 grep -q '^joined' "$tmp/$2.out"
 }
 incarnation() { sed -n 's/^joined .* incarnation \([0-9]*\) .*/\1/p' "$tmp/$1.out"; }
 job_state() { get "jobs/$1/state" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
@@ -314,6 +316,35 @@ fi
 if wait_for 10 assignment_ok s1,s3 1; then ok; else
     fail "the new leader did not set replication 1" "$(get assignment | head -c 200)"
 fi
+
+# --- the same worker, restarted, takes its shard back under a new incarnation -----
+holder=$(shard_owner j3 0)
+if [ "$holder" = w2 ] || [ "$holder" = w3 ]; then ok; else fail "j3's shard not leased" "$holder"; fi
+other=w2
+[ "$holder" = w2 ] && other=w3
+progress j3 0 "$holder" 0 3
+if wait_for 10 shard_is j3 0 "$holder $(incarnation "$holder") 0 3 false"; then ok; else
+    fail "progress on j3 not recorded" "$(shard j3 0)"
+fi
+old_inc=$(incarnation "$holder")
+kill -KILL "${pid[$other]}" "${pid[$holder]}"
+unset "pid[$other]" "pid[$holder]"
+member worker "$holder" 10000 # waits for the old registration to expire
+if [ "$(incarnation "$holder")" -gt "$old_inc" ]; then ok; else
+    fail "no new incarnation" "$(cat "$tmp/$holder.out")"
+fi
+if wait_for 10 shard_is j3 0 "$holder $(incarnation "$holder") 0 3 false"; then ok; else
+    fail "the restarted $holder did not get its shard back at (0, 3)" "$(shard j3 0)"
+fi
+
+# A clean stop (under the sanitizers this also checks the leader work for leaks).
+kill -TERM "${pid[c2]}"
+if wait_for 10 eval '! kill -0 "${pid[c2]}" 2>/dev/null'; then ok; else fail "c2 ignored SIGTERM"; fi
+unset "pid[c2]"
+run cat "$tmp/c2.log"
+expect_out "leader work stops: shutting down" "the leader's work is told leadership ended"
+expect_out "coordinator 'c2' stopped" "c2 stopped cleanly"
+if grep -q 'Sanitizer' "$tmp/c2.log"; then fail "sanitizer report" "$(cat "$tmp/c2.log")"; else ok; fi
 
 # --- etcd down: keelctl says so, quickly ------------------------------------------
 etcd_stop
