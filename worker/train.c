@@ -308,7 +308,9 @@ static struct part *regroup(struct wk *w, struct part *failed, size_t nfailed, s
  * Send every part, and send again what failed for a reason that can pass (a
  * lost connection, a time-out, a redirect, a server not serving the job
  * yet), re-routed by the newest assignment, until everything is answered or
- * [worker] retry_timeout has passed.  Takes ownership of `parts`.
+ * [worker] retry_timeout has passed.  KEEL_ECANCELED when the worker stops
+ * (a pull is abandoned at once, a push once its first answers are in) or
+ * the job stops running.  Takes ownership of `parts`.
  */
 static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, uint64_t clock,
                     uint32_t shard, uint64_t seq, struct wk_xstats *st, struct keel_error *err)
@@ -396,9 +398,11 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
             backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
             wk_refresh_route(w, 0, NULL); /* the watch may have brought a newer one meanwhile */
         }
-        if (kind == X_PULL && atomic_load(&w->stopping)) {
+        if (atomic_load(&w->stopping)) {
+            /* A push is not retried past a stop: the next life re-sends it (idempotent). */
             parts_free(failed, nfailed);
-            return keel_err_set(err, KEEL_ECANCELED, "stopping");
+            return keel_err_set(err, KEEL_ECANCELED, "stopping with %zu request(s) unanswered: %s",
+                                nfailed, problem);
         }
         if (!wk_job_running(w)) { /* the servers dropped it: nothing left to apply or read */
             parts_free(failed, nfailed);

@@ -3,8 +3,8 @@
  * waiting for a job and a shard lease, the batches of a lease, progress
  * reports, and a clean stop.
  *
- * Threads are described in worker_internal.h.  Lock order: w->lock, then
- * w->rep_lock; neither is held across a network call.
+ * Threads are described in worker_internal.h.  w->lock and w->rep_lock are
+ * never held together, nor across a network call.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -368,15 +368,16 @@ static void *reporter_main(void *arg)
  */
 static void report(struct wk *w, uint32_t shard, uint32_t pass, uint32_t batch, int wait)
 {
-    uint64_t mine;
+    uint64_t mine, incarnation;
 
+    pthread_mutex_lock(&w->lock);
+    incarnation = w->incarnation;
+    pthread_mutex_unlock(&w->lock);
     pthread_mutex_lock(&w->rep_lock);
     snprintf(w->rep_job, sizeof(w->rep_job), "%s", w->job.name);
     w->rep_shard = shard;
     snprintf(w->rep_progress.worker, sizeof(w->rep_progress.worker), "%s", w->id);
-    pthread_mutex_lock(&w->lock);
-    w->rep_progress.incarnation = w->incarnation;
-    pthread_mutex_unlock(&w->lock);
+    w->rep_progress.incarnation = incarnation;
     w->rep_progress.pass = pass;
     w->rep_progress.batch = batch;
     mine = ++w->rep_want;
