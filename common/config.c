@@ -91,6 +91,13 @@ static const struct option_desc options[] = {
      "TTL of this node's etcd lease (membership, leadership); rounded up to seconds"},
     {"coordinator", "heartbeat", OPT_DURATION, F(coordinator_heartbeat_ms), "5s", 50, HOUR_MS,
      "interval of the leader's fenced heartbeat and work tick"},
+    {"worker", "log_every", OPT_UINT, F(worker_log_every), "100", 1, 1000000,
+     "batches between a worker's progress lines in the log"},
+    {"worker", "progress_interval", OPT_DURATION, F(worker_progress_interval_ms), "1s", 0, HOUR_MS,
+     "least time between a worker's progress reports to etcd (0: after every batch)"},
+    {"worker", "retry_timeout", OPT_DURATION, F(worker_retry_timeout_ms), "2m", 100, 24 * HOUR_MS,
+     "how long a worker retries a request before it logs an error and starts over from its last "
+     "acknowledged batch"},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))

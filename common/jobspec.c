@@ -933,7 +933,7 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
     static const enum field opt_fields[] = {F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON};
     json_error_t jerr;
     json_t *root, *opt, *init, *v;
-    uint64_t u;
+    uint64_t u = 0;
     int rc;
 
     keel_jobspec_init(s);

@@ -40,6 +40,7 @@ struct keel_leader {
     /* Per leadership, dropped when it ends. */
     int64_t revision;            /* of the last read */
     struct server_seen *servers; /* live servers at the last assignment written or checked */
+    int frozen_logged;           /* said once that the assignment is frozen */
     size_t nservers;
     int servers_known;         /* `servers` holds what the last tick saw */
     char job[KEEL_ID_MAX + 1]; /* the job `seen` belongs to */
@@ -582,8 +583,27 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
 }
 
 /*
+ * Whether a job with one replica per range has left `pending`: its rows then
+ * exist only on their one server, with no backup to promote.
+ */
+static int a_single_copy_job_started(const struct keel_cstate *s)
+{
+    for (size_t i = 0; i < s->njobs; i++)
+        if (s->jobs[i].status_ok && s->jobs[i].spec_ok && s->jobs[i].spec.replication == 1 &&
+            s->jobs[i].status.state != KEEL_JOB_PENDING)
+            return 1;
+    return 0;
+}
+
+/*
  * Bring the assignment up to date with the live servers and `replication`,
  * writing every version that results (see leader.h for the steps).
+ *
+ * With replication 1 a range's rows live only on its primary: moving the
+ * range would start it again from the initializer elsewhere.  So once such a
+ * job has started the assignment is frozen: a server that crashes keeps its
+ * ranges, workers retry until it is back, and it restores them from its own
+ * store (snapshot + update log).
  */
 static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
                            unsigned replication, struct keel_error *err)
@@ -595,6 +615,14 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     int64_t mod = s->assignment ? s->assignment->mod_revision : 0;
     int rc = 0;
 
+    if (s->assignment != NULL && a_single_copy_job_started(s)) {
+        if (!l->frozen_logged)
+            KEEL_LOG_INFO("a job with replication 1 has started: the assignment stays as it is "
+                          "(a range's rows live only on its server)");
+        l->frozen_logged = 1;
+        return 0;
+    }
+    l->frozen_logged = 0;
     srv = keel_cstate_members(s, "server", &nlive);
     live = keel_calloc(nlive + 1, sizeof(*live));
     stay = keel_calloc(nlive + 1, sizeof(*stay));

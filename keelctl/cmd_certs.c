@@ -610,29 +610,13 @@ static int cmd_revoke(const struct keel_config *config, int argc, char **argv)
 
 int keelctl_cmd_certs(const struct keel_config *config, int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        int (*run)(const struct keel_config *, int, char **);
-    } subs[] = {
+    static const struct keelctl_sub subs[] = {
         {"init", cmd_init},
         {"issue", cmd_issue},
         {"show", cmd_show},
         {"revoke", cmd_revoke},
     };
 
-    if (argc < 2) {
-        fprintf(stderr, "keelctl certs: no subcommand given\n");
-        usage_all(stderr);
-        return KEEL_EXIT_USAGE;
-    }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        usage_all(stdout);
-        return KEEL_EXIT_OK;
-    }
-    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
-        if (strcmp(argv[1], subs[i].name) == 0)
-            return subs[i].run(config, argc - 1, argv + 1);
-    fprintf(stderr, "keelctl certs: unknown subcommand '%s'\n", argv[1]);
-    usage_all(stderr);
-    return KEEL_EXIT_USAGE;
+    return keelctl_run_sub("certs", subs, sizeof(subs) / sizeof(subs[0]), usage_all, config, argc,
+                           argv);
 }

@@ -196,7 +196,7 @@ static void job_key(const struct keel_config *config, const char *job, const cha
 static int check_datasets(const char *dir, const struct keel_jobspec *spec)
 {
     struct keel_store_options so = {0, 0, 1};
-    struct keel_dataset_info info;
+    struct keel_dataset_info info = {0};
     struct keel_error err;
     keel_store *s;
     int rc = KEEL_EXIT_OK;
@@ -753,29 +753,13 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
 
 int keelctl_cmd_job(const struct keel_config *config, int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        int (*run)(const struct keel_config *, int, char **);
-    } subs[] = {
+    static const struct keelctl_sub subs[] = {
         {"submit", cmd_submit},
         {"list", cmd_list},
         {"show", cmd_show},
         {"stop", cmd_stop},
     };
 
-    if (argc < 2) {
-        fprintf(stderr, "keelctl job: no subcommand given\n");
-        usage_all(stderr);
-        return KEEL_EXIT_USAGE;
-    }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        usage_all(stdout);
-        return KEEL_EXIT_OK;
-    }
-    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
-        if (strcmp(argv[1], subs[i].name) == 0)
-            return subs[i].run(config, argc - 1, argv + 1);
-    fprintf(stderr, "keelctl job: unknown subcommand '%s'\n", argv[1]);
-    usage_all(stderr);
-    return KEEL_EXIT_USAGE;
+    return keelctl_run_sub("job", subs, sizeof(subs) / sizeof(subs[0]), usage_all, config, argc,
+                           argv);
 }

@@ -22,6 +22,8 @@
 
 #include <jansson.h>
 
+#include <stdio.h>
+
 #include "keel/config.h"
 #include "keel/cstate.h"
 #include "keel/etcd.h"
@@ -86,5 +88,21 @@ void keelctl_format_age(int64_t ms, char *out, size_t n);
 void keelctl_format_time(uint64_t ms, char *out, size_t n);
 
 int64_t keelctl_now_ms(void);
+
+/* A subcommand of a command: `keelctl certs issue ...`. */
+struct keelctl_sub {
+    const char *name;
+    int (*run)(const struct keel_config *config, int argc, char **argv);
+};
+
+/*
+ * Run the subcommand named by argv[1] of command `cmd` ("certs") from
+ * subs[0..n), with argv[1] as its argv[0]; `usage` prints the command's help.
+ * No subcommand or an unknown one: a message, the help on stderr, and
+ * KEEL_EXIT_USAGE; --help or -h: the help on stdout and KEEL_EXIT_OK.
+ */
+int keelctl_run_sub(const char *cmd, const struct keelctl_sub *subs, size_t n,
+                    void (*usage)(FILE *out), const struct keel_config *config, int argc,
+                    char **argv);
 
 #endif

@@ -237,6 +237,7 @@ void keel_ps_result_release(struct keel_ps_result *r)
 {
     free(r->applied);
     free(r->owner);
+    free(r->owner_rows);
     memset(r, 0, sizeof(*r));
 }
 
@@ -293,18 +294,18 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
             pos += count[r];
             nranges += count[r] != 0;
         }
-        out->owner = keel_malloc(keel_size_add(keel_size_mul(d->nkeys, 8),
-                                               keel_size_mul(keel_size_mul(d->nkeys, w), 4)) +
-                                 keel_size_mul(d->nkeys, 4));
-        keys = out->owner;
-        rows = (float *)(keys + d->nkeys);
-        order = (uint32_t *)(rows + (size_t)d->nkeys * w);
+        KEEL_ALLOC_ARRAY(keys, d->nkeys);
+        rows = keel_malloc(keel_size_mul(keel_size_mul(d->nkeys, w), sizeof(float)));
+        KEEL_ALLOC_ARRAY(order, d->nkeys);
+        out->owner = keys;
+        out->owner_rows = rows;
         for (uint32_t k = 0; k < d->nkeys; k++)
             order[start[keel_range_of(d->keys[k])]++] = k;
         for (uint32_t i = 0; i < d->nkeys; i++) {
             keys[i] = d->keys[order[i]];
             memcpy(rows + (size_t)i * w, d->rows + (size_t)order[i] * w, (size_t)w * 4);
         }
+        free(order);
     }
     KEEL_ALLOC_ARRAY(out->applied, nranges);
     /* Refuse a push that does not fit the model before anything changes. */

@@ -500,6 +500,11 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     keel_etcd_kv_release(&spec_kv);
     snprintf(s->job, sizeof(s->job), "%s", job);
     KEEL_LOG_INFO("serving job %s", job);
+    if (s->spec.replication > 1)
+        KEEL_LOG_WARN("job %s asks for replication %u, but this server does not stream updates "
+                      "to backups yet: a backup promoted after a crash starts its ranges anew; "
+                      "use replication 1",
+                      job, s->spec.replication);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     apply_assignment(s);
 }

@@ -58,6 +58,10 @@ struct keel_config {
     uint64_t etcd_lease_ttl_ms; /* a node's lease; whole seconds */
     /* [coordinator] */
     uint64_t coordinator_heartbeat_ms; /* leader's fenced heartbeat and work tick */
+    /* [worker] */
+    unsigned worker_log_every;            /* batches between progress lines in the log */
+    uint64_t worker_progress_interval_ms; /* least time between progress reports to etcd */
+    uint64_t worker_retry_timeout_ms;     /* how long a batch's requests keep being retried */
 };
 
 /* Fill `c` with every option's default. */

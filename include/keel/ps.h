@@ -64,7 +64,8 @@ struct keel_ps_result {
     uint64_t lsn;                    /* the highest LSN given, 0 for a duplicate */
     struct keel_ps_applied *applied; /* one per range updated */
     size_t napplied;
-    void *owner; /* memory of the per-range pushes */
+    uint64_t *owner;   /* keys of the per-range pushes */
+    float *owner_rows; /* their rows */
 };
 
 void keel_ps_result_release(struct keel_ps_result *r);

@@ -215,8 +215,8 @@ sleep 1
 if state_is j2 pending; then ok; else fail "j2 started while j1 runs" "$(job_state j2)"; fi
 
 # --- progress to the end: j1 is done ------------------------------------------
-etcdctl_ put /keel/t/jobs/j1/eval/1/w2 '{"worker":"w2","pass":1,"accuracy":0.8,"loss":0.6}' >/dev/null
-etcdctl_ put /keel/t/jobs/j1/eval/1/w3 '{"worker":"w3","pass":1,"accuracy":0.9,"loss":0.4}' >/dev/null
+etcdctl_ put /keel/t/jobs/j1/eval/1/w2 '{"accuracy":0.8,"examples":100,"loss":0.6,"pass":1,"time_ms":1,"worker":"w2"}' >/dev/null
+etcdctl_ put /keel/t/jobs/j1/eval/1/w3 '{"accuracy":0.9,"examples":100,"loss":0.4,"pass":1,"time_ms":2,"worker":"w3"}' >/dev/null
 progress j1 0 w3 1 0
 progress j1 1 w2 0 7
 progress j1 1 w2 1 0

@@ -1,6 +1,5 @@
 /*
- * progress.c - workers' progress reports and evaluation results: their JSON
- * forms and key names (see progress.h).
+ * progress.c - the JSON of a worker's shard progress and test accuracy.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -12,6 +11,19 @@
 #include <jansson.h>
 
 #include "keel/progress.h"
+
+static void dump_into(json_t *root, struct keel_buf *out)
+{
+    char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+
+    if (text == NULL) {
+        fprintf(stderr, "keel: out of memory encoding JSON\n");
+        abort();
+    }
+    keel_buf_add_str(out, text);
+    free(text);
+    json_decref(root);
+}
 
 static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -27,24 +39,13 @@ static int corrupt(struct keel_error *err, const char *what, const char *fmt, ..
     return keel_err_set(err, KEEL_ECORRUPT, "%s: %s", what, msg);
 }
 
-static void dump_into(json_t *root, struct keel_buf *out)
-{
-    char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
-
-    if (text == NULL) {
-        fprintf(stderr, "keel: out of memory encoding JSON\n");
-        abort();
-    }
-    keel_buf_add_str(out, text);
-    free(text);
-    json_decref(root);
-}
-
-/* Parse `len` bytes of untrusted JSON that must be an object. */
-static json_t *load_object(const void *data, size_t len, const char *what, struct keel_error *err)
+/* Parse untrusted JSON into an object holding exactly the keys of `keys`. */
+static json_t *load_object(const void *data, size_t len, const char *what, const char *const *keys,
+                           struct keel_error *err)
 {
     json_error_t jerr;
-    json_t *root;
+    json_t *root, *v;
+    const char *key;
 
     if (len > KEEL_PROGRESS_MAX_JSON) {
         corrupt(err, what, "%zu bytes, more than the %d allowed", len, KEEL_PROGRESS_MAX_JSON);
@@ -57,21 +58,37 @@ static json_t *load_object(const void *data, size_t len, const char *what, struc
     }
     if (!json_is_object(root)) {
         corrupt(err, what, "not a JSON object");
-        json_decref(root);
-        return NULL;
+        goto fail;
     }
+    json_object_foreach(root, key, v)
+    {
+        const char *const *k = keys;
+
+        while (*k && strcmp(*k, key) != 0)
+            k++;
+        if (*k == NULL) {
+            corrupt(err, what, "unknown key '%.64s'", key);
+            goto fail;
+        }
+    }
+    for (const char *const *k = keys; *k; k++)
+        if (json_object_get(root, *k) == NULL) {
+            corrupt(err, what, "%s: missing", *k);
+            goto fail;
+        }
     return root;
+fail:
+    json_decref(root);
+    return NULL;
 }
 
-static int get_uint(json_t *root, const char *what, const char *key, uint64_t min, uint64_t max,
-                    uint64_t *out, struct keel_error *err)
+static int get_uint(json_t *root, const char *what, const char *key, uint64_t max, uint64_t *out,
+                    struct keel_error *err)
 {
     json_t *v = json_object_get(root, key);
 
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < min ||
-        (uint64_t)json_integer_value(v) > max)
-        return corrupt(err, what, "%s: must be an integer from %" PRIu64 " to %" PRIu64, key, min,
-                       max);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
+        return corrupt(err, what, "%s: must be an integer from 0 to %" PRIu64, key, max);
     *out = (uint64_t)json_integer_value(v);
     return 0;
 }
@@ -81,24 +98,24 @@ static int get_worker(json_t *root, const char *what, char *out, struct keel_err
     json_t *v = json_object_get(root, "worker");
 
     if (!json_is_string(v) || !keel_id_valid(json_string_value(v)))
-        return corrupt(err, what, "worker: must be a worker id of 1-%d of [A-Za-z0-9_-]",
-                       KEEL_ID_MAX);
+        return corrupt(err, what, "worker: must be an id of 1-%d of [A-Za-z0-9_-]", KEEL_ID_MAX);
     snprintf(out, KEEL_ID_MAX + 1, "%s", json_string_value(v));
     return 0;
 }
 
-static int get_real(json_t *root, const char *what, const char *key, double min, double max,
+/* A JSON number (an integer is taken too: 1 is a valid accuracy) in [lo, hi]. */
+static int get_real(json_t *root, const char *what, const char *key, double lo, double hi,
                     double *out, struct keel_error *err)
 {
     json_t *v = json_object_get(root, key);
-    double d;
+    double x;
 
     if (!json_is_number(v))
         return corrupt(err, what, "%s: must be a number", key);
-    d = json_number_value(v);
-    if (!isfinite(d) || d < min || d > max)
-        return corrupt(err, what, "%s: must be from %g to %g, got %g", key, min, max, d);
-    *out = d;
+    x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi)
+        return corrupt(err, what, "%s: must be a number from %g to %g", key, lo, hi);
+    *out = x;
     return 0;
 }
 
@@ -116,17 +133,18 @@ void keel_progress_encode(const struct keel_progress *p, struct keel_buf *out)
 int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
                          struct keel_error *err)
 {
+    static const char *const keys[] = {"worker", "incarnation", "pass", "batch", NULL};
+    uint64_t inc = 0, pass = 0, batch = 0;
     json_t *root;
-    uint64_t inc, pass, batch;
     int rc;
 
     memset(p, 0, sizeof(*p));
-    if ((root = load_object(data, len, "progress", err)) == NULL)
+    if ((root = load_object(data, len, "progress", keys, err)) == NULL)
         return KEEL_ECORRUPT;
     if ((rc = get_worker(root, "progress", p->worker, err)) != 0 ||
-        (rc = get_uint(root, "progress", "incarnation", 1, INT64_MAX, &inc, err)) != 0 ||
-        (rc = get_uint(root, "progress", "pass", 0, UINT32_MAX, &pass, err)) != 0 ||
-        (rc = get_uint(root, "progress", "batch", 0, UINT32_MAX, &batch, err)) != 0) {
+        (rc = get_uint(root, "progress", "incarnation", INT64_MAX, &inc, err)) != 0 ||
+        (rc = get_uint(root, "progress", "pass", UINT32_MAX, &pass, err)) != 0 ||
+        (rc = get_uint(root, "progress", "batch", UINT32_MAX, &batch, err)) != 0) {
         memset(p, 0, sizeof(*p));
         goto out;
     }
@@ -146,32 +164,46 @@ void keel_eval_encode(const struct keel_eval *e, struct keel_buf *out)
     json_object_set_new(root, "pass", json_integer(e->pass));
     json_object_set_new(root, "accuracy", json_real(e->accuracy));
     json_object_set_new(root, "loss", json_real(e->loss));
+    json_object_set_new(root, "examples", json_integer((json_int_t)e->examples));
+    json_object_set_new(root, "time_ms", json_integer((json_int_t)e->time_ms));
     dump_into(root, out);
 }
 
 int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct keel_error *err)
 {
+    static const char *const keys[] = {"worker",   "pass",    "accuracy", "loss",
+                                       "examples", "time_ms", NULL};
+    uint64_t pass = 0, examples = 0, time_ms = 0;
     json_t *root;
-    uint64_t pass;
     int rc;
 
     memset(e, 0, sizeof(*e));
-    if ((root = load_object(data, len, "eval", err)) == NULL)
+    if ((root = load_object(data, len, "eval", keys, err)) == NULL)
         return KEEL_ECORRUPT;
     if ((rc = get_worker(root, "eval", e->worker, err)) != 0 ||
-        (rc = get_uint(root, "eval", "pass", 0, UINT32_MAX, &pass, err)) != 0 ||
-        (rc = get_real(root, "eval", "accuracy", 0, 1, &e->accuracy, err)) != 0 ||
-        (rc = get_real(root, "eval", "loss", 0, HUGE_VAL, &e->loss, err)) != 0) {
+        (rc = get_uint(root, "eval", "pass", UINT32_MAX, &pass, err)) != 0 ||
+        (rc = get_real(root, "eval", "accuracy", 0.0, 1.0, &e->accuracy, err)) != 0 ||
+        (rc = get_real(root, "eval", "loss", 0.0, HUGE_VAL, &e->loss, err)) != 0 ||
+        (rc = get_uint(root, "eval", "examples", INT64_MAX, &examples, err)) != 0 ||
+        (rc = get_uint(root, "eval", "time_ms", INT64_MAX, &time_ms, err)) != 0) {
+        memset(e, 0, sizeof(*e));
+        goto out;
+    }
+    if (examples == 0) {
+        rc = corrupt(err, "eval", "examples: must be at least 1");
         memset(e, 0, sizeof(*e));
         goto out;
     }
     e->pass = (uint32_t)pass;
+    e->examples = examples;
+    e->time_ms = time_ms;
 out:
     json_decref(root);
     return rc;
 }
 
-/* A decimal number of 32 bits without sign or leading zero, ending at *end ('\0' or '/'). */
+/* ---- the keys below jobs/<job>/ ---- */
+
 static int parse_u32(const char *s, uint32_t *out, const char **end)
 {
     uint64_t v = 0;
