@@ -311,17 +311,17 @@ static int release_ended(keel_leader *l, keel_election *e, const struct keel_cst
     changed = keel_calloc(t.nshards, 1);
     was = keel_calloc(t.nshards, sizeof(*was));
     memcpy(was, t.shards, sizeof(*was) * t.nshards);
-    if (keel_shards_assign(&t, NULL, 0, changed) > 0) {
+    if (keel_shards_assign(&t, NULL, 0, changed) > 0 &&
+        (rc = write_shards(l, e, j, &t, changed, mods, NULL, NULL, err)) == 0) {
         for (uint32_t n = 0; n < t.nshards; n++)
             if (changed[n])
                 KEEL_LOG_INFO("job '%s' is %s: shard %" PRIu32 " released by '%s' at (%" PRIu32
                               ", %" PRIu32 ")",
                               j->name, keel_job_state_name(j->status.state), n, was[n].owner,
                               t.shards[n].pass, t.shards[n].batch);
-        rc = write_shards(l, e, j, &t, changed, mods, NULL, NULL, err);
-        if (rc == 1)
-            rc = 0;
     }
+    if (rc == 1)
+        rc = 0; /* changed under us: the next tick decides again */
     free(was);
     free(changed);
     free(mods);
@@ -426,13 +426,17 @@ static int run_job(keel_leader *l, keel_election *e, const struct keel_cstate *s
             goto out;
         }
     }
+    rc = write_shards(l, e, j, &t, changed, mods, all_done ? &done_st : NULL, pending, err);
+    if (rc == 1) {
+        rc = 0; /* the next tick decides again, and logs what it writes */
+        goto out;
+    }
+    if (rc != 0)
+        goto out;
     for (uint32_t n = 0; n < t.nshards; n++)
         if (changed[n])
             log_shard(j->name, n, &was[n], &t.shards[n]);
-    rc = write_shards(l, e, j, &t, changed, mods, all_done ? &done_st : NULL, pending, err);
-    if (rc == 1)
-        rc = 0;
-    else if (rc == 0 && all_done)
+    if (all_done)
         KEEL_LOG_INFO("job '%s': done: all %" PRIu32 " shards finished %" PRIu32 " epoch%s",
                       j->name, t.nshards, t.epochs, t.epochs == 1 ? "" : "s");
 out:
