@@ -273,6 +273,16 @@ while :; do
         "$(epoch_of "$ex" "${P[total]:-0}")/$epochs" "$rate" "$loss" "$acc" "$shards"
     last_ex=$ex last_t=$now
 
+    # After the kill: who carries on with the shard w1 held, and from where.
+    if [ -n "$kill_shard" ] && [ -z "$resume_note" ]; then
+        read -r owner pass b <<<"${P[shard.$kill_shard]:-- 0 0}"
+        if [ "$owner" != - ] && { [ "$pass" -gt "${kill_pos% *}" ] ||
+            { [ "$pass" = "${kill_pos% *}" ] && [ "$b" -gt "${kill_pos#* }" ]; }; }; then
+            resume_note="shard $kill_shard went on past the killed worker's position (pass ${kill_pos% *} batch ${kill_pos#* }): now at pass $pass batch $b, reported by $owner"
+            info "$resume_note"
+        fi
+    fi
+
     case ${P[state]:-} in
     done) break ;;
     failed | stopped) fail "the job is ${P[state]:-}: ${P[reason]:-}" ;;
@@ -293,16 +303,6 @@ while :; do
             fail "worker w1 did not start again (see $dir/logs/worker-w1.log)"
         kill_note+="; started again $((SECONDS - killed)) s later"
     fi
-    # After the kill: who carries on with the shard w1 held, and from where.
-    if [ -n "$kill_shard" ] && [ -z "$resume_note" ]; then
-        read -r owner pass b <<<"${P[shard.$kill_shard]:-- 0 0}"
-        if [ "$owner" != - ] && { [ "$pass" -gt "${kill_pos% *}" ] ||
-            { [ "$pass" = "${kill_pos% *}" ] && [ "$b" -gt "${kill_pos#* }" ]; }; }; then
-            resume_note="shard $kill_shard went on past the killed worker's position (pass ${kill_pos% *} batch ${kill_pos#* }): now at pass $pass batch $b, reported by $owner"
-            info "$resume_note"
-        fi
-    fi
-
     if ((now - moved_t > 120)); then
         fail "no training progress for 120 s (shards: $shards); see $dir/logs/worker-*.log"
     fi
