@@ -69,6 +69,7 @@ done
 cluster=$top/scripts/cluster.sh
 demo_start=$SECONDS
 made_dir=0
+ours=0 # 1 once this demo's cluster.sh up may have started processes in $dir
 cfg=''
 
 step() { printf '\n==> [%s] %s\n' "$(elapsed $((SECONDS - demo_start)))" "$*"; }
@@ -89,7 +90,7 @@ cleanup() {
         { [ "$finished" = 1 ] || [ "$status" = 130 ] || [ "$status" = 69 ]; }; then
         remove=(--remove)
     fi
-    if [ -n "$dir" ] && [ -f "$dir/cluster.env" ]; then
+    if [ "$ours" = 1 ] && [ -f "$dir/cluster.env" ]; then
         printf '\n==> stopping the cluster\n'
         bash "$cluster" down --dir "$dir" --timeout 15 "${remove[@]}" 2>&1 | sed 's/^cluster.sh: /    /'
         if [ ${#remove[@]} = 0 ]; then
@@ -153,7 +154,11 @@ step "starting a local cluster: etcd, 2 coordinators, 3 servers, 2 workers"
 if [ -z "$dir" ]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-demo.XXXXXX") || fail "cannot make a temporary directory"
     made_dir=1
+elif [ -e "$dir/cluster.env" ]; then
+    dir_given=$dir dir=''
+    fail "'$dir_given' already holds a cluster: give a new or empty directory"
 fi
+ours=1
 bash "$cluster" up --dir "$dir" --bin "$bin" --coordinators 2 --servers 3 --workers 2 \
     --replication 2 --dataset fashion-mnist 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
     fail "the local cluster did not start (see the messages above; logs in $dir/logs)"
