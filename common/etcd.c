@@ -318,8 +318,11 @@ enum keel__etcd_outcome keel__etcd_classify(int curl_code, int request_sent, con
             break;
         }
         /* A TLS alert is the peer refusing us (a client certificate it does not
-         * trust): retrying cannot help. */
-        if (curl_msg && strstr(curl_msg, "alert"))
+         * trust), and an error of OpenSSL's SSL library itself ("error:0A...",
+         * such as the "bad write retry" that follows an alert cutting a write
+         * short) is a protocol failure, not a broken connection: retrying
+         * cannot help. */
+        if (curl_msg && (strstr(curl_msg, "alert") || strstr(curl_msg, "error:0A")))
             return KEEL__ETCD_FATAL;
         return request_sent ? KEEL__ETCD_UNAVAILABLE : KEEL__ETCD_UNSENT;
     }
@@ -341,7 +344,7 @@ static int is_tls_error(CURLcode cc, const char *msg)
     return cc == CURLE_SSL_CONNECT_ERROR || cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_CIPHER ||
            cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_PEER_FAILED_VERIFICATION ||
            cc == CURLE_SSL_ISSUER_ERROR || cc == CURLE_SSL_CRL_BADFILE ||
-           (msg && strstr(msg, "alert"));
+           (msg && (strstr(msg, "alert") || strstr(msg, "error:0A")));
 }
 
 struct reply_sink {
@@ -479,13 +482,23 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
         if (cc == CURLE_OK && status == 200) {
             rc = keel__etcd_parse_object((const char *)sink.buf.buf, sink.buf.len, &j, call->what,
                                          err);
-            if (rc == 0) {
-                endpoint_worked(c, idx);
-                *reply = j;
+            /* A streaming endpoint (keep-alive) reports failure in a 200 reply
+             * as {"error":{"grpc_code":..}}: handle it as the error it is. */
+            if (rc == 0 && json_is_object(json_object_get(j, "error"))) {
+                keel__etcd_error_fields(j, &code, &msg);
+                outcome =
+                    keel__etcd_classify(cc, sent > 0, NULL, code == 14 ? 503 : 500, code, msg);
+                keel_err_set(&last, keel__etcd_map_code(code), "%s: etcd: %s (code %d)", call->what,
+                             msg[0] ? msg : "no message", code);
+                json_decref(j);
+            } else {
+                if (rc == 0) {
+                    endpoint_worked(c, idx);
+                    *reply = j;
+                }
+                break;
             }
-            break;
-        }
-        if (cc == CURLE_OK) {
+        } else if (cc == CURLE_OK) {
             json_t *e = json_loadb((const char *)sink.buf.buf, sink.buf.len, 0, NULL);
 
             if (json_is_object(e))
@@ -499,11 +512,11 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
             if (sink.too_large)
                 keel_err_set(&last, KEEL_EETCD, "%s: reply from '%s' larger than %zu bytes",
                              call->what, (const char *)url.buf, c->max_message);
+            else if (outcome == KEEL__ETCD_FATAL && is_tls_error(cc, errbuf))
+                keel_err_set(&last, KEEL_ETLS, "%s: TLS with etcd at '%s' failed: %s", call->what,
+                             c->endpoints[idx], errbuf[0] ? errbuf : curl_easy_strerror(cc));
             else
-                keel_err_set(&last,
-                             outcome != KEEL__ETCD_FATAL ? KEEL_EUNAVAILABLE
-                             : is_tls_error(cc, errbuf)  ? KEEL_ETLS
-                                                         : KEEL_EETCD,
+                keel_err_set(&last, outcome == KEEL__ETCD_FATAL ? KEEL_EETCD : KEEL_EUNAVAILABLE,
                              "%s: cannot reach etcd at '%s': %s", call->what, c->endpoints[idx],
                              errbuf[0] ? errbuf : curl_easy_strerror(cc));
         }

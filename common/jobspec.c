@@ -16,6 +16,7 @@
 
 #include "keel/dataset.h"
 #include "keel/jobspec.h"
+#include "keel/model.h"
 #include "keel/range.h"
 
 /* The fields of the INI file, in the order the docs list them. */
@@ -1079,41 +1080,32 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
     return n;
 }
 
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-    return z ^ (z >> 31);
-}
-
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out)
 {
-    uint64_t state = mix64(spec->init.seed ^ mix64(keel_key_make(t->id, row)));
-    double a;
+    /* One generator for every initial value in Keel: the model's (model.h). */
+    struct keel_initializer ini = {0};
 
+    ini.seed = spec->init.seed;
+    ini.fan_in = t->in;
+    ini.fan_out = t->out;
+    ini.bias_last = 1;
+    ini.scale = (float)spec->init.scale;
     switch (spec->init.method) {
     case KEEL_INIT_UNIFORM:
-        a = spec->init.scale;
+        ini.kind = KEEL_INITIALIZER_UNIFORM;
         break;
     case KEEL_INIT_GLOROT:
-        a = sqrt(6.0 / ((double)t->in + (double)t->out));
+        ini.kind = KEEL_INITIALIZER_GLOROT_UNIFORM;
         break;
     case KEEL_INIT_HE:
-        a = sqrt(6.0 / (double)t->in);
+        ini.kind = KEEL_INITIALIZER_HE_UNIFORM;
         break;
     default:
-        a = 0;
+        ini.kind = KEEL_INITIALIZER_ZEROS;
         break;
     }
-    for (uint32_t i = 0; i + 1 < t->row_width; i++) {
-        /* splitmix64 stream; the top 24 bits give a uniform in [0, 1). */
-        double u;
-
-        state += UINT64_C(0x9e3779b97f4a7c15);
-        u = (double)(mix64(state) >> 40) * (1.0 / 16777216.0);
-        out[i] = a == 0 ? 0.0f : (float)((2.0 * u - 1.0) * a);
-    }
-    if (t->row_width > 0)
-        out[t->row_width - 1] = 0.0f;
+    /* A validated spec cannot fail here; if it did, start from zeros rather than garbage. */
+    if (keel_initializer_row(&ini, t->id, row, out, t->row_width, NULL) != 0)
+        memset(out, 0, (size_t)t->row_width * sizeof(float));
 }

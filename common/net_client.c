@@ -298,7 +298,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct keel_client *c = arg;
     struct keel_error err;
-    char why[256];
+    char why[256] = "";
 
     keel_error_init(&err);
     if (what & BEV_EVENT_CONNECTED) {
@@ -334,7 +334,9 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         if (e != 0 || c->state == CONNECTING)
             keel_tls_failure(c->ssl, e, why, sizeof(why));
         if (e == 0 && why[0] == '\0')
-            snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+            snprintf(why, sizeof(why), "%s",
+                     EVUTIL_SOCKET_ERROR() ? evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR())
+                                           : "closed by the peer");
     } else
         snprintf(why, sizeof(why), "closed by the peer");
     connection_lost(c, why);

@@ -1,42 +1,71 @@
 /*
- * signals.c - synchronous signal handling for the daemons.
+ * signals.c - signal handling for the daemons.
+ *
+ * The handler only writes the signal's number into a pipe (async-signal-
+ * safe); keel_signals_wait() reads the pipe on the main thread and does the
+ * work there.  A handler, rather than sigwait() on signals blocked in every
+ * thread, because threads we do not create (a sanitizer's, a library's) do
+ * not have them blocked and would take the default action.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "keel/log.h"
 #include "keel/signals.h"
 
-static void daemon_set(sigset_t *set)
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
 {
-    sigemptyset(set);
-    sigaddset(set, SIGHUP);
-    sigaddset(set, SIGINT);
-    sigaddset(set, SIGTERM);
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+
+    if (write(sig_pipe[1], &b, 1) < 0) {
+        /* the pipe is full of signals already: this one adds nothing */
+    }
+    errno = saved;
 }
 
 void keel_signals_block(void)
 {
-    sigset_t set;
+    struct sigaction sa;
 
-    daemon_set(&set);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (sig_pipe[0] < 0 && pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        KEEL_LOG_ERROR("cannot make the signal pipe: %s", strerror(errno));
+        return;
+    }
+    /* The read end blocks; the handler's write end must never block. */
+    fcntl(sig_pipe[0], F_SETFL, fcntl(sig_pipe[0], F_GETFL) & ~O_NONBLOCK);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 int keel_signals_wait(struct keel_tls *tls)
 {
     struct keel_error err;
-    sigset_t set;
-    int sig;
+    unsigned char b;
+    ssize_t n;
 
-    daemon_set(&set);
     for (;;) {
-        if (sigwait(&set, &sig) != 0)
+        n = read(sig_pipe[0], &b, 1);
+        if (n < 0 && errno == EINTR)
             continue;
-        if (sig != SIGHUP) {
-            KEEL_LOG_INFO("%s received: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
-            return sig;
+        if (n != 1) {
+            KEEL_LOG_ERROR("signal pipe failed: %s: stopping", n < 0 ? strerror(errno) : "EOF");
+            return SIGTERM;
+        }
+        if (b != SIGHUP) {
+            KEEL_LOG_INFO("%s received: stopping", b == SIGINT ? "SIGINT" : "SIGTERM");
+            return b;
         }
         if (tls == NULL)
             continue;

@@ -41,6 +41,8 @@ struct keel_coordinator {
     keel_member *member;
     keel_election *election;
     int64_t elected_ms;
+    int leading;        /* won the election and not stepped down since */
+    int64_t epoch;      /* of the current or last leadership, for logs */
     int elected_called; /* hooks.elected ran for the current leadership */
 };
 
@@ -244,17 +246,20 @@ static int do_join(keel_coordinator *co, struct keel_error *err)
     return 0;
 }
 
-/* Leadership ends: tell the hooks first, then forget the epoch. */
+/*
+ * Leadership ends: tell the hooks first (if they were told it began), then
+ * forget the epoch.  Harmless when not leading.
+ */
 static void step_down(keel_coordinator *co, const char *why)
 {
-    int64_t epoch = keel_election_epoch(co->election);
-
-    if (epoch == 0)
+    if (!co->leading)
         return;
-    if (co->hooks.deposed)
+    if (co->elected_called && co->hooks.deposed)
         co->hooks.deposed(co->hooks.user, why);
+    co->elected_called = 0;
+    co->leading = 0;
     keel_election_step_down(co->election);
-    KEEL_LOG_WARN("stepped down as leader (epoch %lld): %s", (long long)epoch, why);
+    KEEL_LOG_WARN("stepped down as leader (epoch %lld): %s", (long long)co->epoch, why);
 }
 
 /* The fenced leader record: who leads, since when, last heartbeat. */
@@ -276,7 +281,7 @@ static int write_leader_record(keel_coordinator *co, struct keel_error *err)
 }
 
 /* One leader tick; returns the next state. */
-static enum keel_coordinator_state lead_tick(keel_coordinator *co, int first)
+static enum keel_coordinator_state lead_tick(keel_coordinator *co)
 {
     struct keel_error e;
     int rc;
@@ -286,8 +291,6 @@ static enum keel_coordinator_state lead_tick(keel_coordinator *co, int first)
         return KEEL_COORD_LOST;
     }
     keel_error_init(&e);
-    if (first)
-        co->elected_called = 0;
     rc = write_leader_record(co, &e);
     if (rc == 0 && !co->elected_called) {
         /* Only once the record is written: that proves we lead in etcd's eyes. */
@@ -297,12 +300,19 @@ static enum keel_coordinator_state lead_tick(keel_coordinator *co, int first)
     } else if (rc == 0 && co->hooks.lead) {
         rc = co->hooks.lead(co->hooks.user, co->election, &e);
     }
+    if (rc == KEEL_EEPOCH && keel_election_epoch(co->election) != 0) {
+        /* A hook says "stale": believe etcd, not the hook. */
+        struct keel_error v;
+
+        keel_error_init(&v);
+        if (keel_election_verify(co->election, &v) != KEEL_EEPOCH) {
+            KEEL_LOG_WARN("leader work reported a stale epoch, but etcd says we lead: %s", e.msg);
+            return KEEL_COORD_LEADING;
+        }
+    }
     if (rc == KEEL_EEPOCH || keel_election_epoch(co->election) == 0) {
         /* Fenced out: the store has another leader (or none); not a lease problem. */
-        if (co->hooks.deposed)
-            co->hooks.deposed(co->hooks.user, e.msg);
-        keel_election_step_down(co->election);
-        KEEL_LOG_WARN("stepped down as leader: %s", e.msg);
+        step_down(co, e.msg);
         return lease_ok(co) ? KEEL_COORD_CAMPAIGN : KEEL_COORD_LOST;
     }
     if (rc != 0)
@@ -326,6 +336,9 @@ static enum keel_coordinator_state do_campaign(keel_coordinator *co)
         rc = keel_election_campaign(co->election, keel_member_lease(co->member), co->wake_fd, &e);
         if (rc == 0) {
             co->elected_ms = wall_ms();
+            co->epoch = keel_election_epoch(co->election);
+            co->leading = 1;
+            co->elected_called = 0;
             KEEL_LOG_INFO("became leader of cluster '%s' with epoch %lld (leader key '%s')",
                           co->cluster, (long long)keel_election_epoch(co->election),
                           keel_election_key(co->election));
@@ -347,13 +360,13 @@ static enum keel_coordinator_state do_campaign(keel_coordinator *co)
 
 static enum keel_coordinator_state do_lead(keel_coordinator *co)
 {
-    enum keel_coordinator_state next = lead_tick(co, 1);
+    enum keel_coordinator_state next = lead_tick(co);
 
     while (next == KEEL_COORD_LEADING) {
         wait_wake(co, co->o.heartbeat_ms);
         if (stopping(co))
             return KEEL_COORD_STOPPING;
-        next = lead_tick(co, 0);
+        next = lead_tick(co);
     }
     return next;
 }
@@ -365,13 +378,15 @@ static void do_stop(keel_coordinator *co)
     /* Leave promptly even when etcd is gone: the lease then expires on its own. */
     keel_etcd_set_retry_timeout(co->o.etcd, SHUTDOWN_RETRY_MS);
     keel_error_init(&e);
-    if (keel_election_epoch(co->election) != 0) {
-        if (co->hooks.deposed)
+    if (co->leading) {
+        if (co->elected_called && co->hooks.deposed)
             co->hooks.deposed(co->hooks.user, "shutting down");
+        co->leading = 0;
+        co->elected_called = 0;
         if (keel_election_resign(co->election, &e) != 0)
             KEEL_LOG_WARN("cannot resign: %s", e.msg);
         else
-            KEEL_LOG_INFO("resigned as leader");
+            KEEL_LOG_INFO("resigned as leader (epoch %lld)", (long long)co->epoch);
     }
     if (co->member) {
         if (keel_member_leave(co->member, &e) != 0)

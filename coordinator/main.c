@@ -15,9 +15,15 @@
 
 static const char *const required[] = {"node.id", NULL};
 
-static keel_coordinator *running;
+static keel_coordinator *volatile running;
 static volatile sig_atomic_t stop_early;
 
+/*
+ * A handler rather than a sigwait thread: a signal may be delivered to any
+ * thread that does not block it, and some threads are not ours to block
+ * (libraries', sanitizers').  keel_coordinator_stop() is async-signal-safe:
+ * an atomic store and a write() to an eventfd.
+ */
 static void on_signal(int sig)
 {
     (void)sig;

@@ -57,23 +57,29 @@ if ! skipped fuzz; then
         cat "$top/build-fuzz/build-output.log"
         exit 1
     }
-    for target in "$top"/build-fuzz/fuzz/fuzz_*; do
+    # One fuzzer per core at a time, each for the full time; findings go to the
+    # build tree, never into the sources.
+    fuzz_one() {
+        local target=$1 name seeds corpus rc=0
         name=$(basename "$target")
         seeds="$top/tests/fixtures/${name#fuzz_}-corpus"
         corpus=$(mktemp -d)
         [ -d "$seeds" ] && cp "$seeds"/* "$corpus"/
-        echo "--- $name (seeds: ${seeds#"$top"/})"
-        # Findings are written to the build tree, never into the sources.
-        if ! (cd "$top/build-fuzz" && "$target" -max_total_time="$fuzz_seconds" \
-            -print_final_stats=1 "$corpus" >"$top/build-fuzz/$name.log" 2>&1); then
-            tail -n 40 "$top/build-fuzz/$name.log"
-            rm -rf "$corpus"
-            echo "test.sh: $name found a failure (reproducer in build-fuzz/)" >&2
-            exit 1
-        fi
-        grep -E 'stat::number_of_executed_units|Done [0-9]+ runs' "$top/build-fuzz/$name.log" || true
+        (cd "$top/build-fuzz" && "$target" -max_total_time="$fuzz_seconds" \
+            -print_final_stats=1 "$corpus" >"$top/build-fuzz/$name.log" 2>&1) || rc=$?
         rm -rf "$corpus"
-    done
+        if [ "$rc" -ne 0 ]; then
+            tail -n 40 "$top/build-fuzz/$name.log"
+            echo "test.sh: $name found a failure (reproducer in build-fuzz/)" >&2
+            return 1
+        fi
+        echo "--- $name: $(grep -oE 'Done [0-9]+ runs in [0-9]+ second' \
+            "$top/build-fuzz/$name.log" | tail -n 1)s (seeds: ${seeds#"$top"/})"
+    }
+    export -f fuzz_one
+    export top fuzz_seconds
+    printf '%s\n' "$top"/build-fuzz/fuzz/fuzz_* |
+        xargs -P "$(nproc)" -I{} bash -c 'fuzz_one "$1"' _ {}
 fi
 
 if ! skipped lint; then

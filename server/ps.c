@@ -307,55 +307,91 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         }
     }
     KEEL_ALLOC_ARRAY(out->applied, nranges);
+    /* Refuse a push that does not fit the model before anything changes. */
+    {
+        const struct keel_table_desc *t = NULL;
+
+        for (size_t ti = 0; ti < ps->ntables; ti++)
+            if (ps->tables[ti].id == d->table_id)
+                t = &ps->tables[ti];
+        if (t == NULL || t->row_width != w) {
+            keel_ps_result_release(out);
+            return keel_err_set(err, KEEL_EINVAL, "no table %u of width %u in the model",
+                                d->table_id, w);
+        }
+        for (uint32_t k = 0; k < d->nkeys; k++)
+            if (keel_key_table(d->keys[k]) != t->id || keel_key_row(d->keys[k]) >= t->rows) {
+                keel_ps_result_release(out);
+                return keel_err_set(err, KEEL_EINVAL, "key %llu is not a row of table %u",
+                                    (unsigned long long)d->keys[k], t->id);
+            }
+    }
+    /* Refuse a bad gradient before anything changes. */
+    for (size_t i = 0; i < (size_t)d->nkeys * w; i++)
+        if (!isfinite(d->rows[i])) {
+            keel_ps_result_release(out);
+            return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
+                                (unsigned long long)d->keys[i / w]);
+        }
+    /*
+     * Lock every range the push touches, in ascending order (the order of
+     * `keys` now), so that the push is applied to all of them or to none: a
+     * range that is not held here refuses the whole push.
+     */
     for (uint32_t i = 0; i < d->nkeys;) {
         unsigned range = keel_range_of(keys[i]);
+
+        pthread_mutex_lock(&ps->ranges[range].lock);
+        if (!ps->ranges[range].held && rc == 0)
+            rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+        while (i < d->nkeys && keel_range_of(keys[i]) == range)
+            i++;
+    }
+    for (uint32_t i = 0; i < d->nkeys && rc == 0;) {
+        unsigned range = keel_range_of(keys[i]);
         struct range_state *r = &ps->ranges[range];
-        struct keel_shard_pos *sp;
+        struct keel_ps_applied *a = &out->applied[out->napplied];
+        struct keel_shard_pos *sp = keel_snapshot_shard(&r->snap, push->shard);
         uint32_t j = i;
 
         while (j < d->nkeys && keel_range_of(keys[j]) == range)
             j++;
-        pthread_mutex_lock(&r->lock);
-        if (!r->held) {
-            pthread_mutex_unlock(&r->lock);
-            rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
-            break;
-        }
-        sp = keel_snapshot_shard(&r->snap, push->shard);
-        if (sp->seq >= push->seq) {
-            pthread_mutex_unlock(&r->lock); /* applied before: exactly once */
+        if (sp->seq >= push->seq) { /* applied before: exactly once */
             i = j;
             continue;
         }
-        {
-            struct keel_ps_applied *a = &out->applied[out->napplied];
-
-            a->range = range;
-            a->push = *push;
-            a->push.data.nkeys = j - i;
-            a->push.data.keys = keys + i;
-            a->push.data.rows = rows + (size_t)i * w;
-            rc = apply_rows(ps, &r->snap, &a->push, err);
-            if (rc != 0) {
-                pthread_mutex_unlock(&r->lock);
-                break;
-            }
-            sp = keel_snapshot_shard(&r->snap, push->shard);
-            sp->seq = push->seq;
-            sp->incarnation = push->incarnation;
-            snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)push->worker_id.len,
-                     push->worker_id.ptr);
-            a->lsn = ++r->snap.lsn;
-            out->napplied++;
-            out->duplicate = 0;
-            if (a->lsn > out->lsn)
-                out->lsn = a->lsn;
-        }
-        pthread_mutex_unlock(&r->lock);
+        a->range = range;
+        a->push = *push;
+        a->push.data.nkeys = j - i;
+        a->push.data.keys = keys + i;
+        a->push.data.rows = rows + (size_t)i * w;
+        /* Checked above: the keys are the model's and the gradients finite. */
+        rc = apply_rows(ps, &r->snap, &a->push, err);
+        if (rc != 0)
+            break;
+        sp = keel_snapshot_shard(&r->snap, push->shard);
+        sp->seq = push->seq;
+        sp->incarnation = push->incarnation;
+        snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)push->worker_id.len,
+                 push->worker_id.ptr);
+        a->lsn = ++r->snap.lsn;
+        out->napplied++;
+        out->duplicate = 0;
+        if (a->lsn > out->lsn)
+            out->lsn = a->lsn;
         i = j;
     }
-    if (rc != 0)
-        return rc; /* ranges applied before the failing one stay applied: they are logged */
+    for (uint32_t i = 0; i < d->nkeys;) {
+        unsigned range = keel_range_of(keys[i]);
+
+        pthread_mutex_unlock(&ps->ranges[range].lock);
+        while (i < d->nkeys && keel_range_of(keys[i]) == range)
+            i++;
+    }
+    if (rc != 0) {
+        keel_ps_result_release(out);
+        return rc;
+    }
 done:
     worker_clock_set(ps, push->worker_id, push->clock + 1);
     return 0;
@@ -496,7 +532,8 @@ int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *o
     for (size_t i = 0; i < r->snap.ntables; i++)
         copy_table(&out->tables[i], &r->snap.tables[i]);
     KEEL_ALLOC_ARRAY(out->shards, r->snap.nshards ? r->snap.nshards : 1);
-    memcpy(out->shards, r->snap.shards, r->snap.nshards * sizeof(out->shards[0]));
+    if (r->snap.nshards)
+        memcpy(out->shards, r->snap.shards, r->snap.nshards * sizeof(out->shards[0]));
     pthread_mutex_unlock(&r->lock);
     return 0;
 }

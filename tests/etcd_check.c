@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "keel/coordinator.h"
 #include "keel/election.h"
 #include "keel/epoch.h"
 #include "keel/etcd.h"
@@ -41,7 +42,8 @@ static const char *usage_text =
     "  election NAME              campaign/leader/observe/cancel/resign checks\n"
     "  fence CLUSTER PREFIX       a deposed leader's fenced writes change nothing\n"
     "  member-join CLUSTER ROLE ID ADDR TTL WAIT_MS SECS   register and hold\n"
-    "  member-rejoin CLUSTER ID   loss is seen, rejoin gets a new incarnation\n";
+    "  member-rejoin CLUSTER ID   loss is seen, rejoin gets a new incarnation\n"
+    "  hooks CLUSTER              the coordinator calls its leader-work hooks in order\n";
 
 static keel_etcd *client;
 static volatile sig_atomic_t stop_requested;
@@ -570,6 +572,7 @@ static int cmd_election(int argc, char **argv)
     keel_etcd_kv_release(&kv);
     CHECK(wait_observed("B", 5000), "observe did not report B");
     OK(keel_etcd_resign(client, &a, &err)); /* resigning again is harmless */
+    keel_etcd_leader_release(&a);
 
     /* Campaigning with a lease that is gone fails clearly. */
     OK(keel_etcd_grant(client, 5, &dead, NULL, &err));
@@ -785,6 +788,137 @@ static int cmd_member_rejoin(int argc, char **argv)
     return 0;
 }
 
+/* ---- coordinator hooks ---- */
+
+struct hook_log {
+    pthread_mutex_t lock;
+    char calls[64]; /* 'E' elected, 'L' lead, 'D' deposed */
+    size_t n;
+    int64_t epochs[8]; /* the epoch at each elected() */
+    size_t nepochs;
+    char last_why[256];
+};
+
+static void hook_note(struct hook_log *h, char what)
+{
+    pthread_mutex_lock(&h->lock);
+    /* Collapse runs of ticks: "ELLLD" reads as "ELD". */
+    if (h->n < sizeof(h->calls) - 1 && !(what == 'L' && h->n > 0 && h->calls[h->n - 1] == 'L'))
+        h->calls[h->n++] = what;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static int hook_elected(void *user, keel_election *e, struct keel_error *herr)
+{
+    struct hook_log *h = user;
+
+    pthread_mutex_lock(&h->lock);
+    if (h->nepochs < 8)
+        h->epochs[h->nepochs++] = keel_election_epoch(e);
+    pthread_mutex_unlock(&h->lock);
+    hook_note(h, 'E');
+    /* Leader work writes through the fence. */
+    return keel_election_put(e, "/hooks/work", "done", 4, herr);
+}
+
+static int hook_lead(void *user, keel_election *e, struct keel_error *herr)
+{
+    (void)e;
+    (void)herr;
+    hook_note(user, 'L');
+    return 0;
+}
+
+static void hook_deposed(void *user, const char *why)
+{
+    struct hook_log *h = user;
+
+    pthread_mutex_lock(&h->lock);
+    snprintf(h->last_why, sizeof(h->last_why), "%s", why);
+    pthread_mutex_unlock(&h->lock);
+    hook_note(h, 'D');
+}
+
+static void *coordinator_thread(void *arg)
+{
+    struct keel_error e;
+
+    keel_error_init(&e);
+    if (keel_coordinator_run(arg, &e) != 0)
+        die("coordinator run: %s", e.msg);
+    return NULL;
+}
+
+static int hook_calls_are(struct hook_log *h, const char *want)
+{
+    int same;
+
+    pthread_mutex_lock(&h->lock);
+    same = strlen(want) == h->n && memcmp(h->calls, want, h->n) == 0;
+    pthread_mutex_unlock(&h->lock);
+    return same;
+}
+
+static int wait_calls(struct hook_log *h, const char *want, unsigned ms)
+{
+    uint64_t end = now_ms() + ms;
+
+    while (now_ms() < end && !hook_calls_are(h, want))
+        sleep_ms(20);
+    return hook_calls_are(h, want);
+}
+
+static int cmd_hooks(int argc, char **argv)
+{
+    static struct hook_log h = {PTHREAD_MUTEX_INITIALIZER, {0}, 0, {0}, 0, {0}};
+    struct keel_coordinator_hooks hooks = {&h, hook_elected, hook_lead, hook_deposed};
+    struct keel_coordinator_opts o = {0};
+    struct keel_etcd_kv kv;
+    keel_coordinator *co;
+    char member_key[256];
+    int64_t lease;
+    pthread_t th;
+
+    if (argc != 1)
+        die("hooks CLUSTER");
+    o.etcd = client;
+    o.cluster = argv[0];
+    o.id = "h1";
+    o.address = "127.0.0.1:9";
+    o.lease_ttl_s = 2;
+    o.heartbeat_ms = 100;
+    o.join_wait_ms = 0;
+    OK(keel_coordinator_new(&o, &hooks, &co, &err));
+    pthread_create(&th, NULL, coordinator_thread, co);
+    CHECK(wait_calls(&h, "EL", 5000), "hooks after election: '%s'", h.calls);
+    CHECK(keel_coordinator_state(co) == KEEL_COORD_LEADING, "state %s",
+          keel_coordinator_state_name(keel_coordinator_state(co)));
+    OK(keel_etcd_get(client, "/hooks/work", &kv, NULL, &err));
+    keel_etcd_kv_release(&kv);
+
+    /* The lease goes: deposed() with the reason, then a new leadership. */
+    snprintf(member_key, sizeof(member_key), "/keel/%s/members/coordinator/h1", argv[0]);
+    OK(keel_etcd_get(client, member_key, &kv, NULL, &err));
+    lease = kv.lease;
+    keel_etcd_kv_release(&kv);
+    OK(keel_etcd_revoke(client, lease, &err));
+    CHECK(wait_calls(&h, "ELDEL", 8000), "hooks after lease loss: '%s'", h.calls);
+    /* Whichever sees it first: the keep-alive (lease lost) or a fenced write (deposed). */
+    CHECK(strstr(h.last_why, "lease lost") != NULL || strstr(h.last_why, "deposed") != NULL,
+          "deposed because '%s'", h.last_why);
+    CHECK(h.nepochs == 2 && h.epochs[1] > h.epochs[0], "epochs %lld then %lld",
+          (long long)h.epochs[0], (long long)h.epochs[1]);
+
+    keel_coordinator_stop(co);
+    pthread_join(th, NULL);
+    CHECK(hook_calls_are(&h, "ELDELD") && strcmp(h.last_why, "shutting down") == 0,
+          "hooks after stop: '%s' (%s)", h.calls, h.last_why);
+    keel_coordinator_free(co);
+    OK(keel_etcd_delete(client, "/hooks/", 1, NULL, NULL, &err));
+    printf("hooks ok: %s\n", h.calls);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -802,6 +936,7 @@ int main(int argc, char **argv)
         {"fence", cmd_fence},
         {"member-join", cmd_member_join},
         {"member-rejoin", cmd_member_rejoin},
+        {"hooks", cmd_hooks},
     };
     struct keel_etcd_options o = {0};
     struct sigaction sa;

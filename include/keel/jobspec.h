@@ -163,8 +163,8 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
 /*
  * The initial value of row `row` of table `t`, as every server computes it:
  * `row_width` floats into `out`; the bias (last float) is 0, the weights
- * follow the init method from a pseudo-random stream that depends only on
- * the seed and the row's key, so any server, any time, gets the same row.
+ * follow the init method (glorot and he are their uniform forms) through
+ * keel_initializer_row() of model.h, so any server, any time, gets the same row.
  */
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out);

@@ -146,7 +146,11 @@ void keel_model_params_fill(struct keel_model_params *p, const struct keel_model
  */
 typedef struct keel_model_work keel_model_work;
 
-/* A work area for batches of up to `max_batch` (1..KEEL_MODEL_MAX_BATCH) samples. */
+/*
+ * A work area for `m` and batches of up to `max_batch` samples (0 is taken
+ * as 1, more than KEEL_MODEL_MAX_BATCH as that).  It holds about
+ * max_batch * (s_1 + ... + s_L + 2 * max(s_l)) floats; aborts on out-of-memory.
+ */
 keel_model_work *keel_model_work_new(const struct keel_model *m, uint32_t max_batch);
 
 void keel_model_work_free(keel_model_work *w);

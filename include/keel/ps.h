@@ -74,6 +74,7 @@ void keel_ps_result_release(struct keel_ps_result *r);
  * KEEL_EREDIRECT naming the range) and in a table of the model with the
  * push's row width (KEEL_EINVAL).  Non-finite gradients are refused
  * (KEEL_EINVAL) and change nothing.  The worker's clock moves to push->clock + 1.
+ * On error *out holds nothing (no release needed).
  */
 int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct keel_ps_result *out,
                  struct keel_error *err);

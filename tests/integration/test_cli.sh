@@ -38,11 +38,8 @@ for bin in keel-coordinator keel-server keel-worker keelctl; do
     expect_status 1 "$bin missing file"
     expect_err "cannot open config '.*missing.ini': No such file or directory" "$bin missing file"
 
-    printf '[node]\nid = n1\n[net]\nio_threads = 3\n' >"$tmp/good.ini"
-    if [ "$bin" = keel-server ]; then # a server needs a store and its TLS files
-        printf '[node]\ndata_dir = %s\n[tls]\nca = %s\ncert = %s\nkey = %s\n' "$tmp/s" \
-            "$tmp/ca.crt" "$tmp/s.crt" "$tmp/s.key" >>"$tmp/good.ini"
-    fi
+    printf '[node]\nid = n1\ndata_dir = %s/data\n[tls]\nca = %s/none/ca.crt\ncert = %s/none/n.crt\nkey = %s/none/n.key\n[net]\nio_threads = 3\n' \
+        "$tmp" "$tmp" "$tmp" "$tmp" >"$tmp/good.ini"
     run "$exe" --config "$tmp/good.ini" --set net.io_threads=0
     expect_status 78 "$bin override"
     expect_err "\[net\] io_threads: must be between 1 and 64, got '0'" "$bin override"
@@ -63,7 +60,11 @@ for bin in keel-coordinator keel-server keel-worker keelctl; do
         run "$exe" --config "$tmp/good.ini" frobnicate
         expect_status 64 "keelctl unknown command"
         expect_err "unknown command 'frobnicate'" "keelctl unknown command"
-    elif [ "$bin" = keel-worker ]; then # the coordinator and the server run
+    elif [ "$bin" = keel-server ]; then # it runs (test_server.c); here: missing files named
+        run "$exe" --config "$tmp/good.ini"
+        expect_status 78 "keel-server without its certificates"
+        expect_err "cannot load CA certificate '$tmp/none/ca.crt'" "keel-server without its certificates"
+    elif [ "$bin" != keel-coordinator ]; then # the coordinator runs: test_coordinator.sh
         run "$exe" --config "$tmp/good.ini"
         expect_status 69 "$bin without a job"
         expect_err "nothing to run yet" "$bin without a job"

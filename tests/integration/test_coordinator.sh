@@ -46,8 +46,22 @@ leader_is() { leader_value | grep -q "\"id\":\"$1\""; }
 # The node id holding the election right now (the leader key's value).
 elected() { etcdctl_ get --prefix --print-value-only /keel/t/election/coordinator --sort-by=CREATE | head -n 1; }
 elected_is() { [ "$(elected)" = "$1" ]; }
-logged() { grep -q "$2" "$tmp/$1.log"; }
+logged() { grep -q "$2" "$tmp/$1.log" 2>/dev/null; }
 alive() { kill -0 "${pid[$1]}" 2>/dev/null; }
+
+# --- etcd unreachable at start: the coordinator waits, and still stops cleanly ---
+ETCD_ENDPOINT=http://127.0.0.1:$(free_port)
+start c9
+if wait_for 10 logged c9 "cannot register, will keep trying"; then ok; else
+    fail "no word of the unreachable etcd" "$(cat "$tmp/c9.log")"
+fi
+if alive c9; then ok; else fail "coordinator gave up while etcd was unreachable"; fi
+t0=$(now_ms)
+kill -TERM "${pid[c9]}"
+wait "${pid[c9]}"
+run echo "exit $? after $(($(now_ms) - t0)) ms"
+expect_out '^exit 0 ' "SIGTERM while etcd is unreachable"
+unset "pid[c9]"
 
 etcd_start "$tmp/etcd" || exit 1
 
@@ -187,6 +201,23 @@ if wait_for 5 leader_is "$other"; then
 else fail "leader record not $other's after SIGTERM"; fi
 run grep -E "resigned as leader|left as member" "$tmp/$lead_now.log"
 expect_status 0 "the leaving coordinator logs its resignation"
+
+# --- the leader's lease revoked under it: it steps down at once, then leads anew ---
+lease_dec=$(etcdctl_ get /keel/t/members/coordinator/$other -w json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["kvs"][0]["lease"])')
+downs_before=$(grep -c "stepped down as leader" "$tmp/$other.log")
+t0=$(now_ms)
+etcdctl_ lease revoke "$(printf '%x' "$lease_dec")" >/dev/null
+stepped() { [ "$(grep -c "stepped down as leader" "$tmp/$other.log")" -gt "$downs_before" ]; }
+if wait_for 5 stepped; then
+    took=$(($(now_ms) - t0))
+    echo "leader stepped down $took ms after its lease was revoked"
+    if [ "$took" -le $((ttl * 1000)) ]; then ok; else fail "stepping down took $took ms"; fi
+else
+    fail "$other did not step down when its lease was revoked" "$(tail -n 5 "$tmp/$other.log")"
+fi
+leads_again() { [ "$(grep -c "became leader" "$tmp/$other.log")" -ge 2 ]; }
+if wait_for 10 leads_again; then ok; else fail "$other did not lead again after re-registering"; fi
 
 # --- a second node with a running node's id is refused ---------------------------
 run "$coord" -o node.id="$other" -o cluster.name=t -o cluster.etcd="$ETCD_ENDPOINT" \

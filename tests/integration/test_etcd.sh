@@ -37,7 +37,8 @@ etcd_start "$tmp/plain" || exit 1
 export ETCD_ENDPOINT
 
 # --- scenarios written in C -------------------------------------------------
-for scenario in "roundtrip /rt/" "election /el/one" "fence fc /fence/" "member-rejoin mr w7"; do
+for scenario in "roundtrip /rt/" "election /el/one" "fence fc /fence/" "member-rejoin mr w7" \
+    "hooks hk"; do
     # shellcheck disable=SC2086
     run "$check" $scenario
     expect_status 0 "scenario $scenario"

@@ -459,6 +459,14 @@ Test(etcd, retry_classification)
                                      "OpenSSL SSL_read: tlsv13 alert certificate required", 0, -1,
                                      NULL),
                  KEEL__ETCD_FATAL);
+    cr_assert_eq(keel__etcd_classify(CURLE_SEND_ERROR, 1,
+                                     "SSL_write() error: error:0A00007F:SSL routines::bad write "
+                                     "retry",
+                                     0, -1, NULL),
+                 KEEL__ETCD_FATAL);
+    /* A broken connection is not a TLS refusal. */
+    cr_assert_eq(keel__etcd_classify(CURLE_SEND_ERROR, 1, "Send failure: Broken pipe", 0, -1, NULL),
+                 KEEL__ETCD_UNAVAILABLE);
 }
 
 Test(etcd, backoff_grows_to_a_second_with_jitter)

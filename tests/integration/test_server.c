@@ -1,0 +1,395 @@
+/*
+ * test_server.c - keel-server as a real process with a real etcd: the test
+ * plays the coordinator's leader (it writes the job and the assignment) and
+ * a worker (PUSH and PULL over mutual TLS), kills the server with SIGKILL and
+ * checks what survives.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "keel/assign.h"
+#include "keel/certs.h"
+#include "keel/etcd.h"
+#include "keel/jobs.h"
+#include "keel/jobspec.h"
+#include "keel/log.h"
+#include "keel/member.h"
+#include "keel/net.h"
+
+#define CLUSTER "st"
+
+static char dir[64];
+static char endpoint[128];
+static pid_t etcd_pid, server_pid;
+static keel_etcd *etcd;
+static struct keel_tls *wtls;
+
+static void path_of(char *out, size_t n, const char *name)
+{
+    snprintf(out, n, "%s/%s", dir, name);
+}
+
+static void start_etcd(void)
+{
+    char cmd[512];
+    FILE *p;
+    long pid;
+
+    snprintf(cmd, sizeof(cmd),
+             "bash -c '. %s/tests/lib/etcd.sh; etcd_start %s/etcd >/dev/null && "
+             "echo \"$ETCD_ENDPOINT $ETCD_PID\"'",
+             KEEL_TEST_SRCDIR, dir);
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    cr_assert_eq(fscanf(p, "%127s %ld", endpoint, &pid), 2, "etcd did not start");
+    pclose(p);
+    etcd_pid = (pid_t)pid;
+}
+
+static void issue(enum keel_role role, const char *id)
+{
+    struct keel_certs_issue_opts o = {0};
+    struct keel_error err;
+    char ca[128], out[128];
+
+    path_of(ca, sizeof(ca), "ca");
+    path_of(out, sizeof(out), "certs");
+    o.ca_dir = ca;
+    o.out_dir = out;
+    o.role = role;
+    o.id = id;
+    cr_assert_eq(keel_certs_issue(&o, NULL, &err), 0, "%s", err.msg);
+}
+
+static void put(const char *rel, const struct keel_buf *v)
+{
+    struct keel_error err;
+    char key[256];
+
+    snprintf(key, sizeof(key), "/keel/" CLUSTER "/%s", rel);
+    cr_assert_eq(keel_etcd_put(etcd, key, v->buf, v->len, 0, NULL, &err), 0, "%s", err.msg);
+}
+
+/* What the coordinator's leader would write: the job, running, and s1 leading every range. */
+static void write_job_and_assignment(const char *consistency)
+{
+    char text[512];
+    struct keel_jobspec spec;
+    struct keel_job_status st;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+    const char *live[] = {"s1"};
+    struct keel_assign_stats stats;
+    keel_assign *a = keel_assign_new(1);
+
+    snprintf(text, sizeof(text),
+             "[job]\nname = j1\nmodel = softmax:4-3\ndataset = d\nbatch_size = 2\nepochs = 1\n"
+             "consistency = %s\nshards = 2\nreplication = 1\n[optimizer]\ntype = sgd\nlr = 0.5\n"
+             "[init]\nmethod = uniform\nseed = 3\n",
+             consistency);
+    keel_jobspec_init(&spec);
+    cr_assert_eq(keel_jobspec_parse(&spec, text, "test", &err), 0, "%s", err.msg);
+    keel_jobspec_encode(&spec, &b);
+    put("jobs/j1/spec", &b);
+    keel_buf_reset(&b);
+    keel_job_status_init(&st, 1);
+    cr_assert_eq(keel_job_status_move(&st, KEEL_JOB_RUNNING, 2, NULL, &err), 0, "%s", err.msg);
+    keel_job_status_encode(&st, &b);
+    put("jobs/j1/state", &b);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_assign_update(a, live, 1, &stats, &err), 0, "%s", err.msg);
+    keel_assign_encode(a, &b);
+    put("assignment", &b);
+    keel_assign_free(a);
+    keel_buf_release(&b);
+}
+
+static pid_t spawn_server(void)
+{
+    char ini[128], exe[256], logp[128];
+    FILE *f;
+    pid_t pid;
+
+    path_of(ini, sizeof(ini), "s1.ini");
+    path_of(logp, sizeof(logp), "s1.log");
+    f = fopen(ini, "w");
+    cr_assert_not_null(f);
+    fprintf(f,
+            "[cluster]\nname = " CLUSTER "\netcd = %s\n[node]\nid = s1\ndata_dir = %s/s1\n"
+            "listen = 127.0.0.1:0\n[tls]\nca = %s/ca/ca.crt\ncert = %s/certs/server-s1.crt\n"
+            "key = %s/certs/server-s1.key\n[etcd]\nlease_ttl = 2s\n[server]\n"
+            "snapshot_interval = 500ms\n[log]\nlevel = debug\n",
+            endpoint, dir, dir, dir, dir);
+    fclose(f);
+    snprintf(exe, sizeof(exe), "%s/keel-server", KEEL_TEST_BINDIR);
+    pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int out = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+        dup2(out, 1);
+        dup2(out, 2);
+        execl(exe, exe, "--config", ini, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/*
+ * The server's address once it has registered (waits up to 15 s); with
+ * `old` non-empty, the address of a registration other than that one (a
+ * restarted server registers anew once its old lease has expired).
+ */
+static void server_address(char *addr, size_t n, const char *old)
+{
+    for (int i = 0; i < 300; i++) {
+        struct keel_etcd_kv kv = {0};
+        struct keel_member_info info;
+        struct keel_error err;
+        int found = 0;
+
+        if (keel_etcd_get(etcd, "/keel/" CLUSTER "/members/server/s1", &kv, NULL, &err) == 0 &&
+            keel_member_decode(kv.value, kv.value_len, &info, &err) == 0) {
+            found = old == NULL || strcmp(info.address, old) != 0;
+            if (found)
+                snprintf(addr, n, "%s", info.address);
+            keel_member_info_release(&info);
+        }
+        keel_etcd_kv_release(&kv);
+        if (found)
+            return;
+        usleep(50000);
+    }
+    cr_assert_fail("keel-server never registered");
+}
+
+static void setup(void)
+{
+    struct keel_certs_ca_opts ca = {0};
+    struct keel_etcd_options eo = {0};
+    struct keel_tls_files f;
+    struct keel_error err;
+    char p[128], crt[128], key[128], cacrt[128];
+
+    snprintf(dir, sizeof(dir), "/tmp/keel-server-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    path_of(p, sizeof(p), "ca");
+    mkdir(p, 0700);
+    ca.dir = p;
+    cr_assert_eq(keel_certs_ca_create(&ca, &err), 0, "%s", err.msg);
+    path_of(p, sizeof(p), "certs");
+    mkdir(p, 0700);
+    issue(KEEL_ROLE_SERVER, "s1");
+    issue(KEEL_ROLE_WORKER, "w1");
+    issue(KEEL_ROLE_WORKER, "w2");
+    start_etcd();
+    eo.endpoints = endpoint;
+    cr_assert_eq(keel_etcd_new(&eo, &etcd, &err), 0, "%s", err.msg);
+    path_of(cacrt, sizeof(cacrt), "ca/ca.crt");
+    path_of(crt, sizeof(crt), "certs/worker-w1.crt");
+    path_of(key, sizeof(key), "certs/worker-w1.key");
+    f = (struct keel_tls_files){cacrt, crt, key, NULL};
+    cr_assert_eq(keel_tls_new(&f, &wtls, &err), 0, "%s", err.msg);
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    int status;
+
+    if (server_pid > 0) {
+        kill(server_pid, SIGKILL);
+        waitpid(server_pid, &status, 0);
+    }
+    keel_tls_free(wtls);
+    keel_etcd_free(etcd);
+    if (etcd_pid > 0)
+        kill(etcd_pid, SIGKILL);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (getenv("KEEL_TEST_KEEP") == NULL && system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+TestSuite(server, .init = setup, .fini = teardown, .timeout = 120);
+
+static const uint64_t keys3[] = {(UINT64_C(1) << 48) | 0, (UINT64_C(1) << 48) | 1,
+                                 (UINT64_C(1) << 48) | 2};
+
+static struct keel_client *client_to(const char *addr)
+{
+    struct keel_client_options o;
+    struct keel_client *c;
+    struct keel_error err;
+
+    keel_client_options_default(&o);
+    o.address = addr;
+    o.expect_role = KEEL_ROLE_SERVER;
+    o.backoff_min_ms = 20;
+    o.backoff_max_ms = 200;
+    cr_assert_eq(keel_client_new(&o, wtls, &c, &err), 0, "%s", err.msg);
+    return c;
+}
+
+/* PUSH and return the reply (ACK or ERROR); waits out a server still taking up the job. */
+static struct keel_reply *push(struct keel_client *c, const char *worker, uint32_t shard,
+                               uint64_t seq, uint64_t clock, const float *grads)
+{
+    for (int i = 0; i < 200; i++) {
+        struct keel_msg m;
+        struct keel_reply *r = NULL;
+        struct keel_error err;
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = KEEL_MSG_PUSH;
+        m.u.push.worker_id = keel_str_of(worker);
+        m.u.push.shard = shard;
+        m.u.push.seq = seq;
+        m.u.push.incarnation = 1;
+        m.u.push.clock = clock;
+        m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+        if (keel_client_call(c, &m, 10000, &r, &err) == 0) {
+            if (r->msg.hdr.type == KEEL_MSG_ERROR && (r->msg.u.error.code == KEEL_EUNAVAILABLE ||
+                                                      r->msg.u.error.code == KEEL_EREDIRECT)) {
+                keel_reply_free(r);
+                usleep(50000);
+                continue;
+            }
+            return r;
+        }
+        usleep(50000);
+    }
+    cr_assert_fail("no answer to PUSH");
+    return NULL;
+}
+
+static struct keel_reply *pull(struct keel_client *c, const char *worker, uint64_t clock,
+                               uint64_t timeout_ms, int *rc)
+{
+    struct keel_msg m;
+    struct keel_reply *r = NULL;
+    struct keel_error err;
+
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PULL;
+    m.u.pull.worker_id = keel_str_of(worker);
+    m.u.pull.clock = clock;
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    *rc = keel_client_call(c, &m, timeout_ms, &r, &err);
+    return r;
+}
+
+static void pull_rows(struct keel_client *c, float *rows)
+{
+    int rc;
+    struct keel_reply *r = pull(c, "w1", 0, 10000, &rc);
+
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_PULL_REPLY, "type %u", r->msg.hdr.type);
+    cr_assert_eq(r->msg.u.pull_reply.data.nkeys, 3);
+    memcpy(rows, r->msg.u.pull_reply.data.rows, 15 * sizeof(float));
+    keel_reply_free(r);
+}
+
+Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
+{
+    char addr[64], old[64];
+    float grads[15], before[15], after[15], restored[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+    int status;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.1f * (float)(i + 1);
+    write_job_and_assignment("asp");
+    server_pid = spawn_server();
+    server_address(addr, sizeof(addr), NULL);
+    c = client_to(addr);
+
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    pull_rows(c, before);
+    r = push(c, "w1", 0, 1, 0, grads); /* the same (shard, seq): a retry */
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE);
+    keel_reply_free(r);
+    r = push(c, "w1", 0, 2, 1, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    pull_rows(c, after);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(after[i], before[i] - 0.5f * grads[i], 1e-5, "element %d", i);
+
+    /* Every ACK above was given after its log record was committed: kill -9 loses none. */
+    kill(server_pid, SIGKILL);
+    waitpid(server_pid, &status, 0);
+    server_pid = spawn_server();
+    snprintf(old, sizeof(old), "%s", addr);
+    server_address(addr, sizeof(addr), old);
+    keel_client_free(c);
+    c = client_to(addr);
+    r = push(c, "w1", 0, 2, 1, grads); /* a worker's retry after the crash */
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "an acknowledged push was lost");
+    keel_reply_free(r);
+    pull_rows(c, restored);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(restored[i], after[i], 0, "element %d changed across the restart", i);
+    keel_client_free(c);
+}
+
+static void register_worker(const char *id, int64_t *lease)
+{
+    struct keel_error err;
+    char key[128], value[128];
+
+    cr_assert_eq(keel_etcd_grant(etcd, 30, lease, NULL, &err), 0, "%s", err.msg);
+    snprintf(key, sizeof(key), "/keel/" CLUSTER "/members/worker/%s", id);
+    snprintf(value, sizeof(value),
+             "{\"address\":\"\",\"incarnation\":1,\"start_time_ms\":1,\"pid\":1}");
+    cr_assert_eq(keel_etcd_put(etcd, key, value, strlen(value), *lease, NULL, &err), 0, "%s",
+                 err.msg);
+}
+
+Test(server, bsp_pull_waits_for_the_slowest_live_worker)
+{
+    char addr[64];
+    float grads[15] = {0};
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct keel_error err;
+    int64_t l1, l2;
+    int rc;
+
+    write_job_and_assignment("bsp");
+    register_worker("w1", &l1);
+    register_worker("w2", &l2);
+    server_pid = spawn_server();
+    server_address(addr, sizeof(addr), NULL);
+    c = client_to(addr);
+    r = push(c, "w1", 0, 1, 0, grads); /* w1 finished clock 0; w2 has not */
+    keel_reply_free(r);
+    r = push(c, "w2", 1, 1, 0, grads);
+    keel_reply_free(r);
+    r = push(c, "w1", 0, 2, 1, grads); /* w1 finished clock 1 too */
+    keel_reply_free(r);
+    /* w1 wants clock 2: BSP holds it until w2 finished clock 1. */
+    r = pull(c, "w1", 2, 1500, &rc);
+    cr_assert_eq(rc, KEEL_ETIMEDOUT, "BSP let w1 run two clocks ahead of w2");
+    /* w2 dies: its lease ends, it leaves the clock set, and the pull goes through. */
+    cr_assert_eq(keel_etcd_revoke(etcd, l2, &err), 0, "%s", err.msg);
+    r = pull(c, "w1", 2, 10000, &rc);
+    cr_assert_eq(rc, 0, "a dead worker still holds the others");
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_PULL_REPLY);
+    keel_reply_free(r);
+    keel_client_free(c);
+}
