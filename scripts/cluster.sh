@@ -201,8 +201,25 @@ wait_etcd() {
     return 1
 }
 
-start_node() { # ROLE ID
+# member_rev NAME: the mod revision of node NAME's member key, or nothing.
+member_rev() {
+    cl_etcdctl get "/keel/$KEEL_CLUSTER_NAME/members/${1%%-*}/${1#*-}" -w json 2>/dev/null |
+        sed -n 's/.*"mod_revision":\([0-9]*\).*/\1/p'
+}
+
+# start_node ROLE ID.  A key left by the node's previous run (its lease has not
+# expired yet) is remembered, so that wait_registered waits for a new one.
+declare -A old_rev=()
+start_node() {
+    old_rev[$1-$2]=$(member_rev "$1-$2")
     launch "$1-$2" "$KEEL_BIN_DIR/keel-$1" --config "$CL_DIR/conf/$1-$2.ini"
+}
+
+# registered_anew NAME MEMBERS: NAME's key is among MEMBERS and is not the
+# one its previous run left.
+registered_anew() {
+    grep -qx "${1%%-*}/${1#*-}" <<<"$2" || return 1
+    [ -z "${old_rev[$1]:-}" ] || [ "$(member_rev "$1")" != "${old_rev[$1]}" ]
 }
 
 # wait_registered NAME...: wait until every node NAME (ROLE-ID) has its member
@@ -217,7 +234,7 @@ wait_registered() {
         members=$(cl_members)
         next=()
         for name in "${pending[@]}"; do
-            if grep -qx "${name%%-*}/${name#*-}" <<<"$members"; then
+            if registered_anew "$name" "$members"; then
                 cl_say "${name%%-*} ${name#*-} registered (pid $(cl_pid "$name"), port $(node_port "$name"))"
                 continue
             fi

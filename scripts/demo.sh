@@ -69,6 +69,7 @@ done
 cluster=$top/scripts/cluster.sh
 demo_start=$SECONDS
 made_dir=0
+ours=0 # 1 once this demo's cluster.sh up may have started processes in $dir
 cfg=''
 
 step() { printf '\n==> [%s] %s\n' "$(elapsed $((SECONDS - demo_start)))" "$*"; }
@@ -89,7 +90,7 @@ cleanup() {
         { [ "$finished" = 1 ] || [ "$status" = 130 ] || [ "$status" = 69 ]; }; then
         remove=(--remove)
     fi
-    if [ -n "$dir" ] && [ -f "$dir/cluster.env" ]; then
+    if [ "$ours" = 1 ] && [ -f "$dir/cluster.env" ]; then
         printf '\n==> stopping the cluster\n'
         bash "$cluster" down --dir "$dir" --timeout 15 "${remove[@]}" 2>&1 | sed 's/^cluster.sh: /    /'
         if [ ${#remove[@]} = 0 ]; then
@@ -153,7 +154,11 @@ step "starting a local cluster: etcd, 2 coordinators, 3 servers, 2 workers"
 if [ -z "$dir" ]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-demo.XXXXXX") || fail "cannot make a temporary directory"
     made_dir=1
+elif [ -e "$dir/cluster.env" ]; then
+    dir_given=$dir dir=''
+    fail "'$dir_given' already holds a cluster: give a new or empty directory"
 fi
+ours=1
 bash "$cluster" up --dir "$dir" --bin "$bin" --coordinators 2 --servers 3 --workers 2 \
     --replication 1 --dataset fashion-mnist 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
     fail "the local cluster did not start (see the messages above; logs in $dir/logs)"
@@ -273,6 +278,16 @@ while :; do
         "$(epoch_of "$ex" "${P[total]:-0}")/$epochs" "$rate" "$loss" "$acc" "$shards"
     last_ex=$ex last_t=$now
 
+    # After the kill: who carries on with the shard w1 held, and from where.
+    if [ -n "$kill_shard" ] && [ -z "$resume_note" ]; then
+        read -r owner pass b <<<"${P[shard.$kill_shard]:-- 0 0}"
+        if [ "$owner" != - ] && { [ "$pass" -gt "${kill_pos% *}" ] ||
+            { [ "$pass" = "${kill_pos% *}" ] && [ "$b" -gt "${kill_pos#* }" ]; }; }; then
+            resume_note="shard $kill_shard went on past the killed worker's position (pass ${kill_pos% *} batch ${kill_pos#* }): now at pass $pass batch $b, reported by $owner"
+            info "$resume_note"
+        fi
+    fi
+
     case ${P[state]:-} in
     done) break ;;
     failed | stopped) fail "the job is ${P[state]:-}: ${P[reason]:-}" ;;
@@ -293,16 +308,6 @@ while :; do
             fail "worker w1 did not start again (see $dir/logs/worker-w1.log)"
         kill_note+="; started again $((SECONDS - killed)) s later"
     fi
-    # After the kill: who carries on with the shard w1 held, and from where.
-    if [ -n "$kill_shard" ] && [ -z "$resume_note" ]; then
-        read -r owner pass b <<<"${P[shard.$kill_shard]:-- 0 0}"
-        if [ "$owner" != - ] && { [ "$pass" -gt "${kill_pos% *}" ] ||
-            { [ "$pass" = "${kill_pos% *}" ] && [ "$b" -gt "${kill_pos#* }" ]; }; }; then
-            resume_note="shard $kill_shard went on past the killed worker's position (pass ${kill_pos% *} batch ${kill_pos#* }): now at pass $pass batch $b, reported by $owner"
-            info "$resume_note"
-        fi
-    fi
-
     if ((now - moved_t > 120)); then
         fail "no training progress for 120 s (shards: $shards); see $dir/logs/worker-*.log"
     fi
