@@ -27,6 +27,7 @@ examples/s, the fault and that the job finished).
 
   --epochs N       train N epochs instead of the example's 10
   --job FILE       submit FILE instead of examples/fashion-mnist-mlp.ini
+  --shards N       import the dataset in N shards (default 4: 2 per worker)
   --no-build       skip installing packages and building: use build/bin as is
   --bin DIR        use the binaries in DIR (implies --no-build)
   --no-fault       do not kill a worker
@@ -42,6 +43,7 @@ EOF
 
 bin=$top/build/bin
 epochs='' job_file=$top/examples/fashion-mnist-mlp.ini build=1 fault=1 keep=0 dir='' limit_min=30
+shard_opt=()
 while [ $# -gt 0 ]; do
     case $1 in
     --epochs)
@@ -49,6 +51,10 @@ while [ $# -gt 0 ]; do
         epochs=$2 && shift
         ;;
     --job) job_file=${2:-} && shift ;;
+    --shards)
+        [[ ${2:-} =~ ^[1-9][0-9]{0,3}$ ]] || { cl_say "--shards: expected 1-9999, got '${2:-}'"; exit 64; }
+        shard_opt=(--shards "$2") && shift
+        ;;
     --no-build) build=0 ;;
     --bin) bin=${2:-} build=0 && shift ;;
     --no-fault) fault=0 ;;
@@ -160,7 +166,7 @@ elif [ -e "$dir/cluster.env" ]; then
 fi
 ours=1
 bash "$cluster" up --dir "$dir" --bin "$bin" --coordinators 2 --servers 3 --workers 2 \
-    --replication 1 --dataset fashion-mnist 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
+    --replication 1 --dataset fashion-mnist "${shard_opt[@]}" 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
     fail "the local cluster did not start (see the messages above; logs in $dir/logs)"
 dir=$(cd "$dir" && pwd -P)
 cfg=$dir/keelctl.ini

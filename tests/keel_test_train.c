@@ -10,7 +10,9 @@
  *                                                        shard lease JSON
  *   keel-test-train dump --store DIR --spec FILE.ini     per range that applied pushes,
  *       restored from the store (snapshot + update-log replay) as keel-server would:
- *       "range R lsn L rows N shard S seq Q worker W incarnation K ..."
+ *       "range R lsn L rows N tables T:N,... shard S seq Q worker W incarnation K ..."
+ *       (tables: those it holds rows of, with how many; shard: each exactly-once
+ *       position, its id shard + ((table - 1) << 16))
  *   keel-test-train seq PASS BATCH                       keel_shard_seq(PASS, BATCH)
  */
 #include <getopt.h>
@@ -215,6 +217,15 @@ static int cmd_dump(int argc, char **argv)
             for (size_t t = 0; t < snap.ntables; t++)
                 rows += snap.tables[t].nrows;
             printf("range %" PRIu32 " lsn %" PRIu64 " rows %" PRIu64, range, snap.lsn, rows);
+            /* The tables it holds rows of, "tables 1:200,3:4": one push per table and batch. */
+            printf(" tables ");
+            for (size_t t = 0, first = 1; t < snap.ntables; t++) {
+                if (snap.tables[t].nrows == 0)
+                    continue;
+                printf("%s%" PRIu32 ":%" PRIu64, first ? "" : ",", snap.tables[t].table_id,
+                       snap.tables[t].nrows);
+                first = 0;
+            }
         }
         for (size_t s = 0; s < snap.nshards; s++)
             printf(" shard %" PRIu32 " seq %" PRIu64 " worker %s incarnation %" PRIu64,

@@ -352,6 +352,13 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
                         stale = 1;
                 } else if (kind == X_PULL && m->hdr.type == KEEL_MSG_PULL_REPLY) {
                     rc = take_rows(&w->job, p, &m->u.pull_reply, err);
+                    if (rc == 0 && st) {
+                        /* Clocks stay far below 2^63: the difference fits. */
+                        int64_t lead = (int64_t)clock - (int64_t)m->u.pull_reply.clock;
+
+                        if (st->replies++ == 0 || lead > st->lead)
+                            st->lead = lead;
+                    }
                     continue;
                 } else if (kind == X_PUSH && m->hdr.type == KEEL_MSG_ACK) {
                     if (st) {
@@ -455,12 +462,12 @@ static struct part *route_parts(struct wk *w, int every_primary, size_t *n)
     return parts;
 }
 
-int wk_pull_all(struct wk *w, uint64_t clock, struct keel_error *err)
+int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err)
 {
     size_t n;
     struct part *parts = route_parts(w, 0, &n);
 
-    return exchange(w, X_PULL, parts, n, clock, 0, 0, NULL, err);
+    return exchange(w, X_PULL, parts, n, clock, 0, 0, st, err);
 }
 
 int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
@@ -698,7 +705,7 @@ int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
     if (j->spec.test_dataset[0] == '\0')
         return 0;
     /* Clock 0: measure the model as the servers hold it now, without waiting for anyone. */
-    if ((rc = wk_pull_all(w, 0, err)) != 0)
+    if ((rc = wk_pull_all(w, 0, NULL, err)) != 0)
         return rc;
     for (uint32_t shard = 0;; shard++) {
         uint64_t first = 0;

@@ -581,6 +581,59 @@ struct window {
     uint64_t correct;
 };
 
+static const char *lease_end_name(enum lease_end e)
+{
+    switch (e) {
+    case LEASE_PASS_DONE:
+        return "pass done";
+    case LEASE_STOPPED:
+        return "stopped";
+    case LEASE_LOST:
+        return "lease lost";
+    case LEASE_FAILED:
+        return "failed";
+    default:
+        return "fatal";
+    }
+}
+
+/* "bsp allows 0", "ssp:2 allows 2", "asp has no bound": the lead the job's consistency allows. */
+static void lead_bound(const struct keel_jobspec *spec, char *out, size_t n)
+{
+    char c[32];
+
+    keel_consistency_string(spec, c, sizeof(c));
+    if (spec->consistency == KEEL_CONSISTENCY_ASP)
+        snprintf(out, n, "%s has no bound", c);
+    else
+        snprintf(out, n, "%s allows %" PRIu32, c,
+                 spec->consistency == KEEL_CONSISTENCY_SSP ? spec->staleness : 0);
+}
+
+/*
+ * Count a training pull's clock lead (xs->lead over xs->replies replies) in
+ * the lease's and the job's; a new high for the job is logged at once, so
+ * that a worker killed before its lease ends has said what it saw.
+ */
+static void lead_add(struct wk_job *j, struct wk_lead *lease, const struct wk_xstats *xs)
+{
+    char bound[64];
+
+    if (xs->replies == 0)
+        return;
+    if (lease->pulls++ == 0 || xs->lead > lease->max)
+        lease->max = xs->lead;
+    if (j->lead.pulls++ > 0 && xs->lead <= j->lead.max)
+        return;
+    j->lead.max = xs->lead;
+    if (xs->lead < 0) /* behind the slowest as the servers count (a replay): not worth a line */
+        return;
+    lead_bound(&j->spec, bound, sizeof(bound));
+    KEEL_LOG_INFO("job %s: clock lead over the slowest live worker: %" PRId64
+                  ", a new high, at clock %" PRIu64 " (%s)",
+                  j->name, xs->lead, j->clock, bound);
+}
+
 /* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
 static enum lease_end run_lease(struct wk *w, const struct lease *l)
 {
@@ -588,9 +641,11 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     struct wk_reader rd;
     struct keel_error err;
     struct window win = {0};
+    struct wk_lead lead = {0, 0};
     uint32_t pass = l->pass, batch = l->batch, nbatches, dup_run = 0, dup_first = 0;
-    uint32_t B = j->spec.batch_size;
-    uint64_t gen;
+    uint32_t B = j->spec.batch_size, acked = 0;
+    uint64_t acks = 0, acks_dup = 0;
+    uint64_t gen, last_seq = 0, incarnation;
     enum lease_end end = LEASE_FAILED;
     int rc;
 
@@ -675,7 +730,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
             goto report;
         }
         j->clock = keel_worker_clock(j->nb_max, pass, batch);
-        if ((rc = wk_pull_all(w, j->clock, &err)) != 0) {
+        if ((rc = wk_pull_all(w, j->clock, &xs, &err)) != 0) {
             if (rc == KEEL_ECANCELED) {
                 KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
                 end = LEASE_STOPPED;
@@ -686,6 +741,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
             }
             goto report;
         }
+        lead_add(j, &lead, &xs);
         if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, &ms,
                             &err) != 0) {
             KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
@@ -709,6 +765,10 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         }
         w->total_batches++;
         w->total_duplicates += xs.duplicates;
+        acked++;
+        acks += xs.acks;
+        acks_dup += xs.duplicates;
+        last_seq = keel_worker_seq(pass, batch);
         if (xs.acks > 0 && xs.duplicates == xs.acks) {
             if (dup_run++ == 0)
                 dup_first = batch;
@@ -782,6 +842,30 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
 report:
     if (end != LEASE_LOST) /* a lost lease is someone else's to report */
         report(w, l->shard, pass, batch, 1);
+    /* What the servers acknowledged in this lease, and the clock leads its pulls saw. */
+    pthread_mutex_lock(&w->lock);
+    incarnation = w->incarnation;
+    pthread_mutex_unlock(&w->lock);
+    if (acked > 0)
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
+                      " lease ended (%s): batches %" PRIu32 "-%" PRIu32 " acknowledged, %" PRIu64
+                      " of %" PRIu64 " ACKs as duplicates; last seq %" PRIu64
+                      ", incarnation %" PRIu64,
+                      j->name, l->shard, l->pass, lease_end_name(end), l->batch,
+                      l->batch + acked - 1, acks_dup, acks, last_seq, incarnation);
+    else
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
+                      " lease ended (%s): no batch acknowledged, incarnation %" PRIu64,
+                      j->name, l->shard, l->pass, lease_end_name(end), incarnation);
+    if (lead.pulls > 0) {
+        char bound[64];
+
+        lead_bound(&j->spec, bound, sizeof(bound));
+        KEEL_LOG_INFO("job %s: largest clock lead over the slowest live worker: %" PRId64
+                      " (%s); in this lease of shard %" PRIu32 ": %" PRId64 " over %" PRIu64
+                      " pulls",
+                      j->name, j->lead.max, bound, l->shard, lead.max, lead.pulls);
+    }
 out:
     wk_reader_release(&rd);
     return end;

@@ -44,6 +44,16 @@ struct wk_conn {
     struct keel_client *client;
 };
 
+/*
+ * The clock lead of pulls: for a pull of clock c, c minus the clock in the
+ * reply (the slowest live worker's finished clocks as the answering server
+ * counted them when it answered).  BSP allows 0, ssp:N allows N.
+ */
+struct wk_lead {
+    int64_t max;    /* the largest lead seen; meaningful when pulls > 0 */
+    uint64_t pulls; /* training pulls measured */
+};
+
 /* A shard position. */
 struct wk_pos {
     uint32_t pass, batch;
@@ -66,6 +76,7 @@ struct wk_job {
     struct wk_pos *floor; /* per shard: every batch before it was acknowledged */
     uint32_t nb_max;      /* batches per pass of the largest shard (shard 0) */
     uint64_t clock;       /* the clock of the batch being computed: keel_worker_clock() */
+    struct wk_lead lead;  /* over every training pull of this job in this life */
 };
 
 struct wk {
@@ -141,10 +152,15 @@ int wk_job_running(struct wk *w);
 /* Counts of one exchange with the servers. */
 struct wk_xstats {
     unsigned acks, duplicates; /* pushes: ACKs, of which DUPLICATE */
+    unsigned replies;          /* pulls: PULL_REPLYs */
+    int64_t lead;              /* pulls: the largest clock lead over the replies */
 };
 
-/* Pull every row of the model into w->job.params for iteration `clock` (0: never waits). */
-int wk_pull_all(struct wk *w, uint64_t clock, struct keel_error *err);
+/*
+ * Pull every row of the model into w->job.params for iteration `clock` (0:
+ * never waits); `st` (may be NULL) gets the replies' clock lead.
+ */
+int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err);
 
 /* Push w->job.grads, named (shard, seq), for iteration `clock`, to every primary. */
 int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
