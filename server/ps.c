@@ -27,8 +27,10 @@ struct range_state {
 
 struct worker_clock {
     char id[KEEL_PROTO_MAX_ID + 1];
-    uint64_t clock; /* clocks finished: the last push's clock + 1 */
-    int live;
+    uint64_t clock; /* clocks finished: the last push's clock + 1, or a training pull's clock */
+    int live;       /* registered (members/worker/<id>) */
+    int trained;    /* pushed or pulled for training here */
+    int owner;      /* holds a lease of an unfinished shard, or trained since the leases said not */
 };
 
 struct keel_ps {
@@ -38,9 +40,13 @@ struct keel_ps {
     size_t ntables;
     uint32_t state_width[MAX_TABLES];
     struct range_state ranges[KEEL_PROTO_NRANGES];
-    pthread_mutex_t clock_lock; /* guards workers */
+    pthread_mutex_t clock_lock; /* guards the rest */
     struct worker_clock *workers;
     size_t nworkers;
+    char (*members)[KEEL_PROTO_MAX_ID + 1]; /* the registered workers, once told */
+    size_t nmembers;
+    int members_known;
+    int leases_known; /* keel_ps_set_owners() was called: the clock set is the owners */
 };
 
 int keel_ps_optim_of(const struct keel_jobspec *spec, struct keel_optim *o, struct keel_error *err)
@@ -96,6 +102,7 @@ void keel_ps_free(struct keel_ps *ps)
     }
     pthread_mutex_destroy(&ps->clock_lock);
     free(ps->workers);
+    free(ps->members);
     free(ps);
 }
 
@@ -254,25 +261,60 @@ static uint32_t position_id(uint32_t shard, uint32_t table_id)
     return ((table_id - 1) << 16) | shard;
 }
 
-/* Move worker `id`'s clock forward to `clock` (never back). */
-static void worker_clock_set(struct keel_ps *ps, struct keel_str id, uint64_t clock)
+/* Whether worker `id` is registered, as far as this server was told (clock_lock held). */
+static int is_member(const struct keel_ps *ps, struct keel_str id)
 {
-    struct worker_clock *w = NULL;
+    if (!ps->members_known)
+        return 1;
+    for (size_t i = 0; i < ps->nmembers; i++)
+        if (strlen(ps->members[i]) == id.len && memcmp(ps->members[i], id.ptr, id.len) == 0)
+            return 1;
+    return 0;
+}
 
-    pthread_mutex_lock(&ps->clock_lock);
+/* Worker `id`'s entry, made at clock 0 when there is none (clock_lock held). */
+static struct worker_clock *worker_of(struct keel_ps *ps, struct keel_str id)
+{
+    struct worker_clock *w;
+
+    if (id.len == 0 || id.len > KEEL_PROTO_MAX_ID)
+        return NULL;
     for (size_t i = 0; i < ps->nworkers; i++)
         if (strlen(ps->workers[i].id) == id.len && memcmp(ps->workers[i].id, id.ptr, id.len) == 0)
-            w = &ps->workers[i];
-    if (w == NULL) {
-        KEEL_REALLOC_ARRAY(ps->workers, ps->nworkers + 1);
-        w = &ps->workers[ps->nworkers++];
-        memset(w, 0, sizeof(*w));
-        memcpy(w->id, id.ptr, id.len);
-        w->live = 1;
+            return &ps->workers[i];
+    KEEL_REALLOC_ARRAY(ps->workers, ps->nworkers + 1);
+    w = &ps->workers[ps->nworkers++];
+    memset(w, 0, sizeof(*w));
+    memcpy(w->id, id.ptr, id.len);
+    w->live = is_member(ps, id);
+    return w;
+}
+
+/* Whether `w` is in the clock set (clock_lock held). */
+static int in_clock_set(const struct keel_ps *ps, const struct worker_clock *w)
+{
+    return w->live && (ps->leases_known ? w->owner : w->trained);
+}
+
+/* Worker `id` trained at `clock`: move its clock forward to it (never back). */
+static void worker_clock_set(struct keel_ps *ps, struct keel_str id, uint64_t clock)
+{
+    struct worker_clock *w;
+
+    pthread_mutex_lock(&ps->clock_lock);
+    if ((w = worker_of(ps, id)) != NULL) {
+        w->trained = 1;
+        w->owner = 1;
+        if (clock > w->clock)
+            w->clock = clock;
     }
-    if (clock > w->clock)
-        w->clock = clock;
     pthread_mutex_unlock(&ps->clock_lock);
+}
+
+void keel_ps_pulled(struct keel_ps *ps, struct keel_str worker, uint64_t clock)
+{
+    if (clock > 0) /* clock 0 never waits, and is what an evaluation pulls at */
+        worker_clock_set(ps, worker, clock);
 }
 
 int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct keel_ps_result *out,
@@ -478,7 +520,7 @@ uint64_t keel_ps_min_clock(struct keel_ps *ps)
 
     pthread_mutex_lock(&ps->clock_lock);
     for (size_t i = 0; i < ps->nworkers; i++)
-        if (ps->workers[i].live && ps->workers[i].clock < min)
+        if (in_clock_set(ps, &ps->workers[i]) && ps->workers[i].clock < min)
             min = ps->workers[i].clock;
     pthread_mutex_unlock(&ps->clock_lock);
     return min == UINT64_MAX ? 0 : min;
@@ -494,7 +536,7 @@ int keel_ps_clock_ready(struct keel_ps *ps, uint64_t clock)
         return 1;
     pthread_mutex_lock(&ps->clock_lock);
     for (size_t i = 0; i < ps->nworkers; i++) {
-        if (!ps->workers[i].live)
+        if (!in_clock_set(ps, &ps->workers[i]))
             continue;
         live++;
         if (ps->workers[i].clock < min)
@@ -507,16 +549,48 @@ int keel_ps_clock_ready(struct keel_ps *ps, uint64_t clock)
 void keel_ps_set_workers(struct keel_ps *ps, const char *const *ids, size_t n)
 {
     pthread_mutex_lock(&ps->clock_lock);
+    KEEL_REALLOC_ARRAY(ps->members, n ? n : 1);
+    ps->nmembers = 0;
+    for (size_t j = 0; j < n; j++)
+        snprintf(ps->members[ps->nmembers++], sizeof(ps->members[0]), "%s", ids[j]);
+    ps->members_known = 1;
     for (size_t i = 0; i < ps->nworkers; i++) {
-        int live = 0;
+        struct worker_clock *w = &ps->workers[i];
+        int was = in_clock_set(ps, w);
 
-        for (size_t j = 0; j < n && !live; j++)
-            live = strcmp(ps->workers[i].id, ids[j]) == 0;
-        if (ps->workers[i].live && !live)
-            KEEL_LOG_INFO("worker %s left the clock set at clock %llu", ps->workers[i].id,
-                          (unsigned long long)ps->workers[i].clock);
-        ps->workers[i].live = live;
+        w->live = is_member(ps, keel_str_of(w->id));
+        if (was && !in_clock_set(ps, w))
+            KEEL_LOG_INFO("worker %s left the clock set at clock %llu: it is no longer registered",
+                          w->id, (unsigned long long)w->clock);
     }
+    pthread_mutex_unlock(&ps->clock_lock);
+}
+
+void keel_ps_set_owners(struct keel_ps *ps, const char *const *ids, size_t n)
+{
+    pthread_mutex_lock(&ps->clock_lock);
+    for (size_t j = 0; j < n; j++) {
+        struct worker_clock *w = worker_of(ps, keel_str_of(ids[j]));
+
+        if (w != NULL && !w->owner && w->live)
+            KEEL_LOG_INFO("worker %s joins the clock set at clock %llu: it holds a lease", w->id,
+                          (unsigned long long)w->clock);
+        if (w != NULL)
+            w->owner = 2; /* listed: kept below */
+    }
+    for (size_t i = 0; i < ps->nworkers; i++) {
+        struct worker_clock *w = &ps->workers[i];
+
+        if (w->owner == 2) {
+            w->owner = 1;
+        } else if (w->owner || !ps->leases_known) {
+            if (w->live && (w->owner || w->trained))
+                KEEL_LOG_INFO("worker %s left the clock set at clock %llu: it holds no lease",
+                              w->id, (unsigned long long)w->clock);
+            w->owner = 0;
+        }
+    }
+    ps->leases_known = 1;
     pthread_mutex_unlock(&ps->clock_lock);
 }
 

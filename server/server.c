@@ -7,6 +7,7 @@
  * srv->lock guards the job (ps, spec), the assignment and the queues; the
  * ranges themselves are guarded inside struct keel_ps.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -50,6 +51,15 @@ struct parked_pull {
     uint64_t *keys;
 };
 
+/* A shard lease of a job, as etcd has it (jobs/<job>/shards/<n>). */
+struct lease {
+    char job[KEEL_PROTO_MAX_ID + 1];
+    uint32_t shard;
+    struct keel_buf value;             /* the JSON, decoded once the job's epochs are known */
+    int decoded;                       /* owner is value's, for the running job */
+    char owner[KEEL_PROTO_MAX_ID + 1]; /* "" when free or done */
+};
+
 struct open_dataset {
     char name[KEEL_PROTO_MAX_ID + 1];
     keel_dataset *ds;
@@ -77,6 +87,8 @@ struct srv {
     struct parked_pull *parked;
     char **workers; /* live worker ids */
     size_t nworkers;
+    struct lease *leases; /* every job's shard leases */
+    size_t nleases;
     struct open_dataset *datasets;
     size_t ndatasets;
     pthread_t storage_tid;
@@ -232,6 +244,9 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
         pthread_mutex_unlock(&s->lock);
         return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
     }
+    /* The pull says where the worker is: that may free pulls parked for it. */
+    keel_ps_pulled(s->ps, p->worker_id, p->clock);
+    release_parked(s);
     if (keel_ps_clock_ready(s->ps, p->clock)) {
         answer_pull(s, conn, &msg->hdr, p->data.table_id, p->data.row_width, p->data.keys,
                     p->data.nkeys);
@@ -461,6 +476,123 @@ static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
     apply_assignment(s);
 }
 
+/* "jobs/<job>/shards/<n>": its job and shard. */
+static int lease_key(const char *k, char *job, size_t job_size, uint32_t *shard)
+{
+    const char *slash;
+    char *end;
+    unsigned long n;
+
+    if (strncmp(k, "jobs/", 5) != 0 || (slash = strchr(k + 5, '/')) == NULL || slash == k + 5 ||
+        (size_t)(slash - (k + 5)) >= job_size || strncmp(slash, "/shards/", 8) != 0 ||
+        !isdigit((unsigned char)slash[8]))
+        return 0;
+    errno = 0;
+    n = strtoul(slash + 8, &end, 10);
+    if (errno != 0 || *end != '\0' || n > UINT32_MAX)
+        return 0;
+    memcpy(job, k + 5, (size_t)(slash - (k + 5)));
+    job[slash - (k + 5)] = '\0';
+    *shard = (uint32_t)n;
+    return 1;
+}
+
+/*
+ * The owner of lease `l` of the running job into l->owner ("" for a free or
+ * done shard, or one that does not decode: it holds nobody back); whether it
+ * changed.  srv->lock held.
+ */
+static int lease_decode(struct srv *s, struct lease *l)
+{
+    struct keel_shard sh;
+    char was[sizeof(l->owner)];
+
+    snprintf(was, sizeof(was), "%s", l->owner);
+    if (keel_shard_decode(l->value.buf, l->value.len, s->spec.epochs, &sh, NULL) != 0)
+        sh.owner[0] = '\0';
+    snprintf(l->owner, sizeof(l->owner), "%s", sh.owner);
+    l->decoded = 1;
+    return strcmp(was, l->owner) != 0;
+}
+
+/*
+ * Tell the running job's clocks who holds its unfinished shards (srv->lock
+ * held).  Nothing when etcd has no lease of the job: a server used without a
+ * coordinator keeps the clock set of the workers that trained.
+ */
+static void set_owners(struct srv *s)
+{
+    const char **ids;
+    size_t n = 0, seen = 0;
+
+    if (s->ps == NULL)
+        return;
+    KEEL_ALLOC_ARRAY(ids, s->nleases + 1);
+    for (size_t i = 0; i < s->nleases; i++) {
+        struct lease *l = &s->leases[i];
+        size_t k;
+
+        if (strcmp(l->job, s->job) != 0)
+            continue;
+        seen++;
+        if (!l->decoded)
+            lease_decode(s, l);
+        if (l->owner[0] == '\0')
+            continue;
+        for (k = 0; k < n && strcmp(ids[k], l->owner) != 0; k++)
+            ;
+        if (k == n)
+            ids[n++] = l->owner;
+    }
+    if (seen > 0) {
+        keel_ps_set_owners(s->ps, ids, n);
+        release_parked(s);
+    }
+    free(ids);
+}
+
+/* A shard lease changed in etcd (srv->lock held). */
+static void set_lease(struct srv *s, const char *job, uint32_t shard, const struct keel_etcd_kv *kv,
+                      int deleted)
+{
+    int current = s->ps != NULL && strcmp(job, s->job) == 0, changed = 1, created = 0;
+    size_t i;
+
+    for (i = 0; i < s->nleases; i++)
+        if (s->leases[i].shard == shard && strcmp(s->leases[i].job, job) == 0)
+            break;
+    if (deleted) {
+        if (i == s->nleases)
+            return;
+        keel_buf_release(&s->leases[i].value);
+        s->leases[i] = s->leases[--s->nleases];
+    } else {
+        if (i == s->nleases) {
+            KEEL_REALLOC_ARRAY(s->leases, s->nleases + 1);
+            memset(&s->leases[i], 0, sizeof(s->leases[i]));
+            snprintf(s->leases[i].job, sizeof(s->leases[i].job), "%s", job);
+            s->leases[i].shard = shard;
+            keel_buf_init(&s->leases[i].value, 0);
+            s->nleases++;
+            created = 1;
+        }
+        keel_buf_reset(&s->leases[i].value);
+        keel_buf_add(&s->leases[i].value, kv->value, kv->value_len);
+        s->leases[i].decoded = 0;
+        /* A lease that only moved its position changes nobody's place in the clock set. */
+        if (current)
+            changed = lease_decode(s, &s->leases[i]) || created;
+    }
+    if (current && changed)
+        set_owners(s);
+}
+
+static void leases_clear(struct srv *s)
+{
+    while (s->nleases)
+        keel_buf_release(&s->leases[--s->nleases].value);
+}
+
 /* The job's state changed: take up a running job, drop an ended one. */
 static void set_job_state(struct srv *s, const char *job, const struct keel_etcd_kv *kv,
                           int deleted)
@@ -506,6 +638,9 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
                       "use replication 1",
                       job, s->spec.replication);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
+    for (size_t i = 0; i < s->nleases; i++)
+        s->leases[i].decoded = 0; /* with this job's epochs */
+    set_owners(s);
     apply_assignment(s);
 }
 
@@ -535,12 +670,14 @@ static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
     if (b->reset) {
         while (s->nworkers)
             free(s->workers[--s->nworkers]);
+        leases_clear(s);
     }
     for (size_t i = 0; i < b->n; i++) {
         const struct keel_etcd_event *ev = &b->events[i];
         const char *k = rel_key(s, ev->kv.key);
         int deleted = ev->type == KEEL_ETCD_DELETE;
         char job[KEEL_PROTO_MAX_ID + 1];
+        uint32_t shard;
 
         if (k == NULL)
             continue;
@@ -551,6 +688,8 @@ static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
         } else if (sscanf(k, "jobs/%64[A-Za-z0-9_-]/state", job) == 1 &&
                    strlen(k) == strlen(job) + 11) {
             set_job_state(s, job, &ev->kv, deleted);
+        } else if (lease_key(k, job, sizeof(job), &shard)) {
+            set_lease(s, job, shard, &ev->kv, deleted);
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -654,6 +793,8 @@ stop_listener:
     while (s.nworkers)
         free(s.workers[--s.nworkers]);
     free(s.workers);
+    leases_clear(&s);
+    free(s.leases);
 free_tls:
     keel_tls_free(s.tls);
 close_store:

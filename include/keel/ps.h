@@ -94,16 +94,43 @@ int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, cons
                  uint32_t nkeys, float *rows, struct keel_error *err);
 
 /*
+ * Clocks.  A worker's clock is the number of clocks it has finished: one
+ * past the highest clock it pushed, or the clock of a training pull (a
+ * worker pulls for clock c once every clock before c is done), never going
+ * back.  The clock set is the registered workers (keel_ps_set_workers) that
+ * hold a lease of an unfinished shard (keel_ps_set_owners), or, until the
+ * server is told of leases (a server used without a coordinator), the
+ * registered workers that trained here.  A worker that pushes or pulls for
+ * training counts as holding a lease until the next keel_ps_set_owners()
+ * says otherwise (the leases in etcd may reach the server after its first
+ * request).  An owner that has not trained here yet counts at clock 0, so
+ * that nobody runs ahead of a worker that has not started.
+ */
+
+/*
  * Whether a pull for clock `clock` may be answered now: always under ASP;
- * under BSP and SSP(s) when every live worker has finished clock - s - 1
- * (s = 0 for BSP), i.e. its clock is at least clock - s.
+ * under BSP and SSP(s) when every worker of the clock set has finished
+ * clock - s - 1 (s = 0 for BSP), i.e. its clock is at least clock - s.
  */
 int keel_ps_clock_ready(struct keel_ps *ps, uint64_t clock);
 
-/* The live workers: those not listed are out of the clock set from now on. */
+/*
+ * Worker `worker` pulls for training at `clock` (> 0; clock 0 is also what
+ * an evaluation pulls at and changes nothing): its clock moves to `clock`.
+ * Call it before keel_ps_clock_ready() for that pull.
+ */
+void keel_ps_pulled(struct keel_ps *ps, struct keel_str worker, uint64_t clock);
+
+/* The registered workers: those not listed are out of the clock set from now on. */
 void keel_ps_set_workers(struct keel_ps *ps, const char *const *ids, size_t n);
 
-/* The slowest live worker's clock (0 when none). */
+/*
+ * The owners of the job's unfinished shards' leases (a worker may be listed
+ * more than once): from now on the clock set is the registered ones of these.
+ */
+void keel_ps_set_owners(struct keel_ps *ps, const char *const *ids, size_t n);
+
+/* The clock of the slowest worker of the clock set (0 when it is empty). */
 uint64_t keel_ps_min_clock(struct keel_ps *ps);
 
 /*

@@ -287,6 +287,101 @@ Test(ps, ssp_allows_the_bound_and_no_more)
     cr_assert_not(keel_ps_clock_ready(ps, 4));
 }
 
+/* A push of w (shard `shard`) for clock `clock`. */
+static void push_clock(const char *w, uint32_t shard, uint64_t clock)
+{
+    static const float grads[15] = {0};
+    struct keel_msg_push p = push_of(shard, clock + 1, grads);
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    p.worker_id = keel_str_of(w);
+    p.clock = clock;
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    keel_ps_result_release(&res);
+}
+
+Test(ps, bsp_holds_everyone_for_a_leased_worker_that_has_not_started)
+{
+    const char *members[] = {"w1", "w2"}, *owners[] = {"w1", "w2"};
+
+    open_all(NULL);
+    keel_ps_set_workers(ps, members, 2);
+    keel_ps_set_owners(ps, owners, 2);
+    /* w1 is quick: it has finished clock 0 before w2 sent anything. */
+    keel_ps_pulled(ps, keel_str_of("w1"), 0);
+    cr_assert(keel_ps_clock_ready(ps, 0), "clock 0 never waits");
+    push_clock("w1", 0, 0);
+    keel_ps_pulled(ps, keel_str_of("w1"), 1);
+    cr_assert_not(keel_ps_clock_ready(ps, 1),
+                  "BSP let w1 start clock 1 before w2 finished clock 0");
+    cr_assert_eq(keel_ps_min_clock(ps), 0, "w2 counts at clock 0 until it trains");
+    /* An evaluation's pull (clock 0) says nothing of where w2 is. */
+    keel_ps_pulled(ps, keel_str_of("w2"), 0);
+    cr_assert_not(keel_ps_clock_ready(ps, 1));
+    push_clock("w2", 1, 0);
+    cr_assert(keel_ps_clock_ready(ps, 1), "both finished clock 0");
+    cr_assert_eq(keel_ps_min_clock(ps), 1);
+}
+
+Test(ps, a_training_pull_moves_the_clock_and_never_back)
+{
+    const char *members[] = {"w1", "w2"}, *owners[] = {"w1", "w2"};
+
+    open_all(NULL);
+    keel_ps_set_workers(ps, members, 2);
+    keel_ps_set_owners(ps, owners, 2);
+    /* w2 resumes a shard at clock 40 (a lease taken over at its recorded position). */
+    keel_ps_pulled(ps, keel_str_of("w2"), 40);
+    push_clock("w1", 0, 39);
+    cr_assert(keel_ps_clock_ready(ps, 40), "w2 pulling for clock 40 has finished 40 clocks");
+    cr_assert_not(keel_ps_clock_ready(ps, 41));
+    /* A restarted worker replaying older clocks does not move back. */
+    keel_ps_pulled(ps, keel_str_of("w2"), 12);
+    push_clock("w2", 1, 12);
+    cr_assert(keel_ps_clock_ready(ps, 40));
+    cr_assert_eq(keel_ps_min_clock(ps), 40);
+}
+
+Test(ps, a_live_worker_without_a_lease_holds_nobody_back)
+{
+    const char *members[] = {"w1", "w2"}, *owners[] = {"w1"};
+
+    open_all(NULL);
+    keel_ps_set_workers(ps, members, 2);
+    push_clock("w1", 0, 0);
+    push_clock("w2", 1, 0); /* w2 trained, then its shard was done */
+    push_clock("w1", 0, 1);
+    cr_assert_not(keel_ps_clock_ready(ps, 2), "before the leases are known, w2 holds w1");
+    keel_ps_set_owners(ps, owners, 1);
+    cr_assert(keel_ps_clock_ready(ps, 2), "w2 holds no lease: it is out of the clock set");
+    cr_assert_eq(keel_ps_min_clock(ps), 2);
+    /* It trains again (a new lease not seen here yet): it is back in. */
+    keel_ps_pulled(ps, keel_str_of("w2"), 1);
+    cr_assert_not(keel_ps_clock_ready(ps, 2));
+    /* Unregistered workers are out whatever their lease. */
+    keel_ps_set_workers(ps, owners, 1);
+    cr_assert(keel_ps_clock_ready(ps, 2));
+}
+
+Test(ps, ssp_lets_a_worker_start_a_leased_worker_s_clocks_ahead)
+{
+    const char *members[] = {"w1", "w2"};
+
+    keel_ps_free(ps);
+    make("ssp:2");
+    open_all(NULL);
+    keel_ps_set_workers(ps, members, 2);
+    keel_ps_set_owners(ps, members, 2);
+    push_clock("w1", 0, 0);
+    push_clock("w1", 0, 1);
+    keel_ps_pulled(ps, keel_str_of("w1"), 2);
+    cr_assert(keel_ps_clock_ready(ps, 2), "ssp:2: clock 2 while w2 has finished none");
+    push_clock("w1", 0, 2);
+    keel_ps_pulled(ps, keel_str_of("w1"), 3);
+    cr_assert_not(keel_ps_clock_ready(ps, 3), "ssp:2 let w1 start clock 3 with w2 at 0");
+}
+
 Test(ps, each_table_of_a_batch_is_applied_once)
 {
     static const char mlp[] = "[job]\nname = t\nmodel = mlp:4-3-2\ndataset = d\nbatch_size = 2\n"
