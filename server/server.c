@@ -26,6 +26,7 @@
 #include "keel/net.h"
 #include "keel/ps.h"
 #include "keel/signals.h"
+#include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
 #include "server.h"
@@ -461,6 +462,28 @@ static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
     apply_assignment(s);
 }
 
+/*
+ * Make the store's range state the job's (see keel_snapshot_claim()): a
+ * restarted server finds its own job's snapshots and log again, while a new
+ * job never starts from the rows and exactly-once positions of the last one.
+ */
+static int claim_store(struct srv *s, const char *job, struct keel_error *err)
+{
+    char owner[KEEL_SNAPSHOT_OWNER_MAX + 1], prev[KEEL_SNAPSHOT_OWNER_MAX + 1];
+    char digest[KEEL_JOBSPEC_DIGEST_SIZE * 2 + 1];
+    unsigned dropped = 0;
+    int rc;
+
+    keel_jobspec_digest_hex(&s->spec, digest);
+    snprintf(owner, sizeof(owner), "%s sha256:%s", job, digest);
+    rc = keel_snapshot_claim(s->store, owner, prev, sizeof(prev), &dropped, err);
+    if (rc == 0 && prev[0] != '\0')
+        KEEL_LOG_WARN("job %s: the store held the parameters of '%s'; dropped its snapshots and "
+                      "update log (%u range%s) so that %s starts from its initializers",
+                      job, prev, dropped, dropped == 1 ? "" : "s", job);
+    return rc;
+}
+
 /* The job's state changed: take up a running job, drop an ended one. */
 static void set_job_state(struct srv *s, const char *job, const struct keel_etcd_kv *kv,
                           int deleted)
@@ -498,6 +521,12 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         return;
     }
     keel_etcd_kv_release(&spec_kv);
+    if (claim_store(s, job, &err) != 0) {
+        KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
+        keel_ps_free(s->ps);
+        s->ps = NULL;
+        return;
+    }
     snprintf(s->job, sizeof(s->job), "%s", job);
     KEEL_LOG_INFO("serving job %s", job);
     if (s->spec.replication > 1)
