@@ -530,9 +530,9 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     snprintf(s->job, sizeof(s->job), "%s", job);
     KEEL_LOG_INFO("serving job %s", job);
     if (s->spec.replication > 1)
-        KEEL_LOG_WARN("job %s asks for replication %u, but this server does not stream updates "
-                      "to backups yet: a backup promoted after a crash starts its ranges anew; "
-                      "use replication 1",
+        KEEL_LOG_WARN("job %s asks for replication %u, but servers do not stream updates to "
+                      "backups yet: each range has its one copy on its primary (the assignment "
+                      "stays as it is while the job runs)",
                       job, s->spec.replication);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     apply_assignment(s);
