@@ -303,20 +303,40 @@ static void pull_rows(struct keel_client *c, float *rows)
     keel_reply_free(r);
 }
 
+/* Start the server and connect to it; its address into addr. */
+static struct keel_client *start_server(char *addr, size_t n)
+{
+    server_pid = spawn_server();
+    server_address(addr, n, NULL);
+    return client_to(addr);
+}
+
+/* SIGKILL the server, start it again (a new address) and reconnect `c`. */
+static struct keel_client *restart_server(struct keel_client *c, char *addr, size_t n)
+{
+    char old[64];
+    int status;
+
+    kill(server_pid, SIGKILL);
+    waitpid(server_pid, &status, 0);
+    server_pid = spawn_server();
+    snprintf(old, sizeof(old), "%s", addr);
+    server_address(addr, n, old);
+    keel_client_free(c);
+    return client_to(addr);
+}
+
 Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
 {
-    char addr[64], old[64];
+    char addr[64];
     float grads[15], before[15], after[15], restored[15];
     struct keel_client *c;
     struct keel_reply *r;
-    int status;
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.1f * (float)(i + 1);
     write_job("j1", "asp");
-    server_pid = spawn_server();
-    server_address(addr, sizeof(addr), NULL);
-    c = client_to(addr);
+    c = start_server(addr, sizeof(addr));
 
     r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
@@ -334,13 +354,7 @@ Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
         cr_assert_float_eq(after[i], before[i] - 0.5f * grads[i], 1e-5, "element %d", i);
 
     /* Every ACK above was given after its log record was committed: kill -9 loses none. */
-    kill(server_pid, SIGKILL);
-    waitpid(server_pid, &status, 0);
-    server_pid = spawn_server();
-    snprintf(old, sizeof(old), "%s", addr);
-    server_address(addr, sizeof(addr), old);
-    keel_client_free(c);
-    c = client_to(addr);
+    c = restart_server(c, addr, sizeof(addr));
     r = push(c, "w1", 0, 2, 1, grads); /* a worker's retry after the crash */
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "an acknowledged push was lost");
     keel_reply_free(r);
@@ -374,18 +388,15 @@ static void end_job(const char *name)
  */
 Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 {
-    char addr[64], old[64];
+    char addr[64];
     float grads[15], init[15], rows[15];
     struct keel_client *c;
     struct keel_reply *r;
-    int status;
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.1f * (float)(i + 1);
     write_job("j1", "asp");
-    server_pid = spawn_server();
-    server_address(addr, sizeof(addr), NULL);
-    c = client_to(addr);
+    c = start_server(addr, sizeof(addr));
     r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
     keel_reply_free(r);
@@ -406,13 +417,7 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
                            "element %d: j2 did not start from its initializer", i);
 
     /* A restart finds j2's own rows again (the store is j2's now). */
-    kill(server_pid, SIGKILL);
-    waitpid(server_pid, &status, 0);
-    server_pid = spawn_server();
-    snprintf(old, sizeof(old), "%s", addr);
-    server_address(addr, sizeof(addr), old);
-    keel_client_free(c);
-    c = client_to(addr);
+    c = restart_server(c, addr, sizeof(addr));
     r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "j2's acknowledged push was lost");
     keel_reply_free(r);
