@@ -97,7 +97,8 @@ static void apply_assignment(struct srv *s)
 {
     struct keel_error err;
     const char *self = s->config->node_id;
-    unsigned opened = 0, closed = 0;
+    unsigned opened = 0, closed = 0, restored = 0;
+    uint64_t replayed = 0;
 
     if (s->ps == NULL || s->assign == NULL)
         return;
@@ -106,20 +107,27 @@ static void apply_assignment(struct srv *s)
         const char *primary = keel_assign_primary(s->assign, r);
         int mine = primary != NULL && strcmp(primary, self) == 0;
         int held = keel_ps_holds(s->ps, r);
+        struct keel_restore_stats st;
 
         if (mine && !held) {
-            if (keel_ps_open_range(s->ps, s->store, r, &err) != 0)
+            if (keel_ps_open_range(s->ps, s->store, r, &st, &err) != 0) {
                 KEEL_LOG_ERROR("cannot open range %u: %s", r, err.msg);
-            else
-                opened++;
+                continue;
+            }
+            opened++;
+            if (st.lsn > 0) {
+                restored++;
+                replayed += st.replayed;
+            }
         } else if (!mine && held) {
             keel_ps_close_range(s->ps, r);
             closed++;
         }
     }
     if (opened || closed)
-        KEEL_LOG_INFO("assignment version %" PRIu64 ": opened %u range(s), closed %u",
-                      s->assign_version, opened, closed);
+        KEEL_LOG_INFO("assignment version %" PRIu64 ": opened %u range(s) (%u restored from the "
+                      "store, %" PRIu64 " log record(s) replayed), closed %u",
+                      s->assign_version, opened, restored, replayed, closed);
 }
 
 /* ---- parked pulls ------------------------------------------------------------ */

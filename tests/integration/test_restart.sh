@@ -4,8 +4,9 @@
 #
 # A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 2 servers, 2
 # workers, Fashion-MNIST in 4 shards) trains softmax regression (BSP, SGD,
-# batch 100, 2 epochs).  Once the workers are a fifth of the way into the
-# job, every process is SIGKILLed within a few milliseconds (etcd too), and
+# batch 100, 2 epochs).  A tenth of the way in, server s1 is SIGKILLed and
+# started 2 s later (the workers retry until it is back; it restores its
+# ranges from its store).  A fifth of the way in, every process is SIGKILLed within a few milliseconds (etcd too), and
 # `cluster.sh start` brings the whole cluster back.  Checks: the job then
 # finishes with every shard done and a test accuracy above 0.75; and, read
 # from the stopped servers' stores (snapshot + log replay, as a server
@@ -70,6 +71,29 @@ sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
     fail "the example's batch size is no longer 100: the counts below assume it"
 run kc job submit "$tmp/job.ini"
 expect_status 0 "submit r1"
+past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 120 ]; }
+# --- one server SIGKILLed and started again: the workers wait for it -----------------
+if wait_for 120 past_a_tenth; then ok; else
+    fail "r1 did not get a tenth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
+fi
+run cl kill --dir "$dir" server s1
+expect_status 0 "SIGKILL server s1"
+at=$(done_batches)
+sleep 2
+run cl start --dir "$dir" server s1
+expect_status 0 "start server s1 again"
+t0=$(now_ms)
+moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 40))" ]; }
+if wait_for 60 moved; then
+    echo "server s1 SIGKILLed at $at of 1200 batches, down 2 s; progress again $(($(now_ms) - t0)) ms after its restart"
+    ok
+else
+    fail "no progress after s1's restart" "$(tail -n 5 "$dir/logs/server-s1.log")"
+fi
+# s1's ranges that had taken pushes came back from its store, not the initializer.
+run grep -E "opened [0-9]+ range\(s\) \([1-9][0-9]* restored from the store" "$dir/logs/server-s1.log"
+expect_status 0 "s1 says it restored its ranges from its store"
+
 if wait_for 120 past_a_fifth; then ok; else
     fail "r1 did not get a fifth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
 fi
