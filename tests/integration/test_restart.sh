@@ -6,7 +6,9 @@
 # workers, Fashion-MNIST in 4 shards) trains softmax regression (BSP, SGD,
 # batch 100, 2 epochs).  A tenth of the way in, server s1 is SIGKILLed and
 # started 2 s later (the workers retry until it is back; it restores its
-# ranges from its store).  A fifth of the way in, every process is SIGKILLed within a few milliseconds (etcd too), and
+# ranges from its store); then the leading coordinator is SIGKILLed (the
+# other takes over) and started again.  A fifth of the way in, every process
+# is SIGKILLed within a few milliseconds (etcd too), and
 # `cluster.sh start` brings the whole cluster back.  Checks: the job then
 # finishes with every shard done and a test accuracy above 0.75; and, read
 # from the stopped servers' stores (snapshot + log replay, as a server
@@ -93,6 +95,26 @@ fi
 # s1's ranges that had taken pushes came back from its store, not the initializer.
 run grep -E "opened [0-9]+ range\(s\) \([1-9][0-9]* restored from the store" "$dir/logs/server-s1.log"
 expect_status 0 "s1 says it restored its ranges from its store"
+
+# --- the leading coordinator SIGKILLed: the other takes over, training goes on -------
+leader() { bash "$cluster" etcdctl --dir "$dir" get --print-value-only /keel/t/leader 2>/dev/null |
+    sed -n 's/.*"id":"\([^"]*\)".*/\1/p'; }
+lead=$(leader)
+case $lead in c1) other=c2 ;; c2) other=c1 ;; *) other='' && fail "no leader to kill: '$lead'" ;; esac
+if [ -n "$other" ]; then
+    run cl kill --dir "$dir" coordinator "$lead"
+    expect_status 0 "SIGKILL the leading coordinator $lead"
+    t0=$(now_ms)
+    leads_other() { [ "$(leader)" = "$other" ]; }
+    if wait_for 30 leads_other; then
+        echo "coordinator $other leads $(($(now_ms) - t0)) ms after $lead's SIGKILL"
+        ok
+    else
+        fail "$other did not take over from $lead" "$(tail -n 5 "$dir/logs/coordinator-$other.log")"
+    fi
+    run cl start --dir "$dir" coordinator "$lead"
+    expect_status 0 "start coordinator $lead again"
+fi
 
 if wait_for 120 past_a_fifth; then ok; else
     fail "r1 did not get a fifth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
