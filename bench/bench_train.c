@@ -403,7 +403,7 @@ static double m_best(const struct train_run *r, double arg)
 
 static double median_metric(const struct results *res, size_t config, metric_fn f, double arg)
 {
-    double v[MAX_RUNS];
+    double v[MAX_RUNS] = {0};
 
     for (unsigned i = 0; i < res->runs; i++)
         v[i] = f(&res->r[config][i], arg);
@@ -426,7 +426,7 @@ static void note_config(struct keel_bench *b, const struct options *o, const str
     const struct train_run *first = &res->r[c][0];
     char name[64], line[512];
     size_t len;
-    double startup[MAX_RUNS];
+    double startup[MAX_RUNS] = {0};
 
     config_name(o, c, name, sizeof(name));
     len = (size_t)snprintf(line, sizeof(line),
@@ -434,7 +434,7 @@ static void note_config(struct keel_bench *b, const struct options *o, const str
                            name, first->epochs, first->records,
                            median_metric(res, c, m_examples, 0), res->runs > 1 ? " (median)" : "");
     for (size_t t = 0; t < ntargets && len < sizeof(line); t++) {
-        double sec[MAX_RUNS], ep[MAX_RUNS], ms, me;
+        double sec[MAX_RUNS] = {0}, ep[MAX_RUNS] = {0}, ms, me;
 
         for (unsigned i = 0; i < res->runs; i++) {
             sec[i] = train_time_to(&res->r[c][i], targets[t]);
@@ -548,7 +548,7 @@ static int measure_training(struct keel_bench *b, const struct options *o)
         char name[96];
 
         for (size_t t = 0; t < ntargets; t++) {
-            double v[MAX_RUNS];
+            double v[MAX_RUNS] = {0};
 
             for (unsigned i = 0; i < res.runs; i++)
                 v[i] = train_time_to(&res.r[0][i], targets[t]);
@@ -560,7 +560,7 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             snprintf(name, sizeof(name), "keel_w%u_examples_s", w);
             keel_bench_record(b, name, median_metric(&res, c, m_examples, 0), "ex/s", base_ex);
             for (size_t t = 0; t < ntargets; t++) {
-                double v[MAX_RUNS];
+                double v[MAX_RUNS] = {0};
 
                 for (unsigned i = 0; i < res.runs; i++)
                     v[i] = train_time_to(&res.r[c][i], targets[t]);

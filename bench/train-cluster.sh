@@ -68,7 +68,10 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] && [ -x "$bin/keel-server" ] || { cl_say "--bin: no keel-server in '$bin'"; exit 64; }
+if [ -z "$bin" ] || [ ! -x "$bin/keel-server" ]; then
+    cl_say "--bin: no keel-server in '$bin'"
+    exit 64
+fi
 [ -f "$job_file" ] || { cl_say "--job: no file '$job_file'"; exit 64; }
 [[ $workers =~ ^[1-8]$ ]] || { cl_say "--workers: expected 1-8, got '$workers'"; exit 64; }
 [[ $servers =~ ^[1-8]$ ]] || { cl_say "--servers: expected 1-8, got '$servers'"; exit 64; }
@@ -222,7 +225,7 @@ examples=$(cl_etcdctl get --prefix "$prefix/" -w json |
 # to deliver the last ones.
 want=$((epochs * shards))
 for ((i = 0; i < 50; i++)); do
-    [ "$finished" = true ] && (($(evals_seen) < want)) || break
+    if [ "$finished" != true ] || (($(evals_seen) >= want)); then break; fi
     sleep 0.1
 done
 kill "$watch_pid" 2>/dev/null
@@ -258,4 +261,6 @@ json.dump({"workers": int(workers), "servers": int(servers), "epochs": int(epoch
 sys.stdout.write("\n")
 EOF
 failed=0
-say "$([ "$finished" = true ] && echo done || echo stopped) after $(((end_ms - start_ms) / 1000)) s; stopping the cluster"
+outcome=stopped
+[ "$finished" = true ] && outcome='done'
+say "$outcome after $(((end_ms - start_ms) / 1000)) s; stopping the cluster"
