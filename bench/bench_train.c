@@ -451,8 +451,13 @@ static void note_config(struct keel_bench *b, const struct options *o, const str
                                     "; %.2f after %.1f s (epoch %.2f)", targets[t], ms, me);
     }
     if (len < sizeof(line))
-        snprintf(line + len, sizeof(line) - len, "; final test accuracy %.4f, best %.4f",
-                 median_metric(res, c, m_final, 0), median_metric(res, c, m_best, 0));
+        len += (size_t)snprintf(
+            line + len, sizeof(line) - len, "; final test accuracy %.4f, best %.4f",
+            median_metric(res, c, m_final, 0), median_metric(res, c, m_best, 0));
+    for (unsigned i = 0; i < res->runs && res->runs > 1 && len < sizeof(line); i++)
+        len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f",
+                                i == 0 ? "; examples/s of each run: " : ", ",
+                                train_examples_per_s(&res->r[c][i]));
     keel_bench_note(b, "%s", line);
     if (c == 0)
         return;
@@ -467,7 +472,7 @@ static void note_config(struct keel_bench *b, const struct options *o, const str
                 " epochs trained",
                 name, i + 1, r->seconds, (double)r->examples / (double)r->records, r->epochs);
     }
-    keel_bench_note(b, "%s: cluster start-up %.0f s (not counted)%s", name,
+    keel_bench_note(b, "%s: cluster start-up %.0f s%s, not counted", name,
                     median_of(startup, res->runs), res->runs > 1 ? " (median)" : "");
 }
 
