@@ -528,6 +528,7 @@ static int measure_training(struct keel_bench *b, const struct options *o)
     s.script = KEEL_SOURCE_DIR "/bench/train-cluster.sh";
     s.servers = o->servers;
     s.limit_s = o->limit_s ? o->limit_s : b->quick ? 120 : 480;
+    s.local_reps = 3;
 
     memset(&res, 0, sizeof(res));
     res.runs = o->runs;

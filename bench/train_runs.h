@@ -49,7 +49,10 @@ struct train_setup {
     const char *script;   /* bench/train-cluster.sh */
     unsigned servers;     /* of the cluster */
     unsigned limit_s;     /* stop following a cluster's job after this many seconds */
+    unsigned local_reps;  /* in-process trainings per call, 1..TRAIN_MAX_LOCAL_REPS */
 };
+
+#define TRAIN_MAX_LOCAL_REPS 5
 
 /*
  * Train the job in this process: import the dataset into a temporary store
@@ -59,7 +62,10 @@ struct train_setup {
  * each shard in index order (the order a single worker is leased them) and
  * each batch of it in record order, keel_worker_batch(), keel_model_grad()
  * and keel_optim_apply_rows() with the job's optimizer on every table; after
- * each shard, keel_worker_eval() over the test dataset.
+ * each shard, keel_worker_eval() over the test dataset.  The training is
+ * repeated s->local_reps times (it is short, and deterministic: only its
+ * times vary) and the repetition of median length is returned, so that a
+ * burst of load on the machine does not make the baseline.
  * Errors: those of the job file, the import and the passes.
  */
 int train_in_process(const struct train_setup *s, struct train_run *out, struct keel_error *err);
