@@ -450,10 +450,14 @@ static void note_config(struct keel_bench *b, const struct options *o, const str
             len += (size_t)snprintf(line + len, sizeof(line) - len,
                                     "; %.2f after %.1f s (epoch %.2f)", targets[t], ms, me);
     }
-    if (len < sizeof(line))
+    if (len < sizeof(line) && !isnan(median_metric(res, c, m_final, 0)))
         len += (size_t)snprintf(
             line + len, sizeof(line) - len, "; final test accuracy %.4f, best %.4f",
             median_metric(res, c, m_final, 0), median_metric(res, c, m_best, 0));
+    else if (len < sizeof(line))
+        len += (size_t)snprintf(line + len, sizeof(line) - len,
+                                "; no final test accuracy (stopped early), best %.4f",
+                                median_metric(res, c, m_best, 0));
     for (unsigned i = 0; i < res->runs && res->runs > 1 && len < sizeof(line); i++)
         len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f",
                                 i == 0 ? "; examples/s of each run: " : ", ",

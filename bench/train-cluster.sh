@@ -246,7 +246,9 @@ while i + 2 < len(lines):
     if lines[i] == "PUT":
         try:
             v = json.loads(lines[i + 2])
-            evals.append({k: v[k] for k in ("pass", "worker", "accuracy", "loss", "time_ms")})
+            # A run stopped at its limit ends there: later evaluations are not part of it.
+            if finished == "true" or int(v["time_ms"]) <= int(end):
+                evals.append({k: v[k] for k in ("pass", "worker", "accuracy", "loss", "time_ms")})
         except (ValueError, KeyError, TypeError):
             pass
         i += 3

@@ -59,7 +59,7 @@ double train_epochs_to(const struct train_run *r, double target)
 
 double train_final_accuracy(const struct train_run *r)
 {
-    return r->nevals ? r->evals[r->nevals - 1].accuracy : NAN;
+    return r->finished && r->nevals ? r->evals[r->nevals - 1].accuracy : NAN;
 }
 
 double train_best_accuracy(const struct train_run *r)

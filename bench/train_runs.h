@@ -89,7 +89,10 @@ double train_time_to(const struct train_run *r, double target);
  */
 double train_epochs_to(const struct train_run *r, double target);
 
-/* The accuracy of the last evaluation (NaN when none), and the best one. */
+/*
+ * The accuracy of the last evaluation of a finished run (NaN when the run
+ * was stopped at its time limit, or measured nothing), and the best one.
+ */
 double train_final_accuracy(const struct train_run *r);
 double train_best_accuracy(const struct train_run *r);
 
