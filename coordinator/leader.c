@@ -41,6 +41,7 @@ struct keel_leader {
     int64_t revision;            /* of the last read */
     struct server_seen *servers; /* live servers at the last assignment written or checked */
     int frozen_logged;           /* said once that the assignment is frozen */
+    int waiting_logged;          /* said once that the oldest pending job waits for a server */
     size_t nservers;
     int servers_known;         /* `servers` holds what the last tick saw */
     char job[KEEL_ID_MAX + 1]; /* the job `seen` belongs to */
@@ -492,8 +493,18 @@ static int jobs_tick(keel_leader *l, keel_election *e, const struct keel_cstate 
     }
     if (*running == NULL && oldest != NULL) {
         struct keel_job_status st = oldest->status;
+        size_t nservers = 0;
         int applied;
 
+        /* The assignment freezes once the job runs: start it on live servers. */
+        (void)keel_cstate_members(s, "server", &nservers);
+        if (nservers == 0 || s->assignment == NULL) {
+            if (!l->waiting_logged)
+                KEEL_LOG_INFO("job '%s' waits for a server to register", oldest->name);
+            l->waiting_logged = 1;
+            return 0;
+        }
+        l->waiting_logged = 0;
         if (keel_job_status_move(&st, KEEL_JOB_RUNNING, wall_ms(), NULL, err) != 0)
             return 0;
         if ((rc = write_state(l, e, oldest, &st, &applied, err)) != 0)
@@ -587,14 +598,15 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
 }
 
 /*
- * Whether a job with one replica per range has left `pending`: its rows then
- * exist only on their one server, with no backup to promote.
+ * Whether a job is running: its rows live on the primaries it started with.
+ * Servers do not stream updates to backups yet, so a backup holds nothing to
+ * promote, whatever the job's replication.
  */
-static int a_single_copy_job_started(const struct keel_cstate *s)
+static int a_job_running(const struct keel_cstate *s)
 {
     for (size_t i = 0; i < s->njobs; i++)
-        if (s->jobs[i].status_ok && s->jobs[i].spec_ok && s->jobs[i].spec.replication == 1 &&
-            s->jobs[i].status.state != KEEL_JOB_PENDING)
+        if (s->jobs[i].status_ok && s->jobs[i].spec_ok &&
+            s->jobs[i].status.state == KEEL_JOB_RUNNING)
             return 1;
     return 0;
 }
@@ -603,11 +615,13 @@ static int a_single_copy_job_started(const struct keel_cstate *s)
  * Bring the assignment up to date with the live servers and `replication`,
  * writing every version that results (see leader.h for the steps).
  *
- * With replication 1 a range's rows live only on its primary: moving the
- * range would start it again from the initializer elsewhere.  So once such a
- * job has started the assignment is frozen: a server that crashes keeps its
+ * A range's rows live only on its primary (servers do not stream updates to
+ * backups yet): moving the range, or promoting a backup, would start it again
+ * from the initializer elsewhere and lose the job's updates.  So once a job
+ * has started the assignment is frozen: a server that crashes keeps its
  * ranges, workers retry until it is back, and it restores them from its own
- * store (snapshot + update log).
+ * store (snapshot + update log).  A finished job's state no longer matters: a
+ * new job claims the stores afresh (keel_snapshot_claim()).
  */
 static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
                            unsigned replication, struct keel_error *err)
@@ -619,10 +633,10 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     int64_t mod = s->assignment ? s->assignment->mod_revision : 0;
     int rc = 0;
 
-    if (s->assignment != NULL && a_single_copy_job_started(s)) {
+    if (s->assignment != NULL && a_job_running(s)) {
         if (!l->frozen_logged)
-            KEEL_LOG_INFO("a job with replication 1 has started: the assignment stays as it is "
-                          "(a range's rows live only on its server)");
+            KEEL_LOG_INFO("a job has started: the assignment stays as it is while it runs "
+                          "(a range's rows live only on its primary)");
         l->frozen_logged = 1;
         return 0;
     }

@@ -55,7 +55,7 @@ configuration (DIR/keelctl.ini) on stdout.  Progress goes to stderr.
       --servers N          servers s1..sN (default 3)
       --workers N          workers w1..wN (default 2)
       --replication R      replicas of each key range that jobs should ask
-                           for, 1-5 (default 2; recorded in DIR/cluster.env)
+                           for, 1-5 (default 1; recorded in DIR/cluster.env)
       --dataset NAME       fashion-mnist (default): import Fashion-MNIST's train
                            and test sets into every server as 'fashion-mnist'
                            and 'fashion-mnist-test'; none: import nothing

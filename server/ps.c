@@ -176,7 +176,7 @@ static int replay_cb(struct keel_snapshot *snap, const struct keel_ulog_record *
 }
 
 int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
-                       struct keel_error *err)
+                       struct keel_restore_stats *out, struct keel_error *err)
 {
     struct range_state *r = &ps->ranges[range];
     struct keel_restore_stats stats = {0};
@@ -210,6 +210,8 @@ int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
     r->held = 1;
 out:
     pthread_mutex_unlock(&r->lock);
+    if (out != NULL)
+        *out = stats;
     return rc;
 }
 

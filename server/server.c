@@ -26,6 +26,7 @@
 #include "keel/net.h"
 #include "keel/ps.h"
 #include "keel/signals.h"
+#include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
 #include "server.h"
@@ -96,7 +97,8 @@ static void apply_assignment(struct srv *s)
 {
     struct keel_error err;
     const char *self = s->config->node_id;
-    unsigned opened = 0, closed = 0;
+    unsigned opened = 0, closed = 0, restored = 0;
+    uint64_t replayed = 0;
 
     if (s->ps == NULL || s->assign == NULL)
         return;
@@ -105,20 +107,27 @@ static void apply_assignment(struct srv *s)
         const char *primary = keel_assign_primary(s->assign, r);
         int mine = primary != NULL && strcmp(primary, self) == 0;
         int held = keel_ps_holds(s->ps, r);
+        struct keel_restore_stats st;
 
         if (mine && !held) {
-            if (keel_ps_open_range(s->ps, s->store, r, &err) != 0)
+            if (keel_ps_open_range(s->ps, s->store, r, &st, &err) != 0) {
                 KEEL_LOG_ERROR("cannot open range %u: %s", r, err.msg);
-            else
-                opened++;
+                continue;
+            }
+            opened++;
+            if (st.lsn > 0) {
+                restored++;
+                replayed += st.replayed;
+            }
         } else if (!mine && held) {
             keel_ps_close_range(s->ps, r);
             closed++;
         }
     }
     if (opened || closed)
-        KEEL_LOG_INFO("assignment version %" PRIu64 ": opened %u range(s), closed %u",
-                      s->assign_version, opened, closed);
+        KEEL_LOG_INFO("assignment version %" PRIu64 ": opened %u range(s) (%u restored from the "
+                      "store, %" PRIu64 " log record(s) replayed), closed %u",
+                      s->assign_version, opened, restored, replayed, closed);
 }
 
 /* ---- parked pulls ------------------------------------------------------------ */
@@ -461,6 +470,28 @@ static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
     apply_assignment(s);
 }
 
+/*
+ * Make the store's range state the job's (see keel_snapshot_claim()): a
+ * restarted server finds its own job's snapshots and log again, while a new
+ * job never starts from the rows and exactly-once positions of the last one.
+ */
+static int claim_store(struct srv *s, const char *job, struct keel_error *err)
+{
+    char owner[KEEL_SNAPSHOT_OWNER_MAX + 1], prev[KEEL_SNAPSHOT_OWNER_MAX + 1];
+    char digest[KEEL_JOBSPEC_DIGEST_SIZE * 2 + 1];
+    unsigned dropped = 0;
+    int rc;
+
+    keel_jobspec_digest_hex(&s->spec, digest);
+    snprintf(owner, sizeof(owner), "%s sha256:%s", job, digest);
+    rc = keel_snapshot_claim(s->store, owner, prev, sizeof(prev), &dropped, err);
+    if (rc == 0 && prev[0] != '\0')
+        KEEL_LOG_WARN("job %s: the store held the parameters of '%s'; dropped its snapshots and "
+                      "update log (%u range%s) so that %s starts from its initializers",
+                      job, prev, dropped, dropped == 1 ? "" : "s", job);
+    return rc;
+}
+
 /* The job's state changed: take up a running job, drop an ended one. */
 static void set_job_state(struct srv *s, const char *job, const struct keel_etcd_kv *kv,
                           int deleted)
@@ -498,12 +529,18 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         return;
     }
     keel_etcd_kv_release(&spec_kv);
+    if (claim_store(s, job, &err) != 0) {
+        KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
+        keel_ps_free(s->ps);
+        s->ps = NULL;
+        return;
+    }
     snprintf(s->job, sizeof(s->job), "%s", job);
     KEEL_LOG_INFO("serving job %s", job);
     if (s->spec.replication > 1)
-        KEEL_LOG_WARN("job %s asks for replication %u, but this server does not stream updates "
-                      "to backups yet: a backup promoted after a crash starts its ranges anew; "
-                      "use replication 1",
+        KEEL_LOG_WARN("job %s asks for replication %u, but servers do not stream updates to "
+                      "backups yet: each range has its one copy on its primary (the assignment "
+                      "stays as it is while the job runs)",
                       job, s->spec.replication);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     apply_assignment(s);

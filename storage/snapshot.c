@@ -13,7 +13,9 @@
 #include "keel/alloc.h"
 #include "keel/buf.h"
 #include "keel/log.h"
+#include "keel/proto.h"
 #include "keel/snapshot.h"
+#include "keel/ulog.h"
 #include "snapshot_int.h"
 
 /* ---- byte layout ------------------------------------------------------ */
@@ -494,6 +496,86 @@ int keel_snapshot_write(keel_store *s, const struct keel_snapshot *snap, struct 
     struct write_ctx w = {s, snap};
 
     return keel_store_write(s, write_fn, &w, err);
+}
+
+/* ---- the job that owns the range state ---------------------------------- */
+
+#define OWNER_KEY "ranges_owner"
+
+struct claim {
+    keel_store *s;
+    const char *owner;
+    char *prev;
+    size_t prevlen;
+    unsigned dropped;
+};
+
+/* Delete range `range`'s snapshot and log; counts it in c->dropped if it had either. */
+static int drop_range(struct claim *c, MDB_txn *txn, uint32_t range, struct keel_error *err)
+{
+    unsigned char key[4];
+    uint64_t records = 0;
+    MDB_val v;
+    int had, rc;
+
+    keel_store_be32(key, range);
+    rc = keel_store_get(c->s, txn, KEEL_DB_SNAP_HEAD, key, sizeof(key), &v, err);
+    if (rc != 0 && rc != KEEL_ENOTFOUND)
+        return rc;
+    had = rc == 0;
+    if ((rc = keel_store_del(c->s, txn, KEEL_DB_SNAP_HEAD, key, sizeof(key), err)) != 0 ||
+        (rc = delete_from(c->s, txn, KEEL_DB_SNAP_ROWS, range, 0, err)) != 0 ||
+        (rc = delete_from(c->s, txn, KEEL_DB_SHARD_POS, range, 0, err)) != 0 ||
+        (rc = keel_ulog_truncate_txn(c->s, txn, range, UINT64_MAX, &records, err)) != 0)
+        return rc;
+    if (had || records)
+        c->dropped++;
+    return 0;
+}
+
+static int claim_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+{
+    struct claim *c = ctx;
+    size_t n = strlen(c->owner);
+    MDB_val v;
+    int rc;
+
+    c->dropped = 0;
+    rc = keel_store_get(c->s, txn, KEEL_DB_META, OWNER_KEY, strlen(OWNER_KEY), &v, err);
+    if (rc != 0 && rc != KEEL_ENOTFOUND)
+        return rc;
+    if (rc == 0 && v.mv_size == n && memcmp(v.mv_data, c->owner, n) == 0)
+        return 0;
+    if (rc == 0) {
+        if (c->prevlen) {
+            size_t m = v.mv_size < c->prevlen - 1 ? v.mv_size : c->prevlen - 1;
+
+            memcpy(c->prev, v.mv_data, m);
+            c->prev[m] = '\0';
+        }
+        for (uint32_t r = 0; r < KEEL_PROTO_NRANGES; r++)
+            if ((rc = drop_range(c, txn, r, err)) != 0)
+                return rc;
+    }
+    return keel_store_put(c->s, txn, KEEL_DB_META, OWNER_KEY, strlen(OWNER_KEY), c->owner, n, err);
+}
+
+int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t prevlen,
+                        unsigned *dropped, struct keel_error *err)
+{
+    struct claim c = {s, owner, prev, prevlen, 0};
+    size_t n = strlen(owner);
+    int rc;
+
+    if (prevlen)
+        prev[0] = '\0';
+    if (n == 0 || n > KEEL_SNAPSHOT_OWNER_MAX)
+        return keel_err_set(err, KEEL_EINVAL, "range owner '%s' is not 1-%d bytes", owner,
+                            KEEL_SNAPSHOT_OWNER_MAX);
+    rc = keel_store_write(s, claim_fn, &c, err);
+    if (dropped)
+        *dropped = rc == 0 ? c.dropped : 0;
+    return rc;
 }
 
 /* ---- reading ---------------------------------------------------------- */

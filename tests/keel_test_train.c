@@ -201,7 +201,7 @@ static int cmd_dump(int argc, char **argv)
     for (uint32_t range = 0; range < KEEL_PROTO_NRANGES; range++) {
         struct keel_snapshot snap;
 
-        if (keel_ps_open_range(ps, store, range, &err) != 0)
+        if (keel_ps_open_range(ps, store, range, NULL, &err) != 0)
             goto out;
         if (keel_ps_lsn(ps, range) == 0) {
             keel_ps_close_range(ps, range);

@@ -42,10 +42,12 @@ void keel_ps_free(struct keel_ps *ps);
 /*
  * Take range `range`: from its snapshot and update log in `store` when there
  * are any (restore = snapshot + log replay), else from the initializer.
- * Idempotent: a range already held is left as it is.
+ * Idempotent: a range already held is left as it is.  `stats` (may be NULL)
+ * gets what the restore did: all zero when the range started from the
+ * initializer or was held already.
  */
 int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
-                       struct keel_error *err);
+                       struct keel_restore_stats *stats, struct keel_error *err);
 
 /* Whether `range` is held. */
 int keel_ps_holds(struct keel_ps *ps, unsigned range);

@@ -131,6 +131,23 @@ int keel_snapshot_read(keel_store *s, uint32_t range, struct keel_snapshot *snap
                        struct keel_error *err);
 
 /*
+ * The range state of a store (every range's snapshot and update log) belongs
+ * to one job at a time, named by `owner` (the job's name and spec digest).
+ * The meta key "ranges_owner" records it.  keel_snapshot_claim() makes
+ * `owner` the owner in one durable transaction:
+ *  - no owner recorded, or the same one: nothing else changes (*dropped = 0);
+ *  - another owner: every range's snapshot, shard positions and log records
+ *    are deleted first, so a new job never starts from the rows or the
+ *    exactly-once positions of the one before; *dropped is the number of
+ *    ranges that had a snapshot or log records, and the previous owner is
+ *    copied into prev (NUL-terminated, cut to prevlen).
+ * `owner` is 1-255 bytes.
+ */
+#define KEEL_SNAPSHOT_OWNER_MAX 255
+int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t prevlen,
+                        unsigned *dropped, struct keel_error *err);
+
+/*
  * Find `key` in a table: its row index, or -1.  Binary search.
  */
 int64_t keel_snap_table_find(const struct keel_snap_table *t, uint64_t key);

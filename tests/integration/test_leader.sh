@@ -139,8 +139,10 @@ run kc status --json
 expect_out '"leader": null' "no leader before a coordinator runs"
 
 # --- a coordinator leads; servers register; the job starts ----------------------
-start_coordinator c1
+# Servers first: a job starts only on live servers, and the assignment stays
+# as it was at the start while the job runs.
 member server s1 && member server s2 && member server s3
+start_coordinator c1
 if wait_for 10 state_is j1 running; then ok; else fail "j1 did not start" "$(cat "$tmp/c1.log")"; fi
 # replication 2 for j1, three servers.
 if wait_for 10 assignment_ok s1,s2,s3 2; then ok; else
@@ -149,34 +151,23 @@ fi
 run grep -E "assignment version [0-9]+ \(.*\): 3 servers" "$tmp/c1.log"
 expect_status 0 "the leader logs each assignment version"
 
-# --- a server's lease expires: its ranges' backups are promoted ----------------
+# --- a server's lease expires while j1 runs: the assignment stays ------------------
+# Servers do not stream updates to backups yet: a backup holds none of j1's
+# rows, so promoting it would lose them.  The table is rewritten (s2 out, its
+# ranges' backups promoted) only once no job runs; see after j2 below.
 get assignment >"$tmp/assign1.json"
 kill -KILL "${pid[s2]}"
 unset "pid[s2]"
-t0=$(now_ms)
-if wait_for 15 assignment_ok s1,s3 2; then ok; else
-    fail "assignment not rewritten after s2's lease expired" "$(get assignment | head -c 300)"
+if wait_for 10 grep -q "a job has started: the assignment stays as it is" "$tmp/c1.log"; then ok; else
+    fail "the leader did not say the assignment is frozen" "$(tail -n 5 "$tmp/c1.log")"
 fi
-run echo "rewritten $(($(now_ms) - t0)) ms after s2's SIGKILL"
-expect_out 'rewritten' "assignment rewritten"
+s2_gone() { [ -z "$(get members/server/s2)" ]; }
+if wait_for 10 s2_gone; then ok; else fail "s2's member key outlived its lease"; fi
+sleep 2 # a few of the leader's ticks (every 200 ms here) after s2 left
 get assignment >"$tmp/assign2.json"
-run python3 -c 'import json,sys
-a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2]))
-assert b["version"] > a["version"], "version did not grow"
-led = 0
-for i in range(256):
-    old = [a["servers"][k] for k in a["ranges"][i]]
-    new = [b["servers"][k] for k in b["ranges"][i]]
-    if old[0] == "s2":
-        led += 1
-        assert new[0] in old[1:], "range %d: primary %s was not a backup of %s" % (i, new[0], old)
-    else:
-        assert new[0] in old, "range %d: primary %s was not a replica of %s" % (i, new[0], old)
-print("promoted", led)' "$tmp/assign1.json" "$tmp/assign2.json"
-expect_status 0 "every range s2 led has one of its backups as primary, no other has a new one"
-expect_out '^promoted [1-9][0-9]*$' "s2 led some ranges"
-run grep -E "assignment version .*left: s2; .*promoted\)" "$tmp/c1.log"
-expect_out '\([1-9][0-9]* promoted\)' "the leader logs the promotions"
+if cmp -s "$tmp/assign1.json" "$tmp/assign2.json"; then ok; else
+    fail "the assignment changed while j1 ran" "$(head -c 300 "$tmp/assign2.json")"
+fi
 
 # --- workers: leases, progress, a killed worker's shard re-leased ----------------
 member worker w1 && member worker w2
@@ -262,6 +253,13 @@ expect_status 1 "stopping a done job"
 expect_err "cannot stop job 'j1': it is done" "a final state is not left"
 run kc job show j2
 expect_out 'stopped since .*: enough for today' "show: the stop reason"
+
+# --- no job runs: the assignment catches up with s2's death ---------------------
+if wait_for 10 assignment_ok s1,s3 1; then ok; else
+    fail "the assignment did not drop s2 once no job ran" "$(get assignment | head -c 300)"
+fi
+run grep -E "assignment version .*left: s2;" "$tmp/c1.log"
+expect_status 0 "the leader logs s2 leaving the table"
 
 # --- keelctl status ----------------------------------------------------------------
 t0=$(now_ms)

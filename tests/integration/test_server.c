@@ -81,9 +81,10 @@ static void put(const char *rel, const struct keel_buf *v)
 }
 
 /* What the coordinator's leader would write: the job, running, and s1 leading every range. */
-static void write_job_and_assignment(const char *consistency)
+/* Job `name` (softmax 4-3, SGD) running, and s1 holding every range. */
+static void write_job(const char *name, const char *consistency)
 {
-    char text[512];
+    char text[512], key[128];
     struct keel_jobspec spec;
     struct keel_job_status st;
     struct keel_buf b = KEEL_BUF_INIT;
@@ -93,19 +94,21 @@ static void write_job_and_assignment(const char *consistency)
     keel_assign *a = keel_assign_new(1);
 
     snprintf(text, sizeof(text),
-             "[job]\nname = j1\nmodel = softmax:4-3\ndataset = d\nbatch_size = 2\nepochs = 1\n"
+             "[job]\nname = %s\nmodel = softmax:4-3\ndataset = d\nbatch_size = 2\nepochs = 1\n"
              "consistency = %s\nshards = 2\nreplication = 1\n[optimizer]\ntype = sgd\nlr = 0.5\n"
              "[init]\nmethod = uniform\nseed = 3\n",
-             consistency);
+             name, consistency);
     keel_jobspec_init(&spec);
     cr_assert_eq(keel_jobspec_parse(&spec, text, "test", &err), 0, "%s", err.msg);
     keel_jobspec_encode(&spec, &b);
-    put("jobs/j1/spec", &b);
+    snprintf(key, sizeof(key), "jobs/%s/spec", name);
+    put(key, &b);
     keel_buf_reset(&b);
     keel_job_status_init(&st, 1);
     cr_assert_eq(keel_job_status_move(&st, KEEL_JOB_RUNNING, 2, NULL, &err), 0, "%s", err.msg);
     keel_job_status_encode(&st, &b);
-    put("jobs/j1/state", &b);
+    snprintf(key, sizeof(key), "jobs/%s/state", name);
+    put(key, &b);
     keel_buf_reset(&b);
     cr_assert_eq(keel_assign_update(a, live, 1, &stats, &err), 0, "%s", err.msg);
     keel_assign_encode(a, &b);
@@ -300,20 +303,40 @@ static void pull_rows(struct keel_client *c, float *rows)
     keel_reply_free(r);
 }
 
+/* Start the server and connect to it; its address into addr. */
+static struct keel_client *start_server(char *addr, size_t n)
+{
+    server_pid = spawn_server();
+    server_address(addr, n, NULL);
+    return client_to(addr);
+}
+
+/* SIGKILL the server, start it again (a new address) and reconnect `c`. */
+static struct keel_client *restart_server(struct keel_client *c, char *addr, size_t n)
+{
+    char old[64];
+    int status;
+
+    kill(server_pid, SIGKILL);
+    waitpid(server_pid, &status, 0);
+    server_pid = spawn_server();
+    snprintf(old, sizeof(old), "%s", addr);
+    server_address(addr, n, old);
+    keel_client_free(c);
+    return client_to(addr);
+}
+
 Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
 {
-    char addr[64], old[64];
+    char addr[64];
     float grads[15], before[15], after[15], restored[15];
     struct keel_client *c;
     struct keel_reply *r;
-    int status;
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.1f * (float)(i + 1);
-    write_job_and_assignment("asp");
-    server_pid = spawn_server();
-    server_address(addr, sizeof(addr), NULL);
-    c = client_to(addr);
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
 
     r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
@@ -331,19 +354,76 @@ Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
         cr_assert_float_eq(after[i], before[i] - 0.5f * grads[i], 1e-5, "element %d", i);
 
     /* Every ACK above was given after its log record was committed: kill -9 loses none. */
-    kill(server_pid, SIGKILL);
-    waitpid(server_pid, &status, 0);
-    server_pid = spawn_server();
-    snprintf(old, sizeof(old), "%s", addr);
-    server_address(addr, sizeof(addr), old);
-    keel_client_free(c);
-    c = client_to(addr);
+    c = restart_server(c, addr, sizeof(addr));
     r = push(c, "w1", 0, 2, 1, grads); /* a worker's retry after the crash */
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "an acknowledged push was lost");
     keel_reply_free(r);
     pull_rows(c, restored);
     for (int i = 0; i < 15; i++)
         cr_assert_float_eq(restored[i], after[i], 0, "element %d changed across the restart", i);
+    keel_client_free(c);
+}
+
+/* Job `name` done (as the leader would write it at the end). */
+static void end_job(const char *name)
+{
+    struct keel_job_status st;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+    char key[128];
+
+    keel_job_status_init(&st, 1);
+    cr_assert_eq(keel_job_status_move(&st, KEEL_JOB_RUNNING, 2, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_job_status_move(&st, KEEL_JOB_DONE, 3, NULL, &err), 0, "%s", err.msg);
+    keel_job_status_encode(&st, &b);
+    snprintf(key, sizeof(key), "jobs/%s/state", name);
+    put(key, &b);
+    keel_buf_release(&b);
+}
+
+/*
+ * A second job on the same server starts from its initializers and its own
+ * exactly-once positions, not from the rows and positions the first job left
+ * in the store, also after a restart of the server.
+ */
+Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
+{
+    char addr[64];
+    float grads[15], init[15], rows[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.1f * (float)(i + 1);
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        init[i] = rows[i] + 0.5f * grads[i]; /* j1's rows before its push */
+
+    /* j1 ends; j2 (the same model and seed) starts on the same server. */
+    end_job("j1");
+    write_job("j2", "asp");
+    r = push(c, "w1", 0, 1, 0, grads); /* j2's first push has j1's (shard, seq) */
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "j2's push was taken for j1's duplicate");
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5,
+                           "element %d: j2 did not start from its initializer", i);
+
+    /* A restart finds j2's own rows again (the store is j2's now). */
+    c = restart_server(c, addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "j2's acknowledged push was lost");
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5, "element %d", i);
     keel_client_free(c);
 }
 
@@ -370,7 +450,7 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     int64_t l1, l2;
     int rc;
 
-    write_job_and_assignment("bsp");
+    write_job("j1", "bsp");
     register_worker("w1", &l1);
     register_worker("w2", &l2);
     server_pid = spawn_server();

@@ -68,7 +68,7 @@ Test(jobspec, example_file_parses)
     cr_assert_eq(spec.consistency, KEEL_CONSISTENCY_SSP);
     cr_assert_eq(spec.staleness, 2);
     cr_assert_eq(spec.checkpoint_interval, 500);
-    cr_assert_eq(spec.replication, 2);
+    cr_assert_eq(spec.replication, 1);
     cr_assert_eq(spec.shards, 4);
     cr_assert_eq(spec.optimizer.type, KEEL_OPT_ADAM);
     cr_assert_eq(spec.optimizer.lr, 0.001);
@@ -95,7 +95,7 @@ Test(jobspec, softmax_example_parses)
     cr_assert_eq(spec.optimizer.type, KEEL_OPT_SGD);
     cr_assert_eq(spec.optimizer.lr, 0.1);
     cr_assert_eq(spec.init.method, KEEL_INIT_ZEROS);
-    cr_assert_str_eq(spec.test_dataset, "");
+    cr_assert_str_eq(spec.test_dataset, "fashion-mnist-test");
 }
 
 Test(jobspec, defaults_fill_what_is_not_given)
@@ -320,12 +320,12 @@ Test(jobspec, digest_is_stable_and_ignores_how_the_file_was_written)
     cr_assert_eq(keel_jobspec_load(&spec, path, &err), 0, "%s", err.msg);
     keel_jobspec_digest_hex(&spec, h1);
     /* The canonical form is part of the checkpoint format: this value must not change. */
-    cr_assert_str_eq(h1, "14ed3fd8275300b59af6c467c245a4c9ece290a9c73e50eb19b68d3e57f1d1f2");
+    cr_assert_str_eq(h1, "059b2741c3ab80f0946101807298efdaf51b5d0dd9754e2532f154b59afb9649");
     /* Same meaning, other order, comments, defaults spelled out, other number forms. */
     cr_assert_eq(keel_jobspec_parse(&other,
                                     "[init]\nseed = 42\n[optimizer]\nepsilon = 0.00000001\n"
                                     "type = adam\nbeta2 = 0.9990\n; note\nlr = 1e-3\n"
-                                    "[job]\nshards = 4\nname = fmnist-mlp\nreplication = 2\n"
+                                    "[job]\nshards = 4\nname = fmnist-mlp\nreplication = 1\n"
                                     "model = mlp:784-256-128-10\ndataset = fashion-mnist\n"
                                     "test_dataset = fashion-mnist-test\nbatch_size = 64\n"
                                     "epochs = 10\nconsistency = ssp:2\n"

@@ -43,7 +43,7 @@ static void open_all(keel_store *store)
     struct keel_error err;
 
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
-        cr_assert_eq(keel_ps_open_range(ps, store, r, &err), 0, "%s", err.msg);
+        cr_assert_eq(keel_ps_open_range(ps, store, r, NULL, &err), 0, "%s", err.msg);
 }
 
 static void setup(void)

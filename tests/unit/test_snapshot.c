@@ -406,3 +406,60 @@ Test(snapshot, damage_is_found_and_named)
     cr_assert(strstr(err.msg, "shard 4") != NULL, "%s", err.msg);
     free_fixture(&f);
 }
+
+/* Whether range `range` still has a snapshot or any log record. */
+static int range_has_state(uint32_t range)
+{
+    struct keel_snapshot got;
+    uint64_t lsn = 0;
+    int snap = keel_snapshot_read(store, range, &got, &err) == 0;
+    MDB_txn *txn;
+
+    if (snap)
+        keel_snapshot_release(&got);
+    cr_assert_eq(keel_store_read_begin(store, &txn, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ulog_last_lsn(store, txn, range, &lsn, &err), 0, "%s", err.msg);
+    keel_store_read_end(store, txn);
+    return snap || lsn != 0;
+}
+
+Test(snapshot, a_new_owner_drops_the_previous_jobs_ranges_and_log)
+{
+    struct fixture f;
+    struct keel_ulog_record recs[2] = {push(3, 8, 0, 1, 1), push(200, 1, 0, 1, 1)};
+    char prev[64];
+    unsigned dropped = 99;
+
+    /* The first claim of a store keeps what is there (nothing to compare with). */
+    make_fixture(&f, 3, 7, 4, 0.5f);
+    cr_assert_eq(keel_snapshot_write(store, &f.snap, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ulog_append(store, recs, 2, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_claim(store, "j1 sha256:aa", prev, sizeof(prev), &dropped, &err), 0,
+                 "%s", err.msg);
+    cr_assert_eq(dropped, 0);
+    cr_assert_str_eq(prev, "");
+    cr_assert(range_has_state(3) && range_has_state(200));
+
+    /* The same owner again (a restarted server): still nothing dropped. */
+    cr_assert_eq(keel_snapshot_claim(store, "j1 sha256:aa", prev, sizeof(prev), &dropped, &err), 0);
+    cr_assert_eq(dropped, 0);
+    cr_assert(range_has_state(3) && range_has_state(200));
+
+    /* Another job: range 3 (snapshot and log) and range 200 (log only) go. */
+    cr_assert_eq(keel_snapshot_claim(store, "j2 sha256:bb", prev, sizeof(prev), &dropped, &err), 0,
+                 "%s", err.msg);
+    cr_assert_eq(dropped, 2);
+    cr_assert_str_eq(prev, "j1 sha256:aa");
+    cr_assert_not(range_has_state(3));
+    cr_assert_not(range_has_state(200));
+    cr_assert_not(range_has_state(4));
+
+    /* The change of owner survives a reopen; a cut-short prev stays terminated. */
+    keel_store_close(store);
+    cr_assert_eq(keel_store_open(&store, tmpdir, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_claim(store, "j3", prev, 4, &dropped, &err), 0, "%s", err.msg);
+    cr_assert_str_eq(prev, "j2 ");
+    cr_assert_eq(dropped, 0);
+    cr_assert_eq(keel_snapshot_claim(store, "", prev, sizeof(prev), &dropped, &err), KEEL_EINVAL);
+    free_fixture(&f);
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# test_restart.sh BINDIR SRCDIR - the whole cluster killed with SIGKILL in the
+# middle of a job, and started again from its directory.
+#
+# A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 2 servers, 2
+# workers, Fashion-MNIST in 4 shards) trains softmax regression (BSP, SGD,
+# batch 100, 2 epochs).  A tenth of the way in, server s1 is SIGKILLed and
+# started 2 s later (the workers retry until it is back; it restores its
+# ranges from its store); then the leading coordinator is SIGKILLed (the
+# other takes over) and started again.  A fifth of the way in, every process
+# is SIGKILLed within a few milliseconds (etcd too), and
+# `cluster.sh start` brings the whole cluster back.  Checks: the job then
+# finishes with every shard done and a test accuracy above 0.75; and, read
+# from the stopped servers' stores (snapshot + log replay, as a server
+# restores), every range that holds rows applied exactly one push per batch
+# of the job (2 epochs x 4 shards x 150 batches = 1200) and records every
+# shard at the end of the last pass: nothing acknowledged before the crash
+# was lost, and nothing pushed again after it was applied twice.
+set -u
+bindir=$1
+srcdir=$2
+. "$srcdir/tests/lib/assert.sh"
+
+cluster=$srcdir/scripts/cluster.sh
+helper=$bindir/keel-test-train
+data=/usr/share/datasets/fashion-mnist
+tmp=$(mktemp -d)
+dir=$tmp/c
+cleanup() {
+    [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
+    [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
+    echo "SKIP: Fashion-MNIST is not installed in $data"
+    exit 0
+fi
+
+wait_for() { # SECONDS CMD...
+    local limit=$1 i
+    shift
+    for ((i = 0; i < limit * 10; i++)); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+now_ms() { date +%s%3N; }
+cl() { bash "$cluster" "$@"; }
+
+# --- a cluster and a job ---------------------------------------------------------------
+run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name t
+expect_status 0 "cluster up"
+cfg=$run_out
+kc() { "$bindir/keelctl" --config "$cfg" "$@"; }
+# job_field FIELD: a field of `keelctl job show r1 --json`.
+job_field() {
+    kc job show r1 --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" 2>/dev/null
+}
+# done_batches: batches the shards' recorded positions are past, over every pass.
+done_batches() {
+    kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
+j = json.load(sys.stdin)
+print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
+}
+past_a_fifth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 240 ]; }
+
+sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 2/' \
+    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
+sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
+    fail "the example's batch size is no longer 100: the counts below assume it"
+run kc job submit "$tmp/job.ini"
+expect_status 0 "submit r1"
+past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 120 ]; }
+# --- one server SIGKILLed and started again: the workers wait for it -----------------
+if wait_for 120 past_a_tenth; then ok; else
+    fail "r1 did not get a tenth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
+fi
+run cl kill --dir "$dir" server s1
+expect_status 0 "SIGKILL server s1"
+at=$(done_batches)
+sleep 2
+run cl start --dir "$dir" server s1
+expect_status 0 "start server s1 again"
+t0=$(now_ms)
+moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 40))" ]; }
+if wait_for 60 moved; then
+    echo "server s1 SIGKILLed at $at of 1200 batches, down 2 s; progress again $(($(now_ms) - t0)) ms after its restart"
+    ok
+else
+    fail "no progress after s1's restart" "$(tail -n 5 "$dir/logs/server-s1.log")"
+fi
+# s1's ranges that had taken pushes came back from its store, not the initializer.
+run grep -E "opened [0-9]+ range\(s\) \([1-9][0-9]* restored from the store" "$dir/logs/server-s1.log"
+expect_status 0 "s1 says it restored its ranges from its store"
+
+# --- the leading coordinator SIGKILLed: the other takes over, training goes on -------
+leader() { bash "$cluster" etcdctl --dir "$dir" get --print-value-only /keel/t/leader 2>/dev/null |
+    sed -n 's/.*"id":"\([^"]*\)".*/\1/p'; }
+lead=$(leader)
+case $lead in c1) other=c2 ;; c2) other=c1 ;; *) other='' && fail "no leader to kill: '$lead'" ;; esac
+if [ -n "$other" ]; then
+    run cl kill --dir "$dir" coordinator "$lead"
+    expect_status 0 "SIGKILL the leading coordinator $lead"
+    t0=$(now_ms)
+    leads_other() { [ "$(leader)" = "$other" ]; }
+    if wait_for 30 leads_other; then
+        echo "coordinator $other leads $(($(now_ms) - t0)) ms after $lead's SIGKILL"
+        ok
+    else
+        fail "$other did not take over from $lead" "$(tail -n 5 "$dir/logs/coordinator-$other.log")"
+    fi
+    run cl start --dir "$dir" coordinator "$lead"
+    expect_status 0 "start coordinator $lead again"
+fi
+
+if wait_for 120 past_a_fifth; then ok; else
+    fail "r1 did not get a fifth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
+fi
+before=$(done_batches)
+
+# --- everything SIGKILLed at once, then started again --------------------------------
+pids=()
+for f in "$dir"/pids/*.pid; do pids+=("$(cat "$f")"); done
+kill -KILL "${pids[@]}"
+echo "SIGKILLed ${#pids[@]} processes (etcd, coordinators, servers, workers) at $before of 1200 batches"
+for p in "${pids[@]}"; do
+    if wait_for 10 eval "! kill -0 $p 2>/dev/null || grep -q '^State:.*Z' /proc/$p/status"; then
+        ok
+    else
+        fail "process $p outlived SIGKILL"
+    fi
+done
+t0=$(now_ms)
+run cl start --dir "$dir"
+expect_status 0 "the whole cluster starts again"
+state_done() { [ "$(job_field state)" = done ]; }
+if wait_for 240 state_done; then
+    echo "r1 done $(($(now_ms) - t0)) ms after the restart"
+    ok
+else
+    fail "r1 did not finish after the restart" "$(kc job show r1 2>&1 | tail -n 15)"
+fi
+run kc job show r1 --json
+expect_status 0 "job show r1"
+printf '%s\n' "$run_out" >"$tmp/show.json"
+run python3 -c 'import json,sys
+j = json.load(open(sys.argv[1]))
+assert j["shards_done"] == 4, j["shards_done"]
+curve = j["accuracy_curve"]
+assert curve and curve[-1]["pass"] == 1, curve
+print("accuracy %.4f" % curve[-1]["accuracy"])' "$tmp/show.json"
+expect_status 0 "every shard done, an accuracy for the last pass"
+acc=$(sed -n 's/^accuracy //p' <<<"$run_out")
+echo "test accuracy after 2 epochs through a whole-cluster SIGKILL: $acc"
+if python3 -c "import sys; sys.exit(0 if float('${acc:-0}') > 0.75 else 1)"; then ok; else
+    fail "test accuracy '$acc' is not above 0.75"
+fi
+
+# --- the stores: one push per batch, each shard at its end -----------------------------
+run cl down --dir "$dir"
+expect_status 0 "cluster down"
+seq_end=$("$helper" seq 1 150)
+rows=0
+for s in s1 s2; do
+    run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
+    expect_status 0 "dump the ranges of $s"
+    while read -r _ range _ lsn _ nrows rest; do
+        [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
+        rows=$((rows + nrows))
+        if [ "$lsn" = 1200 ]; then ok; else
+            fail "$s range $range: $lsn pushes applied, expected 1200 (one per batch)"
+        fi
+        for shard in 0 1 2 3; do
+            if grep -q "shard $shard seq $seq_end " <<<"$rest "; then ok; else
+                fail "$s range $range: shard $shard is not at the end of pass 1" "$rest"
+            fi
+        done
+    done <<<"$run_out"
+done
+[ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+
+finish
