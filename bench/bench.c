@@ -6,6 +6,8 @@
  * is robust against the odd repetition slowed by an interrupt or a page fault.
  */
 #include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,36 +25,51 @@
 #define QUICK_REPS        3
 #define MAX_REPS          15
 
-static void usage(FILE *f, const char *prog, const char *summary)
+static void usage(FILE *f, const char *prog, const char *summary,
+                  const struct keel_bench_opts *opts)
 {
     fprintf(f,
-            "usage: %s [--json] [--quick]\n"
+            "usage: %s [--json] [--quick]%s\n"
             "%s\n"
             "\n"
             "  --json   print a JSON array of {name, value, unit, baseline, ratio}\n"
             "  --quick  short run with few repetitions (a smoke test; numbers are rough)\n"
             "  --help   print this help and exit\n"
+            "%s"
             "\n"
             "Each row's baseline is measured in the same run; ratio = value / baseline.\n",
-            prog, summary);
+            prog, opts && opts->help ? " [OPTIONS]" : "", summary,
+            opts && opts->help ? opts->help : "");
 }
 
 int keel_bench_init(struct keel_bench *b, const char *prog, const char *summary, int argc,
                     char **argv)
 {
+    return keel_bench_init_opts(b, prog, summary, NULL, argc, argv);
+}
+
+int keel_bench_init_opts(struct keel_bench *b, const char *prog, const char *summary,
+                         const struct keel_bench_opts *opts, int argc, char **argv)
+{
     memset(b, 0, sizeof(*b));
     b->prog = prog;
     for (int i = 1; i < argc; i++) {
+        int took;
+
         if (strcmp(argv[i], "--json") == 0) {
             b->json = 1;
         } else if (strcmp(argv[i], "--quick") == 0) {
             b->quick = 1;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout, prog, summary);
+            usage(stdout, prog, summary, opts);
             return KEEL_EXIT_OK;
+        } else if (opts && opts->parse && (took = opts->parse(opts->ctx, argc, argv, i)) != 0) {
+            if (took < 0)
+                return KEEL_EXIT_USAGE;
+            i += took - 1;
         } else {
             fprintf(stderr, "%s: unknown argument '%s'\n", prog, argv[i]);
-            usage(stderr, prog, summary);
+            usage(stderr, prog, summary, opts);
             return KEEL_EXIT_USAGE;
         }
     }
@@ -150,13 +167,37 @@ void keel_bench_record(struct keel_bench *b, const char *name, double value, con
     row->value = value;
     row->unit = unit;
     row->baseline = baseline;
-    row->ratio = baseline > 0 ? value / baseline : 0;
+    if (isnan(value) || isnan(baseline))
+        row->ratio = NAN;
+    else
+        row->ratio = baseline > 0 ? value / baseline : 0;
 }
 
-/* A number for the table: fewer decimals as it grows. */
+void keel_bench_note(struct keel_bench *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    KEEL_REALLOC_ARRAY(b->notes, b->nnotes + 1);
+    b->notes[b->nnotes++] = keel_strdup(line);
+}
+
+/* A number for the table: fewer decimals as it grows (4 below 1, for accuracies); "-" for none. */
 static void fmt_num(char *out, size_t size, double v)
 {
-    snprintf(out, size, v >= 100 || v <= -100 ? "%.0f" : v >= 10 || v <= -10 ? "%.1f" : "%.2f", v);
+    if (!isfinite(v)) {
+        snprintf(out, size, "-");
+        return;
+    }
+    snprintf(out, size,
+             v >= 100 || v <= -100 ? "%.0f"
+             : v >= 10 || v <= -10 ? "%.1f"
+             : v >= 1 || v <= -1   ? "%.2f"
+                                   : "%.4f",
+             v);
 }
 
 static int print_table(const struct keel_bench *b)
@@ -188,9 +229,17 @@ static int print_table(const struct keel_bench *b)
 
         fmt_num(val, sizeof(val), r->value);
         fmt_num(base, sizeof(base), r->baseline);
-        printf("%-*s  %*s  %-*s  %*s  %5.3f\n", w_name, r->name, w_val, val, w_unit, r->unit,
-               w_base, base, r->ratio);
+        if (isfinite(r->ratio))
+            printf("%-*s  %*s  %-*s  %*s  %5.3f\n", w_name, r->name, w_val, val, w_unit, r->unit,
+                   w_base, base, r->ratio);
+        else
+            printf("%-*s  %*s  %-*s  %*s  %5s\n", w_name, r->name, w_val, val, w_unit, r->unit,
+                   w_base, base, "-");
     }
+    if (b->nnotes > 0)
+        putchar('\n');
+    for (size_t i = 0; i < b->nnotes; i++)
+        printf("%s\n", b->notes[i]);
     return 0;
 }
 
@@ -234,6 +283,15 @@ static int print_json(const struct keel_bench *b)
 int keel_bench_finish(struct keel_bench *b)
 {
     int rc = b->json ? print_json(b) : print_table(b);
+
+    for (size_t i = 0; i < b->nnotes; i++) {
+        if (b->json)
+            fprintf(stderr, "%s: %s\n", b->prog, b->notes[i]);
+        free(b->notes[i]);
+    }
+    free(b->notes);
+    b->notes = NULL;
+    b->nnotes = 0;
 
     if (fflush(stdout) != 0 || ferror(stdout))
         rc = -1;

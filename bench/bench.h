@@ -16,6 +16,10 @@
  *             "ratio"} objects instead of the table
  *   --quick   shrink the repetitions and their length, for a smoke run
  *   --help    print the usage and exit
+ * A benchmark may add its own (keel_bench_init_opts()).
+ *
+ * A value that could not be measured (a target never reached) is NaN: the
+ * table shows "-" and JSON null, and a note (keel_bench_note()) says why.
  *
  * The harness is single-threaded and keeps its state in struct keel_bench.
  */
@@ -25,7 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One result row; ratio is value / baseline (0 when baseline is not positive). */
+/* One result row; ratio is value / baseline (0 when baseline is not positive, NaN when either is).
+ */
 struct keel_bench_row {
     char *name;
     double value;
@@ -43,6 +48,8 @@ struct keel_bench {
     struct keel_bench_row *rows;
     size_t nrows;
     size_t arows;
+    char **notes; /* keel_bench_note() */
+    size_t nnotes;
 };
 
 /*
@@ -62,6 +69,24 @@ struct keel_bench_fn {
  */
 int keel_bench_init(struct keel_bench *b, const char *prog, const char *summary, int argc,
                     char **argv);
+
+/*
+ * A benchmark's own options.  `parse` is called with each argument the
+ * harness does not know (argv[i]) and returns how many arguments it took
+ * (1, or 2 for an option and its value), 0 when it does not know it either,
+ * or -1 when it is wrong (after printing why on stderr).  `help` (lines of
+ * "  --name VALUE  what it does\n") is printed by --help after the shared
+ * options.
+ */
+struct keel_bench_opts {
+    const char *help;
+    int (*parse)(void *ctx, int argc, char **argv, int i);
+    void *ctx;
+};
+
+/* keel_bench_init() with the benchmark's own options `opts` (may be NULL). */
+int keel_bench_init_opts(struct keel_bench *b, const char *prog, const char *summary,
+                         const struct keel_bench_opts *opts, int argc, char **argv);
 
 /* Seconds on the monotonic clock, from an arbitrary origin. */
 double keel_bench_now(void);
@@ -84,6 +109,14 @@ void keel_bench_compare(const struct keel_bench *b, const struct keel_bench_fn *
 /* Add a row; `name` is copied, `unit` must be a string literal. */
 void keel_bench_record(struct keel_bench *b, const char *name, double value, const char *unit,
                        double baseline);
+
+/*
+ * Add a sentence about the results ("not reached in 2 epochs"), printed by
+ * keel_bench_finish() below the table, or on stderr with --json so that
+ * stdout stays one JSON document.
+ */
+void keel_bench_note(struct keel_bench *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /*
  * Print the rows (a table, or JSON with --json) to stdout and free them.

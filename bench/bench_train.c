@@ -20,16 +20,30 @@
  * Server: parameters per second of keel_optim_apply_rows() with SGD and Adam
  * over every row of the reference MLP, against a memcpy of the bytes the
  * update reads (row, gradient and state): how close it gets to memory speed.
+ *
+ * End to end (train_runs.h): the example job (examples/fashion-mnist-mlp.ini)
+ * trained on a local Keel cluster with 1 and with 2 workers, against the
+ * same training in this process without the network, measured in the same
+ * run: examples/s and the seconds until the test accuracy first reaches
+ * 0.85 and 0.87.  The ratio is Keel's over the in-process figure: below 1
+ * for examples/s, above 1 for the times (how many times longer Keel takes).
  */
 #include <cblas.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "keel/alloc.h"
+#include "keel/log.h"
 #include "keel/model.h"
 #include "keel/optim.h"
+#include "train_runs.h"
 
 static void die(const char *what)
 {
@@ -231,27 +245,389 @@ static void measure_update(struct keel_bench *b, const char *optim)
     update_release(&u);
 }
 
+/* ---- End to end: a cluster against one process -------------------------------------- */
+
+#define MAX_WORKER_RUNS 4 /* entries of --workers */
+#define MAX_RUNS        9 /* --runs */
+
+struct options {
+    uint32_t epochs; /* 0: the job's (2 with --quick) */
+    unsigned runs;
+    unsigned workers[MAX_WORKER_RUNS];
+    size_t nworkers;
+    unsigned servers;
+    unsigned limit_s; /* 0: the default for the mode */
+    const char *job;
+    int arithmetic_only, training_only;
+};
+
+static const char options_help[] =
+    "  --epochs N         epochs of each training run (default: the job's; 2 with --quick)\n"
+    "  --runs N           train each configuration N times (1-9, default 1): medians\n"
+    "  --workers LIST     worker counts of the Keel runs, e.g. 1,2 (default 1,2)\n"
+    "  --servers N        servers of each Keel cluster (default 2)\n"
+    "  --job FILE         the job spec (default examples/fashion-mnist-mlp.ini)\n"
+    "  --limit SECONDS    stop following a Keel job after SECONDS of training\n"
+    "                     (default 480; 120 with --quick)\n"
+    "  --arithmetic-only  only the forward/backward and optimizer rows (seconds)\n"
+    "  --training-only    only the end-to-end training rows (minutes)\n";
+
+/* A whole decimal number in [lo, hi]. */
+static int parse_uint(const char *opt, const char *text, unsigned lo, unsigned hi, unsigned *v)
+{
+    char *end;
+    unsigned long n;
+
+    errno = 0;
+    n = text ? strtoul(text, &end, 10) : 0;
+    if (text == NULL || errno != 0 || end == text || *end != '\0' || text[0] == '-' || n < lo ||
+        n > hi) {
+        fprintf(stderr, "keel-bench-train: %s: expected a number from %u to %u, got '%s'\n", opt,
+                lo, hi, text ? text : "");
+        return -1;
+    }
+    *v = (unsigned)n;
+    return 0;
+}
+
+static int parse_option(void *ctx, int argc, char **argv, int i)
+{
+    struct options *o = ctx;
+    const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    unsigned v;
+
+    if (strcmp(opt, "--arithmetic-only") == 0) {
+        o->arithmetic_only = 1;
+        return 1;
+    }
+    if (strcmp(opt, "--training-only") == 0) {
+        o->training_only = 1;
+        return 1;
+    }
+    if (strcmp(opt, "--epochs") == 0) {
+        if (parse_uint(opt, val, 1, 1000, &v) != 0)
+            return -1;
+        o->epochs = v;
+    } else if (strcmp(opt, "--runs") == 0) {
+        if (parse_uint(opt, val, 1, MAX_RUNS, &o->runs) != 0)
+            return -1;
+    } else if (strcmp(opt, "--servers") == 0) {
+        if (parse_uint(opt, val, 1, 8, &o->servers) != 0)
+            return -1;
+    } else if (strcmp(opt, "--limit") == 0) {
+        if (parse_uint(opt, val, 10, 86400, &o->limit_s) != 0)
+            return -1;
+    } else if (strcmp(opt, "--job") == 0) {
+        if (val == NULL || access(val, R_OK) != 0) {
+            fprintf(stderr, "keel-bench-train: --job: cannot read '%s'\n", val ? val : "");
+            return -1;
+        }
+        o->job = val;
+    } else if (strcmp(opt, "--workers") == 0) {
+        char item[16];
+        const char *p = val;
+
+        o->nworkers = 0;
+        while (p != NULL && *p != '\0') {
+            size_t len = strcspn(p, ",");
+
+            if (o->nworkers == MAX_WORKER_RUNS || len == 0 || len >= sizeof(item)) {
+                fprintf(stderr,
+                        "keel-bench-train: --workers: expected up to %d counts like 1,2,"
+                        " got '%s'\n",
+                        MAX_WORKER_RUNS, val);
+                return -1;
+            }
+            snprintf(item, sizeof(item), "%.*s", (int)len, p);
+            if (parse_uint(opt, item, 1, 8, &o->workers[o->nworkers]) != 0)
+                return -1;
+            o->nworkers++;
+            p += len;
+            if (*p == ',')
+                p++;
+        }
+        if (o->nworkers == 0) {
+            fprintf(stderr, "keel-bench-train: --workers: expected counts like 1,2\n");
+            return -1;
+        }
+    } else {
+        return 0;
+    }
+    return 2;
+}
+
+static int cmp_nan_last(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    if (isnan(x) || isnan(y))
+        return isnan(x) - isnan(y);
+    return (x > y) - (x < y);
+}
+
+/* The median, a missing value (NaN: a target not reached) counting as the largest. */
+static double median_of(double *v, unsigned n)
+{
+    qsort(v, n, sizeof(*v), cmp_nan_last);
+    if (n % 2)
+        return v[n / 2];
+    return (v[n / 2 - 1] + v[n / 2]) / 2; /* NaN when either is */
+}
+
+/* The configurations' results: config 0 is in process, config c >= 1 has workers[c - 1]. */
+struct results {
+    unsigned runs;
+    size_t nconfigs;
+    struct train_run (*r)[MAX_RUNS]; /* [config][run] */
+};
+
+typedef double (*metric_fn)(const struct train_run *r, double arg);
+
+static double m_examples(const struct train_run *r, double arg)
+{
+    (void)arg;
+    return train_examples_per_s(r);
+}
+
+static double m_final(const struct train_run *r, double arg)
+{
+    (void)arg;
+    return train_final_accuracy(r);
+}
+
+static double m_best(const struct train_run *r, double arg)
+{
+    (void)arg;
+    return train_best_accuracy(r);
+}
+
+static double median_metric(const struct results *res, size_t config, metric_fn f, double arg)
+{
+    double v[MAX_RUNS] = {0};
+
+    for (unsigned i = 0; i < res->runs; i++)
+        v[i] = f(&res->r[config][i], arg);
+    return median_of(v, res->runs);
+}
+
+/* "in process" or "keel, 2 workers". */
+static void config_name(const struct options *o, size_t c, char *out, size_t n)
+{
+    if (c == 0)
+        snprintf(out, n, "in process");
+    else
+        snprintf(out, n, "keel, %u worker%s", o->workers[c - 1], o->workers[c - 1] == 1 ? "" : "s");
+}
+
+/* One note per configuration: what it did, and when it reached each target. */
+static void note_config(struct keel_bench *b, const struct options *o, const struct results *res,
+                        size_t c, const double *targets, size_t ntargets)
+{
+    const struct train_run *first = &res->r[c][0];
+    char name[64], line[512];
+    size_t len;
+    double startup[MAX_RUNS] = {0};
+
+    config_name(o, c, name, sizeof(name));
+    len = (size_t)snprintf(line, sizeof(line),
+                           "%s: %" PRIu32 " epoch(s) of %" PRIu64 " records, %.0f examples/s%s",
+                           name, first->epochs, first->records,
+                           median_metric(res, c, m_examples, 0), res->runs > 1 ? " (median)" : "");
+    for (size_t t = 0; t < ntargets && len < sizeof(line); t++) {
+        double sec[MAX_RUNS] = {0}, ep[MAX_RUNS] = {0}, ms, me;
+
+        for (unsigned i = 0; i < res->runs; i++) {
+            sec[i] = train_time_to(&res->r[c][i], targets[t]);
+            ep[i] = train_epochs_to(&res->r[c][i], targets[t]);
+        }
+        ms = median_of(sec, res->runs);
+        me = median_of(ep, res->runs);
+        if (isnan(ms))
+            len += (size_t)snprintf(line + len, sizeof(line) - len,
+                                    "; %.2f not reached in %" PRIu32 " epoch(s)%s", targets[t],
+                                    first->epochs, first->finished ? "" : " (stopped early)");
+        else
+            len += (size_t)snprintf(line + len, sizeof(line) - len,
+                                    "; %.2f after %.1f s (epoch %.2f)", targets[t], ms, me);
+    }
+    if (len < sizeof(line) && !isnan(median_metric(res, c, m_final, 0)))
+        len += (size_t)snprintf(
+            line + len, sizeof(line) - len, "; final test accuracy %.4f, best %.4f",
+            median_metric(res, c, m_final, 0), median_metric(res, c, m_best, 0));
+    else if (len < sizeof(line))
+        len += (size_t)snprintf(line + len, sizeof(line) - len,
+                                "; no final test accuracy (stopped early), best %.4f",
+                                median_metric(res, c, m_best, 0));
+    for (unsigned i = 0; i < res->runs && res->runs > 1 && len < sizeof(line); i++)
+        len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f",
+                                i == 0 ? "; examples/s of each run: " : ", ",
+                                train_examples_per_s(&res->r[c][i]));
+    keel_bench_note(b, "%s", line);
+    if (c == 0)
+        return;
+    for (unsigned i = 0; i < res->runs; i++) {
+        const struct train_run *r = &res->r[c][i];
+
+        startup[i] = r->startup_s;
+        if (!r->finished)
+            keel_bench_note(
+                b,
+                "%s: run %u stopped at the time limit after %.0f s, with %.2f of %" PRIu32
+                " epochs trained",
+                name, i + 1, r->seconds, (double)r->examples / (double)r->records, r->epochs);
+    }
+    keel_bench_note(b, "%s: cluster start-up %.0f s%s, not counted", name,
+                    median_of(startup, res->runs), res->runs > 1 ? " (median)" : "");
+}
+
+/*
+ * With one worker, Keel trains exactly what the in-process run does (same
+ * initial rows, batches, order and optimizer; every push applied before the
+ * next pull), so the two measure the same accuracy at every evaluation.
+ */
+static void note_same_model(struct keel_bench *b, const struct options *o,
+                            const struct results *res)
+{
+    for (size_t c = 1; c < res->nconfigs; c++) {
+        const struct train_run *l = &res->r[0][0], *k = &res->r[c][0];
+        size_t n = l->nevals < k->nevals ? l->nevals : k->nevals, same = 0;
+
+        if (o->workers[c - 1] != 1 || n == 0)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            same += l->evals[i].accuracy == k->evals[i].accuracy;
+        keel_bench_note(b,
+                        "keel, 1 worker: the same test accuracy as in process at %zu of %zu"
+                        " evaluations%s",
+                        same, n, same == n ? " (the same model, as expected)" : "");
+    }
+}
+
+static int measure_training(struct keel_bench *b, const struct options *o)
+{
+    static const double full_targets[] = {0.85, 0.87}, quick_targets[] = {0.85};
+    const double *targets = b->quick ? quick_targets : full_targets;
+    size_t ntargets = b->quick ? 1 : 2;
+    struct train_setup s;
+    struct results res;
+    struct keel_error err = {0};
+    char bin[PATH_MAX], *slash;
+    const char *data = getenv("KEEL_FASHION_MNIST_DIR");
+    ssize_t n;
+    int rc = 0;
+
+    /* The cluster's binaries are this one's neighbours (build-bench/bin). */
+    if ((n = readlink("/proc/self/exe", bin, sizeof(bin) - 1)) <= 0) {
+        fprintf(stderr, "keel-bench-train: cannot find my own binary: %s\n", strerror(errno));
+        return -1;
+    }
+    bin[n] = '\0';
+    if ((slash = strrchr(bin, '/')) != NULL)
+        *slash = '\0';
+    memset(&s, 0, sizeof(s));
+    s.job = o->job;
+    s.epochs = o->epochs ? o->epochs : b->quick ? 2 : 0;
+    s.data_dir = data && data[0] ? data : "/usr/share/datasets/fashion-mnist";
+    s.bin_dir = bin;
+    s.script = KEEL_SOURCE_DIR "/bench/train-cluster.sh";
+    s.servers = o->servers;
+    s.limit_s = o->limit_s ? o->limit_s : b->quick ? 120 : 480;
+    s.local_reps = 3;
+
+    memset(&res, 0, sizeof(res));
+    res.runs = o->runs;
+    res.nconfigs = 1 + o->nworkers;
+    res.r = keel_calloc(res.nconfigs, sizeof(*res.r));
+    /* Runs alternate between the configurations, so that a change of load
+     * during the benchmark affects them alike. */
+    for (unsigned i = 0; i < res.runs && rc == 0; i++) {
+        if (res.runs > 1)
+            fprintf(stderr, "keel-bench-train: round %u of %u\n", i + 1, res.runs);
+        if ((rc = train_in_process(&s, &res.r[0][i], &err)) != 0) {
+            fprintf(stderr, "keel-bench-train: in process: %s\n", err.msg);
+            break;
+        }
+        for (size_t c = 1; c < res.nconfigs && rc == 0; c++)
+            if ((rc = train_on_cluster(&s, o->workers[c - 1], &res.r[c][i], &err)) != 0)
+                fprintf(stderr, "keel-bench-train: %u worker(s): %s\n", o->workers[c - 1], err.msg);
+    }
+    if (rc == 0) {
+        double base_ex = median_metric(&res, 0, m_examples, 0);
+        double base_final = median_metric(&res, 0, m_final, 0);
+        double base_t[2];
+        char name[96];
+
+        for (size_t t = 0; t < ntargets; t++) {
+            double v[MAX_RUNS] = {0};
+
+            for (unsigned i = 0; i < res.runs; i++)
+                v[i] = train_time_to(&res.r[0][i], targets[t]);
+            base_t[t] = median_of(v, res.runs);
+        }
+        for (size_t c = 1; c < res.nconfigs; c++) {
+            unsigned w = o->workers[c - 1];
+
+            snprintf(name, sizeof(name), "keel_w%u_examples_s", w);
+            keel_bench_record(b, name, median_metric(&res, c, m_examples, 0), "ex/s", base_ex);
+            for (size_t t = 0; t < ntargets; t++) {
+                double v[MAX_RUNS] = {0};
+
+                for (unsigned i = 0; i < res.runs; i++)
+                    v[i] = train_time_to(&res.r[c][i], targets[t]);
+                snprintf(name, sizeof(name), "keel_w%u_s_to_%.2f", w, targets[t]);
+                keel_bench_record(b, name, median_of(v, res.runs), "s", base_t[t]);
+            }
+            snprintf(name, sizeof(name), "keel_w%u_final_accuracy", w);
+            keel_bench_record(b, name, median_metric(&res, c, m_final, 0), "acc", base_final);
+        }
+        for (size_t c = 0; c < res.nconfigs; c++)
+            note_config(b, o, &res, c, targets, ntargets);
+        note_same_model(b, o, &res);
+    }
+    for (size_t c = 0; c < res.nconfigs; c++)
+        for (unsigned i = 0; i < res.runs; i++)
+            train_run_release(&res.r[c][i]);
+    free(res.r);
+    return rc == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
     static const uint32_t batches[] = {64, 256};
+    struct options o = {0, 1, {1, 2}, 2, 2, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-mlp.ini",
+                        0, 0};
+    struct keel_bench_opts opts = {options_help, parse_option, &o};
     struct keel_bench b;
-    int rc;
+    int rc, failed = 0;
 
-    rc = keel_bench_init(&b, "keel-bench-train",
-                         "Training arithmetic: forward+backward examples/s against sgemm of the "
-                         "same FLOPs, and optimizer updates against memcpy.",
-                         argc, argv);
+    rc = keel_bench_init_opts(&b, "keel-bench-train",
+                              "Training arithmetic: forward+backward examples/s against sgemm of"
+                              " the same FLOPs,\nand optimizer updates against memcpy.  End to"
+                              " end: a job trained by a local Keel\ncluster (1 and 2 workers)"
+                              " against the same training in one process.",
+                              &opts, argc, argv);
     if (rc >= 0)
         return rc;
+    if (o.arithmetic_only && o.training_only) {
+        fprintf(stderr, "keel-bench-train: --arithmetic-only and --training-only exclude each"
+                        " other\n");
+        return 64;
+    }
     /* One BLAS thread: a worker runs one pass per core; and the figures
      * must not depend on what else is running on the other core. */
     openblas_set_num_threads(1);
+    keel_log_set_level(KEEL_LOG_LEVEL_WARN);
 
-    for (size_t i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
-        measure_pass(&b, "mlp_784_256_128_10", "mlp:784-256-128-10", batches[i]);
-        measure_pass(&b, "softmax_784_10", "softmax:784-10", batches[i]);
+    if (!o.training_only) {
+        for (size_t i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
+            measure_pass(&b, "mlp_784_256_128_10", "mlp:784-256-128-10", batches[i]);
+            measure_pass(&b, "softmax_784_10", "softmax:784-10", batches[i]);
+        }
+        measure_update(&b, "sgd");
+        measure_update(&b, "adam");
     }
-    measure_update(&b, "sgd");
-    measure_update(&b, "adam");
-    return keel_bench_finish(&b);
+    if (!o.arithmetic_only && measure_training(&b, &o) != 0)
+        failed = 1;
+    rc = keel_bench_finish(&b);
+    return failed ? 1 : rc;
 }

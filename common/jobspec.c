@@ -1109,3 +1109,13 @@ void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_ta
     if (keel_initializer_row(&ini, t->id, row, out, t->row_width, NULL) != 0)
         memset(out, 0, (size_t)t->row_width * sizeof(float));
 }
+
+void keel_jobspec_init_params(const struct keel_jobspec *spec, struct keel_model_params *p)
+{
+    struct keel_table_desc t[KEEL_JOBSPEC_MAX_SIZES - 1];
+    size_t n = keel_jobspec_tables(spec, t, KEEL_JOBSPEC_MAX_SIZES - 1);
+
+    for (size_t l = 0; l < n && l < p->ntables; l++)
+        for (uint64_t row = 0; row < t[l].rows; row++)
+            keel_jobspec_init_row(spec, &t[l], row, p->table[l] + row * t[l].row_width);
+}

@@ -186,3 +186,24 @@ int keel_worker_batch(const struct keel_record_run *run, uint32_t from, uint32_t
     }
     return 0;
 }
+
+/* ---- test evaluation ----------------------------------------------------------- */
+
+int keel_worker_eval(const struct keel_model *m, keel_model_work *w,
+                     const struct keel_model_params *params, const struct keel_record_run *run,
+                     uint32_t from, uint32_t n, float *x, uint32_t *labels,
+                     struct keel_eval_sums *sums, struct keel_error *err)
+{
+    struct keel_model_stats ms;
+    int rc;
+
+    if ((rc = keel_worker_batch(run, from, n, m->sizes[0], m->sizes[m->nlayers], x, labels, err)) !=
+        0)
+        return rc;
+    if ((rc = keel_model_eval(m, w, params, x, labels, n, &ms, err)) != 0)
+        return rc;
+    sums->loss += ms.loss * n;
+    sums->correct += ms.ncorrect;
+    sums->n += n;
+    return 0;
+}

@@ -696,9 +696,7 @@ int wk_check_dataset(struct wk *w, struct keel_error *err)
 int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
 {
     struct wk_job *j = &w->job;
-    uint32_t nf = j->model.sizes[0], nclasses = j->model.sizes[j->model.nlayers];
-    double loss = 0;
-    uint64_t correct = 0, n = 0;
+    struct keel_eval_sums sums = {0};
     int rc;
 
     e->examples = 0;
@@ -713,7 +711,6 @@ int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
         for (;;) {
             const struct keel_msg_shard_data *d;
             struct keel_record_run run;
-            struct keel_model_stats ms;
             struct keel_reply *reply;
             int last;
 
@@ -730,18 +727,13 @@ int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
             }
             run =
                 (struct keel_record_run){d->nrecords, d->offsets, d->data, d->offsets[d->nrecords]};
-            rc = keel_worker_batch(&run, 0, d->nrecords, nf, nclasses, j->x, j->labels, err);
-            if (rc == 0)
-                rc = keel_model_eval(&j->model, j->work, &j->params, j->x, j->labels, d->nrecords,
-                                     &ms, err);
+            rc = keel_worker_eval(&j->model, j->work, &j->params, &run, 0, d->nrecords, j->x,
+                                  j->labels, &sums, err);
             if (rc != 0) {
                 keel_reply_free(reply);
                 return keel_err_prefix(err, rc, "test dataset '%s' shard %" PRIu32,
                                        j->spec.test_dataset, shard);
             }
-            loss += ms.loss * d->nrecords;
-            correct += ms.ncorrect;
-            n += d->nrecords;
             first += d->nrecords;
             last = (reply->msg.hdr.flags & KEEL_FLAG_LAST) != 0;
             keel_reply_free(reply);
@@ -750,11 +742,11 @@ int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
         }
     }
 done:
-    if (n == 0)
+    if (sums.n == 0)
         return keel_err_set(err, KEEL_EINVAL, "test dataset '%s' has no records",
                             j->spec.test_dataset);
-    e->examples = n;
-    e->accuracy = (double)correct / (double)n;
-    e->loss = loss / (double)n;
+    e->examples = sums.n;
+    e->accuracy = (double)sums.correct / (double)sums.n;
+    e->loss = sums.loss / (double)sums.n;
     return 0;
 }

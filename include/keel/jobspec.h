@@ -169,6 +169,17 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out);
 
+struct keel_model_params; /* keel/model.h */
+
+/*
+ * Fill every row of every table of `p` with its initial value from
+ * keel_jobspec_init_row(): the model exactly as the servers hold it before
+ * the first push.  `p` must have the spec's tables (keel_model_params_init()
+ * of the spec's model).  For whoever needs the whole model in one process,
+ * e.g. the in-process training of the benchmark.
+ */
+void keel_jobspec_init_params(const struct keel_jobspec *spec, struct keel_model_params *p);
+
 const char *keel_optimizer_name(enum keel_optimizer o);
 const char *keel_init_method_name(enum keel_init_method m);
 

@@ -162,4 +162,30 @@ int keel_worker_batch(const struct keel_record_run *run, uint32_t from, uint32_t
                       uint32_t nfeatures, uint32_t nclasses, float *x, uint32_t *labels,
                       struct keel_error *err);
 
+/* ---- test evaluation --------------------------------------------------------- */
+
+/* Sums over the test records evaluated so far; start from all zeros. */
+struct keel_eval_sums {
+    double loss;      /* sum of the records' cross-entropies, in nats */
+    uint64_t correct; /* records whose argmax is their label */
+    uint64_t n;       /* records evaluated */
+};
+
+/*
+ * Evaluate the model on records [from, from + n) of `run`: decode them with
+ * keel_worker_batch() into x (n rows of the model's s_0 floats) and labels,
+ * run keel_model_eval() over them as one batch (so n is at most the work's
+ * max_batch), and add their summed loss, correct count and number to *sums.
+ * The worker's test evaluation is this over every record of the test
+ * dataset, 1,000 at a time; the in-process training of the benchmark
+ * measures its model the same way.  Accuracy is sums->correct / sums->n,
+ * the mean loss sums->loss / sums->n.
+ * Errors: those of keel_worker_batch() and keel_model_eval(), naming the
+ * record by its index in the run; *sums is then unchanged.
+ */
+int keel_worker_eval(const struct keel_model *m, keel_model_work *w,
+                     const struct keel_model_params *params, const struct keel_record_run *run,
+                     uint32_t from, uint32_t n, float *x, uint32_t *labels,
+                     struct keel_eval_sums *sums, struct keel_error *err);
+
 #endif

@@ -11,6 +11,8 @@
 #include <criterion/criterion.h>
 
 #include "keel/alloc.h"
+#include "keel/model.h"
+#include "keel/optim.h"
 #include "keel/ps.h"
 #include "keel/range.h"
 #include "keel/ulog.h"
@@ -420,4 +422,82 @@ Test(ps, each_table_of_a_batch_is_applied_once)
     cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
     cr_assert(res.duplicate);
     keel_ps_result_release(&res);
+}
+
+/*
+ * The in-process training of the benchmark keeps the whole model in one
+ * process: keel_jobspec_init_params() for the start, keel_optim_apply_rows()
+ * for each gradient.  It must hold exactly what the servers hold after the
+ * same pushes, bit for bit, or the comparison would not be of the same
+ * training.
+ */
+Test(ps, the_model_in_one_process_is_what_the_servers_hold)
+{
+    static const char mlp[] = "[job]\nname = t\nmodel = mlp:6-5-3\ndataset = d\nbatch_size = 2\n"
+                              "epochs = 1\nconsistency = asp\nshards = 1\nreplication = 1\n"
+                              "[optimizer]\ntype = adam\nlr = 0.01\n[init]\nmethod = glorot\n"
+                              "seed = 9\n";
+    struct keel_model m;
+    struct keel_model_params local;
+    struct keel_optim o;
+    float *state[2], *grads[2], pulled[5 * 7];
+    uint64_t keys[5];
+    struct keel_error err;
+
+    keel_ps_free(ps);
+    keel_jobspec_init(&spec);
+    cr_assert_eq(keel_jobspec_parse(&spec, mlp, "test", &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
+    open_all(NULL);
+    cr_assert_eq(
+        keel_model_init(&m, (enum keel_model_type)spec.model, spec.sizes, spec.nsizes, &err), 0,
+        "%s", err.msg);
+    cr_assert_eq(keel_ps_optim_of(&spec, &o, &err), 0, "%s", err.msg);
+    keel_model_params_init(&local, &m);
+    keel_jobspec_init_params(&spec, &local);
+    for (unsigned l = 0; l < 2; l++) {
+        size_t rows = keel_model_rows(&m, l), width = keel_model_row_width(&m, l);
+
+        state[l] = keel_calloc(rows * keel_optim_state_width(&o, (uint32_t)width), sizeof(float));
+        grads[l] = keel_calloc(rows * width, sizeof(float));
+    }
+    for (int step = 0; step <= 3; step++) {
+        if (step > 0) { /* one batch: the same gradient pushed and applied locally */
+            for (unsigned l = 0; l < 2; l++) {
+                uint32_t rows = keel_model_rows(&m, l), width = keel_model_row_width(&m, l);
+                struct keel_msg_push p;
+                struct keel_ps_result res;
+
+                for (size_t i = 0; i < (size_t)rows * width; i++)
+                    grads[l][i] = (float)((int)((i * 7 + (size_t)step * 3 + l) % 11) - 5) * 0.01f;
+                keel_model_keys(&m, l, keys);
+                memset(&p, 0, sizeof(p));
+                p.worker_id = keel_str_of("w1");
+                p.incarnation = 1;
+                p.seq = (uint64_t)step;
+                p.clock = (uint64_t)step - 1;
+                p.data = (struct keel_rows){keel_model_table_id(l), width, rows, keys, grads[l]};
+                cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+                keel_ps_result_release(&res);
+                cr_assert_eq(keel_optim_apply_rows(&o, local.table[l], state[l], grads[l], rows,
+                                                   width, &err),
+                             0, "%s", err.msg);
+            }
+        }
+        for (unsigned l = 0; l < 2; l++) {
+            uint32_t rows = keel_model_rows(&m, l), width = keel_model_row_width(&m, l);
+
+            keel_model_keys(&m, l, keys);
+            cr_assert_eq(keel_ps_pull(ps, keel_model_table_id(l), width, keys, rows, pulled, &err),
+                         0, "%s", err.msg);
+            cr_assert(memcmp(pulled, local.table[l], (size_t)rows * width * sizeof(float)) == 0,
+                      "table %u after %d push(es): the servers' rows differ from the local ones",
+                      keel_model_table_id(l), step);
+        }
+    }
+    for (unsigned l = 0; l < 2; l++) {
+        free(state[l]);
+        free(grads[l]);
+    }
+    keel_model_params_release(&local);
 }

@@ -276,6 +276,51 @@ Test(worker, bad_records_are_refused_naming_the_record)
     keel_buf_release(&rb.data);
 }
 
+Test(worker, evaluation_sums_what_one_forward_pass_over_the_records_measures)
+{
+    struct run_buf rb = {KEEL_BUF_INIT, {0}, 0};
+    struct keel_model m;
+    struct keel_model_params params;
+    struct keel_model_stats ms;
+    struct keel_eval_sums sums = {0}, before;
+    keel_model_work *w;
+    float x[4 * 4], f[4];
+    uint32_t labels[4];
+    struct keel_record_run run;
+
+    cr_assert_eq(keel_model_parse(&m, "mlp:4-5-3", &err), 0, "%s", err.msg);
+    keel_model_params_init(&params, &m);
+    keel_model_params_fill(&params, &m, 5);
+    w = keel_model_work_new(&m, 4);
+    for (uint32_t r = 0; r < 4; r++) {
+        for (int j = 0; j < 4; j++)
+            f[j] = (float)((int)(r * 5 + (uint32_t)j * 3) % 7 - 3);
+        cr_assert_eq(keel_record_encode_dense_f32(&rb.data, r % 3, f, 4, &err), 0);
+        add_record(&rb);
+    }
+    run = as_run(&rb);
+    /* The reference: one forward pass over all four records. */
+    cr_assert_eq(keel_worker_batch(&run, 0, 4, 4, 3, x, labels, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_model_eval(&m, w, &params, x, labels, 4, &ms, &err), 0, "%s", err.msg);
+    /* In two parts, as the worker evaluates a test set read in chunks. */
+    cr_assert_eq(keel_worker_eval(&m, w, &params, &run, 0, 3, x, labels, &sums, &err), 0, "%s",
+                 err.msg);
+    cr_assert_eq(sums.n, 3);
+    cr_assert_eq(keel_worker_eval(&m, w, &params, &run, 3, 1, x, labels, &sums, &err), 0, "%s",
+                 err.msg);
+    cr_assert_eq(sums.n, 4);
+    cr_assert_eq(sums.correct, ms.ncorrect);
+    cr_assert_float_eq(sums.loss, ms.loss * 4, 1e-5, "summed loss %g, one pass %g", sums.loss,
+                       ms.loss * 4);
+    /* Records past the end of the run: refused, and nothing is added. */
+    before = sums;
+    cr_assert_eq(keel_worker_eval(&m, w, &params, &run, 3, 2, x, labels, &sums, &err), KEEL_EINVAL);
+    cr_assert(sums.n == before.n && sums.correct == before.correct && sums.loss == before.loss);
+    keel_model_work_free(w);
+    keel_model_params_release(&params);
+    keel_buf_release(&rb.data);
+}
+
 /* ---- progress and eval JSON ----------------------------------------------------- */
 
 Test(worker, progress_encodes_canonically_and_round_trips)
