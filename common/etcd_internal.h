@@ -74,9 +74,6 @@ struct keel__etcd_call {
 int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
                     struct keel_error *err);
 
-/* Monotonic clock in milliseconds. */
-uint64_t keel__etcd_now_ms(void);
-
 /* Sleep `ms`, or less when `cancel_fd` (>= 0) becomes readable: returns 1 then. */
 int keel__etcd_sleep(uint64_t ms, int cancel_fd);
 

@@ -4,12 +4,12 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/log.h"
 #include "keel/member.h"
 
@@ -29,22 +29,6 @@ struct keel_member {
     uint64_t incarnation;
     int64_t start_time_ms;
 };
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int valid_role(const char *s)
 {
@@ -103,7 +87,7 @@ static void describe_holder(const struct keel_etcd_kv *kv, char *out, size_t n)
  */
 static int register_once(keel_member *m, struct keel_error *err)
 {
-    uint64_t deadline = mono_ms() + m->wait_ms;
+    uint64_t deadline = keel_clock_mono_ms() + m->wait_ms;
     int64_t lease = keel_etcd_lease_id(m->lease);
     int waited = 0;
 
@@ -136,7 +120,7 @@ static int register_once(keel_member *m, struct keel_error *err)
             }
             describe_holder(&kv, holder, sizeof(holder));
             keel_etcd_kv_release(&kv);
-            if (mono_ms() >= deadline)
+            if (keel_clock_mono_ms() >= deadline)
                 return keel_err_set(err, KEEL_EEXIST,
                                     "member '%s/%s' is already registered %s%s; is another node "
                                     "running with id '%s'?",
@@ -228,7 +212,7 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     m->wait_ms = o->wait_ms;
     m->on_lost = o->on_lost;
     m->user = o->user;
-    m->start_time_ms = wall_ms();
+    m->start_time_ms = keel_clock_wall_ms();
     if ((rc = join(m, err)) != 0) {
         free(m->cluster);
         free(m->role);

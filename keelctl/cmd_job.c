@@ -23,6 +23,7 @@
 
 #include "keel/alloc.h"
 #include "keel/buf.h"
+#include "keel/clock.h"
 #include "keel/cli.h"
 #include "keel/cstate.h"
 #include "keel/dataset.h"
@@ -294,7 +295,7 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
     job_key(config, spec.name, "spec", &spec_key);
     job_key(config, spec.name, "state", &state_key);
     keel_jobspec_encode(&spec, &spec_val);
-    keel_job_status_init(&st, (uint64_t)keelctl_now_ms());
+    keel_job_status_init(&st, (uint64_t)keel_clock_wall_ms());
     keel_job_status_encode(&st, &state_val);
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) != 0) {
         rc = keelctl_etcd_fail("job submit", config, &err);
@@ -423,7 +424,7 @@ json_t *keelctl_job_json(const struct keel_cstate_job *j)
 
 void keelctl_job_rows(const struct keel_cstate *s, FILE *out)
 {
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
 
     fprintf(out, "%-24s %-10s %-12s %-14s %-9s %s\n", "NAME", "STATE", "SHARDS DONE", "PASSES DONE",
             "PROGRESS", "CHANGED");
@@ -586,7 +587,7 @@ static void show_text(const struct keel_cstate_job *j, const struct keel_shard_t
         char when[32], age[32];
 
         keelctl_format_time(j->status.changed_ms, when, sizeof(when));
-        keelctl_format_age(keelctl_now_ms() - (int64_t)j->status.changed_ms, age, sizeof(age));
+        keelctl_format_age(keel_clock_wall_ms() - (int64_t)j->status.changed_ms, age, sizeof(age));
         printf("  state        %s since %s (%s ago)%s%s\n", keel_job_state_name(j->status.state),
                when, age, j->status.reason[0] ? ": " : "", j->status.reason);
     }
@@ -711,8 +712,8 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
             keel_etcd_kv_release(&kv);
             break;
         }
-        if (keel_job_status_move(&st, KEEL_JOB_STOPPED, (uint64_t)keelctl_now_ms(), reason, NULL) !=
-            0) {
+        if (keel_job_status_move(&st, KEEL_JOB_STOPPED, (uint64_t)keel_clock_wall_ms(), reason,
+                                 NULL) != 0) {
             rc = fail_msg("stop", "cannot stop job '%s': it is %s, which is final", name,
                           keel_job_state_name(was));
             keel_etcd_kv_release(&kv);

@@ -15,6 +15,7 @@
 #include "keel/alloc.h"
 #include "keel/assign.h"
 #include "keel/cli.h"
+#include "keel/clock.h"
 #include "keel/cstate.h"
 #include "keel/proto.h"
 #include "keelctl.h"
@@ -71,7 +72,7 @@ static json_t *status_json(const struct keel_config *config, const struct keel_c
     struct leader_info li;
     json_t *o = json_object(), *members = json_array(), *ranges = json_array(),
            *servers = json_array(), *jobs = json_array();
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
 
     leader_of(s, &li);
     json_object_set_new(o, "cluster", json_string(config->cluster_name));
@@ -132,7 +133,7 @@ static void status_text(const struct keel_config *config, const struct keel_csta
                         const keel_assign *a, const char *assign_error)
 {
     struct leader_info li;
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
     size_t njobs = 0;
 
     leader_of(s, &li);

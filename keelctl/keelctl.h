@@ -87,8 +87,6 @@ void keelctl_format_age(int64_t ms, char *out, size_t n);
 /* Unix ms as "2026-01-02T03:04:05Z". */
 void keelctl_format_time(uint64_t ms, char *out, size_t n);
 
-int64_t keelctl_now_ms(void);
-
 /* A subcommand of a command: `keelctl certs issue ...`. */
 struct keelctl_sub {
     const char *name;
