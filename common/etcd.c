@@ -644,7 +644,6 @@ int keel__etcd_range(keel_etcd *c, const char *what, const char *key, int prefix
                      struct keel_etcd_kvs *out, struct keel_error *err)
 {
     json_t *body = keel__etcd_jobject(), *reply;
-    int64_t rev;
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -663,9 +662,7 @@ int keel__etcd_range(keel_etcd *c, const char *what, const char *key, int prefix
     json_decref(body);
     if (rc != 0)
         return rc;
-    if ((rc = keel__etcd_header_revision(reply, &rev, what, err)) == 0 &&
-        (rc = keel__etcd_kvs_from_json(reply, out, what, err)) == 0)
-        out->revision = rev;
+    rc = keel__etcd_range_from_json(reply, out, what, err);
     json_decref(reply);
     return rc;
 }
