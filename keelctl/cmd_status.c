@@ -203,34 +203,21 @@ int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "status", .usage = usage, .shortopts = "jh", .longopts = longopts};
     struct keel_cstate s;
     struct keel_error err;
     keel_assign *a = NULL;
     keel_etcd *etcd = NULL;
     int opt, json = 0, rc;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0)
+        if (opt == 'j')
             json = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            fprintf(stderr, "keelctl status: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
-            usage(stderr);
-            return KEEL_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "keelctl status: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return KEEL_EXIT_USAGE;
-    }
+    if (opt < 0)
+        return cl.exit;
+    if (optind < argc)
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     keel_error_init(&err);
     memset(&s, 0, sizeof(s));
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) == 0)
@@ -244,17 +231,10 @@ int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv)
     if (s.assignment &&
         keel_assign_decode(s.assignment->value, s.assignment->value_len, &a, &err) != 0)
         a = NULL;
-    if (json) {
-        json_t *o = status_json(config, &s, a, s.assignment && !a ? err.msg : NULL);
-        char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-
-        if (text)
-            printf("%s\n", text);
-        free(text);
-        json_decref(o);
-    } else {
+    if (json)
+        keelctl_print_json(status_json(config, &s, a, s.assignment && !a ? err.msg : NULL));
+    else
         status_text(config, &s, a, s.assignment && !a ? err.msg : NULL);
-    }
     keel_assign_free(a);
     keel_cstate_release(&s);
     return KEEL_EXIT_OK;
