@@ -1,7 +1,6 @@
 /*
  * member.c - registration of a node under its own lease, create-if-absent.
  */
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +9,7 @@
 
 #include "keel/alloc.h"
 #include "keel/clock.h"
+#include "keel/id.h"
 #include "keel/log.h"
 #include "keel/member.h"
 
@@ -38,18 +38,6 @@ static int valid_role(const char *s)
         return 0;
     for (; *s; s++)
         if (*s < 'a' || *s > 'z')
-            return 0;
-    return 1;
-}
-
-static int valid_id(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_')
             return 0;
     return 1;
 }
@@ -192,10 +180,10 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     *out = NULL;
     if (!valid_role(o->role))
         return keel_err_set(err, KEEL_EINVAL, "member role '%s' is not 1-32 of a-z", o->role);
-    if (!valid_id(o->id))
+    if (!keel_id_valid(o->id))
         return keel_err_set(err, KEEL_EINVAL, "member id '%s' is not 1-64 of A-Z a-z 0-9 - _",
                             o->id);
-    if (!valid_id(o->cluster))
+    if (!keel_id_valid(o->cluster))
         return keel_err_set(err, KEEL_EINVAL, "cluster name '%s' is not 1-64 of A-Z a-z 0-9 - _",
                             o->cluster);
     m = keel_calloc(1, sizeof(*m));
