@@ -13,6 +13,7 @@
 
 #include "keel/alloc.h"
 #include "keel/config.h"
+#include "keel/id.h"
 #include "keel/log.h"
 
 enum opt_type {
@@ -159,18 +160,6 @@ static const struct unit size_units[] = {{"B", 1},    {"K", KIB},   {"KB", KIB},
 static const struct unit duration_units[] = {
     {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", HOUR_MS}, {NULL, 0}};
 
-static int valid_id(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_')
-            return 0;
-    return 1;
-}
-
 static int valid_addr(const char *s)
 {
     const char *colon = strrchr(s, ':');
@@ -221,7 +210,7 @@ static int set_value(struct keel_config *c, const struct option_desc *o, const c
 
     switch (o->type) {
     case OPT_ID:
-        if (*value != '\0' && !valid_id(value))
+        if (*value != '\0' && !keel_id_valid(value))
             return bad_value(o, value, err, "must be 1-64 of A-Z a-z 0-9 - _");
         goto set_string;
     case OPT_ADDR:

@@ -16,6 +16,7 @@
 
 #include "etcd_internal.h"
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/log.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000
@@ -36,20 +37,12 @@ static void curl_init_once(void)
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-uint64_t keel__etcd_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 int keel__etcd_sleep(uint64_t ms, int cancel_fd)
 {
-    uint64_t end = keel__etcd_now_ms() + ms;
+    uint64_t end = keel_clock_mono_ms() + ms;
 
     for (;;) {
-        uint64_t now = keel__etcd_now_ms();
+        uint64_t now = keel_clock_mono_ms();
         struct pollfd p = {cancel_fd, POLLIN, 0};
         int wait;
 
@@ -428,7 +421,7 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
 {
     char *body;
     size_t body_len;
-    uint64_t start = keel__etcd_now_ms();
+    uint64_t start = keel_clock_mono_ms();
     uint64_t retry_ms = __atomic_load_n(&c->retry_timeout_ms, __ATOMIC_RELAXED);
     uint64_t deadline = call->deadline_ms ? call->deadline_ms : start + retry_ms;
     int deadline_from_failure = call->blocking && call->deadline_ms == 0;
@@ -467,7 +460,7 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_reply_data);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink);
         if (!call->blocking) {
-            uint64_t left = keel__etcd_now_ms() < deadline ? deadline - keel__etcd_now_ms() : 0;
+            uint64_t left = keel_clock_mono_ms() < deadline ? deadline - keel_clock_mono_ms() : 0;
             uint64_t t = c->request_timeout_ms < left ? c->request_timeout_ms : left;
 
             curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(t < 200 ? 200 : t));
@@ -537,7 +530,7 @@ int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
         KEEL_LOG_DEBUG("%s: attempt %u failed: %s", call->what, attempt, last.msg);
         keel__etcd_endpoint_failed(c, idx);
         idx = (idx + 1) % (unsigned)c->nendpoints;
-        now = keel__etcd_now_ms();
+        now = keel_clock_mono_ms();
         if (deadline_from_failure) {
             deadline = now + retry_ms;
             deadline_from_failure = 0;
@@ -651,7 +644,6 @@ int keel__etcd_range(keel_etcd *c, const char *what, const char *key, int prefix
                      struct keel_etcd_kvs *out, struct keel_error *err)
 {
     json_t *body = keel__etcd_jobject(), *reply;
-    int64_t rev;
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -670,9 +662,7 @@ int keel__etcd_range(keel_etcd *c, const char *what, const char *key, int prefix
     json_decref(body);
     if (rc != 0)
         return rc;
-    if ((rc = keel__etcd_header_revision(reply, &rev, what, err)) == 0 &&
-        (rc = keel__etcd_kvs_from_json(reply, out, what, err)) == 0)
-        out->revision = rev;
+    rc = keel__etcd_range_from_json(reply, out, what, err);
     json_decref(reply);
     return rc;
 }
@@ -913,7 +903,7 @@ static int64_t random_lease_id(void)
 
     while (v == 0) {
         if (RAND_bytes((unsigned char *)&v, sizeof(v)) != 1)
-            v = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ keel__etcd_now_ms();
+            v = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ keel_clock_mono_ms();
         v &= (uint64_t)INT64_MAX;
     }
     return (int64_t)v;

@@ -74,9 +74,6 @@ struct keel__etcd_call {
 int keel__etcd_call(keel_etcd *c, struct keel__etcd_call *call, json_t **reply,
                     struct keel_error *err);
 
-/* Monotonic clock in milliseconds. */
-uint64_t keel__etcd_now_ms(void);
-
 /* Sleep `ms`, or less when `cancel_fd` (>= 0) becomes readable: returns 1 then. */
 int keel__etcd_sleep(uint64_t ms, int cancel_fd);
 
@@ -152,6 +149,8 @@ int keel__etcd_parse_object(const char *json, size_t len, json_t **out, const ch
                             struct keel_error *err);
 
 /* Internal forms of the public decoders, on parsed JSON. */
+int keel__etcd_range_from_json(const json_t *reply, struct keel_etcd_kvs *out, const char *what,
+                               struct keel_error *err);
 int keel__etcd_txn_from_json(const json_t *reply, struct keel_etcd_txn_result *out,
                              const char *what, struct keel_error *err);
 int keel__etcd_leader_from_json(const json_t *reply, struct keel_etcd_leader *out, const char *what,

@@ -165,6 +165,35 @@ int keel__etcd_json_bytes(const json_t *obj, const char *name, char **out, size_
     return 0;
 }
 
+/*
+ * Decode array field `name` of `obj` (absent or null: no element) into *items,
+ * a keel_calloc()ed array of `size`-byte elements, each decoded by `fn` from
+ * zeroes.  *n counts the elements begun, the failed one included: on error
+ * the caller's release frees what was decoded and what the failed one left.
+ */
+static int array_from_json(const json_t *obj, const char *name, size_t size,
+                           int (*fn)(const json_t *, void *, const char *, struct keel_error *),
+                           void **items, size_t *n, const char *what, struct keel_error *err)
+{
+    const json_t *a = json_object_get(obj, name);
+    unsigned char *p;
+    int rc;
+
+    *items = NULL;
+    if (a == NULL || json_is_null(a))
+        return 0;
+    if (!json_is_array(a))
+        return keel_err_set(err, KEEL_EETCD, "%s: field '%s' is not an array", what, name);
+    p = keel_calloc(json_array_size(a), size);
+    *items = p;
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        (*n)++;
+        if ((rc = fn(json_array_get(a, i), p + i * size, what, err)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 void keel_etcd_kv_release(struct keel_etcd_kv *kv)
 {
     free(kv->key);
@@ -208,30 +237,26 @@ void keel_etcd_kvs_release(struct keel_etcd_kvs *r)
     memset(r, 0, sizeof(*r));
 }
 
+static int kv_elem(const json_t *kv, void *out, const char *what, struct keel_error *err)
+{
+    return keel__etcd_kv_from_json(kv, out, what, err);
+}
+
 int keel__etcd_kvs_from_json(const json_t *obj, struct keel_etcd_kvs *out, const char *what,
                              struct keel_error *err)
 {
-    const json_t *kvs = json_object_get(obj, "kvs");
+    void *kvs;
     int rc;
 
     memset(out, 0, sizeof(*out));
     if ((rc = keel__etcd_json_int64(obj, "count", &out->count, what, err)) ||
         (rc = keel__etcd_json_bool(obj, "more", &out->more, what, err)))
         return rc;
-    if (kvs == NULL || json_is_null(kvs))
-        return 0;
-    if (!json_is_array(kvs))
-        return keel_err_set(err, KEEL_EETCD, "%s: field 'kvs' is not an array", what);
-    KEEL_ALLOC_ARRAY(out->kvs, json_array_size(kvs));
-    for (size_t i = 0; i < json_array_size(kvs); i++) {
-        rc = keel__etcd_kv_from_json(json_array_get(kvs, i), &out->kvs[i], what, err);
-        if (rc != 0) {
-            keel_etcd_kvs_release(out);
-            return rc;
-        }
-        out->n++;
-    }
-    return 0;
+    rc = array_from_json(obj, "kvs", sizeof(*out->kvs), kv_elem, &kvs, &out->n, what, err);
+    out->kvs = kvs;
+    if (rc != 0)
+        keel_etcd_kvs_release(out);
+    return rc;
 }
 
 int keel__etcd_header_revision(const json_t *reply, int64_t *rev, const char *what,
@@ -332,19 +357,29 @@ int keel_etcd_decode_error(const char *json, size_t len, long http_status, const
 
 /* ---- replies -------------------------------------------------------------- */
 
+int keel__etcd_range_from_json(const json_t *reply, struct keel_etcd_kvs *out, const char *what,
+                               struct keel_error *err)
+{
+    int64_t rev;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = keel__etcd_header_revision(reply, &rev, what, err)) == 0 &&
+        (rc = keel__etcd_kvs_from_json(reply, out, what, err)) == 0)
+        out->revision = rev;
+    return rc;
+}
+
 int keel_etcd_decode_range(const char *json, size_t len, struct keel_etcd_kvs *out,
                            struct keel_error *err)
 {
     json_t *j;
-    int64_t rev;
     int rc;
 
     memset(out, 0, sizeof(*out));
     if ((rc = keel__etcd_parse_object(json, len, &j, "range", err)) != 0)
         return rc;
-    if ((rc = keel__etcd_header_revision(j, &rev, "range", err)) == 0 &&
-        (rc = keel__etcd_kvs_from_json(j, out, "range", err)) == 0)
-        out->revision = rev;
+    rc = keel__etcd_range_from_json(j, out, "range", err);
     json_decref(j);
     return rc;
 }
@@ -365,9 +400,9 @@ void keel_etcd_txn_result_release(struct keel_etcd_txn_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-static int op_from_json(const json_t *resp, struct keel_etcd_op_result *op, const char *what,
-                        struct keel_error *err)
+static int op_from_json(const json_t *resp, void *out, const char *what, struct keel_error *err)
 {
+    struct keel_etcd_op_result *op = out;
     const json_t *v;
 
     if (!json_is_object(resp))
@@ -411,7 +446,7 @@ int keel__etcd_txn_from_json(const json_t *reply, struct keel_etcd_txn_result *o
 static int txn_from_json(const json_t *reply, struct keel_etcd_txn_result *out, int nested,
                          const char *what, struct keel_error *err)
 {
-    const json_t *resps;
+    void *ops;
     int rc = 0;
 
     memset(out, 0, sizeof(*out));
@@ -420,21 +455,12 @@ static int txn_from_json(const json_t *reply, struct keel_etcd_txn_result *out, 
         return rc;
     if ((rc = keel__etcd_json_bool(reply, "succeeded", &out->succeeded, what, err)) != 0)
         return rc;
-    resps = json_object_get(reply, "responses");
-    if (resps == NULL || json_is_null(resps))
-        return 0;
-    if (!json_is_array(resps))
-        return keel_err_set(err, KEEL_EETCD, "%s: field 'responses' is not an array", what);
-    KEEL_ALLOC_ARRAY(out->ops, json_array_size(resps));
-    for (size_t i = 0; i < json_array_size(resps); i++) {
-        rc = op_from_json(json_array_get(resps, i), &out->ops[i], what, err);
-        out->n++;
-        if (rc != 0) {
-            keel_etcd_txn_result_release(out);
-            return rc;
-        }
-    }
-    return 0;
+    rc = array_from_json(reply, "responses", sizeof(*out->ops), op_from_json, &ops, &out->n, what,
+                         err);
+    out->ops = ops;
+    if (rc != 0)
+        keel_etcd_txn_result_release(out);
+    return rc;
 }
 
 int keel_etcd_decode_txn(const char *json, size_t len, struct keel_etcd_txn_result *out,
@@ -541,20 +567,28 @@ void keel_etcd_watch_msg_release(struct keel_etcd_watch_msg *m)
     memset(m, 0, sizeof(*m));
 }
 
-/* A stream line's error object as a Keel error. */
-static int stream_error(const json_t *msg, const char *what, struct keel_error *err)
+/* The 'result' object of stream message `msg` in *r, or its error object as a Keel error. */
+static int stream_result(const json_t *msg, const json_t **r, const char *what,
+                         struct keel_error *err)
 {
     const char *text;
     int code;
 
-    keel__etcd_error_fields(msg, &code, &text);
-    return keel_err_set(err, code == 14 ? KEEL_EUNAVAILABLE : keel__etcd_map_code(code),
-                        "%s: etcd: %s (code %d)", what, text[0] ? text : "no message", code);
+    *r = NULL;
+    if (json_object_get(msg, "error") != NULL) {
+        keel__etcd_error_fields(msg, &code, &text);
+        return keel_err_set(err, code == 14 ? KEEL_EUNAVAILABLE : keel__etcd_map_code(code),
+                            "%s: etcd: %s (code %d)", what, text[0] ? text : "no message", code);
+    }
+    *r = json_object_get(msg, "result");
+    if (!json_is_object(*r))
+        return keel_err_set(err, KEEL_EETCD, "%s: message has no 'result' object", what);
+    return 0;
 }
 
-static int event_from_json(const json_t *ev, struct keel_etcd_event *out, const char *what,
-                           struct keel_error *err)
+static int event_from_json(const json_t *ev, void *elem, const char *what, struct keel_error *err)
 {
+    struct keel_etcd_event *out = elem;
     const json_t *type, *prev;
     int rc;
 
@@ -583,15 +617,13 @@ static int event_from_json(const json_t *ev, struct keel_etcd_event *out, const 
 int keel__etcd_watch_from_json(const json_t *msg, struct keel_etcd_watch_msg *out, const char *what,
                                struct keel_error *err)
 {
-    const json_t *r, *events;
+    const json_t *r;
+    void *events;
     int rc;
 
     memset(out, 0, sizeof(*out));
-    if (json_object_get(msg, "error") != NULL)
-        return stream_error(msg, what, err);
-    r = json_object_get(msg, "result");
-    if (!json_is_object(r))
-        return keel_err_set(err, KEEL_EETCD, "%s: message has no 'result' object", what);
+    if ((rc = stream_result(msg, &r, what, err)) != 0)
+        return rc;
     /* A cancel message may come without a header; every other has one. */
     if (json_object_get(r, "header") != NULL &&
         (rc = keel__etcd_header_revision(r, &out->revision, what, err)) != 0)
@@ -602,21 +634,12 @@ int keel__etcd_watch_from_json(const json_t *msg, struct keel_etcd_watch_msg *ou
         return rc;
     if (!out->canceled && json_object_get(r, "header") == NULL)
         return keel_err_set(err, KEEL_EETCD, "%s: message has no 'header' object", what);
-    events = json_object_get(r, "events");
-    if (events == NULL || json_is_null(events))
-        return 0;
-    if (!json_is_array(events))
-        return keel_err_set(err, KEEL_EETCD, "%s: field 'events' is not an array", what);
-    KEEL_ALLOC_ARRAY(out->events, json_array_size(events));
-    for (size_t i = 0; i < json_array_size(events); i++) {
-        rc = event_from_json(json_array_get(events, i), &out->events[i], what, err);
-        out->n++;
-        if (rc != 0) {
-            keel_etcd_watch_msg_release(out);
-            return rc;
-        }
-    }
-    return 0;
+    rc = array_from_json(r, "events", sizeof(*out->events), event_from_json, &events, &out->n, what,
+                         err);
+    out->events = events;
+    if (rc != 0)
+        keel_etcd_watch_msg_release(out);
+    return rc;
 }
 
 int keel_etcd_decode_watch(const char *json, size_t len, struct keel_etcd_watch_msg *out,
@@ -637,13 +660,11 @@ int keel__etcd_observe_from_json(const json_t *msg, struct keel_etcd_kv *out, co
                                  struct keel_error *err)
 {
     const json_t *r;
+    int rc;
 
     memset(out, 0, sizeof(*out));
-    if (json_object_get(msg, "error") != NULL)
-        return stream_error(msg, what, err);
-    r = json_object_get(msg, "result");
-    if (!json_is_object(r))
-        return keel_err_set(err, KEEL_EETCD, "%s: message has no 'result' object", what);
+    if ((rc = stream_result(msg, &r, what, err)) != 0)
+        return rc;
     if (!json_is_object(json_object_get(r, "kv")))
         return keel_err_set(err, KEEL_EETCD, "%s: message has no 'kv' object", what);
     return keel__etcd_kv_from_json(json_object_get(r, "kv"), out, what, err);

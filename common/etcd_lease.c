@@ -16,6 +16,7 @@
 
 #include "etcd_internal.h"
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/log.h"
 
 /* How soon a failed keep-alive is tried again (well inside TTL/3 for any TTL >= 2 s). */
@@ -46,11 +47,11 @@ static void *keeper(void *arg)
 {
     keel_etcd_lease *l = arg;
     int64_t ttl = l->ttl;
-    uint64_t next = keel__etcd_now_ms() + (uint64_t)ttl * 1000 / 3;
+    uint64_t next = keel_clock_mono_ms() + (uint64_t)ttl * 1000 / 3;
     int failures = 0;
 
     for (;;) {
-        uint64_t now = keel__etcd_now_ms();
+        uint64_t now = keel_clock_mono_ms();
         uint64_t deadline = __atomic_load_n(&l->deadline_ms, __ATOMIC_ACQUIRE);
         struct keel_error e;
         uint64_t sent;
@@ -58,7 +59,7 @@ static void *keeper(void *arg)
 
         if (now < next && keel__etcd_sleep(next - now, l->stop_fd))
             break;
-        sent = keel__etcd_now_ms();
+        sent = keel_clock_mono_ms();
         if (sent >= deadline) {
             lose(l, "no keep-alive succeeded within the lease's TTL");
             break;
@@ -82,7 +83,7 @@ static void *keeper(void *arg)
         }
         if (failures++ == 0)
             KEEL_LOG_WARN("lease %lld: keep-alive failed: %s", (long long)l->id, e.msg);
-        next = keel__etcd_now_ms() + RETRY_MS;
+        next = keel_clock_mono_ms() + RETRY_MS;
     }
     return NULL;
 }
@@ -91,7 +92,7 @@ int keel_etcd_lease_new(keel_etcd *c, int64_t ttl_s, keel_etcd_lease_lost_fn *on
                         keel_etcd_lease **out, struct keel_error *err)
 {
     keel_etcd_lease *l;
-    uint64_t sent = keel__etcd_now_ms();
+    uint64_t sent = keel_clock_mono_ms();
     int64_t id, ttl;
     int rc;
 
@@ -138,7 +139,7 @@ int64_t keel_etcd_lease_ttl(const keel_etcd_lease *l)
 int keel_etcd_lease_alive(const keel_etcd_lease *l)
 {
     return !__atomic_load_n(&l->lost, __ATOMIC_ACQUIRE) &&
-           keel__etcd_now_ms() < __atomic_load_n(&l->deadline_ms, __ATOMIC_ACQUIRE);
+           keel_clock_mono_ms() < __atomic_load_n(&l->deadline_ms, __ATOMIC_ACQUIRE);
 }
 
 int keel_etcd_lease_free(keel_etcd_lease *l, int revoke, struct keel_error *err)

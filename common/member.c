@@ -1,15 +1,15 @@
 /*
  * member.c - registration of a node under its own lease, create-if-absent.
  */
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "keel/alloc.h"
+#include "keel/clock.h"
+#include "keel/id.h"
 #include "keel/log.h"
 #include "keel/member.h"
 
@@ -30,22 +30,6 @@ struct keel_member {
     int64_t start_time_ms;
 };
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int valid_role(const char *s)
 {
     size_t n = strlen(s);
@@ -54,18 +38,6 @@ static int valid_role(const char *s)
         return 0;
     for (; *s; s++)
         if (*s < 'a' || *s > 'z')
-            return 0;
-    return 1;
-}
-
-static int valid_id(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_')
             return 0;
     return 1;
 }
@@ -103,7 +75,7 @@ static void describe_holder(const struct keel_etcd_kv *kv, char *out, size_t n)
  */
 static int register_once(keel_member *m, struct keel_error *err)
 {
-    uint64_t deadline = mono_ms() + m->wait_ms;
+    uint64_t deadline = keel_clock_mono_ms() + m->wait_ms;
     int64_t lease = keel_etcd_lease_id(m->lease);
     int waited = 0;
 
@@ -136,7 +108,7 @@ static int register_once(keel_member *m, struct keel_error *err)
             }
             describe_holder(&kv, holder, sizeof(holder));
             keel_etcd_kv_release(&kv);
-            if (mono_ms() >= deadline)
+            if (keel_clock_mono_ms() >= deadline)
                 return keel_err_set(err, KEEL_EEXIST,
                                     "member '%s/%s' is already registered %s%s; is another node "
                                     "running with id '%s'?",
@@ -208,10 +180,10 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     *out = NULL;
     if (!valid_role(o->role))
         return keel_err_set(err, KEEL_EINVAL, "member role '%s' is not 1-32 of a-z", o->role);
-    if (!valid_id(o->id))
+    if (!keel_id_valid(o->id))
         return keel_err_set(err, KEEL_EINVAL, "member id '%s' is not 1-64 of A-Z a-z 0-9 - _",
                             o->id);
-    if (!valid_id(o->cluster))
+    if (!keel_id_valid(o->cluster))
         return keel_err_set(err, KEEL_EINVAL, "cluster name '%s' is not 1-64 of A-Z a-z 0-9 - _",
                             o->cluster);
     m = keel_calloc(1, sizeof(*m));
@@ -228,7 +200,7 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     m->wait_ms = o->wait_ms;
     m->on_lost = o->on_lost;
     m->user = o->user;
-    m->start_time_ms = wall_ms();
+    m->start_time_ms = keel_clock_wall_ms();
     if ((rc = join(m, err)) != 0) {
         free(m->cluster);
         free(m->role);

@@ -22,6 +22,7 @@
 #include <event2/event.h>
 
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/log.h"
 #include "keel/net.h"
 #include "net_internal.h"
@@ -92,14 +93,6 @@ void keel_reply_free(struct keel_reply *r)
         return;
     keel_buf_release(&r->frame);
     free(r);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* ---- request table (loop thread) ------------------------------------------ */
@@ -393,7 +386,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
             c->waiting_head = r;
         c->waiting_tail = r;
         /* The timeout counts from the caller's call, not from now. */
-        now = now_ms();
+        now = keel_clock_mono_ms();
         tv = keel__ms_to_tv(r->deadline_ms > now ? r->deadline_ms - now : 0);
         r->timer = evtimer_new(c->base, request_timeout_cb, r);
         evtimer_add(r->timer, &tv);
@@ -522,7 +515,7 @@ int keel_client_send(struct keel_client *c, struct keel_msg *msg, uint64_t timeo
         goto fail_locked;
     }
     c->inflight += r->bytes;
-    r->deadline_ms = now_ms() + timeout_ms;
+    r->deadline_ms = keel_clock_mono_ms() + timeout_ms;
     if (c->queue_tail)
         c->queue_tail->next_q = r;
     else

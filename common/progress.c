@@ -3,102 +3,21 @@
  */
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
+#include "json_internal.h"
 #include "keel/progress.h"
-
-static void dump_into(json_t *root, struct keel_buf *out)
-{
-    char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
-
-    if (text == NULL) {
-        fprintf(stderr, "keel: out of memory encoding JSON\n");
-        abort();
-    }
-    keel_buf_add_str(out, text);
-    free(text);
-    json_decref(root);
-}
-
-static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
-{
-    char msg[KEEL_ERROR_MSG_MAX];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return keel_err_set(err, KEEL_ECORRUPT, "%s: %s", what, msg);
-}
-
-/* Parse untrusted JSON into an object holding exactly the keys of `keys`. */
-static json_t *load_object(const void *data, size_t len, const char *what, const char *const *keys,
-                           struct keel_error *err)
-{
-    json_error_t jerr;
-    json_t *root, *v;
-    const char *key;
-
-    if (len > KEEL_PROGRESS_MAX_JSON) {
-        corrupt(err, what, "%zu bytes, more than the %d allowed", len, KEEL_PROGRESS_MAX_JSON);
-        return NULL;
-    }
-    root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (root == NULL) {
-        corrupt(err, what, "not JSON: %s at offset %d", jerr.text, jerr.position);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        corrupt(err, what, "not a JSON object");
-        goto fail;
-    }
-    json_object_foreach(root, key, v)
-    {
-        const char *const *k = keys;
-
-        while (*k && strcmp(*k, key) != 0)
-            k++;
-        if (*k == NULL) {
-            corrupt(err, what, "unknown key '%.64s'", key);
-            goto fail;
-        }
-    }
-    for (const char *const *k = keys; *k; k++)
-        if (json_object_get(root, *k) == NULL) {
-            corrupt(err, what, "%s: missing", *k);
-            goto fail;
-        }
-    return root;
-fail:
-    json_decref(root);
-    return NULL;
-}
-
-static int get_uint(json_t *root, const char *what, const char *key, uint64_t max, uint64_t *out,
-                    struct keel_error *err)
-{
-    json_t *v = json_object_get(root, key);
-
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
-        return corrupt(err, what, "%s: must be an integer from 0 to %" PRIu64, key, max);
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-}
 
 static int get_worker(json_t *root, const char *what, char *out, struct keel_error *err)
 {
     json_t *v = json_object_get(root, "worker");
 
     if (!json_is_string(v) || !keel_id_valid(json_string_value(v)))
-        return corrupt(err, what, "worker: must be an id of 1-%d of [A-Za-z0-9_-]", KEEL_ID_MAX);
+        return keel__json_corrupt(err, what, "worker: must be an id of 1-%d of [A-Za-z0-9_-]",
+                                  KEEL_ID_MAX);
     snprintf(out, KEEL_ID_MAX + 1, "%s", json_string_value(v));
     return 0;
 }
@@ -111,10 +30,10 @@ static int get_real(json_t *root, const char *what, const char *key, double lo, 
     double x;
 
     if (!json_is_number(v))
-        return corrupt(err, what, "%s: must be a number", key);
+        return keel__json_corrupt(err, what, "%s: must be a number", key);
     x = json_number_value(v);
     if (!isfinite(x) || x < lo || x > hi)
-        return corrupt(err, what, "%s: must be a number from %g to %g", key, lo, hi);
+        return keel__json_corrupt(err, what, "%s: must be a number from %g to %g", key, lo, hi);
     *out = x;
     return 0;
 }
@@ -127,7 +46,7 @@ void keel_progress_encode(const struct keel_progress *p, struct keel_buf *out)
     json_object_set_new(root, "incarnation", json_integer((json_int_t)p->incarnation));
     json_object_set_new(root, "pass", json_integer(p->pass));
     json_object_set_new(root, "batch", json_integer(p->batch));
-    dump_into(root, out);
+    keel__json_dump_record(root, out);
 }
 
 int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
@@ -139,12 +58,13 @@ int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
     int rc;
 
     memset(p, 0, sizeof(*p));
-    if ((root = load_object(data, len, "progress", keys, err)) == NULL)
+    if ((root = keel__json_load_record(data, len, KEEL_PROGRESS_MAX_JSON, "progress", keys, 1,
+                                       err)) == NULL)
         return KEEL_ECORRUPT;
     if ((rc = get_worker(root, "progress", p->worker, err)) != 0 ||
-        (rc = get_uint(root, "progress", "incarnation", INT64_MAX, &inc, err)) != 0 ||
-        (rc = get_uint(root, "progress", "pass", UINT32_MAX, &pass, err)) != 0 ||
-        (rc = get_uint(root, "progress", "batch", UINT32_MAX, &batch, err)) != 0) {
+        (rc = keel__json_get_uint(root, "progress", "incarnation", INT64_MAX, &inc, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "progress", "pass", UINT32_MAX, &pass, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "progress", "batch", UINT32_MAX, &batch, err)) != 0) {
         memset(p, 0, sizeof(*p));
         goto out;
     }
@@ -166,7 +86,7 @@ void keel_eval_encode(const struct keel_eval *e, struct keel_buf *out)
     json_object_set_new(root, "loss", json_real(e->loss));
     json_object_set_new(root, "examples", json_integer((json_int_t)e->examples));
     json_object_set_new(root, "time_ms", json_integer((json_int_t)e->time_ms));
-    dump_into(root, out);
+    keel__json_dump_record(root, out);
 }
 
 int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct keel_error *err)
@@ -178,19 +98,20 @@ int keel_eval_decode(const void *data, size_t len, struct keel_eval *e, struct k
     int rc;
 
     memset(e, 0, sizeof(*e));
-    if ((root = load_object(data, len, "eval", keys, err)) == NULL)
+    if ((root = keel__json_load_record(data, len, KEEL_PROGRESS_MAX_JSON, "eval", keys, 1, err)) ==
+        NULL)
         return KEEL_ECORRUPT;
     if ((rc = get_worker(root, "eval", e->worker, err)) != 0 ||
-        (rc = get_uint(root, "eval", "pass", UINT32_MAX, &pass, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "eval", "pass", UINT32_MAX, &pass, err)) != 0 ||
         (rc = get_real(root, "eval", "accuracy", 0.0, 1.0, &e->accuracy, err)) != 0 ||
         (rc = get_real(root, "eval", "loss", 0.0, HUGE_VAL, &e->loss, err)) != 0 ||
-        (rc = get_uint(root, "eval", "examples", INT64_MAX, &examples, err)) != 0 ||
-        (rc = get_uint(root, "eval", "time_ms", INT64_MAX, &time_ms, err)) != 0) {
+        (rc = keel__json_get_uint(root, "eval", "examples", INT64_MAX, &examples, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "eval", "time_ms", INT64_MAX, &time_ms, err)) != 0) {
         memset(e, 0, sizeof(*e));
         goto out;
     }
     if (examples == 0) {
-        rc = corrupt(err, "eval", "examples: must be at least 1");
+        rc = keel__json_corrupt(err, "eval", "examples: must be at least 1");
         memset(e, 0, sizeof(*e));
         goto out;
     }

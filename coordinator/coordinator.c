@@ -13,12 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/coordinator.h"
 #include "keel/log.h"
 #include "keel/member.h"
@@ -46,22 +46,6 @@ struct keel_coordinator {
     int elected_called; /* hooks.elected ran for the current leadership */
     uint64_t record_ms; /* monotonic time the leader record was last written */
 };
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void wake(keel_coordinator *co)
 {
@@ -274,10 +258,10 @@ static void step_down(keel_coordinator *co, const char *why)
 /* The fenced leader record: who leads, since when, last heartbeat. */
 static int write_leader_record(keel_coordinator *co, struct keel_error *err)
 {
-    json_t *o =
-        json_pack("{s:s, s:I, s:s, s:I, s:I}", "id", co->id, "epoch",
-                  (json_int_t)keel_election_epoch(co->election), "address", co->address,
-                  "elected_ms", (json_int_t)co->elected_ms, "heartbeat_ms", (json_int_t)wall_ms());
+    json_t *o = json_pack("{s:s, s:I, s:s, s:I, s:I}", "id", co->id, "epoch",
+                          (json_int_t)keel_election_epoch(co->election), "address", co->address,
+                          "elected_ms", (json_int_t)co->elected_ms, "heartbeat_ms",
+                          (json_int_t)keel_clock_wall_ms());
     char *text;
     int rc;
 
@@ -301,7 +285,7 @@ static enum keel_coordinator_state lead_tick(keel_coordinator *co)
         return KEEL_COORD_LOST;
     }
     keel_error_init(&e);
-    now = mono_ms();
+    now = keel_clock_mono_ms();
     /*
      * The record says "alive" once per heartbeat.  Ticks woken in between, for
      * leader work reacting to a change, need not repeat it (their own writes
@@ -356,7 +340,7 @@ static enum keel_coordinator_state do_campaign(keel_coordinator *co)
         keel_error_init(&e);
         rc = keel_election_campaign(co->election, keel_member_lease(co->member), co->wake_fd, &e);
         if (rc == 0) {
-            co->elected_ms = wall_ms();
+            co->elected_ms = keel_clock_wall_ms();
             co->epoch = keel_election_epoch(co->election);
             co->leading = 1;
             co->elected_called = 0;

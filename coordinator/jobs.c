@@ -3,13 +3,13 @@
  * and their JSON forms for etcd.
  */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
+#include "json_internal.h"
 #include "keel/alloc.h"
 #include "keel/jobs.h"
 
@@ -64,19 +64,6 @@ int keel_job_status_move(struct keel_job_status *st, enum keel_job_state to, uin
     return 0;
 }
 
-static void dump_into(json_t *root, struct keel_buf *out)
-{
-    char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
-
-    if (text == NULL) {
-        fprintf(stderr, "keel: out of memory encoding JSON\n");
-        abort();
-    }
-    keel_buf_add_str(out, text);
-    free(text);
-    json_decref(root);
-}
-
 void keel_job_status_encode(const struct keel_job_status *st, struct keel_buf *out)
 {
     json_t *root = json_object();
@@ -84,74 +71,7 @@ void keel_job_status_encode(const struct keel_job_status *st, struct keel_buf *o
     json_object_set_new(root, "state", json_string(keel_job_state_name(st->state)));
     json_object_set_new(root, "changed_ms", json_integer((json_int_t)st->changed_ms));
     json_object_set_new(root, "reason", json_string(st->reason));
-    dump_into(root, out);
-}
-
-static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int corrupt(struct keel_error *err, const char *what, const char *fmt, ...)
-{
-    char msg[KEEL_ERROR_MSG_MAX];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return keel_err_set(err, KEEL_ECORRUPT, "%s: %s", what, msg);
-}
-
-/* Parse `len` bytes of untrusted JSON into an object whose keys are all in `known`. */
-static json_t *load_object(const void *data, size_t len, const char *what, const char *const *known,
-                           struct keel_error *err)
-{
-    json_error_t jerr;
-    json_t *root;
-    const char *key;
-    json_t *v;
-
-    if (len > KEEL_JOBS_MAX_JSON) {
-        corrupt(err, what, "%zu bytes, more than the %d allowed", len, KEEL_JOBS_MAX_JSON);
-        return NULL;
-    }
-    root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (root == NULL) {
-        corrupt(err, what, "not JSON: %s at offset %d", jerr.text, jerr.position);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        corrupt(err, what, "not a JSON object");
-        json_decref(root);
-        return NULL;
-    }
-    json_object_foreach(root, key, v)
-    {
-        const char *const *k = known;
-
-        (void)v;
-        while (*k && strcmp(*k, key) != 0)
-            k++;
-        if (*k == NULL) {
-            corrupt(err, what, "unknown key '%.64s'", key);
-            json_decref(root);
-            return NULL;
-        }
-    }
-    return root;
-}
-
-/* An integer field in [0, max]. */
-static int get_uint(json_t *root, const char *what, const char *key, uint64_t max, uint64_t *out,
-                    struct keel_error *err)
-{
-    json_t *v = json_object_get(root, key);
-
-    if (v == NULL)
-        return corrupt(err, what, "%s: missing", key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
-        return corrupt(err, what, "%s: must be an integer from 0 to %" PRIu64, key, max);
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
+    keel__json_dump_record(root, out);
 }
 
 int keel_job_status_decode(const void *data, size_t len, struct keel_job_status *st,
@@ -163,21 +83,22 @@ int keel_job_status_decode(const void *data, size_t len, struct keel_job_status 
     int rc;
 
     memset(st, 0, sizeof(*st));
-    root = load_object(data, len, "job state", keys, err);
+    root = keel__json_load_record(data, len, KEEL_JOBS_MAX_JSON, "job state", keys, 0, err);
     if (root == NULL)
         return KEEL_ECORRUPT;
     state = json_object_get(root, "state");
     reason = json_object_get(root, "reason");
     if (!json_is_string(state) || keel_job_state_parse(json_string_value(state)) == 0) {
-        rc = corrupt(err, "job state", "state: must be pending, running, done, failed or stopped");
+        rc = keel__json_corrupt(err, "job state",
+                                "state: must be pending, running, done, failed or stopped");
         goto out;
     }
     if (!json_is_string(reason) || json_string_length(reason) >= KEEL_JOB_REASON_MAX) {
-        rc = corrupt(err, "job state", "reason: must be a string of at most %d bytes",
-                     KEEL_JOB_REASON_MAX - 1);
+        rc = keel__json_corrupt(err, "job state", "reason: must be a string of at most %d bytes",
+                                KEEL_JOB_REASON_MAX - 1);
         goto out;
     }
-    if ((rc = get_uint(root, "job state", "changed_ms", INT64_MAX, &ms, err)) != 0)
+    if ((rc = keel__json_get_uint(root, "job state", "changed_ms", INT64_MAX, &ms, err)) != 0)
         goto out;
     st->state = keel_job_state_parse(json_string_value(state));
     st->changed_ms = ms;
@@ -390,7 +311,7 @@ void keel_shard_encode(const struct keel_shard *s, struct keel_buf *out)
     json_object_set_new(root, "pass", json_integer(s->pass));
     json_object_set_new(root, "batch", json_integer(s->batch));
     json_object_set_new(root, "done", json_boolean(s->done));
-    dump_into(root, out);
+    keel__json_dump_record(root, out);
 }
 
 int keel_shard_decode(const void *data, size_t len, uint32_t epochs, struct keel_shard *s,
@@ -402,44 +323,45 @@ int keel_shard_decode(const void *data, size_t len, uint32_t epochs, struct keel
     int rc;
 
     memset(s, 0, sizeof(*s));
-    root = load_object(data, len, "shard", keys, err);
+    root = keel__json_load_record(data, len, KEEL_JOBS_MAX_JSON, "shard", keys, 0, err);
     if (root == NULL)
         return KEEL_ECORRUPT;
     owner = json_object_get(root, "owner");
     done = json_object_get(root, "done");
     if (owner == NULL || (!json_is_null(owner) &&
                           (!json_is_string(owner) || !keel_id_valid(json_string_value(owner))))) {
-        rc = corrupt(err, "shard", "owner: must be null or a worker id of 1-%d of [A-Za-z0-9_-]",
-                     KEEL_ID_MAX);
+        rc = keel__json_corrupt(err, "shard",
+                                "owner: must be null or a worker id of 1-%d of [A-Za-z0-9_-]",
+                                KEEL_ID_MAX);
         goto out;
     }
     if (json_is_string(owner)) {
-        if ((rc = get_uint(root, "shard", "incarnation", INT64_MAX, &inc, err)) != 0)
+        if ((rc = keel__json_get_uint(root, "shard", "incarnation", INT64_MAX, &inc, err)) != 0)
             goto out;
     } else if (json_object_get(root, "incarnation") != NULL) {
-        rc = corrupt(err, "shard", "incarnation: given without an owner");
+        rc = keel__json_corrupt(err, "shard", "incarnation: given without an owner");
         goto out;
     }
-    if ((rc = get_uint(root, "shard", "pass", UINT32_MAX, &pass, err)) != 0 ||
-        (rc = get_uint(root, "shard", "batch", UINT32_MAX, &batch, err)) != 0)
+    if ((rc = keel__json_get_uint(root, "shard", "pass", UINT32_MAX, &pass, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "shard", "batch", UINT32_MAX, &batch, err)) != 0)
         goto out;
     if (!json_is_boolean(done)) {
-        rc = corrupt(err, "shard", "done: must be true or false");
+        rc = keel__json_corrupt(err, "shard", "done: must be true or false");
         goto out;
     }
     if (pass > epochs) {
-        rc = corrupt(err, "shard", "pass: %" PRIu64 " is past the job's %" PRIu32 " epochs", pass,
-                     epochs);
+        rc = keel__json_corrupt(
+            err, "shard", "pass: %" PRIu64 " is past the job's %" PRIu32 " epochs", pass, epochs);
         goto out;
     }
     if (json_is_true(done) != (pass == epochs)) {
-        rc =
-            corrupt(err, "shard",
-                    "done: must be true exactly when pass is the job's %" PRIu32 " epochs", epochs);
+        rc = keel__json_corrupt(
+            err, "shard", "done: must be true exactly when pass is the job's %" PRIu32 " epochs",
+            epochs);
         goto out;
     }
     if (pass == epochs && (batch != 0 || json_is_string(owner))) {
-        rc = corrupt(err, "shard", "a done shard must be at batch 0 and have no owner");
+        rc = keel__json_corrupt(err, "shard", "a done shard must be at batch 0 and have no owner");
         goto out;
     }
     if (json_is_string(owner))

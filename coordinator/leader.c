@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "keel/alloc.h"
 #include "keel/assign.h"
 #include "keel/buf.h"
+#include "keel/clock.h"
 #include "keel/cstate.h"
 #include "keel/election.h"
 #include "keel/jobs.h"
@@ -48,14 +48,6 @@ struct keel_leader {
     int64_t *seen;             /* per shard: mod revision of the last progress handled */
     uint32_t nseen;
 };
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void wake(keel_leader *l)
 {
@@ -151,10 +143,11 @@ static int fail_job(keel_leader *l, keel_election *e, const struct keel_cstate_j
 
     if (j->status_ok) {
         st = j->status;
-        if (keel_job_status_move(&st, KEEL_JOB_FAILED, wall_ms(), reason, NULL) != 0)
+        if (keel_job_status_move(&st, KEEL_JOB_FAILED, (uint64_t)keel_clock_wall_ms(), reason,
+                                 NULL) != 0)
             return 0; /* already final */
     } else {
-        keel_job_status_init(&st, wall_ms());
+        keel_job_status_init(&st, (uint64_t)keel_clock_wall_ms());
         st.state = KEEL_JOB_FAILED;
         snprintf(st.reason, sizeof(st.reason), "%s", reason);
     }
@@ -422,7 +415,8 @@ static int run_job(keel_leader *l, keel_election *e, const struct keel_cstate *s
     all_done = keel_shards_all_done(&t);
     if (all_done) {
         done_st = j->status;
-        if (keel_job_status_move(&done_st, KEEL_JOB_DONE, wall_ms(), NULL, err) != 0) {
+        if (keel_job_status_move(&done_st, KEEL_JOB_DONE, (uint64_t)keel_clock_wall_ms(), NULL,
+                                 err) != 0) {
             rc = 0;
             goto out;
         }
@@ -505,7 +499,8 @@ static int jobs_tick(keel_leader *l, keel_election *e, const struct keel_cstate 
             return 0;
         }
         l->waiting_logged = 0;
-        if (keel_job_status_move(&st, KEEL_JOB_RUNNING, wall_ms(), NULL, err) != 0)
+        if (keel_job_status_move(&st, KEEL_JOB_RUNNING, (uint64_t)keel_clock_wall_ms(), NULL,
+                                 err) != 0)
             return 0;
         if ((rc = write_state(l, e, oldest, &st, &applied, err)) != 0)
             return rc;

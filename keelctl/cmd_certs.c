@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,21 +104,6 @@ static void usage_revoke(FILE *out)
                  "  -h, --help         show this help\n");
 }
 
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "keelctl certs %s: ", sub);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return KEEL_EXIT_USAGE;
-}
-
 static int fail(const char *sub, const struct keel_error *err)
 {
     fprintf(stderr, "keelctl certs %s: %s\n", sub, err->msg);
@@ -181,38 +165,34 @@ static int cmd_init(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "certs init", .usage = usage_init, .shortopts = "d:fh", .longopts = longopts};
     struct keel_certs_ca_opts o;
     struct keel_error err;
     char cn[128];
     int opt;
 
     memset(&o, 0, sizeof(o));
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "d:fh", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 'd':
             o.dir = optarg;
             break;
         case 'D':
             if (parse_days(optarg, &o.days) != 0)
-                return bad_usage("init", usage_init, "--days: must be 1-36500, got '%s'", optarg);
+                return keelctl_usage_error(&cl, "--days: must be 1-36500, got '%s'", optarg);
             break;
         case 'f':
             o.force = 1;
             break;
-        case 'h':
-            usage_init(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("init", usage_init, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit;
     if (optind < argc)
-        return bad_usage("init", usage_init, "unexpected argument '%s'", argv[optind]);
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     if (o.dir == NULL)
-        return bad_usage("init", usage_init, "%s", "--dir is required");
+        return keelctl_usage_error(&cl, "%s", "--dir is required");
     if (ensure_dir("init", o.dir) != 0)
         return KEEL_EXIT_FAILURE;
     snprintf(cn, sizeof(cn), "Keel CA for cluster %s", config->cluster_name);
@@ -244,6 +224,10 @@ static int cmd_issue(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {.what = "certs issue",
+                                 .usage = usage_issue,
+                                 .shortopts = "d:r:i:s:o:fh",
+                                 .longopts = longopts};
     const char *sans[KEEL_CERTS_MAX_SANS], *uris[KEEL_CERTS_MAX_SANS];
     const char *dir = NULL, *role = NULL;
     char ca_crt[4096];
@@ -253,9 +237,7 @@ static int cmd_issue(const struct keel_config *config, int argc, char **argv)
     int opt, have_nb = 0;
 
     memset(&o, 0, sizeof(o));
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "d:r:i:s:o:fh", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 'd':
             dir = optarg;
@@ -268,19 +250,17 @@ static int cmd_issue(const struct keel_config *config, int argc, char **argv)
             break;
         case 's':
             if (o.nsans == KEEL_CERTS_MAX_SANS)
-                return bad_usage("issue", usage_issue, "too many --san (at most %d)",
-                                 KEEL_CERTS_MAX_SANS);
+                return keelctl_usage_error(&cl, "too many --san (at most %d)", KEEL_CERTS_MAX_SANS);
             sans[o.nsans++] = optarg;
             break;
         case OPT_URI:
             if (o.nextra_uris == KEEL_CERTS_MAX_SANS)
-                return bad_usage("issue", usage_issue, "too many --uri (at most %d)",
-                                 KEEL_CERTS_MAX_SANS);
+                return keelctl_usage_error(&cl, "too many --uri (at most %d)", KEEL_CERTS_MAX_SANS);
             uris[o.nextra_uris++] = optarg;
             break;
         case OPT_DAYS:
             if (parse_days(optarg, &o.days) != 0)
-                return bad_usage("issue", usage_issue, "--days: must be 1-36500, got '%s'", optarg);
+                return keelctl_usage_error(&cl, "--days: must be 1-36500, got '%s'", optarg);
             break;
         case OPT_CA_DIR:
             o.ca_dir = optarg;
@@ -293,46 +273,39 @@ static int cmd_issue(const struct keel_config *config, int argc, char **argv)
             break;
         case OPT_NOT_BEFORE:
             if (parse_time(optarg, &o.not_before) != 0)
-                return bad_usage("issue", usage_issue,
-                                 "--not-before: expected seconds or YYYY-MM-DDTHH:MM:SSZ, got '%s'",
-                                 optarg);
+                return keelctl_usage_error(
+                    &cl, "--not-before: expected seconds or YYYY-MM-DDTHH:MM:SSZ, got '%s'",
+                    optarg);
             have_nb = 1;
             break;
         case OPT_NOT_AFTER:
             if (parse_time(optarg, &o.not_after) != 0)
-                return bad_usage("issue", usage_issue,
-                                 "--not-after: expected seconds or YYYY-MM-DDTHH:MM:SSZ, got '%s'",
-                                 optarg);
+                return keelctl_usage_error(
+                    &cl, "--not-after: expected seconds or YYYY-MM-DDTHH:MM:SSZ, got '%s'", optarg);
             break;
         case OPT_NO_IDENTITY:
             o.no_identity = 1;
             break;
-        case 'h':
-            usage_issue(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("issue", usage_issue, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit;
     if (optind < argc)
-        return bad_usage("issue", usage_issue, "unexpected argument '%s'", argv[optind]);
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     if (dir == NULL && (o.ca_dir == NULL || o.out_dir == NULL))
-        return bad_usage("issue", usage_issue, "%s",
-                         "--dir is required (or both --ca-dir and --out)");
+        return keelctl_usage_error(&cl, "%s", "--dir is required (or both --ca-dir and --out)");
     if (role == NULL)
-        return bad_usage("issue", usage_issue, "%s", "--role is required");
+        return keelctl_usage_error(&cl, "%s", "--role is required");
     o.role = keel_role_parse(role);
     if (o.role == 0)
-        return bad_usage("issue", usage_issue,
-                         "--role: must be coordinator, server, worker or admin, got '%s'", role);
+        return keelctl_usage_error(
+            &cl, "--role: must be coordinator, server, worker or admin, got '%s'", role);
     if (o.id == NULL)
-        return bad_usage("issue", usage_issue, "%s", "--id is required");
+        return keelctl_usage_error(&cl, "%s", "--id is required");
     if (!keel_certs_id_valid(o.id))
-        return bad_usage("issue", usage_issue, "--id: must be 1-64 of A-Z a-z 0-9 - _, got '%s'",
-                         o.id);
+        return keelctl_usage_error(&cl, "--id: must be 1-64 of A-Z a-z 0-9 - _, got '%s'", o.id);
     if (have_nb != (o.not_after != 0))
-        return bad_usage("issue", usage_issue, "%s", "--not-before and --not-after go together");
+        return keelctl_usage_error(&cl, "%s", "--not-before and --not-after go together");
     if (o.ca_dir == NULL)
         o.ca_dir = dir;
     if (o.out_dir == NULL)
@@ -446,6 +419,8 @@ static int cmd_show(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "certs show", .usage = usage_show, .shortopts = "jh", .longopts = longopts};
     struct keel_cert_identity id;
     struct keel_error err, iderr;
     char serial[KEEL_CERTS_SERIAL_HEX], nb[32], na[32];
@@ -455,23 +430,13 @@ static int cmd_show(const struct keel_config *config, int argc, char **argv)
     size_t i;
     X509 *x;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0)
+        if (opt == 'j')
             as_json = 1;
-            break;
-        case 'h':
-            usage_show(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("show", usage_show, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
-        }
-    }
+    if (opt < 0)
+        return cl.exit;
     if (optind != argc - 1)
-        return bad_usage("show", usage_show, "%s", "expected exactly one FILE");
+        return keelctl_usage_error(&cl, "%s", "expected exactly one FILE");
     keel_error_init(&err);
     keel_error_init(&iderr);
     x = keel_certs_load_cert(argv[optind], &err);
@@ -507,9 +472,7 @@ static int cmd_show(const struct keel_config *config, int argc, char **argv)
         json_object_set_new(obj, "expired", json_boolean(expired));
         json_object_set_new(obj, "not_yet_valid", json_boolean(future));
         json_object_set_new(obj, "ca", json_boolean(is_ca));
-        json_dumpf(obj, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        fputc('\n', stdout);
-        json_decref(obj);
+        keelctl_print_json(obj);
     } else {
         printf("file:        %s\n", argv[optind]);
         if (iderr.code == 0) {
@@ -544,14 +507,16 @@ static int cmd_revoke(const struct keel_config *config, int argc, char **argv)
         {"cert", required_argument, NULL, 'c'}, {"crl", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {.what = "certs revoke",
+                                 .usage = usage_revoke,
+                                 .shortopts = "d:s:c:h",
+                                 .longopts = longopts};
     const char *dir = NULL, *serial = NULL, *cert = NULL, *crl = NULL;
     char hex[KEEL_CERTS_SERIAL_HEX], crl_default[4096];
     struct keel_error err;
     int opt, rc;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "d:s:c:h", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 'd':
             dir = optarg;
@@ -565,20 +530,16 @@ static int cmd_revoke(const struct keel_config *config, int argc, char **argv)
         case 'C':
             crl = optarg;
             break;
-        case 'h':
-            usage_revoke(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("revoke", usage_revoke, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit;
     if (optind < argc)
-        return bad_usage("revoke", usage_revoke, "unexpected argument '%s'", argv[optind]);
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     if (dir == NULL)
-        return bad_usage("revoke", usage_revoke, "%s", "--dir is required");
+        return keelctl_usage_error(&cl, "%s", "--dir is required");
     if ((serial == NULL) == (cert == NULL))
-        return bad_usage("revoke", usage_revoke, "%s", "give exactly one of --serial and --cert");
+        return keelctl_usage_error(&cl, "%s", "give exactly one of --serial and --cert");
     keel_error_init(&err);
     if (cert != NULL) {
         X509 *x = keel_certs_load_cert(cert, &err);

@@ -78,13 +78,6 @@ static int fail(const char *what, const struct keel_error *err)
     return KEEL_EXIT_FAILURE;
 }
 
-static void print_json(json_t *j)
-{
-    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    fputc('\n', stdout);
-    json_decref(j);
-}
-
 static int parse_id(const char *s, uint64_t *id)
 {
     char *end;
@@ -156,7 +149,7 @@ static int cmd_list(keel_store *s, const struct opts *o)
     }
     free(ids);
     if (o->json)
-        print_json(arr);
+        keelctl_print_json(arr);
     else
         json_decref(arr);
     return KEEL_EXIT_OK;
@@ -199,7 +192,7 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
                                                     (json_int_t)m.shards[i].incarnation));
         json_object_set_new(root, "ranges", ranges);
         json_object_set_new(root, "shards", shards);
-        print_json(root);
+        keelctl_print_json(root);
         keel_manifest_release(&m);
         return KEEL_EXIT_OK;
     }
@@ -237,8 +230,8 @@ static int cmd_verify(keel_store *s, const struct opts *o, uint64_t id)
     keel_error_init(&err);
     rc = keel_checkpoint_verify(s, &key, id, 1, &err);
     if (o->json)
-        print_json(json_pack("{s:I,s:b,s:s}", "id", (json_int_t)id, "ok", rc == 0, "error",
-                             rc == 0 ? "" : err.msg));
+        keelctl_print_json(json_pack("{s:I,s:b,s:s}", "id", (json_int_t)id, "ok", rc == 0, "error",
+                                     rc == 0 ? "" : err.msg));
     if (rc != 0)
         return fail("verify", &err);
     if (!o->json)
@@ -266,7 +259,7 @@ static int cmd_diff(keel_store *s, const struct opts *o, uint64_t a, uint64_t b)
                                "changed", (json_int_t)d[i].changed, "l2",
                                isnan(d[i].l2) ? json_null() : json_real(d[i].l2), "width_differs",
                                d[i].width_differs));
-        print_json(arr);
+        keelctl_print_json(arr);
     } else {
         printf("%-6s %12s %12s %12s %14s\n", "TABLE", "ROWS_A", "ROWS_B", "CHANGED", "L2");
         for (size_t i = 0; i < n; i++)
@@ -317,7 +310,7 @@ static int cmd_audit(keel_store *s, const struct opts *o)
     if (o->json) {
         json_t *root = json_pack("{s:o,s:b,s:s}", "records", p.arr, "ok", rc == 0, "error",
                                  rc == 0 ? "" : err.msg);
-        print_json(root);
+        keelctl_print_json(root);
     } else {
         json_decref(p.arr);
     }
@@ -357,7 +350,7 @@ static int run_sub(keel_store *s, const struct opts *o, int argc, char **argv)
         if (keel_checkpoint_export(s, a, o->out, &err) != 0)
             return fail("export", &err);
         if (o->json)
-            print_json(json_pack("{s:I,s:s}", "id", (json_int_t)a, "out", o->out));
+            keelctl_print_json(json_pack("{s:I,s:s}", "id", (json_int_t)a, "out", o->out));
         else
             printf("checkpoint %" PRIu64 " exported to %s\n", a, o->out);
         return KEEL_EXIT_OK;
@@ -379,7 +372,7 @@ static int run_sub(keel_store *s, const struct opts *o, int argc, char **argv)
         if (keel_checkpoint_prune(s, (size_t)o->keep, &pruned, &err) != 0)
             return fail("prune", &err);
         if (o->json)
-            print_json(
+            keelctl_print_json(
                 json_pack("{s:I,s:I}", "pruned", (json_int_t)pruned, "kept", (json_int_t)o->keep));
         else
             printf("pruned %zu checkpoint(s), kept the newest %ld\n", pruned, o->keep);
@@ -401,15 +394,15 @@ int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **ar
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "checkpoint", .usage = usage, .shortopts = "h", .longopts = longopts};
     struct opts o = {NULL, NULL, NULL, 0, 0};
     struct keel_error err;
     keel_store *s;
     char *end;
     int opt, rc;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 's':
             o.store = optarg;
@@ -431,22 +424,14 @@ int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **ar
         case 'j':
             o.json = 1;
             break;
-        case 'h':
-            usage(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            fprintf(stderr, CMD ": unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return KEEL_EXIT_USAGE;
         }
     }
+    if (opt < 0)
+        return cl.exit;
     argc -= optind;
     argv += optind;
-    if (argc < 1) {
-        fprintf(stderr, CMD ": no subcommand given\n");
-        usage(stderr);
-        return KEEL_EXIT_USAGE;
-    }
+    if (argc < 1)
+        return keelctl_usage_error(&cl, "no subcommand given");
     keel_error_init(&err);
     if (strcmp(argv[0], "keygen") == 0) {
         if (o.out == NULL || argc != 1) {

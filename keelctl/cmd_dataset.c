@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,22 +96,6 @@ static void usage_verify(FILE *out)
             "  -n, --name NAME   the dataset\n"
             "  -h, --help        show this help\n",
             MAX_REPORTS);
-}
-
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "keelctl dataset %s: ", sub);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return KEEL_EXIT_USAGE;
 }
 
 static int fail(const char *sub, const struct keel_error *err)
@@ -216,6 +199,10 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {.what = "dataset import",
+                                 .usage = usage_import,
+                                 .shortopts = "s:n:f:N:qh",
+                                 .longopts = longopts};
     struct keel_dataset_import_opts o;
     struct keel_dataset_info info;
     struct keel_error err;
@@ -227,9 +214,7 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     o.nshards = 1;
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "s:n:f:N:qh", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 's':
             dir = optarg;
@@ -240,26 +225,26 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
         case 'f':
             format = keel_dataset_format_parse(optarg);
             if (format == 0)
-                return bad_usage("import", usage_import,
-                                 "--format: must be idx, libsvm or csv, got '%s'", optarg);
+                return keelctl_usage_error(&cl, "--format: must be idx, libsvm or csv, got '%s'",
+                                           optarg);
             break;
         case 'N':
             if (parse_count(optarg, KEEL_DATASET_MAX_SHARDS, &o.nshards) != 0)
-                return bad_usage("import", usage_import, "--shards: must be 1-%d, got '%s'",
-                                 KEEL_DATASET_MAX_SHARDS, optarg);
+                return keelctl_usage_error(&cl, "--shards: must be 1-%d, got '%s'",
+                                           KEEL_DATASET_MAX_SHARDS, optarg);
             break;
         case 'S':
             o.split = optarg;
             break;
         case 'F':
             if (parse_count(optarg, KEEL_RECORD_MAX_INDEX, &o.parse.nfeatures) != 0)
-                return bad_usage("import", usage_import, "--features: must be 1-%u, got '%s'",
-                                 (unsigned)KEEL_RECORD_MAX_INDEX, optarg);
+                return keelctl_usage_error(&cl, "--features: must be 1-%u, got '%s'",
+                                           (unsigned)KEEL_RECORD_MAX_INDEX, optarg);
             break;
         case 'C':
             if (parse_count(optarg, KEEL_RECORD_MAX_CLASSES, &o.parse.nclasses) != 0)
-                return bad_usage("import", usage_import, "--classes: must be 1-%u, got '%s'",
-                                 (unsigned)KEEL_RECORD_MAX_CLASSES, optarg);
+                return keelctl_usage_error(&cl, "--classes: must be 1-%u, got '%s'",
+                                           (unsigned)KEEL_RECORD_MAX_CLASSES, optarg);
             break;
         case 'H':
             o.parse.csv_header = 1;
@@ -270,38 +255,33 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
             else if (strcmp(optarg, "last") == 0)
                 o.parse.csv_label_last = 1;
             else
-                return bad_usage("import", usage_import,
-                                 "--label-column: must be first or last, got '%s'", optarg);
+                return keelctl_usage_error(&cl, "--label-column: must be first or last, got '%s'",
+                                           optarg);
             break;
         case 'q':
             quiet = 1;
             break;
-        case 'h':
-            usage_import(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("import", usage_import, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit;
     dir = store_dir(config, dir);
     if (!dir)
-        return bad_usage("import", usage_import, "--store DIR is required");
+        return keelctl_usage_error(&cl, "--store DIR is required");
     if (!name)
-        return bad_usage("import", usage_import, "--name NAME is required");
+        return keelctl_usage_error(&cl, "--name NAME is required");
     if (!format)
-        return bad_usage("import", usage_import, "--format is required");
+        return keelctl_usage_error(&cl, "--format is required");
     if (optind >= argc)
-        return bad_usage("import", usage_import, "no file to import");
+        return keelctl_usage_error(&cl, "no file to import");
     if (format == KEEL_DATASET_IDX && argc - optind != 2)
-        return bad_usage("import", usage_import,
-                         "--format idx takes two files, the images then the labels; got %d",
-                         argc - optind);
+        return keelctl_usage_error(
+            &cl, "--format idx takes two files, the images then the labels; got %d", argc - optind);
     if ((o.parse.csv_header || o.parse.csv_label_last) && format != KEEL_DATASET_CSV)
-        return bad_usage("import", usage_import, "--header and --label-column are for csv");
+        return keelctl_usage_error(&cl, "--header and --label-column are for csv");
     keel_error_init(&err);
     if (keel_dataset_name_check(name, &err) != 0)
-        return bad_usage("import", usage_import, "--name: %s", err.msg);
+        return keelctl_usage_error(&cl, "--name: %s", err.msg);
 
     if ((rc = open_store("import", dir, 0, &s)) != KEEL_EXIT_OK)
         return rc;
@@ -330,8 +310,12 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
 
 /* ---- info and list ------------------------------------------------------ */
 
-/* Options shared by info, list and verify. */
-static int parse_common(const char *sub, void (*usage)(FILE *), int argc, char **argv,
+/*
+ * Options shared by info, list and verify (`what` is "dataset info"): --name
+ * when `want_name`, --json when `json` is not NULL.  Returns 0 to go on, -1
+ * after --help, or an exit code.
+ */
+static int parse_common(const char *what, void (*usage)(FILE *), int argc, char **argv,
                         int want_name, const char **dir, const char **name, int *json)
 {
     static const struct option longopts[] = {
@@ -341,38 +325,35 @@ static int parse_common(const char *sub, void (*usage)(FILE *), int argc, char *
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = what, .usage = usage, .shortopts = "s:n:jh", .longopts = longopts};
     int opt;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "s:n:jh", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 's':
             *dir = optarg;
             break;
         case 'n':
             if (!want_name)
-                return bad_usage(sub, usage, "unknown option '--name'");
+                return keelctl_usage_error(&cl, "unknown option '--name'");
             *name = optarg;
             break;
         case 'j':
             if (!json)
-                return bad_usage(sub, usage, "unknown option '--json'");
+                return keelctl_usage_error(&cl, "unknown option '--json'");
             *json = 1;
             break;
-        case 'h':
-            usage(stdout);
-            return -1;
-        default:
-            return bad_usage(sub, usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit == KEEL_EXIT_OK ? -1 : cl.exit;
     if (optind < argc)
-        return bad_usage(sub, usage, "unexpected argument '%s'", argv[optind]);
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     if (!*dir)
-        return bad_usage(sub, usage, "--store DIR is required");
+        return keelctl_usage_error(&cl, "--store DIR is required");
     if (want_name && !*name)
-        return bad_usage(sub, usage, "--name NAME is required");
+        return keelctl_usage_error(&cl, "--name NAME is required");
     return 0;
 }
 
@@ -405,18 +386,6 @@ static json_t *info_json(const struct keel_dataset_info *info)
     return o;
 }
 
-static int print_json(json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-
-    json_decref(j);
-    if (!s)
-        return KEEL_EXIT_FAILURE;
-    printf("%s\n", s);
-    free(s);
-    return KEEL_EXIT_OK;
-}
-
 static int cmd_info(const struct keel_config *config, int argc, char **argv)
 {
     const struct keel_dataset_info *info;
@@ -428,7 +397,7 @@ static int cmd_info(const struct keel_config *config, int argc, char **argv)
     int json = 0, rc;
 
     dir = store_dir(config, NULL);
-    rc = parse_common("info", usage_info, argc, argv, 1, &dir, &name, &json);
+    rc = parse_common("dataset info", usage_info, argc, argv, 1, &dir, &name, &json);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     if ((rc = open_store("info", dir, 1, &s)) != KEEL_EXIT_OK)
@@ -454,7 +423,7 @@ static int cmd_info(const struct keel_config *config, int argc, char **argv)
             json_array_append_new(arr, so);
         }
         json_object_set_new(o, "shard_list", arr);
-        rc = print_json(o);
+        rc = keelctl_print_json(o);
     } else {
         hex(info->digest, sizeof(info->digest), digest);
         format_time(info->created, created, sizeof(created));
@@ -521,7 +490,7 @@ static int cmd_list(const struct keel_config *config, int argc, char **argv)
     int rc;
 
     dir = store_dir(config, NULL);
-    rc = parse_common("list", usage_list, argc, argv, 0, &dir, &name, &l.json);
+    rc = parse_common("dataset list", usage_list, argc, argv, 0, &dir, &name, &l.json);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     if ((rc = open_store("list", dir, 1, &s)) != KEEL_EXIT_OK)
@@ -538,7 +507,7 @@ static int cmd_list(const struct keel_config *config, int argc, char **argv)
         json_decref(l.arr);
         return fail("list", &err);
     }
-    return l.json ? print_json(l.arr) : KEEL_EXIT_OK;
+    return l.json ? keelctl_print_json(l.arr) : KEEL_EXIT_OK;
 }
 
 /* ---- verify ------------------------------------------------------------- */
@@ -559,7 +528,7 @@ static int cmd_verify(const struct keel_config *config, int argc, char **argv)
     int rc;
 
     dir = store_dir(config, NULL);
-    rc = parse_common("verify", usage_verify, argc, argv, 1, &dir, &name, NULL);
+    rc = parse_common("dataset verify", usage_verify, argc, argv, 1, &dir, &name, NULL);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     if ((rc = open_store("verify", dir, 1, &s)) != KEEL_EXIT_OK)

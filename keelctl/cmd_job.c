@@ -14,7 +14,6 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 
 #include "keel/alloc.h"
 #include "keel/buf.h"
+#include "keel/clock.h"
 #include "keel/cli.h"
 #include "keel/cstate.h"
 #include "keel/dataset.h"
@@ -92,53 +92,12 @@ static void usage_stop(FILE *out)
                  "  -h, --help          show this help\n");
 }
 
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int bad_usage(const char *sub, void (*usage)(FILE *), const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "keelctl job %s: ", sub);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return KEEL_EXIT_USAGE;
-}
-
-static int fail_msg(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int fail_msg(const char *sub, const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "keelctl job %s: ", sub);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n");
-    return KEEL_EXIT_FAILURE;
-}
-
-static void print_json(json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-
-    if (s) {
-        printf("%s\n", s);
-        free(s);
-    }
-    json_decref(j);
-}
-
 /*
- * Options shared by list/show/stop: --json, --help, --reason (stop), and
- * `want_name` positional NAME.  Returns 0 to go on, -1 after --help, or an
- * exit code.
+ * Options shared by list/show/stop (`what` is "job list"): --json, --help,
+ * --reason (stop), and `want_name` positional NAME.  Returns 0 to go on, -1
+ * after --help, or an exit code.
  */
-static int parse_opts(const char *sub, void (*usage)(FILE *), int argc, char **argv, int want_name,
+static int parse_opts(const char *what, void (*usage)(FILE *), int argc, char **argv, int want_name,
                       int *json, const char **name, const char **reason)
 {
     static const struct option longopts[] = {
@@ -147,38 +106,35 @@ static int parse_opts(const char *sub, void (*usage)(FILE *), int argc, char **a
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = what, .usage = usage, .shortopts = "jr:h", .longopts = longopts};
     int opt;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "jr:h", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 'j':
             *json = 1;
             break;
         case 'r':
             if (reason == NULL)
-                return bad_usage(sub, usage, "unknown option '--reason'");
+                return keelctl_usage_error(&cl, "unknown option '--reason'");
             *reason = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return -1;
-        default:
-            return bad_usage(sub, usage, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit == KEEL_EXIT_OK ? -1 : cl.exit;
     if (want_name) {
         if (optind >= argc)
-            return bad_usage(sub, usage, "NAME is required");
+            return keelctl_usage_error(&cl, "NAME is required");
         if (argc - optind > 1)
-            return bad_usage(sub, usage, "one NAME only, got '%s' too", argv[optind + 1]);
+            return keelctl_usage_error(&cl, "one NAME only, got '%s' too", argv[optind + 1]);
         *name = argv[optind];
         if (!keel_id_valid(*name))
-            return bad_usage(sub, usage, "'%s' is not a job name: 1-%d of A-Z a-z 0-9 - _", *name,
-                             KEEL_ID_MAX);
+            return keelctl_usage_error(&cl, "'%s' is not a job name: 1-%d of A-Z a-z 0-9 - _",
+                                       *name, KEEL_ID_MAX);
     } else if (optind < argc) {
-        return bad_usage(sub, usage, "unexpected argument '%s'", argv[optind]);
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     }
     return 0;
 }
@@ -204,19 +160,19 @@ static int check_datasets(const char *dir, const struct keel_jobspec *spec)
     keel_error_init(&err);
     memset(&info, 0, sizeof(info));
     if (keel_store_open(&s, dir, &so, &err) != 0)
-        return fail_msg("submit", "--store: %s", err.msg);
+        return keelctl_fail("job submit", "--store: %s", err.msg);
     if (keel_dataset_stat(s, spec->dataset, &info, &err) != 0)
-        rc = fail_msg("submit", "[job] dataset: %s", err.msg);
+        rc = keelctl_fail("job submit", "[job] dataset: %s", err.msg);
     else if (!info.complete)
-        rc = fail_msg("submit", "[job] dataset: '%s' in '%s' is not completely imported",
-                      spec->dataset, dir);
+        rc = keelctl_fail("job submit", "[job] dataset: '%s' in '%s' is not completely imported",
+                          spec->dataset, dir);
     else if (info.nshards != spec->shards)
-        rc = fail_msg("submit",
-                      "[job] shards: the job spec says %" PRIu32 ", but dataset '%s' in '%s' "
-                      "was imported with %" PRIu32,
-                      spec->shards, spec->dataset, dir, info.nshards);
+        rc = keelctl_fail("job submit",
+                          "[job] shards: the job spec says %" PRIu32 ", but dataset '%s' in '%s' "
+                          "was imported with %" PRIu32,
+                          spec->shards, spec->dataset, dir, info.nshards);
     else if (spec->test_dataset[0] && keel_dataset_stat(s, spec->test_dataset, &info, &err) != 0)
-        rc = fail_msg("submit", "[job] test_dataset: %s", err.msg);
+        rc = keelctl_fail("job submit", "[job] test_dataset: %s", err.msg);
     keel_store_close(s);
     return rc;
 }
@@ -249,6 +205,8 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "job submit", .usage = usage_submit, .shortopts = "s:jh", .longopts = longopts};
     struct keel_buf spec_key = KEEL_BUF_INIT, state_key = KEEL_BUF_INIT, spec_val = KEEL_BUF_INIT,
                     state_val = KEEL_BUF_INIT;
     struct keel_etcd_txn_result r;
@@ -261,9 +219,7 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
     keel_etcd *etcd = NULL;
     int opt, json = 0, rc;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "s:jh", longopts, NULL)) != -1) {
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0) {
         switch (opt) {
         case 's':
             store = optarg;
@@ -271,30 +227,26 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
         case 'j':
             json = 1;
             break;
-        case 'h':
-            usage_submit(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            return bad_usage("submit", usage_submit, "unknown or incomplete option '%s'",
-                             argv[optind - 1]);
         }
     }
+    if (opt < 0)
+        return cl.exit;
     if (optind >= argc)
-        return bad_usage("submit", usage_submit, "FILE is required");
+        return keelctl_usage_error(&cl, "FILE is required");
     if (argc - optind > 1)
-        return bad_usage("submit", usage_submit, "one FILE only, got '%s' too", argv[optind + 1]);
+        return keelctl_usage_error(&cl, "one FILE only, got '%s' too", argv[optind + 1]);
     path = argv[optind];
     keel_error_init(&err);
     memset(&r, 0, sizeof(r));
     if (keel_jobspec_load(&spec, path, &err) != 0)
-        return fail_msg("submit", "%s", err.msg);
+        return keelctl_fail("job submit", "%s", err.msg);
     if (store && (rc = check_datasets(store, &spec)) != KEEL_EXIT_OK)
         return rc;
 
     job_key(config, spec.name, "spec", &spec_key);
     job_key(config, spec.name, "state", &state_key);
     keel_jobspec_encode(&spec, &spec_val);
-    keel_job_status_init(&st, (uint64_t)keelctl_now_ms());
+    keel_job_status_init(&st, (uint64_t)keel_clock_wall_ms());
     keel_job_status_encode(&st, &state_val);
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) != 0) {
         rc = keelctl_etcd_fail("job submit", config, &err);
@@ -319,10 +271,10 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
             memcmp(kv.value, spec_val.buf, spec_val.len) == 0) {
             r.succeeded = 1;
         } else if (rc == 0 || rc == KEEL_ENOTFOUND) {
-            rc = fail_msg("submit",
-                          "etcd did not say whether job '%s' was stored, and it is not: "
-                          "submit again",
-                          spec.name);
+            rc = keelctl_fail("job submit",
+                              "etcd did not say whether job '%s' was stored, and it is not: "
+                              "submit again",
+                              spec.name);
             keel_etcd_kv_release(&kv);
             goto out;
         }
@@ -336,20 +288,20 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
         char what[96];
 
         describe_existing(&r, what, sizeof(what));
-        rc = fail_msg("submit",
-                      "job '%s' already exists (%s); a job name is submitted once: choose "
-                      "another [job] name",
-                      spec.name, what);
+        rc = keelctl_fail("job submit",
+                          "job '%s' already exists (%s); a job name is submitted once: choose "
+                          "another [job] name",
+                          spec.name, what);
         goto out;
     }
     keel_jobspec_digest_hex(&spec, digest);
     keel_jobspec_model_string(&spec, model, sizeof(model));
     keel_consistency_string(&spec, consistency, sizeof(consistency));
     if (json) {
-        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i}", "name", spec.name, "state",
-                             "pending", "digest", digest, "model", model, "dataset", spec.dataset,
-                             "shards", (int)spec.shards, "epochs", (int)spec.epochs, "replication",
-                             (int)spec.replication));
+        keelctl_print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i}", "name", spec.name,
+                                     "state", "pending", "digest", digest, "model", model,
+                                     "dataset", spec.dataset, "shards", (int)spec.shards, "epochs",
+                                     (int)spec.epochs, "replication", (int)spec.replication));
     } else {
         printf("submitted job '%s': model %s, dataset '%s' (%" PRIu32 " shards), %" PRIu32
                " epoch%s, %s, replication %u; state pending\n"
@@ -423,7 +375,7 @@ json_t *keelctl_job_json(const struct keel_cstate_job *j)
 
 void keelctl_job_rows(const struct keel_cstate *s, FILE *out)
 {
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
 
     fprintf(out, "%-24s %-10s %-12s %-14s %-9s %s\n", "NAME", "STATE", "SHARDS DONE", "PASSES DONE",
             "PROGRESS", "CHANGED");
@@ -455,7 +407,7 @@ static int cmd_list(const struct keel_config *config, int argc, char **argv)
     struct keel_cstate s;
     int json = 0, rc;
 
-    rc = parse_opts("list", usage_list, argc, argv, 0, &json, NULL, NULL);
+    rc = parse_opts("job list", usage_list, argc, argv, 0, &json, NULL, NULL);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     if ((rc = read_state(config, "job list", &s)) != KEEL_EXIT_OK)
@@ -466,7 +418,7 @@ static int cmd_list(const struct keel_config *config, int argc, char **argv)
         for (size_t i = 0; i < s.njobs; i++)
             if (s.jobs[i].spec_kv || s.jobs[i].state_kv)
                 json_array_append_new(a, keelctl_job_json(&s.jobs[i]));
-        print_json(a);
+        keelctl_print_json(a);
     } else if (s.njobs == 0) {
         printf("no jobs in cluster '%s'\n", config->cluster_name);
     } else {
@@ -586,7 +538,7 @@ static void show_text(const struct keel_cstate_job *j, const struct keel_shard_t
         char when[32], age[32];
 
         keelctl_format_time(j->status.changed_ms, when, sizeof(when));
-        keelctl_format_age(keelctl_now_ms() - (int64_t)j->status.changed_ms, age, sizeof(age));
+        keelctl_format_age(keel_clock_wall_ms() - (int64_t)j->status.changed_ms, age, sizeof(age));
         printf("  state        %s since %s (%s ago)%s%s\n", keel_job_state_name(j->status.state),
                when, age, j->status.reason[0] ? ": " : "", j->status.reason);
     }
@@ -639,7 +591,7 @@ static int cmd_show(const struct keel_config *config, int argc, char **argv)
     const char *name = NULL;
     int json = 0, rc, shards_ok;
 
-    rc = parse_opts("show", usage_show, argc, argv, 1, &json, &name, NULL);
+    rc = parse_opts("job show", usage_show, argc, argv, 1, &json, &name, NULL);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     if ((rc = read_state(config, "job show", &s)) != KEEL_EXIT_OK)
@@ -647,13 +599,13 @@ static int cmd_show(const struct keel_config *config, int argc, char **argv)
     j = keel_cstate_job(&s, name);
     if (j == NULL || (j->spec_kv == NULL && j->state_kv == NULL)) {
         keel_cstate_release(&s);
-        return fail_msg("show", "no job '%s' in cluster '%s'", name, config->cluster_name);
+        return keelctl_fail("job show", "no job '%s' in cluster '%s'", name, config->cluster_name);
     }
     keel_error_init(&err);
     memset(&t, 0, sizeof(t));
     shards_ok = j->spec_ok && keel_cstate_shards(j, &t, NULL, &err) == 0;
     if (json)
-        print_json(show_json(j, &t, shards_ok));
+        keelctl_print_json(show_json(j, &t, shards_ok));
     else
         show_text(j, &t, shards_ok, j->spec_ok && !shards_ok ? err.msg : NULL);
     if (shards_ok)
@@ -672,7 +624,7 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
     keel_etcd *etcd = NULL;
     int json = 0, rc;
 
-    rc = parse_opts("stop", usage_stop, argc, argv, 1, &json, &name, &reason);
+    rc = parse_opts("job stop", usage_stop, argc, argv, 1, &json, &name, &reason);
     if (rc != 0)
         return rc < 0 ? KEEL_EXIT_OK : rc;
     keel_error_init(&err);
@@ -690,31 +642,31 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
         memset(&kv, 0, sizeof(kv));
         keel_error_init(&err);
         if ((rc = keel_etcd_get(etcd, (const char *)key.buf, &kv, NULL, &err)) != 0) {
-            rc = rc == KEEL_ENOTFOUND
-                     ? fail_msg("stop", "no job '%s' in cluster '%s'", name, config->cluster_name)
-                     : keelctl_etcd_fail("job stop", config, &err);
+            rc = rc == KEEL_ENOTFOUND ? keelctl_fail("job stop", "no job '%s' in cluster '%s'",
+                                                     name, config->cluster_name)
+                                      : keelctl_etcd_fail("job stop", config, &err);
             break;
         }
         if (keel_job_status_decode(kv.value, kv.value_len, &st, &err) != 0) {
-            rc = fail_msg("stop", "job '%s': %s", name, err.msg);
+            rc = keelctl_fail("job stop", "job '%s': %s", name, err.msg);
             keel_etcd_kv_release(&kv);
             break;
         }
         was = st.state;
         if (was == KEEL_JOB_STOPPED) {
             if (json)
-                print_json(json_pack("{s:s, s:s, s:s}", "name", name, "state", "stopped", "was",
-                                     "stopped"));
+                keelctl_print_json(json_pack("{s:s, s:s, s:s}", "name", name, "state", "stopped",
+                                             "was", "stopped"));
             else
                 printf("job '%s' is already stopped\n", name);
             rc = KEEL_EXIT_OK;
             keel_etcd_kv_release(&kv);
             break;
         }
-        if (keel_job_status_move(&st, KEEL_JOB_STOPPED, (uint64_t)keelctl_now_ms(), reason, NULL) !=
-            0) {
-            rc = fail_msg("stop", "cannot stop job '%s': it is %s, which is final", name,
-                          keel_job_state_name(was));
+        if (keel_job_status_move(&st, KEEL_JOB_STOPPED, (uint64_t)keel_clock_wall_ms(), reason,
+                                 NULL) != 0) {
+            rc = keelctl_fail("job stop", "cannot stop job '%s': it is %s, which is final", name,
+                              keel_job_state_name(was));
             keel_etcd_kv_release(&kv);
             break;
         }
@@ -734,8 +686,9 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
             rc = keelctl_etcd_fail("job stop", config, &err);
         } else {
             if (json)
-                print_json(json_pack("{s:s, s:s, s:s, s:s}", "name", name, "state", "stopped",
-                                     "was", keel_job_state_name(was), "reason", reason));
+                keelctl_print_json(json_pack("{s:s, s:s, s:s, s:s}", "name", name, "state",
+                                             "stopped", "was", keel_job_state_name(was), "reason",
+                                             reason));
             else
                 printf("stopped job '%s' (it was %s): %s\n", name, keel_job_state_name(was),
                        reason);
@@ -744,7 +697,8 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
         keel_etcd_txn_result_release(&r);
     }
     if (rc < 0)
-        rc = fail_msg("stop", "job '%s' kept changing while being stopped; try again", name);
+        rc =
+            keelctl_fail("job stop", "job '%s' kept changing while being stopped; try again", name);
     keel_etcd_free(etcd);
     keel_buf_release(&key);
     keel_buf_release(&val);

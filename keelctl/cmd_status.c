@@ -15,6 +15,7 @@
 #include "keel/alloc.h"
 #include "keel/assign.h"
 #include "keel/cli.h"
+#include "keel/clock.h"
 #include "keel/cstate.h"
 #include "keel/proto.h"
 #include "keelctl.h"
@@ -71,7 +72,7 @@ static json_t *status_json(const struct keel_config *config, const struct keel_c
     struct leader_info li;
     json_t *o = json_object(), *members = json_array(), *ranges = json_array(),
            *servers = json_array(), *jobs = json_array();
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
 
     leader_of(s, &li);
     json_object_set_new(o, "cluster", json_string(config->cluster_name));
@@ -132,7 +133,7 @@ static void status_text(const struct keel_config *config, const struct keel_csta
                         const keel_assign *a, const char *assign_error)
 {
     struct leader_info li;
-    int64_t now = keelctl_now_ms();
+    int64_t now = keel_clock_wall_ms();
     size_t njobs = 0;
 
     leader_of(s, &li);
@@ -202,34 +203,21 @@ int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    struct keelctl_cmdline cl = {
+        .what = "status", .usage = usage, .shortopts = "jh", .longopts = longopts};
     struct keel_cstate s;
     struct keel_error err;
     keel_assign *a = NULL;
     keel_etcd *etcd = NULL;
     int opt, json = 0, rc;
 
-    optind = 0;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
+    while ((opt = keelctl_getopt(&cl, argc, argv)) > 0)
+        if (opt == 'j')
             json = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return KEEL_EXIT_OK;
-        default:
-            fprintf(stderr, "keelctl status: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
-            usage(stderr);
-            return KEEL_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "keelctl status: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return KEEL_EXIT_USAGE;
-    }
+    if (opt < 0)
+        return cl.exit;
+    if (optind < argc)
+        return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     keel_error_init(&err);
     memset(&s, 0, sizeof(s));
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) == 0)
@@ -243,17 +231,10 @@ int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv)
     if (s.assignment &&
         keel_assign_decode(s.assignment->value, s.assignment->value_len, &a, &err) != 0)
         a = NULL;
-    if (json) {
-        json_t *o = status_json(config, &s, a, s.assignment && !a ? err.msg : NULL);
-        char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-
-        if (text)
-            printf("%s\n", text);
-        free(text);
-        json_decref(o);
-    } else {
+    if (json)
+        keelctl_print_json(status_json(config, &s, a, s.assignment && !a ? err.msg : NULL));
+    else
         status_text(config, &s, a, s.assignment && !a ? err.msg : NULL);
-    }
     keel_assign_free(a);
     keel_cstate_release(&s);
     return KEEL_EXIT_OK;

@@ -16,6 +16,7 @@
 #ifndef KEELCTL_H
 #define KEELCTL_H
 
+#include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -87,7 +88,47 @@ void keelctl_format_age(int64_t ms, char *out, size_t n);
 /* Unix ms as "2026-01-02T03:04:05Z". */
 void keelctl_format_time(uint64_t ms, char *out, size_t n);
 
-int64_t keelctl_now_ms(void);
+/* ---- command lines and output (keelctl.c) ---- */
+
+/*
+ * A (sub)command's options, read one at a time by keelctl_getopt(): the name
+ * its messages start with, its help, and getopt_long()'s tables, which list
+ * --help (-h) among the command's own options.
+ */
+struct keelctl_cmdline {
+    const char *what;         /* "certs init": messages read "keelctl certs init: ..." */
+    void (*usage)(FILE *out); /* prints the help */
+    const char *shortopts;    /* for getopt_long(), "h" included */
+    const struct option
+        *longopts; /* for getopt_long(), {"help", no_argument, NULL, 'h'} included */
+    int started;   /* 0 until the first keelctl_getopt() */
+    int exit;      /* after keelctl_getopt() returned -1: the exit code */
+};
+
+/*
+ * The next option of argv[0..argc) (argv[0] is the command's name) as
+ * getopt_long() returns it, with optarg set; the first call starts getopt
+ * over (optind = 0: the shared options were parsed with getopt too).
+ * Returns 0 when the options are done (argv[optind] is the first operand),
+ * or -1 when the command is to return cl->exit: KEEL_EXIT_OK after --help
+ * printed the help on stdout, KEEL_EXIT_USAGE after "keelctl WHAT: unknown or
+ * incomplete option '...'" and the help went to stderr.
+ */
+int keelctl_getopt(struct keelctl_cmdline *cl, int argc, char **argv);
+
+/* "keelctl WHAT: <message>" and the help on stderr; returns KEEL_EXIT_USAGE. */
+int keelctl_usage_error(const struct keelctl_cmdline *cl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* "keelctl WHAT: <message>" on stderr; returns KEEL_EXIT_FAILURE. */
+int keelctl_fail(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Print `j` on stdout, indented by 2 in insertion order, and a newline, and
+ * drop the caller's reference.  Returns KEEL_EXIT_OK, or KEEL_EXIT_FAILURE
+ * with nothing printed when it cannot be encoded (out of memory).
+ */
+int keelctl_print_json(json_t *j);
 
 /* A subcommand of a command: `keelctl certs issue ...`. */
 struct keelctl_sub {

@@ -9,9 +9,9 @@ set -u
 bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
+. "$srcdir/tests/lib/procs.sh"
 
 cluster=$srcdir/scripts/cluster.sh
-tmp=$(mktemp -d)
 dir=$tmp/c
 ttl=3
 declare -A seen=() # every PID the cluster ever had: pid -> its process name
@@ -19,20 +19,10 @@ declare -A seen=() # every PID the cluster ever had: pid -> its process name
 # Only the cluster's own processes are stopped, by cluster.sh (by PID).
 cleanup() {
     [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
-    rm -rf "$tmp"
+    procs_cleanup
 }
 trap cleanup EXIT
 
-wait_for() { # SECONDS CMD...
-    local limit=$1 i
-    shift
-    for ((i = 0; i < limit * 10; i++)); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-now_ms() { date +%s%3N; }
 cl() { bash "$cluster" "$@"; }
 ectl() { bash "$cluster" etcdctl --dir "$dir" "$@"; }
 members() { ectl get --prefix /keel/t/members/ --keys-only 2>/dev/null | sed -n 's|^/keel/t/members/||p'; }
@@ -158,11 +148,11 @@ done
 
 # --- SIGKILL a server: its key goes after the lease TTL; start it again ------------
 inc_before=$(ectl get --print-value-only /keel/t/members/server/s1 | sed -n 's/.*"incarnation":\([0-9]*\).*/\1/p')
-pid=$(pid_of server-s1)
+s1pid=$(pid_of server-s1)
 t0=$(now_ms)
 run cl kill --dir "$dir" server s1
 expect_status 0 "kill server s1"
-if gone "$pid" server-s1; then ok; else fail "server s1 (pid $pid) still runs after kill"; fi
+if gone "$s1pid" server-s1; then ok; else fail "server s1 (pid $s1pid) still runs after kill"; fi
 if wait_for $((ttl + 5)) unregistered server/s1; then
     took=$(($(now_ms) - t0))
     echo "server s1's member key gone $took ms after SIGKILL (lease TTL $ttl s)"

@@ -8,29 +8,10 @@ bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
 . "$srcdir/tests/lib/etcd.sh"
+. "$srcdir/tests/lib/procs.sh"
 
 coord=$bindir/keel-coordinator
-tmp=$(mktemp -d)
 ttl=2
-declare -A pid
-cleanup() {
-    local p
-    for p in "${pid[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    etcd_stop
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-wait_for() { # SECONDS CMD...
-    local limit=$1 i
-    shift
-    for i in $(seq 1 $((limit * 10))); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-now_ms() { date +%s%3N; }
 
 # start ID [extra options...]: a coordinator logging to $tmp/ID.log.
 start() {

@@ -7,30 +7,9 @@ bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
 . "$srcdir/tests/lib/etcd.sh"
+. "$srcdir/tests/lib/procs.sh"
 
 check=$bindir/../tests/keel-etcd-check
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    etcd_stop
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# wait_for SECONDS CMD...: poll CMD every 0.1 s; status 0 as soon as it succeeds.
-wait_for() {
-    local limit=$1 i
-    shift
-    for i in $(seq 1 $((limit * 10))); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-now_ms() { date +%s%3N; }
 revision() { etcdctl_ get / -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])'; }
 
 etcd_start "$tmp/plain" || exit 1
@@ -67,7 +46,7 @@ expect_status 0 "roundtrip with a dead first endpoint"
 # --- lease keep-alive: the key outlives 3 TTLs; a revoke is seen as loss -----
 "$check" lease-hold 2 /lh/k 30 >"$tmp/lease.out" 2>"$tmp/lease.err" &
 lp=$!
-pids+=("$lp")
+pid[lease]="$lp"
 wait_for 5 grep -q '^lease ' "$tmp/lease.out"
 sleep 6
 run etcdctl_ get --print-value-only /lh/k
@@ -89,7 +68,7 @@ expect_out '^$' "revoked lease took its key"
 rev=$(revision)
 "$check" watch /w/ $((rev + 1)) 40 10 >"$tmp/watch.out" 2>"$tmp/watch.err" &
 wp=$!
-pids+=("$wp")
+pid[watch]="$wp"
 sleep 0.5
 for i in 1 2 3; do etcdctl_ put /w/k$i v$i >/dev/null; done
 wait_for 5 grep -q '^PUT /w/k3 ' "$tmp/watch.out"
@@ -122,7 +101,7 @@ expect_status 0 "watch reconnected after the restart"
 # --- watch: history compacted while away -> listed again ---------------------
 "$check" watch /w/ 0 40 2 >"$tmp/compact.out" 2>"$tmp/compact.err" &
 wp=$!
-pids+=("$wp")
+pid[compact]="$wp"
 wait_for 5 grep -q '^RESET ' "$tmp/compact.out"
 kill -STOP "$wp"
 etcd_restart || exit 1
@@ -150,7 +129,7 @@ expect_status 0 "compaction is logged"
 # --- membership: a duplicate id is refused, a crashed holder's id frees up -----
 "$check" member-join dup worker w1 127.0.0.1:7001 2 0 60 >"$tmp/m1.out" 2>"$tmp/m1.err" &
 mp=$!
-pids+=("$mp")
+pid[member]="$mp"
 wait_for 5 grep -q '^joined ' "$tmp/m1.out"
 run "$check" member-join dup worker w1 127.0.0.1:7002 2 0 1
 expect_status 2 "duplicate member id"
@@ -183,7 +162,7 @@ if [ "$took" -ge 1400 ] && [ "$took" -lt 6000 ]; then ok; else
 fi
 "$check" --retry-timeout 30000 put /u/k v >"$tmp/retry.out" 2>&1 &
 rp=$!
-pids+=("$rp")
+pid[retry]="$rp"
 sleep 1
 etcd_restart || exit 1
 wait "$rp"
