@@ -508,17 +508,31 @@ static int trade(struct work *w, uint16_t d, uint16_t u, int relaxed)
     return 1;
 }
 
+/* Is range `r` one of the links of the chain that ends at `x`? */
+static int on_chain(const struct work *w, uint16_t x, unsigned r)
+{
+    for (uint16_t z = x; w->pred[z] != z; z = w->pred[z])
+        if (w->pred_range[z] == r)
+            return 1;
+    return 0;
+}
+
 /*
- * Relocate replicas placed in this change (which copy nothing more by moving
- * again) along a chain: `d` hands a fresh replica of r1 to x1, x1 hands a
- * fresh replica of r2 to x2, ... until a server takes one whose gain brings
- * the loads closer to [lo, hi] (d above hi and it below hi, or d above lo and
- * it below lo).  Breadth-first, so the chain is shortest; only its two ends
- * change load.  Like augmenting paths in a matching, these chains place as
- * many of the change's new replicas as the replica sets allow before any old
- * replica has to move.  Returns 1 when it moved.
+ * Move replicas along a chain: `d` hands its replica of r1 to x1, x1 hands its
+ * replica of r2 to x2, ... until a server takes one whose gain brings the
+ * loads closer to [lo, hi] (d above hi and it below hi, or d above lo and it
+ * below lo).  Breadth-first, so the chain is shortest; only its two ends
+ * change load.  Like augmenting paths in a matching.
+ *
+ * With `old` = 0 only replicas placed in this change move (they copy nothing
+ * more by moving again), so these chains place as many of the change's new
+ * replicas as the replica sets allow before any old replica has to move.
+ * With `old` = 1 any replica may move that move_score() allows (relaxed),
+ * each range at most once per chain, so no range loses the last member that
+ * holds its data; the fallback when no single move is left.  Returns 1 when
+ * it moved.
  */
-static int shift_fresh_from(struct work *w, uint16_t d, unsigned lo, unsigned hi)
+static int shift_chain_from(struct work *w, uint16_t d, unsigned lo, unsigned hi, int old)
 {
     size_t head = 0, tail = 0;
 
@@ -529,11 +543,13 @@ static int shift_fresh_from(struct work *w, uint16_t d, unsigned lo, unsigned hi
     while (head < tail) {
         uint16_t x = w->queue[head++];
 
-        for (unsigned r = 0; r < NR && w->nfresh[x] > 0; r++) {
-            if (!in_new(w, r, x) || in_prev(w, r, x))
+        for (unsigned r = 0; r < NR && (old || w->nfresh[x] > 0); r++) {
+            if (!in_new(w, r, x) || (!old && in_prev(w, r, x)) || (old && on_chain(w, x, r)))
                 continue;
             for (size_t y = 0; y < w->n; y++) {
                 if (!w->alive[y] || w->pred[y] != NONE || in_new(w, r, (uint16_t)y))
+                    continue;
+                if (old && move_score(w, r, x, (uint16_t)y, 1) < 0)
                     continue;
                 w->pred[y] = x;
                 w->pred_range[y] = (uint16_t)r;
@@ -553,8 +569,9 @@ static int shift_fresh_from(struct work *w, uint16_t d, unsigned lo, unsigned hi
  * Step 4: every load within [floor, ceil] of 256 * reff / nlive.  Chains of
  * this change's placements are tried first; else one replica moves from the
  * most loaded server to the least loaded one that can take it (among equals,
- * a server new to the table takes first), keeping continuity if possible.  Each move lowers
- * the sum of squared loads, so the loop ends.
+ * a server new to the table takes first), keeping continuity if possible;
+ * when no single move is allowed, a chain of old replicas' moves.  Each step
+ * lowers the sum of squared loads, so the loop ends.
  */
 static void balance_replicas(struct work *w)
 {
@@ -572,7 +589,7 @@ static void balance_replicas(struct work *w)
         for (size_t di = k; di-- > 0 && !moved;) {
             if (w->load[order[di]] <= lo)
                 break;
-            moved = shift_fresh_from(w, order[di], lo, hi);
+            moved = shift_chain_from(w, order[di], lo, hi, 0);
         }
         for (int relaxed = 0; relaxed < 2 && !moved; relaxed++)
             for (size_t di = k; di-- > 0 && !moved;)
@@ -584,6 +601,11 @@ static void balance_replicas(struct work *w)
                         break;
                     moved = trade(w, order[di], order[ui], relaxed);
                 }
+        for (size_t di = k; di-- > 0 && !moved;) {
+            if (w->load[order[di]] <= lo)
+                break;
+            moved = shift_chain_from(w, order[di], lo, hi, 1);
+        }
         if (!moved) {
             KEEL_LOG_WARN("assignment: replica balance stuck (loads %u..%u, want %u..%u)",
                           w->load[order[0]], w->load[order[k - 1]], lo, hi);

@@ -685,6 +685,21 @@ Test(assign, random_joins_and_leaves_keep_every_invariant, .timeout = 110)
             tot.leaves_with_moves, tot.max_leave_excess, tot.settles);
 }
 
+/*
+ * Sequences whose balance once got stuck (N=4, r=2, several changes at once):
+ * the only replicas the loaded server could give the light one were the last
+ * copies of their ranges, so one replica has to travel along a chain instead.
+ */
+Test(assign, chains_of_old_replicas_restore_balance)
+{
+    static const uint64_t seeds[] = {153372952, 147099979};
+    struct seq_totals tot = {0, 0, 0, 0, 0, 0, 0};
+
+    for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++)
+        run_sequence(seeds[i], 50, &tot);
+    cr_assert_eq(tot.steps, 100);
+}
+
 /* ---- JSON --------------------------------------------------------------- */
 
 Test(assign, encoding_is_canonical_json)
