@@ -24,11 +24,11 @@ srcdir=$2
 cluster=$srcdir/scripts/cluster.sh
 helper=$bindir/keel-test-train
 data=/usr/share/datasets/fashion-mnist
-tmp=$(mktemp -d)
+. "$srcdir/tests/lib/procs.sh"
 dir=$tmp/c
 cleanup() {
     [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
-    [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"
+    procs_cleanup
 }
 trap cleanup EXIT
 
@@ -37,16 +37,6 @@ if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
     exit 0
 fi
 
-wait_for() { # SECONDS CMD...
-    local limit=$1 i
-    shift
-    for ((i = 0; i < limit * 10; i++)); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-now_ms() { date +%s%3N; }
 cl() { bash "$cluster" "$@"; }
 
 # --- a cluster and a job ---------------------------------------------------------------

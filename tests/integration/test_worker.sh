@@ -20,34 +20,17 @@ bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
 . "$srcdir/tests/lib/etcd.sh"
+. "$srcdir/tests/lib/procs.sh"
 
 keelctl=$bindir/keelctl
 helper=$bindir/keel-test-train
 data=/usr/share/datasets/fashion-mnist
-tmp=$(mktemp -d)
-declare -A pid
-cleanup() {
-    local p
-    for p in "${pid[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    etcd_stop
-    [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
     echo "SKIP: Fashion-MNIST is not installed in $data"
     exit 0
 fi
 
-wait_for() { # SECONDS CMD...
-    local limit=$1 i
-    shift
-    for i in $(seq 1 $((limit * 10))); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
 logged() { grep -q -- "$2" "$tmp/$1.log"; }
 key() { etcdctl_ get --print-value-only "/keel/t/$1"; }
 registered() { [ -n "$(key "members/$1")" ]; }
