@@ -358,6 +358,10 @@ write_node_config() { # ROLE ID PORT
         printf '[log]\nlevel = %s\n\n' "$KEEL_LOG_LEVEL"
         printf '[etcd]\n; short, so that a killed node leaves quickly\nlease_ttl = %s\n' \
             "$KEEL_LEASE_TTL"
+        if [ "$role" = server ]; then
+            printf '\n[server]\n; signs the checkpoints this server takes (every checkpoint_interval clocks)\n'
+            printf 'checkpoint_key = %s\n' "$CL_DIR/certs/cluster.key"
+        fi
         if [ "$role" = coordinator ]; then
             printf '\n[coordinator]\n; the leader reacts to joins, leaves and progress at this pace\n'
             printf 'heartbeat = 1s\n'
@@ -417,6 +421,12 @@ make_certs() {
         return 1
     }
     rm -f "$d/etcd.csr" "$d/etcd.ext"
+    # The cluster key that signs the servers' checkpoints (keelctl checkpoint verify --key).
+    "$keelctl" checkpoint keygen --out "$d/cluster.key" >>"$out" 2>&1 || {
+        cl_say "keelctl checkpoint keygen failed:"
+        tail -n 5 "$out" | sed 's/^/    /' >&2
+        return 1
+    }
 }
 
 import_datasets() { # into every server's data directory

@@ -346,6 +346,31 @@ else
     info "fault: none (--no-fault)"
 fi
 info "the job finished: state '${P[state]:-}' in etcd"
+# Each server checkpoints its ranges when the job is done (signed with the cluster key).
+ckpt_notes=()
+for log in "$dir"/logs/server-*.log; do
+    s=${log##*/server-} s=${s%.log} line=''
+    for ((i = 0; i < 30; i++)); do
+        line=$(grep -o "job $job: checkpoint [0-9]* at clock [0-9]* (the job is done)" "$log" | tail -n 1)
+        [ -n "$line" ] && break
+        sleep 0.5
+    done
+    if [ -z "$line" ]; then
+        ckpt_notes+=("$s none")
+        continue
+    fi
+    read -r _ _ _ id _ _ clock _ <<<"$line"
+    if "$bin/keelctl" checkpoint verify "$id" --store "$dir/data/server-$s" \
+        --key "$dir/certs/cluster.key" >/dev/null 2>&1; then
+        ckpt_notes+=("$s #$id (clock $clock) verified")
+    else
+        ckpt_notes+=("$s #$id FAILED verification")
+    fi
+done
+info "checkpoints at the end: $(IFS=','; echo "${ckpt_notes[*]}" | sed 's/,/, /g')"
+if [ "$keep" = 1 ]; then
+    info "  inspect them with: $bin/keelctl checkpoint list|verify|export --store $dir/data/server-s1 --key $dir/certs/cluster.key"
+fi
 if "$bin/keelctl" job --help >/dev/null 2>&1; then
     "$bin/keelctl" --config "$cfg" job show "$job" 2>&1 | sed 's/^/    | /'
 fi

@@ -3,7 +3,9 @@
  *
  * Threads: the listener's I/O threads run handle() for every request; the
  * etcd watch thread runs on_watch(); the storage thread commits the update
- * log in groups, sends the ACKs that waited for it, and writes snapshots.
+ * log in groups, sends the ACKs that waited for it, writes snapshots and
+ * takes the job's checkpoints every checkpoint_interval clocks (and one when
+ * the job ends, on the watch thread).
  * srv->lock guards the job (ps, spec), the assignment and the queues; the
  * ranges themselves are guarded inside struct keel_ps.
  */
@@ -18,6 +20,7 @@
 
 #include "keel/alloc.h"
 #include "keel/assign.h"
+#include "keel/checkpoint.h"
 #include "keel/cli.h"
 #include "keel/dataset.h"
 #include "keel/etcd.h"
@@ -93,6 +96,11 @@ struct srv {
     struct open_dataset *datasets;
     size_t ndatasets;
     pthread_t storage_tid;
+    /* checkpoints */
+    struct keel_ckpt_key ckpt_key; /* loaded from [server] checkpoint_key */
+    int ckpt_keyed;                /* a key was configured and loaded */
+    uint64_t ckpt_next;            /* the job's clock of the next checkpoint; 0: none */
+    uint64_t ckpt_clock;           /* the highest slowest-worker clock seen */
 };
 
 static uint64_t now_ms(void)
@@ -392,28 +400,81 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
     free(recs);
 }
 
-static void snapshot_all(struct srv *s)
+/* Write a snapshot of every range held (srv->lock held: the job cannot change). */
+static void snapshot_locked(struct srv *s)
 {
     struct keel_error err;
     unsigned written = 0;
 
     keel_error_init(&err);
-    pthread_mutex_lock(&s->lock);
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES && s->ps; r++) {
         struct keel_snapshot snap;
 
         if (!keel_ps_holds(s->ps, r) || keel_ps_snapshot(s->ps, r, &snap, &err) != 0)
             continue;
-        /* Written under s->lock: the job cannot change under it; pushes go on per range. */
         if (keel_snapshot_write(s->store, &snap, &err) != 0)
             KEEL_LOG_ERROR("snapshot of range %u: %s", r, err.msg);
         else
             written++;
         keel_snapshot_release(&snap);
     }
-    pthread_mutex_unlock(&s->lock);
     if (written)
         KEEL_LOG_DEBUG("snapshots of %u range(s) written", written);
+}
+
+static void snapshot_all(struct srv *s)
+{
+    pthread_mutex_lock(&s->lock);
+    snapshot_locked(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * A checkpoint of the running job (srv->lock held): fresh snapshots of every
+ * range held, then a signed checkpoint of them in the store, then the oldest
+ * pruned past [server] checkpoint_keep.  Pushes wait meanwhile, so the
+ * ranges are copied at one moment.  `why` goes to the log.
+ */
+static void checkpoint_locked(struct srv *s, const char *why)
+{
+    struct keel_ckpt_params p;
+    struct keel_error err;
+    uint64_t id, t0 = now_ms();
+    size_t pruned = 0;
+
+    keel_error_init(&err);
+    memset(&p, 0, sizeof(p));
+    p.job = s->job;
+    p.clock = s->ckpt_clock;
+    keel_jobspec_digest(&s->spec, p.spec_sha256);
+    snapshot_locked(s);
+    if (keel_checkpoint_take(s->store, &s->ckpt_key, &p, &id, &err) != 0) {
+        KEEL_LOG_ERROR("job %s: checkpoint at clock %" PRIu64 " failed: %s", s->job, p.clock,
+                       err.msg);
+        return;
+    }
+    if (keel_checkpoint_prune(s->store, s->config->server_checkpoint_keep, &pruned, &err) != 0)
+        KEEL_LOG_ERROR("job %s: pruning checkpoints: %s", s->job, err.msg);
+    KEEL_LOG_INFO("job %s: checkpoint %" PRIu64 " at clock %" PRIu64 " (%s) in %" PRIu64 " ms%s",
+                  s->job, id, p.clock, why, now_ms() - t0, pruned ? ", older ones pruned" : "");
+}
+
+/* Take the interval's checkpoint when the slowest worker has reached it. */
+static void checkpoint_if_due(struct srv *s)
+{
+    uint64_t every = s->spec.checkpoint_interval, c;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->ps != NULL && s->ckpt_next > 0) {
+        c = keel_ps_min_clock(s->ps);
+        if (c > s->ckpt_clock)
+            s->ckpt_clock = c;
+        if (c >= s->ckpt_next) {
+            checkpoint_locked(s, "interval");
+            s->ckpt_next = (c / every + 1) * every;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void *storage_main(void *arg)
@@ -450,6 +511,7 @@ static void *storage_main(void *arg)
         pthread_mutex_unlock(&s->lock);
         if (acks)
             commit_and_ack(s, acks);
+        checkpoint_if_due(s);
         if (stopping || now_ms() >= next_snapshot) {
             snapshot_all(s);
             next_snapshot = now_ms() + s->config->server_snapshot_interval_ms;
@@ -634,9 +696,13 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     char key[256];
 
     keel_error_init(&err);
+    memset(&st, 0, sizeof(st));
     if (deleted || keel_job_status_decode(kv->value, kv->value_len, &st, &err) != 0 ||
         st.state != KEEL_JOB_RUNNING) {
         if (s->ps != NULL && strcmp(s->job, job) == 0) {
+            if (s->ckpt_next > 0 && !deleted)
+                checkpoint_locked(s,
+                                  st.state == KEEL_JOB_DONE ? "the job is done" : "the job ended");
             KEEL_LOG_INFO("job %s is no longer running: releasing its ranges", job);
             keel_ps_free(s->ps);
             s->ps = NULL;
@@ -674,6 +740,14 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
                       "backups yet: each range has its one copy on its primary (the assignment "
                       "stays as it is while the job runs)",
                       job, s->spec.replication);
+    s->ckpt_clock = 0;
+    s->ckpt_next = 0;
+    if (s->spec.checkpoint_interval > 0 && s->ckpt_keyed)
+        s->ckpt_next = s->spec.checkpoint_interval;
+    else if (s->spec.checkpoint_interval > 0)
+        KEEL_LOG_WARN("job %s asks for a checkpoint every %" PRIu64 " clocks, but [server] "
+                      "checkpoint_key is not set: this server takes none",
+                      job, s->spec.checkpoint_interval);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     for (size_t i = 0; i < s->nleases; i++)
         s->leases[i].decoded = 0; /* with this job's epochs */
@@ -760,6 +834,14 @@ int keel_server_run(const struct keel_config *config)
     if (keel_store_open(&s.store, config->data_dir, &so, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);
         goto out;
+    }
+    if (config->server_checkpoint_key[0] != '\0') {
+        if (keel_ckpt_key_load(&s.ckpt_key, config->server_checkpoint_key, &err) != 0) {
+            KEEL_LOG_ERROR("[server] checkpoint_key: %s", err.msg);
+            rc = KEEL_EXIT_CONFIG;
+            goto close_store;
+        }
+        s.ckpt_keyed = 1;
     }
     if (keel_tls_new(&files, &s.tls, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);

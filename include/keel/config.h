@@ -46,6 +46,8 @@ struct keel_config {
     /* [server] */
     uint64_t server_group_commit_ms;      /* longest wait before the log is committed */
     uint64_t server_snapshot_interval_ms; /* time between range snapshots */
+    char *server_checkpoint_key;          /* key file signing checkpoints; "" = none taken */
+    unsigned server_checkpoint_keep;      /* checkpoints kept in the store */
     /* [log] */
     int log_level; /* enum keel_log_level */
     /* [etcd] */

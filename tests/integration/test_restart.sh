@@ -15,7 +15,9 @@
 # restores), every range that holds rows applied exactly one push per batch
 # of the job (2 epochs x 4 shards x 150 batches = 1200) and records every
 # shard at the end of the last pass: nothing acknowledged before the crash
-# was lost, and nothing pushed again after it was applied twice.
+# was lost, and nothing pushed again after it was applied twice.  Last, the
+# checkpoint each server took when the job was done verifies with the cluster
+# key, and its NumPy export scores on the test images what the workers reported.
 set -u
 bindir=$1
 srcdir=$2
@@ -174,5 +176,49 @@ for s in s1 s2; do
     done <<<"$run_out"
 done
 [ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+
+# --- the checkpoints: taken by each server when the job was done, signed, exported ---------
+# Each server checkpoints its own ranges (the job's final one labelled with its last
+# clock); together the two exports are the whole model, and scoring the exported
+# rows on the 10,000 test images gives the accuracy the workers reported.
+key=$dir/certs/cluster.key
+for s in s1 s2; do
+    store=$dir/data/server-$s
+    run "$bindir/keelctl" checkpoint list --store "$store" --json
+    expect_status 0 "list the checkpoints of $s"
+    last=$(/usr/bin/python3 -c 'import json,sys; c=json.load(sys.stdin); print(c[-1]["id"] if c and c[-1]["job"] == "r1" else "")' <<<"$run_out")
+    if [ -n "$last" ]; then ok; else fail "$s took no checkpoint of r1" "$run_out"; continue; fi
+    grep -q "checkpoint $last at clock [0-9]* (the job is done)" "$dir/logs/server-$s.log" && ok ||
+        fail "$s does not log its checkpoint $last at the job's end" "$(grep checkpoint "$dir/logs/server-$s.log")"
+    run "$bindir/keelctl" checkpoint verify "$last" --store "$store" --key "$key"
+    expect_status 0 "verify checkpoint $last of $s with the cluster key"
+    run "$bindir/keelctl" checkpoint export "$last" --store "$store" --out "$tmp/export-$s"
+    expect_status 0 "export checkpoint $last of $s"
+done
+score() {
+    /usr/bin/python3 - "$tmp/export-s1" "$tmp/export-s2" "$data" <<'PY'
+import gzip, sys, numpy as np
+keys = np.concatenate([np.load(d + "/table_1.keys.npy") for d in sys.argv[1:3]])
+rows = np.concatenate([np.load(d + "/table_1.npy") for d in sys.argv[1:3]])
+order = np.argsort(keys)
+keys, rows = keys[order], rows[order]
+assert list(keys) == [(1 << 48) | r for r in range(10)], keys
+assert rows.shape == (10, 785), rows.shape
+with gzip.open(sys.argv[3] + "/t10k-images-idx3-ubyte.gz") as f:
+    x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255
+with gzip.open(sys.argv[3] + "/t10k-labels-idx1-ubyte.gz") as f:
+    y = np.frombuffer(f.read(), np.uint8, offset=8)
+pred = np.argmax(x @ rows[:, :784].T + rows[:, 784], axis=1)
+print("%.4f" % (pred == y).mean())
+PY
+}
+run score
+expect_status 0 "score the exported model"
+echo "the exported checkpoints score $run_out on the test set (the workers reported $acc)"
+if /usr/bin/python3 -c "import sys; sys.exit(0 if abs(float('${run_out:-0}') - float('${acc:-0}')) < 0.02 else 1)"; then
+    ok
+else
+    fail "the exported model scores '$run_out', the job reported '$acc'"
+fi
 
 finish

@@ -186,6 +186,8 @@ expect_out "the job finished: state 'done' in etcd" "the job is done"
 expect_out "killed worker w1 .* with SIGKILL" "a worker was killed"
 expect_out "worker w1 killed with SIGKILL at epoch [0-9.]+, holding shard [0-9]+" "it held a shard"
 expect_out "progress +4/4 shards done" "every shard, the killed worker's too, was finished"
+expect_out "checkpoints at the end: s1 #[0-9]+ \(clock [0-9]+\) verified, s2 #[0-9]+ \(clock [0-9]+\) verified, s3 #[0-9]+ \(clock [0-9]+\) verified" \
+    "every server checkpointed its ranges at the end, and each checkpoint verifies"
 acc=$(printf '%s\n' "$run_out" | sed -n 's/.*final test accuracy: \([0-9.]*\) after epoch.*/\1/p')
 if [ -n "$acc" ] && python3 -c "import sys; sys.exit(0 if float('$acc') > 0.80 else 1)"; then
     ok
