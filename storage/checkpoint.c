@@ -673,6 +673,10 @@ static int gather_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
                               g->m->id, g->table_id, r->range);
             break;
         }
+        if (st->nrows == 0) { /* a range that holds none of the table's rows */
+            keel_snapshot_release(&snap);
+            continue;
+        }
         if (all.nrows + st->nrows > cap) {
             cap = (all.nrows + st->nrows) * 2;
             KEEL_REALLOC_ARRAY(all.keys, cap);

@@ -314,6 +314,33 @@ static int collect_names(const struct keel_audit_record *r, void *c, struct keel
     return 0;
 }
 
+/* A server's ranges often hold none of a small table's rows: they export as nothing. */
+Test(checkpoint, ranges_without_rows_export_as_nothing)
+{
+    char out[160], path[200];
+    struct stat st;
+
+    write_range(0, 3, 1, 0);
+    write_range(1, 4, 1, 5);
+    write_range(2, 5, 1, 0);
+    cr_assert_eq(take(1), 1);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, 1, 0, &err), 0, "%s", err.msg);
+    snprintf(out, sizeof(out), "%s/export", tmpdir);
+    cr_assert_eq(keel_checkpoint_export(store, 1, out, &err), 0, "%s", err.msg);
+    snprintf(path, sizeof(path), "%s/table_1.npy", out);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_size, 128 + 5 * 4 * 4, "5 rows of 4 floats after the header");
+
+    /* Only empty ranges: the table exports with no rows. */
+    write_range(1, 6, 1, 0);
+    cr_assert_eq(take(2), 2);
+    snprintf(out, sizeof(out), "%s/export2", tmpdir);
+    cr_assert_eq(keel_checkpoint_export(store, 2, out, &err), 0, "%s", err.msg);
+    snprintf(path, sizeof(path), "%s/table_1.npy", out);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_size, 128);
+}
+
 Test(checkpoint, diff_export_restore_prune)
 {
     struct keel_ckpt_diff *d;
