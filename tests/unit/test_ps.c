@@ -303,13 +303,19 @@ static void push_clock(const char *w, uint32_t shard, uint64_t clock)
     keel_ps_result_release(&res);
 }
 
-Test(ps, bsp_holds_everyone_for_a_leased_worker_that_has_not_started)
+/* Every range open, w1 and w2 registered and each holding a shard lease. */
+static void two_leased_workers(void)
 {
-    const char *members[] = {"w1", "w2"}, *owners[] = {"w1", "w2"};
+    const char *ids[] = {"w1", "w2"};
 
     open_all(NULL);
-    keel_ps_set_workers(ps, members, 2);
-    keel_ps_set_owners(ps, owners, 2);
+    keel_ps_set_workers(ps, ids, 2);
+    keel_ps_set_owners(ps, ids, 2);
+}
+
+Test(ps, bsp_holds_everyone_for_a_leased_worker_that_has_not_started)
+{
+    two_leased_workers();
     /* w1 is quick: it has finished clock 0 before w2 sent anything. */
     keel_ps_pulled(ps, keel_str_of("w1"), 0);
     cr_assert(keel_ps_clock_ready(ps, 0), "clock 0 never waits");
@@ -328,11 +334,7 @@ Test(ps, bsp_holds_everyone_for_a_leased_worker_that_has_not_started)
 
 Test(ps, a_training_pull_moves_the_clock_and_never_back)
 {
-    const char *members[] = {"w1", "w2"}, *owners[] = {"w1", "w2"};
-
-    open_all(NULL);
-    keel_ps_set_workers(ps, members, 2);
-    keel_ps_set_owners(ps, owners, 2);
+    two_leased_workers();
     /* w2 resumes a shard at clock 40 (a lease taken over at its recorded position). */
     keel_ps_pulled(ps, keel_str_of("w2"), 40);
     push_clock("w1", 0, 39);
