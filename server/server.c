@@ -22,6 +22,7 @@
 #include "keel/assign.h"
 #include "keel/checkpoint.h"
 #include "keel/cli.h"
+#include "keel/clock.h"
 #include "keel/dataset.h"
 #include "keel/etcd.h"
 #include "keel/jobs.h"
@@ -102,14 +103,6 @@ struct srv {
     uint64_t ckpt_next;            /* the job's clock of the next checkpoint; 0: none */
     uint64_t ckpt_clock;           /* the highest slowest-worker clock seen */
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* ---- ranges follow the assignment (srv->lock held) ------------------------ */
 
@@ -439,7 +432,7 @@ static void checkpoint_locked(struct srv *s, const char *why)
 {
     struct keel_ckpt_params p;
     struct keel_error err;
-    uint64_t id, t0 = now_ms();
+    uint64_t id, t0 = keel_clock_mono_ms();
     size_t pruned = 0;
 
     keel_error_init(&err);
@@ -456,7 +449,8 @@ static void checkpoint_locked(struct srv *s, const char *why)
     if (keel_checkpoint_prune(s->store, s->config->server_checkpoint_keep, &pruned, &err) != 0)
         KEEL_LOG_ERROR("job %s: pruning checkpoints: %s", s->job, err.msg);
     KEEL_LOG_INFO("job %s: checkpoint %" PRIu64 " at clock %" PRIu64 " (%s) in %" PRIu64 " ms%s",
-                  s->job, id, p.clock, why, now_ms() - t0, pruned ? ", older ones pruned" : "");
+                  s->job, id, p.clock, why, keel_clock_mono_ms() - t0,
+                  pruned ? ", older ones pruned" : "");
 }
 
 /* Take the interval's checkpoint when the slowest worker has reached it. */
@@ -480,7 +474,7 @@ static void checkpoint_if_due(struct srv *s)
 static void *storage_main(void *arg)
 {
     struct srv *s = arg;
-    uint64_t next_snapshot = now_ms() + s->config->server_snapshot_interval_ms;
+    uint64_t next_snapshot = keel_clock_mono_ms() + s->config->server_snapshot_interval_ms;
 
     for (;;) {
         struct pending_ack *acks;
@@ -512,9 +506,9 @@ static void *storage_main(void *arg)
         if (acks)
             commit_and_ack(s, acks);
         checkpoint_if_due(s);
-        if (stopping || now_ms() >= next_snapshot) {
+        if (stopping || keel_clock_mono_ms() >= next_snapshot) {
             snapshot_all(s);
-            next_snapshot = now_ms() + s->config->server_snapshot_interval_ms;
+            next_snapshot = keel_clock_mono_ms() + s->config->server_snapshot_interval_ms;
         }
         if (stopping)
             return NULL;

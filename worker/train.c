@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "keel/alloc.h"
+#include "keel/clock.h"
 #include "keel/log.h"
 #include "worker_internal.h"
 
@@ -316,7 +317,7 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
                     uint32_t shard, uint64_t seq, struct wk_xstats *st, struct keel_error *err)
 {
     const char *what = kind == X_PULL ? "pull" : "push";
-    uint64_t start = wk_now_ms(), backoff = 50;
+    uint64_t start = keel_clock_mono_ms(), backoff = 50;
     unsigned round = 0;
     int rc = 0;
 
@@ -390,10 +391,10 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
             parts_free(failed, nfailed);
             break;
         }
-        if (wk_now_ms() - start >= w->config->worker_retry_timeout_ms) {
+        if (keel_clock_mono_ms() - start >= w->config->worker_retry_timeout_ms) {
             parts_free(failed, nfailed);
             rc = keel_err_set(err, KEEL_ETIMEDOUT, "%zu request(s) still failing after %.1f s: %s",
-                              nfailed, (double)(wk_now_ms() - start) / 1000.0, problem);
+                              nfailed, (double)(keel_clock_mono_ms() - start) / 1000.0, problem);
             break;
         }
         if (round++ % 5 == 0)
@@ -493,7 +494,7 @@ int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, stru
 static int read_records(struct wk *w, const char *dataset, uint32_t shard, uint64_t first,
                         uint32_t max, int sticky, struct keel_reply **out, struct keel_error *err)
 {
-    uint64_t start = wk_now_ms(), backoff = 100;
+    uint64_t start = keel_clock_mono_ms(), backoff = 100;
     unsigned round = 0;
 
     *out = NULL;
@@ -569,11 +570,12 @@ static int read_records(struct wk *w, const char *dataset, uint32_t shard, uint6
             return keel_err_set(err, KEEL_ECANCELED, "stopping");
         if (!wk_job_running(w))
             return keel_err_set(err, KEEL_ECANCELED, "job %s is no longer running", w->job.name);
-        if (wk_now_ms() - start >= w->config->worker_retry_timeout_ms)
+        if (keel_clock_mono_ms() - start >= w->config->worker_retry_timeout_ms)
             return keel_err_set(err, KEEL_ETIMEDOUT,
                                 "cannot read shard %" PRIu32 " of dataset '%s' from any server"
                                 " for %.1f s: %s",
-                                shard, dataset, (double)(wk_now_ms() - start) / 1000.0, problem);
+                                shard, dataset, (double)(keel_clock_mono_ms() - start) / 1000.0,
+                                problem);
         if (round++ % 5 == 0)
             KEEL_LOG_WARN("cannot read shard %" PRIu32 " of dataset '%s' yet: %s", shard, dataset,
                           problem);

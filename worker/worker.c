@@ -16,26 +16,11 @@
 
 #include "keel/alloc.h"
 #include "keel/cli.h"
+#include "keel/clock.h"
 #include "keel/jobs.h"
 #include "keel/log.h"
 #include "keel/signals.h"
 #include "worker_internal.h"
-
-uint64_t wk_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* An absolute CLOCK_REALTIME time `ms` from now, for pthread_cond_timedwait. */
 static struct timespec deadline_in(uint64_t ms)
@@ -306,7 +291,7 @@ static void *reporter_main(void *arg)
         struct keel_error err;
         struct keel_buf json;
         char key[256];
-        uint64_t want, now = wk_now_ms();
+        uint64_t want, now = keel_clock_mono_ms();
         int rc;
 
         if (w->rep_want == w->rep_done) {
@@ -337,7 +322,7 @@ static void *reporter_main(void *arg)
         keel_buf_release(&json);
 
         pthread_mutex_lock(&w->rep_lock);
-        last = wk_now_ms();
+        last = keel_clock_mono_ms();
         if (rc == 0) {
             failures = 0;
             if (want > w->rep_done)
@@ -688,7 +673,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     pthread_mutex_lock(&w->lock);
     gen = w->generation;
     pthread_mutex_unlock(&w->lock);
-    win.t0 = wk_now_ms();
+    win.t0 = keel_clock_mono_ms();
 
     while (pass == l->pass && batch < nbatches) {
         uint32_t n =
@@ -789,7 +774,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         win.loss += ms.loss * n;
         win.correct += ms.ncorrect;
         if (win.batches >= w->config->worker_log_every || pass != l->pass) {
-            uint64_t dt = wk_now_ms() - win.t0;
+            uint64_t dt = keel_clock_mono_ms() - win.t0;
 
             KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
                           ": %.0f examples/s, loss %.4f, train accuracy %.4f"
@@ -800,7 +785,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
                           win.loss / (double)win.examples,
                           (double)win.correct / (double)win.examples, win.batches);
             memset(&win, 0, sizeof(win));
-            win.t0 = wk_now_ms();
+            win.t0 = keel_clock_mono_ms();
         }
     }
     if (dup_run > 0)
@@ -815,18 +800,18 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     /* The pass is over: measure the model on the test set, then hand the shard back. */
     {
         struct keel_eval e;
-        uint64_t t0 = wk_now_ms();
+        uint64_t t0 = keel_clock_mono_ms();
 
         memset(&e, 0, sizeof(e));
         rc = wk_evaluate(w, &e, &err);
         if (rc == 0 && e.examples > 0) {
             snprintf(e.worker, sizeof(e.worker), "%s", w->id);
             e.pass = l->pass;
-            e.time_ms = unix_ms();
+            e.time_ms = (uint64_t)keel_clock_wall_ms();
             KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
                           " loss %.4f on %" PRIu64 " examples (%.2f s)",
                           j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
-                          (double)(wk_now_ms() - t0) / 1000.0);
+                          (double)(keel_clock_mono_ms() - t0) / 1000.0);
             if (write_eval(w, &e, &err) != 0)
                 KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err.msg);
         } else if (rc == 0) {
@@ -922,8 +907,9 @@ static void *train_main(void *arg)
         pthread_mutex_lock(&w->lock);
         /* Sleep until something changes, or a failed lease is due for a retry. */
         while (!atomic_load(&w->stopping) && !atomic_load(&w->member_lost) &&
-               w->generation == seen && (retry_at == 0 || wk_now_ms() < retry_at)) {
-            struct timespec until = deadline_in(retry_at ? retry_at - wk_now_ms() + 1 : 5000);
+               w->generation == seen && (retry_at == 0 || keel_clock_mono_ms() < retry_at)) {
+            struct timespec until =
+                deadline_in(retry_at ? retry_at - keel_clock_mono_ms() + 1 : 5000);
 
             pthread_cond_timedwait(&w->cond, &w->lock, &until);
         }
@@ -972,7 +958,7 @@ static void *train_main(void *arg)
             KEEL_LOG_ERROR("job %s: stopped working on it; it needs an operator", w->job.name);
             w->job.failed = 1;
         } else if (end == LEASE_FAILED) {
-            retry_at = wk_now_ms() + 2000; /* try again, without spinning */
+            retry_at = keel_clock_mono_ms() + 2000; /* try again, without spinning */
         } else if (end == LEASE_PASS_DONE || end == LEASE_LOST) {
             seen = UINT64_MAX; /* look again at once */
         }

@@ -123,8 +123,6 @@ struct wk {
 
 /* ---- worker.c ------------------------------------------------------------------ */
 
-uint64_t wk_now_ms(void);
-
 /* Copy the value of relative key `rel` (w->lock not held); 0, or KEEL_ENOTFOUND. */
 int wk_key_copy(struct wk *w, const char *rel, struct keel_buf *out, int64_t *mod_revision);
 
