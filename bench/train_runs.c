@@ -226,11 +226,13 @@ static int local_eval(struct local_model *lm, const struct shards *test, double 
 }
 
 /* One batch: gradient, then the optimizer on every table, as the servers apply a push. */
-static int local_step(struct local_model *lm, const struct keel_record_run *run, uint32_t from,
-                      uint32_t n, struct keel_error *err)
+static int local_step(struct local_model *lm, const struct keel_jobspec *spec,
+                      const struct keel_record_run *run, uint32_t from, uint32_t n, uint64_t clock,
+                      struct keel_error *err)
 {
     const struct keel_model *m = &lm->m;
     struct keel_model_stats ms;
+    struct keel_optim o = lm->o;
     int rc;
 
     if ((rc = keel_worker_batch(run, from, n, m->sizes[0], m->sizes[m->nlayers], lm->x, lm->labels,
@@ -238,10 +240,11 @@ static int local_step(struct local_model *lm, const struct keel_record_run *run,
         (rc = keel_model_grad(m, lm->work, &lm->params, lm->x, lm->labels, n, &lm->grads, &ms,
                               err)) != 0)
         return rc;
+    o.lr = (float)keel_jobspec_lr_at(spec, clock);
     for (unsigned l = 0; l < m->nlayers; l++)
-        if ((rc = keel_optim_apply_rows(&lm->o, lm->params.table[l], lm->state[l],
-                                        lm->grads.table[l], keel_model_rows(m, l),
-                                        keel_model_row_width(m, l), err)) != 0)
+        if ((rc = keel_optim_apply_rows(&o, lm->params.table[l], lm->state[l], lm->grads.table[l],
+                                        keel_model_rows(m, l), keel_model_row_width(m, l), err)) !=
+            0)
             return rc;
     return 0;
 }
@@ -252,6 +255,7 @@ static int local_train(const struct keel_jobspec *spec, const struct shards *tra
 {
     struct local_model lm;
     double t0, last_note = 0;
+    uint32_t nb_max = 0;
     int rc;
 
     if ((rc = local_init(&lm, spec, err)) != 0)
@@ -259,6 +263,11 @@ static int local_train(const struct keel_jobspec *spec, const struct shards *tra
     /* Timed from here: the model as the servers create it, then the passes. */
     t0 = keel_bench_now();
     keel_jobspec_init_params(spec, &lm.params);
+    for (uint32_t sh = 0; sh < train->n; sh++) { /* a worker's clock counts in the longest shard */
+        uint32_t nb = keel_worker_nbatches(train->run[sh].nrecords, spec->batch_size);
+
+        nb_max = nb > nb_max ? nb : nb_max;
+    }
     for (uint32_t pass = 0; pass < spec->epochs; pass++) {
         for (uint32_t sh = 0; sh < train->n; sh++) {
             const struct keel_record_run *run = &train->run[sh];
@@ -271,7 +280,8 @@ static int local_train(const struct keel_jobspec *spec, const struct shards *tra
                     (uint32_t)(run->nrecords - first < spec->batch_size ? run->nrecords - first
                                                                         : spec->batch_size);
 
-                if ((rc = local_step(&lm, run, (uint32_t)first, n, err)) != 0) {
+                if ((rc = local_step(&lm, spec, run, (uint32_t)first, n,
+                                     keel_worker_clock(nb_max, pass, b), err)) != 0) {
                     keel_err_prefix(err, rc, "shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32,
                                     sh, pass, b);
                     goto out;

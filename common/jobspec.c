@@ -37,6 +37,8 @@ enum field {
     F_BETA1,
     F_BETA2,
     F_EPSILON,
+    F_LR_DECAY,
+    F_LR_DECAY_EVERY,
     F_INIT_METHOD,
     F_SEED,
     F_SCALE,
@@ -62,6 +64,8 @@ static const struct {
     [F_BETA1] = {"optimizer", "beta1"},
     [F_BETA2] = {"optimizer", "beta2"},
     [F_EPSILON] = {"optimizer", "epsilon"},
+    [F_LR_DECAY] = {"optimizer", "lr_decay"},
+    [F_LR_DECAY_EVERY] = {"optimizer", "lr_decay_every"},
     [F_INIT_METHOD] = {"init", "method"},
     [F_SEED] = {"init", "seed"},
     [F_SCALE] = {"init", "scale"},
@@ -71,6 +75,7 @@ static const struct {
 #define MAX_BATCH_SIZE    65536
 #define MAX_EPOCHS        100000
 #define MAX_CHECKPOINT    UINT64_C(1000000000)
+#define MAX_DECAY_EVERY   UINT64_C(1000000000)
 #define MAX_REPLICATION   5
 #define MAX_SHARDS        4096
 #define MAX_LR            10.0
@@ -186,6 +191,7 @@ void keel_jobspec_init(struct keel_jobspec *spec)
     memset(spec, 0, sizeof(*spec));
     spec->optimizer.type = KEEL_OPT_SGD;
     spec->optimizer.lr = DEFAULT_LR_OTHERS;
+    spec->optimizer.lr_decay = 1;
     spec->init.method = KEEL_INIT_GLOROT;
     spec->init.seed = 1;
     spec->batch_size = 64;
@@ -361,6 +367,8 @@ static const struct real_bounds *real_bounds_of(enum field f)
     switch (f) {
     case F_LR:
         return &lr;
+    case F_LR_DECAY:
+        return &eps; /* (0, 1] */
     case F_MOMENTUM:
     case F_BETA1:
     case F_BETA2:
@@ -427,13 +435,15 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
     case F_CHECKPOINT_INTERVAL:
     case F_REPLICATION:
     case F_SHARDS:
+    case F_LR_DECAY_EVERY:
     case F_SEED: {
-        uint64_t lo = f == F_CHECKPOINT_INTERVAL || f == F_SEED ? 0 : 1;
+        uint64_t lo = f == F_CHECKPOINT_INTERVAL || f == F_SEED || f == F_LR_DECAY_EVERY ? 0 : 1;
         uint64_t hi = f == F_BATCH_SIZE            ? MAX_BATCH_SIZE
                       : f == F_EPOCHS              ? MAX_EPOCHS
                       : f == F_CHECKPOINT_INTERVAL ? MAX_CHECKPOINT
                       : f == F_REPLICATION         ? MAX_REPLICATION
                       : f == F_SHARDS              ? MAX_SHARDS
+                      : f == F_LR_DECAY_EVERY      ? MAX_DECAY_EVERY
                                                    : MAX_SEED;
 
         if (parse_uint(value, lo, hi, &v) != 0) {
@@ -451,6 +461,8 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
             spec->replication = (unsigned)v;
         else if (f == F_SHARDS)
             spec->shards = (uint32_t)v;
+        else if (f == F_LR_DECAY_EVERY)
+            spec->optimizer.lr_decay_every = v;
         else
             spec->init.seed = v;
         return 0;
@@ -483,6 +495,7 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
     case F_BETA1:
     case F_BETA2:
     case F_EPSILON:
+    case F_LR_DECAY:
     case F_SCALE: {
         const struct real_bounds *b = real_bounds_of(f);
         char range[96];
@@ -494,6 +507,8 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
         }
         if (f == F_SCALE)
             spec->init.scale = d;
+        else if (f == F_LR_DECAY)
+            spec->optimizer.lr_decay = d;
         else
             *opt_param(spec, f) = d;
         return 0;
@@ -591,6 +606,12 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
             return field_err(err, f, "must be %s", range);
         }
     }
+    if (s->optimizer.lr_decay_every > MAX_DECAY_EVERY)
+        return field_err(err, F_LR_DECAY_EVERY, "must be from 0 to %" PRIu64, MAX_DECAY_EVERY);
+    if (!real_ok(real_bounds_of(F_LR_DECAY), s->optimizer.lr_decay))
+        return field_err(err, F_LR_DECAY, "must be greater than 0 and at most 1");
+    if (s->optimizer.lr_decay_every == 0 && s->optimizer.lr_decay != 1)
+        return field_err(err, F_LR_DECAY, "needs [optimizer] lr_decay_every (clocks per step)");
     if (s->init.method < KEEL_INIT_ZEROS || s->init.method > KEEL_INIT_HE)
         return field_err(err, F_INIT_METHOD, "must be zeros, uniform, glorot or he");
     if (s->init.seed > MAX_SEED)
@@ -816,6 +837,11 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
         if (uses(s->optimizer.type, opt_fields[i]))
             json_object_set_new(opt, fields[opt_fields[i]].key,
                                 json_real(opt_value(s, opt_fields[i])));
+    if (s->optimizer.lr_decay_every > 0) { /* absent otherwise: older digests stay */
+        json_object_set_new(opt, "lr_decay", json_real(s->optimizer.lr_decay));
+        json_object_set_new(opt, "lr_decay_every",
+                            json_integer((json_int_t)s->optimizer.lr_decay_every));
+    }
     json_object_set_new(root, "optimizer", opt);
     json_object_set_new(init, "method", json_string(keel_init_method_name(s->init.method)));
     json_object_set_new(init, "seed", json_integer((json_int_t)s->init.seed));
@@ -928,8 +954,8 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
                                             "init",
                                             NULL};
     static const char *const init_keys[] = {"method", "seed", "scale", NULL};
-    static const char *const opt_keys[] = {"type",  "lr",      "momentum", "beta1",
-                                           "beta2", "epsilon", NULL};
+    static const char *const opt_keys[] = {
+        "type", "lr", "momentum", "beta1", "beta2", "epsilon", "lr_decay", "lr_decay_every", NULL};
     static const enum field opt_fields[] = {F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON};
     json_error_t jerr;
     json_t *root, *opt, *init, *v;
@@ -999,6 +1025,17 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
         }
         if ((rc = decode_real(opt, "optimizer", fields[f].key, opt_param(s, f), err)) != 0)
             goto out;
+    }
+    if (json_object_get(opt, "lr_decay_every") != NULL ||
+        json_object_get(opt, "lr_decay") != NULL) {
+        if ((rc = decode_uint(opt, "lr_decay_every", MAX_DECAY_EVERY, &u, err)) != 0 ||
+            (rc = decode_real(opt, "optimizer", "lr_decay", &s->optimizer.lr_decay, err)) != 0)
+            goto out;
+        s->optimizer.lr_decay_every = u;
+        if (u == 0) {
+            rc = corrupt(err, "optimizer", "lr_decay_every is 0: leave both decay keys out");
+            goto out;
+        }
     }
 
     init = json_object_get(root, "init");
@@ -1118,4 +1155,13 @@ void keel_jobspec_init_params(const struct keel_jobspec *spec, struct keel_model
     for (size_t l = 0; l < n && l < p->ntables; l++)
         for (uint64_t row = 0; row < t[l].rows; row++)
             keel_jobspec_init_row(spec, &t[l], row, p->table[l] + row * t[l].row_width);
+}
+
+double keel_jobspec_lr_at(const struct keel_jobspec *spec, uint64_t clock)
+{
+    const double lr = spec->optimizer.lr;
+
+    if (spec->optimizer.lr_decay_every == 0 || spec->optimizer.lr_decay >= 1)
+        return lr;
+    return lr * pow(spec->optimizer.lr_decay, (double)(clock / spec->optimizer.lr_decay_every));
 }

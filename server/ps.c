@@ -144,6 +144,7 @@ static int apply_rows(struct keel_ps *ps, struct keel_snapshot *snap,
 {
     const struct keel_rows *d = &push->data;
     struct keel_snap_table *t = keel_snapshot_table(snap, d->table_id);
+    struct keel_optim o = ps->optim;
     size_t ti;
 
     if (t == NULL || t->width != d->row_width)
@@ -156,6 +157,7 @@ static int apply_rows(struct keel_ps *ps, struct keel_snapshot *snap,
         if (!isfinite(d->rows[i]))
             return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
                                 (unsigned long long)d->keys[i / d->row_width]);
+    o.lr = (float)keel_jobspec_lr_at(&ps->spec, push->clock); /* the schedule's rate at its clock */
     for (uint32_t k = 0; k < d->nkeys; k++) {
         int64_t at = keel_snap_table_find(t, d->keys[k]);
         int rc;
@@ -163,7 +165,7 @@ static int apply_rows(struct keel_ps *ps, struct keel_snapshot *snap,
         if (at < 0)
             return keel_err_set(err, KEEL_EINVAL, "key %llu is not in range %u",
                                 (unsigned long long)d->keys[k], snap->range);
-        rc = keel_optim_apply(&ps->optim, t->rows + (size_t)at * t->width,
+        rc = keel_optim_apply(&o, t->rows + (size_t)at * t->width,
                               t->state_width ? t->state + (size_t)at * t->state_width : NULL,
                               d->rows + (size_t)k * d->row_width, t->width, err);
         if (rc != 0)

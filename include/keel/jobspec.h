@@ -76,6 +76,8 @@ struct keel_jobspec {
         double momentum;          /* momentum */
         double beta1, beta2;      /* adam */
         double epsilon;           /* adagrad, adam */
+        double lr_decay;          /* all: lr factor per lr_decay_every clocks, (0, 1] */
+        uint64_t lr_decay_every;  /* all: clocks per decay step; 0 = a constant rate */
     } optimizer;
     struct {
         enum keel_init_method method; /* [init] method */
@@ -90,6 +92,14 @@ struct keel_jobspec {
     unsigned replication;              /* replicas per range, 1..5 */
     uint32_t shards;                   /* the dataset's shard count, as imported */
 };
+
+/*
+ * The learning rate of a push made at `clock` (a worker's clock: pass x
+ * batches per shard + batch): lr x lr_decay ^ floor(clock / lr_decay_every),
+ * or lr when lr_decay_every is 0.  Servers apply each push with it, and a
+ * replay of the update log applies the same rate, since records keep the clock.
+ */
+double keel_jobspec_lr_at(const struct keel_jobspec *spec, uint64_t clock);
 
 /* One parameter table of the model (see keel_jobspec_tables()). */
 struct keel_table_desc {

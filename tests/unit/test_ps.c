@@ -2,6 +2,7 @@
  * test_ps.c - a server's parameter ranges: updates, exactly-once, clocks,
  * and restore from real LMDB (snapshot + update log).
  */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,55 @@ Test(ps, restore_from_snapshot_and_log_reproduces_rows)
         cr_assert(res.duplicate, "a push applied before the restart was applied again");
         keel_ps_result_release(&res);
     }
+    keel_store_close(store);
+}
+
+/* SGD with lr 0.5 halved every 2 clocks: each push at its clock's rate, and so the replay. */
+Test(ps, a_decaying_rate_applies_each_push_at_its_clock_and_replays_the_same)
+{
+    static const char text[] = "[job]\nname = t\nmodel = softmax:4-3\ndataset = d\n"
+                               "batch_size = 2\nconsistency = asp\nshards = 2\nreplication = 1\n"
+                               "[optimizer]\ntype = sgd\nlr = 0.5\nlr_decay = 0.5\n"
+                               "lr_decay_every = 2\n[init]\nmethod = uniform\nseed = 7\n";
+    static const uint64_t clocks[] = {0, 1, 2, 5}; /* rates 0.5, 0.5, 0.25, 0.125 */
+    static const float rates[] = {0.5f, 0.5f, 0.25f, 0.125f};
+    keel_store *store;
+    struct keel_error err;
+    float grads[15], rows[15], expect[15], got[15];
+
+    keel_ps_free(ps);
+    cr_assert_eq(keel_jobspec_parse(&spec, text, "test", &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_store_open(&store, dir, NULL, &err), 0, "%s", err.msg);
+    open_all(store);
+    for (int i = 0; i < 15; i++)
+        grads[i] = (float)(i + 1) * 0.1f;
+    pull3(expect);
+    for (size_t k = 0; k < 4; k++) {
+        struct keel_msg_push p = push_of(0, k + 1, grads);
+        struct keel_ps_result res;
+
+        p.clock = clocks[k];
+        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+        for (size_t i = 0; i < res.napplied; i++) {
+            struct keel_ulog_record rec = {res.applied[i].range, res.applied[i].lsn,
+                                           res.applied[i].push};
+            cr_assert_eq(keel_ulog_append(store, &rec, 1, &err), 0, "%s", err.msg);
+        }
+        keel_ps_result_release(&res);
+        for (int i = 0; i < 15; i++)
+            expect[i] -= rates[k] * grads[i];
+        pull3(rows);
+        for (int i = 0; i < 15; i++)
+            cr_assert_float_eq(rows[i], expect[i], 1e-6, "push %zu (clock %" PRIu64 ") element %d",
+                               k, clocks[k], i);
+    }
+    keel_ps_free(ps);
+    cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
+    open_all(store); /* no snapshot: every push comes back from the log */
+    pull3(got);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(got[i], rows[i], 0, "element %d differs after the replay", i);
     keel_store_close(store);
 }
 
