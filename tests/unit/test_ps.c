@@ -182,6 +182,21 @@ Test(ps, non_finite_gradient_changes_nothing)
     cr_assert_eq(keel_ps_push(ps, &p, &res, &err), KEEL_EINVAL);
 }
 
+/* Push `p` and append what it applied to the store's update log, as the server does. */
+static void push_logged(keel_store *store, const struct keel_msg_push *p)
+{
+    struct keel_ps_result res;
+    struct keel_error err;
+
+    cr_assert_eq(keel_ps_push(ps, p, &res, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < res.napplied; i++) {
+        struct keel_ulog_record rec = {res.applied[i].range, res.applied[i].lsn,
+                                       res.applied[i].push};
+        cr_assert_eq(keel_ulog_append(store, &rec, 1, &err), 0, "%s", err.msg);
+    }
+    keel_ps_result_release(&res);
+}
+
 Test(ps, restore_from_snapshot_and_log_reproduces_rows)
 {
     keel_store *store;
@@ -192,18 +207,11 @@ Test(ps, restore_from_snapshot_and_log_reproduces_rows)
     open_all(store);
     for (uint64_t seq = 1; seq <= 6; seq++) {
         struct keel_msg_push p;
-        struct keel_ps_result res;
 
         for (int i = 0; i < 15; i++)
             grads[i] = (float)((seq * 31 + (uint64_t)i) % 7) * 0.01f - 0.03f;
         p = push_of(0, seq, grads);
-        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
-        for (size_t i = 0; i < res.napplied; i++) {
-            struct keel_ulog_record rec = {res.applied[i].range, res.applied[i].lsn,
-                                           res.applied[i].push};
-            cr_assert_eq(keel_ulog_append(store, &rec, 1, &err), 0, "%s", err.msg);
-        }
-        keel_ps_result_release(&res);
+        push_logged(store, &p);
         if (seq == 3) { /* snapshot every range half way: the log after it is replayed */
             for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
                 struct keel_snapshot snap;
@@ -257,16 +265,9 @@ Test(ps, a_decaying_rate_applies_each_push_at_its_clock_and_replays_the_same)
     pull3(expect);
     for (size_t k = 0; k < 4; k++) {
         struct keel_msg_push p = push_of(0, k + 1, grads);
-        struct keel_ps_result res;
 
         p.clock = clocks[k];
-        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
-        for (size_t i = 0; i < res.napplied; i++) {
-            struct keel_ulog_record rec = {res.applied[i].range, res.applied[i].lsn,
-                                           res.applied[i].push};
-            cr_assert_eq(keel_ulog_append(store, &rec, 1, &err), 0, "%s", err.msg);
-        }
-        keel_ps_result_release(&res);
+        push_logged(store, &p);
         for (int i = 0; i < 15; i++)
             expect[i] -= rates[k] * grads[i];
         pull3(rows);
