@@ -40,6 +40,10 @@ int keel_job_state_can_move(enum keel_job_state from, enum keel_job_state to)
         return to == KEEL_JOB_RUNNING || to == KEEL_JOB_FAILED || to == KEEL_JOB_STOPPED;
     case KEEL_JOB_RUNNING:
         return to == KEEL_JOB_DONE || to == KEEL_JOB_FAILED || to == KEEL_JOB_STOPPED;
+    case KEEL_JOB_DONE:
+    case KEEL_JOB_FAILED:
+    case KEEL_JOB_STOPPED:
+        return to == KEEL_JOB_PENDING; /* keelctl job rollback: trained again from a checkpoint */
     default:
         return 0;
     }

@@ -44,6 +44,8 @@ static void usage_all(FILE *out)
                  "  list    every job with its state and progress\n"
                  "  show    one job: spec, state, shard leases, evaluation results\n"
                  "  stop    stop a pending or running job\n"
+                 "  rollback  take an ended job back to its servers' checkpoints of one clock\n"
+                 "            and make it pending again (servers stopped)\n"
                  "\n"
                  "Run 'keelctl job SUBCOMMAND --help' for its options.\n");
 }
@@ -716,6 +718,7 @@ int keelctl_cmd_job(const struct keel_config *config, int argc, char **argv)
         {"list", cmd_list},
         {"show", cmd_show},
         {"stop", cmd_stop},
+        {"rollback", keelctl_job_rollback},
     };
 
     return keelctl_run_sub("job", subs, sizeof(subs) / sizeof(subs[0]), usage_all, config, argc,

@@ -45,8 +45,9 @@ int keelctl_cmd_dataset(const struct keel_config *config, int argc, char **argv)
  * (cmd_checkpoint.c). */
 int keelctl_cmd_checkpoint(const struct keel_config *config, int argc, char **argv);
 
-/* keelctl job: submit, list, show, stop (cmd_job.c). */
+/* keelctl job: submit, list, show, stop (cmd_job.c), rollback (cmd_rollback.c). */
 int keelctl_cmd_job(const struct keel_config *config, int argc, char **argv);
+int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv);
 
 /* keelctl status: leader, members, ranges, jobs (cmd_status.c). */
 int keelctl_cmd_status(const struct keel_config *config, int argc, char **argv);

@@ -426,9 +426,11 @@ static void snapshot_all(struct srv *s)
  * A checkpoint of the running job (srv->lock held): fresh snapshots of every
  * range held, then a signed checkpoint of them in the store, then the oldest
  * pruned past [server] checkpoint_keep.  Pushes wait meanwhile, so the
- * ranges are copied at one moment.  `why` goes to the log.
+ * ranges are copied at one moment.  `clock` names it in the manifest (the
+ * interval's multiple the slowest worker has passed, or the last clock seen
+ * at the job's end); `why` goes to the log.
  */
-static void checkpoint_locked(struct srv *s, const char *why)
+static void checkpoint_locked(struct srv *s, uint64_t clock, const char *why)
 {
     struct keel_ckpt_params p;
     struct keel_error err;
@@ -438,7 +440,7 @@ static void checkpoint_locked(struct srv *s, const char *why)
     keel_error_init(&err);
     memset(&p, 0, sizeof(p));
     p.job = s->job;
-    p.clock = s->ckpt_clock;
+    p.clock = clock;
     keel_jobspec_digest(&s->spec, p.spec_sha256);
     snapshot_locked(s);
     if (keel_checkpoint_take(s->store, &s->ckpt_key, &p, &id, &err) != 0) {
@@ -464,7 +466,9 @@ static void checkpoint_if_due(struct srv *s)
         if (c > s->ckpt_clock)
             s->ckpt_clock = c;
         if (c >= s->ckpt_next) {
-            checkpoint_locked(s, "interval");
+            /* Named by the multiple passed, so that every server names this round alike
+             * (a server restarted later takes it at a later clock under the same name). */
+            checkpoint_locked(s, c / every * every, "interval");
             s->ckpt_next = (c / every + 1) * every;
         }
     }
@@ -695,7 +699,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         st.state != KEEL_JOB_RUNNING) {
         if (s->ps != NULL && strcmp(s->job, job) == 0) {
             if (s->ckpt_next > 0 && !deleted)
-                checkpoint_locked(s,
+                checkpoint_locked(s, s->ckpt_clock,
                                   st.state == KEEL_JOB_DONE ? "the job is done" : "the job ended");
             KEEL_LOG_INFO("job %s is no longer running: releasing its ranges", job);
             keel_ps_free(s->ps);

@@ -20,6 +20,7 @@
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "keel/log.h"
+#include "keel/proto.h"
 #include "snapshot_int.h"
 
 #define ROW_KEY_SIZE 16 /* checkpoint id u64 BE, range u32 BE, block u32 BE */
@@ -979,19 +980,24 @@ out:
 /* ---- restore and prune --------------------------------------------------- */
 
 struct restore_ctx {
-    keel_store *s;
+    keel_store *src, *dst;
+    MDB_txn *src_txn; /* a read transaction of src, when it is not dst */
     uint64_t id;
+    const unsigned char *only; /* ranges to restore (NULL: all) */
 };
 
+/* In a write transaction of dst: the checkpoint's ranges (from src) become dst's snapshots. */
 static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
 {
     struct restore_ctx *rc_ = ctx;
+    MDB_txn *from = rc_->src == rc_->dst ? txn : rc_->src_txn;
     struct keel_manifest m = {0};
     MDB_val v;
-    char detail[64];
+    char detail[96];
+    size_t n = 0;
     int rc;
 
-    rc = get_manifest(rc_->s, txn, rc_->id, &v, err);
+    rc = get_manifest(rc_->src, from, rc_->id, &v, err);
     if (rc != 0)
         return rc;
     rc = keel_manifest_decode(v.mv_data, v.mv_size, &m, NULL, NULL, err);
@@ -1000,37 +1006,53 @@ static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     for (size_t i = 0; i < m.nranges && rc == 0; i++) {
         struct keel_snapshot snap = {0};
 
-        rc = load_range(rc_->s, txn, rc_->id, &m.ranges[i], &snap, NULL, err);
+        if (rc_->only && (m.ranges[i].range >= KEEL_PROTO_NRANGES || !rc_->only[m.ranges[i].range]))
+            continue;
+        rc = load_range(rc_->src, from, rc_->id, &m.ranges[i], &snap, NULL, err);
         if (rc != 0)
             break;
         /* The log after the checkpoint is rolled back with the rows. */
-        rc = keel_snapshot_put(rc_->s, txn, &snap, err);
+        rc = keel_snapshot_put(rc_->dst, txn, &snap, err);
         if (rc == 0)
-            rc = keel_ulog_truncate_txn(rc_->s, txn, snap.range, UINT64_MAX, NULL, err);
+            rc = keel_ulog_truncate_txn(rc_->dst, txn, snap.range, UINT64_MAX, NULL, err);
         keel_snapshot_release(&snap);
+        n++;
     }
     if (rc == 0) {
-        snprintf(detail, sizeof(detail), "%zu range(s) rolled back", m.nranges);
-        rc = keel_audit_append_txn(rc_->s, txn, KEEL_AUDIT_RESTORED, m.job, rc_->id, detail, NULL,
+        if (rc_->src == rc_->dst)
+            snprintf(detail, sizeof(detail), "%zu range(s) rolled back", n);
+        else
+            snprintf(detail, sizeof(detail), "%zu range(s) rolled back from another store", n);
+        rc = keel_audit_append_txn(rc_->dst, txn, KEEL_AUDIT_RESTORED, m.job, rc_->id, detail, NULL,
                                    err);
     }
     keel_manifest_release(&m);
     return rc;
 }
 
-int keel_checkpoint_restore(keel_store *s, const struct keel_ckpt_key *key, uint64_t id,
-                            struct keel_error *err)
+int keel_checkpoint_restore_into(keel_store *src, const struct keel_ckpt_key *key, uint64_t id,
+                                 keel_store *dst, const unsigned char *only, struct keel_error *err)
 {
-    struct restore_ctx r = {s, id};
-    int rc = keel_checkpoint_verify(s, key, id, 0, err);
+    struct restore_ctx r = {src, dst, NULL, id, only};
+    int rc = keel_checkpoint_verify(src, key, id, 0, err);
 
     if (rc != 0)
         return keel_err_prefix(err, rc, "will not restore");
-    rc = keel_store_write(s, restore_fn, &r, err);
+    if (src != dst && (rc = keel_store_read_begin(src, &r.src_txn, err)) != 0)
+        return rc;
+    rc = keel_store_write(dst, restore_fn, &r, err);
+    if (r.src_txn)
+        keel_store_read_end(src, r.src_txn);
     if (rc == 0)
-        KEEL_LOG_INFO("restored checkpoint %" PRIu64 " into the range snapshots of '%s'", id,
-                      keel_store_dir(s));
+        KEEL_LOG_INFO("restored checkpoint %" PRIu64 " of '%s' into the range snapshots of '%s'",
+                      id, keel_store_dir(src), keel_store_dir(dst));
     return rc;
+}
+
+int keel_checkpoint_restore(keel_store *s, const struct keel_ckpt_key *key, uint64_t id,
+                            struct keel_error *err)
+{
+    return keel_checkpoint_restore_into(s, key, id, s, NULL, err);
 }
 
 struct prune_ctx {

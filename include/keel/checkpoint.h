@@ -206,6 +206,17 @@ int keel_checkpoint_restore(keel_store *s, const struct keel_ckpt_key *key, uint
                             struct keel_error *err);
 
 /*
+ * The same from the checkpoint `id` of store `src` into store `dst` (which
+ * may be `src`), for the ranges r with only[r] set (all when `only` is NULL;
+ * KEEL_PROTO_NRANGES entries).  The "restored" audit record goes to `dst`.
+ * A job rolled back this way finds every range's checkpoint in whichever
+ * server's store the assignment gives it to.
+ */
+int keel_checkpoint_restore_into(keel_store *src, const struct keel_ckpt_key *key, uint64_t id,
+                                 keel_store *dst, const unsigned char *only,
+                                 struct keel_error *err);
+
+/*
  * Keep the `keep` newest checkpoints and delete the others (manifest and
  * rows), each with a "pruned" audit record, in one transaction.  *pruned
  * (may be NULL) gets how many went.

@@ -17,7 +17,9 @@
 # shard at the end of the last pass: nothing acknowledged before the crash
 # was lost, and nothing pushed again after it was applied twice.  Last, the
 # checkpoint each server took when the job was done verifies with the cluster
-# key, and its NumPy export scores on the test images what the workers reported.
+# key, and its NumPy export scores on the test images what the workers reported;
+# and the job rolled back to the checkpoints of clock 200 (keelctl job rollback)
+# trains again from there and ends with every range at one push per batch.
 set -u
 bindir=$1
 srcdir=$2
@@ -60,7 +62,9 @@ print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
 past_a_fifth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 240 ]; }
 
 sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 2/' \
+    -e 's/^shards = 4$/shards = 4\ncheckpoint_interval = 100/' \
     "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
+grep -q '^checkpoint_interval = 100$' "$tmp/job.ini" || fail "could not set the checkpoint interval"
 sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
     fail "the example's batch size is no longer 100: the counts below assume it"
 run kc job submit "$tmp/job.ini"
@@ -220,5 +224,60 @@ if /usr/bin/python3 -c "import sys; sys.exit(0 if abs(float('${run_out:-0}') - f
 else
     fail "the exported model scores '$run_out', the job reported '$acc'"
 fi
+
+# --- rolled back to the checkpoints of clock 200 and trained again from there ------------
+# Servers and workers stopped, `keelctl job rollback` restores both stores' checkpoints of
+# clock 200 and makes r1 pending at the lowest positions they hold; started again, the job
+# replays the rest.  Every range must end as if nothing had happened: one push per batch.
+run cl start --dir "$dir"
+expect_status 0 "the cluster starts again for the rollback"
+for n in "worker w1" "worker w2" "server s1" "server s2"; do
+    run cl kill --dir "$dir" $n
+    expect_status 0 "stop $n"
+done
+run "$bindir/keelctl" --config "$cfg" job rollback r1 --clock 200 --key "$key" \
+    --store "$dir/data/server-s1" --store "$dir/data/server-s2"
+expect_status 0 "roll r1 back to clock 200"
+expect_out "job 'r1' \(was done\) is pending again, rolled back to clock 200" "r1 is pending again"
+echo "$run_out" | tail -n 2
+for n in "server s1" "server s2" "worker w1" "worker w2"; do
+    run cl start --dir "$dir" $n
+    expect_status 0 "start $n again"
+done
+t0=$(now_ms)
+if wait_for 120 state_done; then
+    echo "r1 done again $(($(now_ms) - t0)) ms after the rollback"
+    ok
+else
+    fail "r1 did not finish after the rollback" "$(kc job show r1 2>&1 | tail -n 15)"
+fi
+run cl down --dir "$dir"
+expect_status 0 "cluster down after the replay"
+# Each store holds every range's checkpoint after the rollback; a range's rows are
+# the copy of the server that led it in the replay: the one with the highest LSN.
+declare -A best_lsn=() best_rest=() best_rows=()
+for s in s1 s2; do
+    run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
+    expect_status 0 "dump the ranges of $s after the replay"
+    while read -r _ range _ lsn _ nrows rest; do
+        [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
+        if [ "$lsn" -gt "${best_lsn[$range]:-0}" ]; then
+            best_lsn[$range]=$lsn best_rest[$range]=$rest best_rows[$range]=$nrows
+        fi
+    done <<<"$run_out"
+done
+rows=0
+for range in "${!best_lsn[@]}"; do
+    rows=$((rows + best_rows[$range]))
+    if [ "${best_lsn[$range]}" = 1200 ]; then ok; else
+        fail "range $range after the replay: ${best_lsn[$range]} pushes applied, expected 1200"
+    fi
+    for shard in 0 1 2 3; do
+        if grep -q "shard $shard seq $seq_end " <<<"${best_rest[$range]} "; then ok; else
+            fail "range $range after the replay: shard $shard is not at the end" "${best_rest[$range]}"
+        fi
+    done
+done
+[ "$rows" = 10 ] && ok || fail "after the replay the ranges hold $rows rows, expected 10"
 
 finish

@@ -15,8 +15,10 @@
 #include "keel/alloc.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
+#include "keel/proto.h"
 #include "keel/snapshot.h"
 #include "keel/store.h"
+#include "keel/ulog.h"
 
 static char tmpdir[64];
 static char keypath[128];
@@ -312,6 +314,77 @@ static int collect_names(const struct keel_audit_record *r, void *c, struct keel
     if (nm->n < 16)
         snprintf(nm->seen[nm->n++], 16, "%s", keel_audit_event_name(r->event));
     return 0;
+}
+
+static int count_apply(struct keel_snapshot *snap, const struct keel_ulog_record *rec, void *ctx,
+                       struct keel_error *e)
+{
+    (void)snap;
+    (void)rec;
+    (void)e;
+    ++*(unsigned *)ctx;
+    return 0;
+}
+
+/* A rollback puts every range's checkpoint in every store: here range 1 of one store into
+ * another that holds a stale copy and a log for it. */
+Test(checkpoint, a_checkpoint_restores_into_another_store)
+{
+    keel_store *other;
+    char dir2[200], cmd[260];
+    unsigned char only[KEEL_PROTO_NRANGES] = {0};
+    struct keel_snapshot got;
+    keel_store *mine = store;
+
+    write_range(0, 10, 1, 4);
+    write_range(1, 11, 1, 4);
+    cr_assert_eq(take(1), 1);
+    snprintf(dir2, sizeof(dir2), "%s/other", tmpdir);
+    cr_assert_eq(mkdir(dir2, 0700), 0);
+    cr_assert_eq(keel_store_open(&other, dir2, NULL, &err), 0, "%s", err.msg);
+    store = other; /* write_range() writes to `store` */
+    write_range(1, 99, 7, 2);
+    write_range(2, 5, 7, 2);
+    store = mine;
+    {
+        float g[8] = {0};
+        uint64_t keys[2] = {(uint64_t)1 << 48 | 1, (uint64_t)1 << 48 | 4};
+        struct keel_msg_push p;
+        struct keel_ulog_record rec;
+
+        memset(&p, 0, sizeof(p));
+        p.worker_id = keel_str_of("w1");
+        p.seq = 1;
+        p.data = (struct keel_rows){1, 4, 2, keys, g};
+        rec = (struct keel_ulog_record){1, 100, p};
+        cr_assert_eq(keel_ulog_append(other, &rec, 1, &err), 0, "%s", err.msg);
+    }
+    only[1] = 1;
+    cr_assert_eq(keel_checkpoint_restore_into(store, &key, 1, other, only, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_read(other, 1, &got, &err), 0, "%s", err.msg);
+    cr_assert_eq(got.lsn, 11, "range 1 is the checkpoint's");
+    cr_assert_eq(got.tables[0].nrows, 4);
+    cr_assert_float_eq(got.tables[0].rows[0], 1 + 1, 1e-6);
+    keel_snapshot_release(&got);
+    cr_assert_eq(keel_snapshot_read(other, 2, &got, &err), 0, "%s", err.msg);
+    cr_assert_eq(got.lsn, 5, "a range not asked for is left as it was");
+    keel_snapshot_release(&got);
+    {
+        struct keel_restore_stats st;
+
+        memset(&got, 0, sizeof(got));
+        unsigned applied = 0;
+
+        cr_assert_eq(keel_restore(other, 1, &got, count_apply, &applied, &st, &err), 0, "%s",
+                     err.msg);
+        cr_assert_eq(applied, 0);
+        cr_assert_eq(got.lsn, 11, "the stale log of range 1 is gone: nothing replayed");
+        cr_assert_eq(st.replayed, 0);
+        keel_snapshot_release(&got);
+    }
+    keel_store_close(other);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir2);
+    cr_assert_eq(system(cmd), 0);
 }
 
 /* A server's ranges often hold none of a small table's rows: they export as nothing. */

@@ -34,6 +34,10 @@ Test(jobs, only_the_documented_transitions_are_allowed)
         [KEEL_JOB_PENDING] =
             {[KEEL_JOB_RUNNING] = 1, [KEEL_JOB_FAILED] = 1, [KEEL_JOB_STOPPED] = 1},
         [KEEL_JOB_RUNNING] = {[KEEL_JOB_DONE] = 1, [KEEL_JOB_FAILED] = 1, [KEEL_JOB_STOPPED] = 1},
+        /* a rollback makes an ended job pending again */
+        [KEEL_JOB_DONE] = {[KEEL_JOB_PENDING] = 1},
+        [KEEL_JOB_FAILED] = {[KEEL_JOB_PENDING] = 1},
+        [KEEL_JOB_STOPPED] = {[KEEL_JOB_PENDING] = 1},
     };
 
     for (int from = 0; from <= 5; from++)
