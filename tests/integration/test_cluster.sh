@@ -247,10 +247,12 @@ run cl start --dir "$dir"
 expect_status 0 "start the whole cluster again"
 echo "whole cluster restarted in $(($(now_ms) - t0)) ms"
 remember_pids
+# start returned once every node had registered anew; a read of etcd just after its own
+# restart can still come back empty, so each check gets a few seconds.
 for k in coordinator/c1 coordinator/c2 server/s1 server/s2; do
-    if registered "$k"; then ok; else fail "no member key $k after the restart" "$(members)"; fi
+    if wait_for 5 registered "$k"; then ok; else fail "no member key $k after the restart" "$(members)"; fi
 done
-if [ -n "$(leader)" ]; then ok; else fail "no leader after the restart"; fi
+if wait_for 5 leader_is_any; then ok; else fail "no leader after the restart"; fi
 run cl down --dir "$dir" --remove
 expect_status 0 "down --remove"
 left=
