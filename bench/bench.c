@@ -14,8 +14,8 @@
 #include <time.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
-#include "keel/cli.h"
+#include "alloc.h"
+#include "cli.h"
 
 /* Normal runs: 5 repetitions of ~60 ms, so a measurement takes ~0.3 s. */
 #define REP_SECONDS 0.06

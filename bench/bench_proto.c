@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
 #include "keel/proto.h"
 

@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
-#include "keel/log.h"
+#include "alloc.h"
+#include "log.h"
 #include "keel/snapshot.h"
 #include "keel/store.h"
 

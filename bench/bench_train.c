@@ -39,8 +39,8 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
-#include "keel/log.h"
+#include "alloc.h"
+#include "log.h"
 #include "keel/model.h"
 #include "keel/optim.h"
 #include "train_runs.h"

@@ -28,10 +28,10 @@
 #include <openssl/evp.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
-#include "keel/certs.h"
-#include "keel/log.h"
-#include "keel/net.h"
+#include "alloc.h"
+#include "certs.h"
+#include "log.h"
+#include "net.h"
 
 static char tmpdir[64];
 

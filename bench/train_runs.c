@@ -15,14 +15,14 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/dataset.h"
 #include "keel/jobspec.h"
 #include "keel/model.h"
 #include "keel/optim.h"
-#include "keel/ps.h"
+#include "ps.h"
 #include "keel/store.h"
-#include "keel/worker.h"
+#include "worker.h"
 #include "train_runs.h"
 
 #define EVAL_RECORDS 1000u /* test records per forward pass, as the worker reads them */

@@ -17,11 +17,11 @@
 
 #include <jansson.h>
 
-#include "keel/alloc.h"
-#include "keel/clock.h"
-#include "keel/coordinator.h"
-#include "keel/log.h"
-#include "keel/member.h"
+#include "alloc.h"
+#include "clock.h"
+#include "coordinator.h"
+#include "log.h"
+#include "member.h"
 
 /* Waits between attempts while etcd is unavailable (bounded by stop). */
 #define RETRY_MIN_MS 200

@@ -8,15 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/assign.h"
 #include "keel/buf.h"
-#include "keel/clock.h"
+#include "clock.h"
 #include "keel/cstate.h"
-#include "keel/election.h"
+#include "election.h"
 #include "keel/jobs.h"
-#include "keel/leader.h"
-#include "keel/log.h"
+#include "leader.h"
+#include "log.h"
 #include "keel/progress.h"
 
 /*

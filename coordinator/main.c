@@ -8,11 +8,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "keel/cli.h"
-#include "keel/coordinator.h"
-#include "keel/etcd.h"
-#include "keel/leader.h"
-#include "keel/log.h"
+#include "cli.h"
+#include "coordinator.h"
+#include "etcd.h"
+#include "leader.h"
+#include "log.h"
 
 static const char *const required[] = {"node.id", NULL};
 

@@ -17,9 +17,9 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-#include "keel/alloc.h"
-#include "keel/certs.h"
-#include "keel/cli.h"
+#include "alloc.h"
+#include "certs.h"
+#include "cli.h"
 #include "keelctl.h"
 
 static void usage_all(FILE *out)

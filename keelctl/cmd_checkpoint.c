@@ -18,7 +18,7 @@
 
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
-#include "keel/cli.h"
+#include "cli.h"
 #include "keel/store.h"
 #include "keelctl.h"
 

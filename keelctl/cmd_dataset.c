@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "keel/cli.h"
+#include "cli.h"
 #include "keel/dataset.h"
 #include "keel/store.h"
 #include "keelctl.h"

@@ -20,10 +20,10 @@
 
 #include <jansson.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
-#include "keel/clock.h"
-#include "keel/cli.h"
+#include "clock.h"
+#include "cli.h"
 #include "keel/cstate.h"
 #include "keel/dataset.h"
 #include "keel/jobs.h"

@@ -27,12 +27,12 @@
 
 #include <jansson.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
 #include "keel/checkpoint.h"
-#include "keel/cli.h"
-#include "keel/clock.h"
-#include "keel/etcd.h"
+#include "cli.h"
+#include "clock.h"
+#include "etcd.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
 #include "keel/proto.h"

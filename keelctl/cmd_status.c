@@ -12,10 +12,10 @@
 
 #include <jansson.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/assign.h"
-#include "keel/cli.h"
-#include "keel/clock.h"
+#include "cli.h"
+#include "clock.h"
 #include "keel/cstate.h"
 #include "keel/proto.h"
 #include "keelctl.h"

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "keel/cli.h"
+#include "cli.h"
 #include "keel/jobs.h"
 #include "keelctl.h"
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/cli.h"
+#include "cli.h"
 #include "keelctl.h"
 
 int keelctl_run_sub(const char *cmd, const struct keelctl_sub *subs, size_t n,

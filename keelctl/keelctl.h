@@ -27,7 +27,7 @@
 
 #include "keel/config.h"
 #include "keel/cstate.h"
-#include "keel/etcd.h"
+#include "etcd.h"
 
 struct keelctl_command {
     const char *name;

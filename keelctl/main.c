@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "keel/cli.h"
+#include "cli.h"
 #include "keelctl.h"
 
 /* The commands, in the order `keelctl --help` lists them. */

@@ -85,13 +85,14 @@ fi
 if ! skipped lint; then
     step "formatting and static analysis"
     mapfile -t sources < <(git ls-files -- '*.c' '*.h' 2>/dev/null ||
-        find include common storage server worker coordinator keelctl tests bench \
-            -name '*.[ch]')
+        find include base wire net storage ml cluster coordinator server worker keelctl tests \
+            bench -name '*.[ch]')
     clang-format --dry-run --Werror "${sources[@]}"
     echo "clang-format: ${#sources[@]} files clean"
+    layers=(base wire net storage ml cluster coordinator server worker keelctl)
     cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-        --std=c11 -D__GNUC__ -D__BYTE_ORDER__=1234 -D__ORDER_LITTLE_ENDIAN__=1234 -I include -I build/include \
-        include common storage server worker coordinator keelctl
+        --std=c11 -D__GNUC__ -D__BYTE_ORDER__=1234 -D__ORDER_LITTLE_ENDIAN__=1234 -I include \
+        -I build/include "${layers[@]/#/-I}" include "${layers[@]}"
     echo "cppcheck: clean"
 fi
 

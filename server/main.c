@@ -1,7 +1,7 @@
 /*
  * main.c - keel-server: the Keel parameter server.
  */
-#include "keel/cli.h"
+#include "cli.h"
 #include "server.h"
 
 static const char *const required[] = {"node.id",  "node.data_dir", "tls.ca",

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/alloc.h"
-#include "keel/log.h"
-#include "keel/ps.h"
+#include "alloc.h"
+#include "log.h"
+#include "ps.h"
 #include "keel/range.h"
 
 #define MAX_TABLES (KEEL_JOBSPEC_MAX_SIZES - 1)

@@ -8,7 +8,7 @@
 
 #include <openssl/evp.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 
 #define HEAD_KEY     "audit_head"

@@ -16,10 +16,10 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
-#include "keel/log.h"
+#include "log.h"
 #include "keel/proto.h"
 #include "snapshot_int.h"
 

@@ -28,9 +28,9 @@
 #include <xxhash.h>
 
 #include "dataset_int.h"
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/dataset.h"
-#include "keel/log.h"
+#include "log.h"
 
 #define META_LAYOUT     1u
 #define STATE_IMPORTING 1u

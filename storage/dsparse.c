@@ -18,7 +18,7 @@
 
 #include <zlib.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/dataset.h"
 
 #define MAX_NUMBER_LEN 63

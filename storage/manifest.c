@@ -16,10 +16,10 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
-#include "keel/log.h"
+#include "log.h"
 
 /* ---- key file ---------------------------------------------------------- */
 

@@ -10,9 +10,9 @@
 
 #include <xxhash.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
-#include "keel/log.h"
+#include "log.h"
 #include "keel/proto.h"
 #include "keel/snapshot.h"
 #include "keel/ulog.h"

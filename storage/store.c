@@ -14,9 +14,9 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
-#include "keel/log.h"
+#include "log.h"
 #include "keel/store.h"
 
 /* A write that needs more than this many map growths gives up (2^40 from 2^16). */

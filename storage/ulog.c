@@ -6,7 +6,7 @@
 
 #include <xxhash.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/ulog.h"
 
 #define TABLE_SHIFT 48

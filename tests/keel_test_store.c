@@ -25,10 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
-#include "keel/log.h"
+#include "log.h"
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"

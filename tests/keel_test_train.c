@@ -25,7 +25,7 @@
 #include "keel/assign.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
-#include "keel/ps.h"
+#include "ps.h"
 #include "keel/snapshot.h"
 #include "keel/store.h"
 

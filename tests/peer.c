@@ -11,10 +11,10 @@
  */
 #include <stdio.h>
 
-#include "keel/cli.h"
-#include "keel/log.h"
-#include "keel/net.h"
-#include "keel/signals.h"
+#include "cli.h"
+#include "log.h"
+#include "net.h"
+#include "signals.h"
 #include "peer_handler.h"
 
 static int run(const struct keel_config *config, int argc, char **argv)

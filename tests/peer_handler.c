@@ -6,7 +6,7 @@
 #include <unistd.h>
 #include <string.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "peer_handler.h"
 
 struct held {

@@ -13,7 +13,7 @@
 #ifndef KEEL_TEST_PEER_HANDLER_H
 #define KEEL_TEST_PEER_HANDLER_H
 
-#include "keel/net.h"
+#include "net.h"
 
 struct held;
 

@@ -1,8 +1,8 @@
 /*
  * main.c - keel-worker: the Keel worker: reads data shards, computes gradients, pushes updates.
  */
-#include "keel/cli.h"
-#include "keel/worker.h"
+#include "cli.h"
+#include "worker.h"
 
 static const char *const required[] = {"node.id", "tls.ca", "tls.cert", "tls.key", NULL};
 

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/range.h"
 #include "keel/record.h"
-#include "keel/worker.h"
+#include "worker.h"
 
 /* ---- routing ------------------------------------------------------------------- */
 

@@ -1,754 +1,1080 @@
 /*
- * train.c - keel-worker's requests to servers: pulls and pushes routed to
- * the primaries of their ranges and retried until they are answered, data
- * records read from any server that holds them, and the test evaluation.
+ * train.c - keel-worker's life: registration, what it knows from etcd,
+ * waiting for a job and a shard lease, the batches of a lease, progress
+ * reports, and a clean stop.
  *
- * Everything here runs on the training thread, except on_reply(), which
- * runs on a client's thread and only records the reply.
+ * Threads are described in worker_internal.h.  w->lock and w->rep_lock are
+ * never held together, nor across a network call.
  */
+#include <cblas.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "keel/alloc.h"
-#include "keel/clock.h"
-#include "keel/log.h"
+#include "alloc.h"
+#include "cli.h"
+#include "clock.h"
+#include "keel/jobs.h"
+#include "log.h"
+#include "signals.h"
 #include "worker_internal.h"
 
-#define READ_AHEAD_BATCHES 8     /* a training read asks for this many batches of records */
-#define MAX_READ_RECORDS   65536 /* ... but never more records than this */
-#define DOWN_TIMEOUT_MS    2000  /* wait for a server we are not connected to */
-
-static void sleep_ms(uint64_t ms)
+/* An absolute CLOCK_REALTIME time `ms` from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(uint64_t ms)
 {
-    struct timespec d = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    struct timespec ts;
 
-    nanosleep(&d, NULL);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
 }
 
-/* Requests that only a change on the server's side could make succeed. */
-static int fatal_code(int code)
+/* ---- the keys the worker follows (w->lock held) -------------------------------- */
+
+/* "assignment", "members/server/<id>", "jobs/<job>/{state,spec,shards/<n>}". */
+static int relevant(const char *k)
 {
-    switch (code) {
-    case KEEL_EINVAL:
-    case KEEL_EPERM:
-    case KEEL_ENOTIMPL:
-    case KEEL_EMAGIC:
-    case KEEL_EVERSION:
-    case KEEL_ETYPE:
-    case KEEL_EFLAGS:
-    case KEEL_ERESERVED:
-    case KEEL_EFRAMESIZE:
+    const char *rest;
+
+    if (strcmp(k, "assignment") == 0)
         return 1;
-    default:
+    if (strncmp(k, "members/server/", 15) == 0)
+        return k[15] != '\0' && strchr(k + 15, '/') == NULL;
+    if (strncmp(k, "jobs/", 5) != 0 || (rest = strchr(k + 5, '/')) == NULL || rest == k + 5)
         return 0;
-    }
+    rest++;
+    if (strcmp(rest, "state") == 0 || strcmp(rest, "spec") == 0)
+        return 1;
+    return strncmp(rest, "shards/", 7) == 0 && rest[7] != '\0' && strchr(rest + 7, '/') == NULL;
 }
 
-/* ---- one round of requests, answered in parallel -------------------------------- */
-
-enum { X_PULL = 1, X_PUSH = 2 };
-
-/* Keys of one table for one server. */
-struct part {
-    unsigned table; /* layer index */
-    struct keel_route_group g;
-};
-
-struct xchg;
-
-struct call {
-    struct xchg *x;
-    int answered;
-    int rc; /* the transport's result */
-    char msg[KEEL_ERROR_MSG_MAX];
-    struct keel_reply *reply;
-};
-
-/*
- * The requests of one round.  Freed by whoever drops the last reference:
- * the caller holds one, each request in flight one, so a caller that stops
- * waiting (a stop during a pull) leaves it to the last reply.
- */
-struct xchg {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    size_t ncalls, waiting;
-    int refs;
-    struct call *calls;
-};
-
-static struct xchg *xchg_new(size_t n)
+static struct wk_kv *key_find(struct wk *w, const char *rel)
 {
-    struct xchg *x = keel_calloc(1, sizeof(*x));
-
-    pthread_mutex_init(&x->lock, NULL);
-    pthread_cond_init(&x->cond, NULL);
-    x->ncalls = n;
-    x->refs = 1;
-    KEEL_ALLOC_ARRAY(x->calls, n ? n : 1);
-    for (size_t i = 0; i < n; i++)
-        x->calls[i].x = x;
-    return x;
+    for (size_t i = 0; i < w->nkeys; i++)
+        if (strcmp(w->keys[i].key, rel) == 0)
+            return &w->keys[i];
+    return NULL;
 }
 
-static void xchg_free(struct xchg *x)
+static void key_put(struct wk *w, const char *rel, const unsigned char *value, size_t len,
+                    int64_t mod_revision)
 {
-    for (size_t i = 0; i < x->ncalls; i++)
-        if (x->calls[i].reply)
-            keel_reply_free(x->calls[i].reply);
-    free(x->calls);
-    pthread_cond_destroy(&x->cond);
-    pthread_mutex_destroy(&x->lock);
-    free(x);
-}
+    struct wk_kv *kv = key_find(w, rel);
 
-static void xchg_put(struct xchg *x)
-{
-    int last;
-
-    pthread_mutex_lock(&x->lock);
-    last = --x->refs == 0;
-    pthread_mutex_unlock(&x->lock);
-    if (last)
-        xchg_free(x);
-}
-
-static void on_reply(void *arg, int rc, struct keel_reply *reply, const struct keel_error *err)
-{
-    struct call *c = arg;
-    struct xchg *x = c->x;
-    int last;
-
-    pthread_mutex_lock(&x->lock);
-    c->rc = rc;
-    c->reply = reply;
-    if (rc != 0)
-        snprintf(c->msg, sizeof(c->msg), "%s", err && err->msg[0] ? err->msg : keel_strerror(rc));
-    c->answered = 1;
-    x->waiting--;
-    last = --x->refs == 0;
-    pthread_cond_signal(&x->cond);
-    pthread_mutex_unlock(&x->lock);
-    if (last)
-        xchg_free(x);
-}
-
-/* Wait for every reply; with `abandon`, give up when the worker is stopping. */
-static int xchg_wait(struct wk *w, struct xchg *x, int abandon)
-{
-    pthread_mutex_lock(&x->lock);
-    while (x->waiting > 0) {
-        struct timespec until;
-
-        if (abandon && atomic_load(&w->stopping)) {
-            pthread_mutex_unlock(&x->lock);
-            xchg_put(x);
-            return KEEL_ECANCELED;
-        }
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 100 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&x->cond, &x->lock, &until);
-    }
-    pthread_mutex_unlock(&x->lock);
-    return 0;
-}
-
-static uint64_t timeout_for(struct wk *w, struct keel_client *cl)
-{
-    uint64_t t = w->config->request_timeout_ms;
-
-    return keel_client_connected(cl) || t < DOWN_TIMEOUT_MS ? t : DOWN_TIMEOUT_MS;
-}
-
-static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct call *c, int kind,
-                      uint64_t clock, uint32_t shard, uint64_t seq)
-{
-    static const uint64_t no_key = 0;
-    static const float no_row = 0;
-    struct wk_job *j = &w->job;
-    struct keel_client *cl = wk_conn_of(w, p->g.server);
-    uint32_t width = keel_model_row_width(&j->model, p->table);
-    struct keel_rows data = {keel_model_table_id(p->table), width, p->g.nkeys,
-                             p->g.nkeys ? p->g.keys : &no_key, NULL};
-    struct keel_error e;
-    struct keel_msg m;
-    float *rows = NULL;
-
-    keel_error_init(&e);
-    if (cl == NULL) {
-        c->answered = 1;
-        c->rc = KEEL_EUNAVAILABLE;
-        snprintf(c->msg, sizeof(c->msg), "server %s is not registered", p->g.server);
-        return;
-    }
-    memset(&m, 0, sizeof(m));
-    if (kind == X_PULL) {
-        m.hdr.type = KEEL_MSG_PULL;
-        m.u.pull.worker_id = keel_str_of(w->id);
-        m.u.pull.clock = clock;
-        m.u.pull.data = data;
+    if (kv == NULL) {
+        KEEL_REALLOC_ARRAY(w->keys, w->nkeys + 1);
+        kv = &w->keys[w->nkeys++];
+        kv->key = keel_strdup(rel);
     } else {
-        const float *table = j->grads.table[p->table];
-
-        rows = keel_malloc(keel_size_mul(keel_size_mul(p->g.nkeys, width), sizeof(float)));
-        for (uint32_t i = 0; i < p->g.nkeys; i++)
-            memcpy(rows + (size_t)i * width, table + (size_t)p->g.rows[i] * width,
-                   (size_t)width * sizeof(float));
-        data.rows = p->g.nkeys ? rows : &no_row;
-        m.hdr.type = KEEL_MSG_PUSH;
-        m.u.push.worker_id = keel_str_of(w->id);
-        m.u.push.shard = shard;
-        pthread_mutex_lock(&w->lock);
-        m.u.push.incarnation = w->incarnation;
-        pthread_mutex_unlock(&w->lock);
-        m.u.push.seq = seq;
-        m.u.push.clock = clock;
-        m.u.push.data = data;
+        free(kv->value);
     }
-    pthread_mutex_lock(&x->lock);
-    x->waiting++;
-    x->refs++;
-    pthread_mutex_unlock(&x->lock);
-    if (keel_client_send(cl, &m, timeout_for(w, cl), on_reply, c, &e) != 0) {
-        pthread_mutex_lock(&x->lock);
-        x->waiting--;
-        x->refs--;
-        c->answered = 1;
-        c->rc = e.code;
-        snprintf(c->msg, sizeof(c->msg), "%s", e.msg);
-        pthread_mutex_unlock(&x->lock);
-    }
-    free(rows);
+    kv->value = keel_malloc(len + 1);
+    memcpy(kv->value, value, len);
+    kv->value[len] = '\0';
+    kv->len = len;
+    kv->mod_revision = mod_revision;
 }
 
-/* Copy a pull's rows into the model's parameters; the reply must match the request. */
-static int take_rows(struct wk_job *j, const struct part *p, const struct keel_msg_pull_reply *r,
-                     struct keel_error *err)
+static void key_delete(struct wk *w, const char *rel)
 {
-    uint32_t width = keel_model_row_width(&j->model, p->table);
-    float *table = j->params.table[p->table];
+    struct wk_kv *kv = key_find(w, rel);
 
-    if (r->data.table_id != keel_model_table_id(p->table) || r->data.row_width != width ||
-        r->data.nkeys != p->g.nkeys ||
-        (p->g.nkeys && memcmp(r->data.keys, p->g.keys, (size_t)p->g.nkeys * 8) != 0))
-        return keel_err_set(err, KEEL_EINVAL,
-                            "server %s answered a pull of %" PRIu32
-                            " rows of table %u with %" PRIu32 " rows of table %" PRIu32
-                            " (width %" PRIu32 ")",
-                            p->g.server, p->g.nkeys, keel_model_table_id(p->table), r->data.nkeys,
-                            r->data.table_id, r->data.row_width);
-    for (uint32_t i = 0; i < p->g.nkeys; i++)
-        memcpy(table + (size_t)p->g.rows[i] * width, r->data.rows + (size_t)i * width,
-               (size_t)width * sizeof(float));
-    return 0;
+    if (kv == NULL)
+        return;
+    free(kv->key);
+    free(kv->value);
+    *kv = w->keys[--w->nkeys];
 }
 
-static void parts_free(struct part *parts, size_t n)
+static void keys_clear(struct wk *w)
 {
-    for (size_t i = 0; i < n; i++) {
-        free(parts[i].g.keys);
-        free(parts[i].g.rows);
-    }
-    free(parts);
+    while (w->nkeys > 0)
+        key_delete(w, w->keys[0].key);
 }
 
-/* Split the failed parts again by the current route; empty pushes stay with live primaries. */
-static struct part *regroup(struct wk *w, struct part *failed, size_t nfailed, size_t *n,
-                            struct keel_error *err)
+static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
 {
-    struct part *out = NULL;
-    int rc = 0;
+    struct wk *w = user;
+    size_t plen = strlen(w->prefix);
+    int changed = b->reset;
 
-    *n = 0;
-    for (size_t i = 0; i < nfailed && rc == 0; i++) {
-        struct keel_route_group *g = NULL;
-        size_t ng = 0;
+    pthread_mutex_lock(&w->lock);
+    if (b->reset)
+        keys_clear(w);
+    for (size_t i = 0; i < b->n; i++) {
+        const struct keel_etcd_event *ev = &b->events[i];
+        const char *rel;
 
-        if (failed[i].g.nkeys == 0) {
-            for (size_t k = 0; k < w->route.nprimaries; k++)
-                if (strcmp(w->route.primaries[k], failed[i].g.server) == 0) {
-                    KEEL_REALLOC_ARRAY(out, *n + 1);
-                    out[(*n)++] = failed[i];
-                    failed[i].g.keys = NULL;
-                    failed[i].g.rows = NULL;
-                    break;
-                }
+        if (strncmp(ev->kv.key, w->prefix, plen) != 0)
             continue;
-        }
-        rc = keel_route_group(w->assign, failed[i].g.keys, failed[i].g.rows, failed[i].g.nkeys, &g,
-                              &ng, err);
-        if (rc != 0) {
-            /* No primary for some range now: keep the part as it was and retry later. */
-            KEEL_REALLOC_ARRAY(out, *n + 1);
-            out[(*n)++] = failed[i];
-            failed[i].g.keys = NULL;
-            failed[i].g.rows = NULL;
-            rc = 0;
+        rel = ev->kv.key + plen;
+        if (!relevant(rel))
             continue;
-        }
-        KEEL_REALLOC_ARRAY(out, *n + ng);
-        for (size_t k = 0; k < ng; k++) {
-            out[*n].table = failed[i].table;
-            out[*n].g = g[k];
-            (*n)++;
-        }
-        free(g); /* the keys and rows moved to `out` */
+        if (ev->type == KEEL_ETCD_DELETE)
+            key_delete(w, rel);
+        else
+            key_put(w, rel, ev->kv.value, ev->kv.value_len, ev->kv.mod_revision);
+        changed = 1;
     }
-    parts_free(failed, nfailed);
-    return out;
+    if (changed) {
+        w->generation++;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
 }
 
-/*
- * Send every part, and send again what failed for a reason that can pass (a
- * lost connection, a time-out, a redirect, a server not serving the job
- * yet), re-routed by the newest assignment, until everything is answered or
- * [worker] retry_timeout has passed.  KEEL_ECANCELED when the worker stops
- * (a pull is abandoned at once, a push once its first answers are in) or
- * the job stops running.  Takes ownership of `parts`.
- */
-static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, uint64_t clock,
-                    uint32_t shard, uint64_t seq, struct wk_xstats *st, struct keel_error *err)
+int wk_key_copy(struct wk *w, const char *rel, struct keel_buf *out, int64_t *mod_revision)
 {
-    const char *what = kind == X_PULL ? "pull" : "push";
-    uint64_t start = keel_clock_mono_ms(), backoff = 50;
-    unsigned round = 0;
-    int rc = 0;
+    struct wk_kv *kv;
+    int rc = KEEL_ENOTFOUND;
 
-    while (nparts > 0) {
-        struct xchg *x = xchg_new(nparts);
-        struct part *failed;
-        size_t nfailed = 0;
-        char problem[KEEL_ERROR_MSG_MAX + 128] = "";
-        int stale = 0, changed;
-
-        for (size_t i = 0; i < nparts; i++)
-            send_part(w, x, &parts[i], &x->calls[i], kind, clock, shard, seq);
-        if (xchg_wait(w, x, kind == X_PULL) != 0) {
-            parts_free(parts, nparts);
-            return keel_err_set(err, KEEL_ECANCELED, "stopping");
-        }
-        KEEL_ALLOC_ARRAY(failed, nparts);
-        for (size_t i = 0; i < nparts && rc == 0; i++) {
-            struct part *p = &parts[i];
-            struct call *c = &x->calls[i];
-            int code = c->rc;
-            char why[KEEL_ERROR_MSG_MAX];
-
-            snprintf(why, sizeof(why), "%s", c->msg);
-            if (code == 0) {
-                const struct keel_msg *m = &c->reply->msg;
-
-                if (m->hdr.type == KEEL_MSG_ERROR) {
-                    code = m->u.error.code;
-                    snprintf(why, sizeof(why), "%.*s", (int)m->u.error.message.len,
-                             m->u.error.message.ptr);
-                    if (code == KEEL_EREDIRECT)
-                        stale = 1;
-                } else if (kind == X_PULL && m->hdr.type == KEEL_MSG_PULL_REPLY) {
-                    rc = take_rows(&w->job, p, &m->u.pull_reply, err);
-                    if (rc == 0 && st) {
-                        /* Clocks stay far below 2^63: the difference fits. */
-                        int64_t lead = (int64_t)clock - (int64_t)m->u.pull_reply.clock;
-
-                        if (st->replies++ == 0 || lead > st->lead)
-                            st->lead = lead;
-                    }
-                    continue;
-                } else if (kind == X_PUSH && m->hdr.type == KEEL_MSG_ACK) {
-                    if (st) {
-                        st->acks++;
-                        st->duplicates += m->u.ack.status == KEEL_ACK_DUPLICATE;
-                    }
-                    continue;
-                } else {
-                    rc = keel_err_set(err, KEEL_EINVAL, "server %s answered a %s with %s",
-                                      p->g.server, what, keel_msg_type_name(m->hdr.type));
-                    break;
-                }
-            }
-            if (fatal_code(code)) {
-                rc = keel_err_set(err, code, "server %s refused a %s of table %u: %s", p->g.server,
-                                  what, keel_model_table_id(p->table), why);
-                break;
-            }
-            snprintf(problem, sizeof(problem), "server %s: %s", p->g.server, why);
-            failed[nfailed++] = *p;
-            p->g.keys = NULL;
-            p->g.rows = NULL;
-        }
-        xchg_put(x);
-        parts_free(parts, nparts);
-        parts = NULL;
-        nparts = 0;
-        if (rc != 0 || nfailed == 0) {
-            parts_free(failed, nfailed);
-            break;
-        }
-        if (keel_clock_mono_ms() - start >= w->config->worker_retry_timeout_ms) {
-            parts_free(failed, nfailed);
-            rc = keel_err_set(err, KEEL_ETIMEDOUT, "%zu request(s) still failing after %.1f s: %s",
-                              nfailed, (double)(keel_clock_mono_ms() - start) / 1000.0, problem);
-            break;
-        }
-        if (round++ % 5 == 0)
-            KEEL_LOG_WARN("%s of clock %" PRIu64 ": retrying %zu request(s): %s", what, clock,
-                          nfailed, problem);
-        changed = wk_refresh_route(w, stale, err);
-        if (changed <= 0) {
-            sleep_ms(backoff);
-            backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
-            wk_refresh_route(w, 0, NULL); /* the watch may have brought a newer one meanwhile */
-        }
-        if (atomic_load(&w->stopping)) {
-            /* A push is not retried past a stop: the next life re-sends it (idempotent). */
-            parts_free(failed, nfailed);
-            return keel_err_set(err, KEEL_ECANCELED, "stopping with %zu request(s) unanswered: %s",
-                                nfailed, problem);
-        }
-        if (!wk_job_running(w)) { /* the servers dropped it: nothing left to apply or read */
-            parts_free(failed, nfailed);
-            return keel_err_set(err, KEEL_ECANCELED, "job %s is no longer running", w->job.name);
-        }
-        parts = regroup(w, failed, nfailed, &nparts, err);
+    pthread_mutex_lock(&w->lock);
+    if ((kv = key_find(w, rel)) != NULL) {
+        keel_buf_reset(out);
+        keel_buf_add(out, kv->value, kv->len);
+        if (mod_revision)
+            *mod_revision = kv->mod_revision;
+        rc = 0;
     }
-    parts_free(parts, nparts);
+    pthread_mutex_unlock(&w->lock);
     return rc;
 }
 
-static void group_copy(struct keel_route_group *dst, const struct keel_route_group *src)
+static int cmp_id(const void *a, const void *b)
 {
-    *dst = *src;
-    KEEL_ALLOC_ARRAY(dst->keys, src->nkeys ? src->nkeys : 1);
-    KEEL_ALLOC_ARRAY(dst->rows, src->nkeys ? src->nkeys : 1);
-    memcpy(dst->keys, src->keys, (size_t)src->nkeys * sizeof(*src->keys));
-    memcpy(dst->rows, src->rows, (size_t)src->nkeys * sizeof(*src->rows));
+    return strcmp(a, b);
 }
 
-/* Every group of the route; with `every_primary`, an empty part for each primary without keys. */
-static struct part *route_parts(struct wk *w, int every_primary, size_t *n)
+size_t wk_servers(struct wk *w, char (**ids)[KEEL_ID_MAX + 1])
 {
-    const struct keel_route *r = &w->route;
-    struct part *parts;
-    size_t total = r->nprimaries;
+    size_t n = 0;
 
-    for (unsigned t = 0; t < r->ntables; t++)
-        total += r->ngroups[t];
-    KEEL_ALLOC_ARRAY(parts, total ? total : 1);
-    *n = 0;
-    for (unsigned t = 0; t < r->ntables; t++)
-        for (size_t g = 0; g < r->ngroups[t]; g++) {
-            parts[*n].table = t;
-            group_copy(&parts[*n].g, &r->groups[t][g]);
-            (*n)++;
+    pthread_mutex_lock(&w->lock);
+    KEEL_ALLOC_ARRAY(*ids, w->nkeys + 1);
+    for (size_t i = 0; i < w->nkeys; i++)
+        if (strncmp(w->keys[i].key, "members/server/", 15) == 0)
+            snprintf((*ids)[n++], KEEL_ID_MAX + 1, "%s", w->keys[i].key + 15);
+    pthread_mutex_unlock(&w->lock);
+    qsort(*ids, n, sizeof(**ids), cmp_id);
+    return n;
+}
+
+/* ---- connections and the route (training thread) ------------------------------- */
+
+struct keel_client *wk_conn_of(struct wk *w, const char *id)
+{
+    struct keel_member_info info;
+    struct keel_client_options o;
+    struct keel_error err;
+    struct keel_buf value;
+    char rel[96];
+    struct wk_conn *c = NULL;
+
+    keel_error_init(&err);
+    keel_buf_init(&value, 0);
+    snprintf(rel, sizeof(rel), "members/server/%s", id);
+    if (wk_key_copy(w, rel, &value, NULL) != 0) {
+        keel_buf_release(&value);
+        return NULL;
+    }
+    if (keel_member_decode(value.buf, value.len, &info, &err) != 0) {
+        KEEL_LOG_WARN("server %s: ignoring its registration: %s", id, err.msg);
+        keel_buf_release(&value);
+        return NULL;
+    }
+    keel_buf_release(&value);
+    for (size_t i = 0; i < w->nconns; i++)
+        if (strcmp(w->conns[i].id, id) == 0)
+            c = &w->conns[i];
+    if (c != NULL && strcmp(c->address, info.address) == 0) {
+        keel_member_info_release(&info);
+        return c->client;
+    }
+    if (c == NULL) {
+        KEEL_REALLOC_ARRAY(w->conns, w->nconns + 1);
+        c = &w->conns[w->nconns++];
+        memset(c, 0, sizeof(*c));
+        snprintf(c->id, sizeof(c->id), "%s", id);
+    } else {
+        KEEL_LOG_INFO("server %s moved from %s to %s", id, c->address, info.address);
+        keel_client_free(c->client);
+        c->client = NULL;
+    }
+    snprintf(c->address, sizeof(c->address), "%s", info.address);
+    keel_member_info_release(&info);
+    keel_client_options_default(&o);
+    o.address = c->address;
+    o.expect_role = KEEL_ROLE_SERVER;
+    o.max_frame_size = w->config->max_frame_size;
+    if (keel_client_new(&o, w->tls, &c->client, &err) != 0) {
+        KEEL_LOG_WARN("server %s at %s: %s", id, c->address, err.msg);
+        c->client = NULL;
+        c->address[0] = '\0';
+    }
+    return c->client;
+}
+
+int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err)
+{
+    struct keel_buf value;
+    struct keel_etcd_kv kv;
+    keel_assign *a = NULL;
+    int64_t rev = 0;
+    int rc;
+
+    keel_buf_init(&value, 0);
+    memset(&kv, 0, sizeof(kv));
+    if (fresh) {
+        char key[256];
+
+        snprintf(key, sizeof(key), "%sassignment", w->prefix);
+        if ((rc = keel_etcd_get(w->etcd, key, &kv, NULL, err)) != 0)
+            goto out;
+        keel_buf_add(&value, kv.value, kv.value_len);
+        rev = kv.mod_revision;
+    } else if (wk_key_copy(w, "assignment", &value, &rev) != 0) {
+        rc = keel_err_set(err, KEEL_ENOTFOUND, "no assignment in etcd yet");
+        goto out;
+    }
+    if (w->assign != NULL && rev == w->assign_revision) {
+        rc = 0;
+        goto out;
+    }
+    if ((rc = keel_assign_decode(value.buf, value.len, &a, err)) != 0)
+        goto out;
+    if (w->assign != NULL && keel_assign_version(a) <= keel_assign_version(w->assign) &&
+        w->route.ntables > 0) {
+        keel_assign_free(a); /* not newer than what we route by */
+        rc = 0;
+        goto out;
+    }
+    if (w->job.name[0] != '\0') {
+        struct keel_route r;
+
+        if ((rc = keel_route_build(&r, &w->job.model, a, err)) != 0) {
+            keel_assign_free(a);
+            goto out;
         }
-    for (size_t p = 0; every_primary && p < r->nprimaries; p++) {
-        int has = 0;
+        keel_route_release(&w->route);
+        w->route = r;
+    }
+    keel_assign_free(w->assign);
+    w->assign = a;
+    w->assign_revision = rev;
+    KEEL_LOG_INFO("routing by assignment version %" PRIu64 " (%zu primaries)",
+                  keel_assign_version(a), w->route.nprimaries);
+    rc = 1;
+out:
+    keel_etcd_kv_release(&kv);
+    keel_buf_release(&value);
+    return rc;
+}
 
-        for (unsigned t = 0; t < r->ntables && !has; t++)
-            for (size_t g = 0; g < r->ngroups[t] && !has; g++)
-                has = strcmp(r->groups[t][g].server, r->primaries[p]) == 0;
-        if (!has) {
-            memset(&parts[*n], 0, sizeof(parts[*n]));
-            snprintf(parts[*n].g.server, sizeof(parts[*n].g.server), "%s", r->primaries[p]);
-            (*n)++;
+/* ---- progress reports (reporter thread) ------------------------------------------ */
+
+static void *reporter_main(void *arg)
+{
+    struct wk *w = arg;
+    uint64_t last = 0, failures = 0;
+
+    pthread_mutex_lock(&w->rep_lock);
+    for (;;) {
+        struct keel_progress p;
+        struct keel_error err;
+        struct keel_buf json;
+        char key[256];
+        uint64_t want, now = keel_clock_mono_ms();
+        int rc;
+
+        if (w->rep_want == w->rep_done) {
+            if (w->rep_stop)
+                break;
+            pthread_cond_wait(&w->rep_cond, &w->rep_lock);
+            continue;
+        }
+        /* Rate limit, unless a caller waits for this report or we are stopping. */
+        if (!w->rep_urgent && !w->rep_stop && last != 0 &&
+            now < last + w->config->worker_progress_interval_ms) {
+            struct timespec until =
+                deadline_in(last + w->config->worker_progress_interval_ms - now);
+
+            pthread_cond_timedwait(&w->rep_cond, &w->rep_lock, &until);
+            continue;
+        }
+        want = w->rep_want;
+        p = w->rep_progress;
+        snprintf(key, sizeof(key), "%sjobs/%s/progress/%" PRIu32, w->prefix, w->rep_job,
+                 w->rep_shard);
+        pthread_mutex_unlock(&w->rep_lock);
+
+        keel_error_init(&err);
+        keel_buf_init(&json, 0);
+        keel_progress_encode(&p, &json);
+        rc = keel_etcd_put(w->etcd, key, json.buf, json.len, 0, NULL, &err);
+        keel_buf_release(&json);
+
+        pthread_mutex_lock(&w->rep_lock);
+        last = keel_clock_mono_ms();
+        if (rc == 0) {
+            failures = 0;
+            if (want > w->rep_done)
+                w->rep_done = want;
+            if (w->rep_done == w->rep_want)
+                w->rep_urgent = 0;
+            pthread_cond_broadcast(&w->rep_cond);
+        } else {
+            if (failures++ % 10 == 0)
+                KEEL_LOG_WARN("cannot report progress to '%s': %s (retrying)", key, err.msg);
+            if (w->rep_stop && failures >= 3) {
+                w->rep_done = w->rep_want; /* give up: the servers have the pushes anyway */
+                pthread_cond_broadcast(&w->rep_cond);
+            } else {
+                struct timespec until = deadline_in(500);
+
+                pthread_cond_timedwait(&w->rep_cond, &w->rep_lock, &until);
+            }
         }
     }
-    return parts;
+    pthread_mutex_unlock(&w->rep_lock);
+    return NULL;
 }
-
-int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err)
-{
-    size_t n;
-    struct part *parts = route_parts(w, 0, &n);
-
-    return exchange(w, X_PULL, parts, n, clock, 0, 0, st, err);
-}
-
-int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
-                struct keel_error *err)
-{
-    size_t n;
-    struct part *parts = route_parts(w, 1, &n);
-
-    return exchange(w, X_PUSH, parts, n, clock, shard, seq, st, err);
-}
-
-/* ---- data records ---------------------------------------------------------------------- */
 
 /*
- * Records [first, first + max) of `shard` of `dataset` (fewer when the
- * server's frame or the shard ends first), from the server read last if it
- * still answers, else the next registered server that holds the dataset.
- * KEEL_EINVAL when a server holding the dataset says the shard does not
- * exist; after [worker] retry_timeout of failures, the last one.  With
- * `sticky` (training reads), the server that answered is the one asked first
- * next time, and a change of it is logged.
+ * Ask for progress (pass, batch) of `shard` to be written; with `wait`,
+ * return once it is (or the reporter gave up).
  */
-static int read_records(struct wk *w, const char *dataset, uint32_t shard, uint64_t first,
-                        uint32_t max, int sticky, struct keel_reply **out, struct keel_error *err)
+static void report(struct wk *w, uint32_t shard, uint32_t pass, uint32_t batch, int wait)
 {
-    uint64_t start = keel_clock_mono_ms(), backoff = 100;
-    unsigned round = 0;
+    uint64_t mine, incarnation;
 
-    *out = NULL;
-    for (;;) {
-        char(*ids)[KEEL_ID_MAX + 1];
-        size_t n = wk_servers(w, &ids), from = n ? shard % n : 0;
-        char problem[KEEL_ERROR_MSG_MAX + 128];
-
-        snprintf(problem, sizeof(problem), "no server is registered");
-        for (size_t k = 0; k < n; k++)
-            if (strcmp(ids[k], w->data_server) == 0)
-                from = k;
-        for (size_t k = 0; k < n; k++) {
-            const char *id = ids[(from + k) % n];
-            struct keel_client *cl = wk_conn_of(w, id);
-            struct keel_reply *reply = NULL;
-            struct keel_error e;
-            struct keel_msg m;
-            int rc;
-
-            keel_error_init(&e);
-            if (cl == NULL)
-                continue;
-            memset(&m, 0, sizeof(m));
-            m.hdr.type = KEEL_MSG_SHARD_READ;
-            m.u.shard_read.dataset = keel_str_of(dataset);
-            m.u.shard_read.shard = shard;
-            m.u.shard_read.first = first;
-            m.u.shard_read.max_records = max;
-            if ((rc = keel_client_call(cl, &m, timeout_for(w, cl), &reply, &e)) != 0) {
-                snprintf(problem, sizeof(problem), "server %s: %s", id, e.msg);
-                continue;
-            }
-            if (reply->msg.hdr.type == KEEL_MSG_SHARD_DATA) {
-                const struct keel_msg_shard_data *d = &reply->msg.u.shard_data;
-
-                if (d->shard != shard || d->first != first || d->nrecords > max) {
-                    snprintf(problem, sizeof(problem),
-                             "server %s answered with records %" PRIu64 "+%" PRIu32
-                             " of shard %" PRIu32,
-                             id, d->first, d->nrecords, d->shard);
-                    keel_reply_free(reply);
-                    continue;
-                }
-                if (sticky && strcmp(w->data_server, id) != 0) {
-                    KEEL_LOG_INFO("reading dataset '%s' from server %s", dataset, id);
-                    snprintf(w->data_server, sizeof(w->data_server), "%s", id);
-                }
-                free(ids);
-                *out = reply;
-                return 0;
-            }
-            if (reply->msg.hdr.type == KEEL_MSG_ERROR) {
-                const struct keel_msg_error *me = &reply->msg.u.error;
-
-                snprintf(problem, sizeof(problem), "server %s: %.*s", id, (int)me->message.len,
-                         me->message.ptr);
-                if (me->code == KEEL_EINVAL) {
-                    keel_reply_free(reply);
-                    free(ids);
-                    return keel_err_set(err, KEEL_EINVAL, "%s", problem);
-                }
-            } else {
-                snprintf(problem, sizeof(problem), "server %s answered SHARD_READ with %s", id,
-                         keel_msg_type_name(reply->msg.hdr.type));
-            }
-            keel_reply_free(reply);
-        }
-        free(ids);
-        if (sticky)
-            w->data_server[0] = '\0';
-        if (atomic_load(&w->stopping))
-            return keel_err_set(err, KEEL_ECANCELED, "stopping");
-        if (!wk_job_running(w))
-            return keel_err_set(err, KEEL_ECANCELED, "job %s is no longer running", w->job.name);
-        if (keel_clock_mono_ms() - start >= w->config->worker_retry_timeout_ms)
-            return keel_err_set(err, KEEL_ETIMEDOUT,
-                                "cannot read shard %" PRIu32 " of dataset '%s' from any server"
-                                " for %.1f s: %s",
-                                shard, dataset, (double)(keel_clock_mono_ms() - start) / 1000.0,
-                                problem);
-        if (round++ % 5 == 0)
-            KEEL_LOG_WARN("cannot read shard %" PRIu32 " of dataset '%s' yet: %s", shard, dataset,
-                          problem);
-        sleep_ms(backoff);
-        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
-    }
+    pthread_mutex_lock(&w->lock);
+    incarnation = w->incarnation;
+    pthread_mutex_unlock(&w->lock);
+    pthread_mutex_lock(&w->rep_lock);
+    snprintf(w->rep_job, sizeof(w->rep_job), "%s", w->job.name);
+    w->rep_shard = shard;
+    snprintf(w->rep_progress.worker, sizeof(w->rep_progress.worker), "%s", w->id);
+    w->rep_progress.incarnation = incarnation;
+    w->rep_progress.pass = pass;
+    w->rep_progress.batch = batch;
+    mine = ++w->rep_want;
+    if (wait)
+        w->rep_urgent = 1;
+    pthread_cond_broadcast(&w->rep_cond);
+    while (wait && w->rep_done < mine)
+        pthread_cond_wait(&w->rep_cond, &w->rep_lock);
+    pthread_mutex_unlock(&w->rep_lock);
 }
 
-void wk_reader_init(struct wk_reader *r, const char *dataset, uint32_t shard)
+static int write_eval(struct wk *w, const struct keel_eval *e, struct keel_error *err)
 {
-    memset(r, 0, sizeof(*r));
-    snprintf(r->dataset, sizeof(r->dataset), "%s", dataset);
-    r->shard = shard;
-}
-
-void wk_reader_release(struct wk_reader *r)
-{
-    if (r->reply)
-        keel_reply_free(r->reply);
-    r->reply = NULL;
-    r->n = 0;
-}
-
-static int reader_load(struct wk *w, struct wk_reader *r, uint64_t from, struct keel_error *err)
-{
-    uint64_t want = (uint64_t)w->job.spec.batch_size * READ_AHEAD_BATCHES;
-    struct keel_reply *reply;
+    struct keel_buf json;
+    char key[256];
     int rc;
 
-    if (want > MAX_READ_RECORDS)
-        want = MAX_READ_RECORDS;
-    if ((rc = read_records(w, r->dataset, r->shard, from, (uint32_t)want, 1, &reply, err)) != 0)
-        return rc;
-    wk_reader_release(r);
-    r->reply = reply;
-    r->first = from;
-    r->n = reply->msg.u.shard_data.nrecords;
-    r->total = reply->msg.u.shard_data.total;
-    r->have_total = 1;
-    return 0;
+    snprintf(key, sizeof(key), "%sjobs/%s/eval/%" PRIu32 "/%s", w->prefix, w->job.name, e->pass,
+             w->id);
+    keel_buf_init(&json, 0);
+    keel_eval_encode(e, &json);
+    rc = keel_etcd_put(w->etcd, key, json.buf, json.len, 0, NULL, err);
+    keel_buf_release(&json);
+    return rc;
 }
 
-int wk_reader_open(struct wk *w, struct wk_reader *r, uint64_t from, struct keel_error *err)
+/* ---- the job -------------------------------------------------------------------------- */
+
+static void job_release(struct wk_job *j)
 {
-    return r->have_total ? 0 : reader_load(w, r, from, err);
+    keel_model_work_free(j->work);
+    keel_model_params_release(&j->params);
+    keel_model_params_release(&j->grads);
+    free(j->x);
+    free(j->labels);
+    free(j->floor);
+    memset(j, 0, sizeof(*j));
 }
 
-int wk_reader_fill(struct wk *w, struct wk_reader *r, uint64_t from, uint32_t n,
-                   struct keel_error *err)
+/*
+ * Take up job `name` with the spec JSON `spec` (revision `rev`): decode it and
+ * set up the model's buffers.  A spec that cannot be used marks the job failed.
+ */
+static void job_take_up(struct wk *w, const char *name, const struct keel_buf *spec, int64_t rev)
 {
     struct wk_job *j = &w->job;
-    uint32_t nf = j->model.sizes[0], nclasses = j->model.sizes[j->model.nlayers];
-    uint32_t done = 0;
-    int rc;
+    struct keel_error err;
+    char model[KEEL_MODEL_SPEC_MAX], consistency[32];
 
-    while (done < n) {
-        uint64_t at = from + done;
-        const struct keel_msg_shard_data *d;
-        struct keel_record_run run;
-        uint32_t k;
-
-        if (r->reply == NULL || at < r->first || at >= r->first + r->n) {
-            if ((rc = reader_load(w, r, at, err)) != 0)
-                return rc;
-            if (r->n == 0)
-                return keel_err_set(err, KEEL_EINVAL,
-                                    "dataset '%s' shard %" PRIu32 " has %" PRIu64
-                                    " records; record %" PRIu64 " was wanted",
-                                    r->dataset, r->shard, r->total, at);
-        }
-        d = &r->reply->msg.u.shard_data;
-        run = (struct keel_record_run){d->nrecords, d->offsets, d->data, d->offsets[d->nrecords]};
-        k = (uint32_t)(r->first + r->n - at < n - done ? r->first + r->n - at : n - done);
-        rc = keel_worker_batch(&run, (uint32_t)(at - r->first), k, nf, nclasses,
-                               j->x + (size_t)done * nf, j->labels + done, err);
-        if (rc != 0)
-            return keel_err_prefix(err, rc, "dataset '%s' shard %" PRIu32 " from index %" PRIu64,
-                                   r->dataset, r->shard, r->first);
-        done += k;
+    keel_error_init(&err);
+    job_release(j);
+    keel_route_release(&w->route);
+    snprintf(j->name, sizeof(j->name), "%s", name);
+    j->spec_revision = rev;
+    if (keel_jobspec_decode(spec->buf, spec->len, &j->spec, &err) != 0 ||
+        keel_model_init(&j->model, (enum keel_model_type)j->spec.model, j->spec.sizes,
+                        j->spec.nsizes, &err) != 0) {
+        KEEL_LOG_ERROR("job %s: cannot take it up: %s", name, err.msg);
+        j->failed = 1;
+        return;
     }
-    return 0;
+    j->max_batch = j->spec.batch_size > WK_EVAL_RECORDS ? j->spec.batch_size : WK_EVAL_RECORDS;
+    j->work = keel_model_work_new(&j->model, j->max_batch);
+    keel_model_params_init(&j->params, &j->model);
+    keel_model_params_init(&j->grads, &j->model);
+    KEEL_ALLOC_ARRAY(j->x, keel_size_mul(j->max_batch, j->model.sizes[0]));
+    KEEL_ALLOC_ARRAY(j->labels, j->max_batch);
+    KEEL_ALLOC_ARRAY(j->floor, j->spec.shards);
+    keel_jobspec_model_string(&j->spec, model, sizeof(model));
+    keel_consistency_string(&j->spec, consistency, sizeof(consistency));
+    KEEL_LOG_INFO("job %s: %s on '%s' (test '%s'), batch %" PRIu32 ", %" PRIu32
+                  " epoch(s), %" PRIu32 " shard(s), %s, optimizer %s",
+                  name, model, j->spec.dataset, j->spec.test_dataset[0] ? j->spec.test_dataset : "",
+                  j->spec.batch_size, j->spec.epochs, j->spec.shards, consistency,
+                  keel_optimizer_name(j->spec.optimizer.type));
+    /* The route follows the model: rebuild it with the assignment we have. */
+    keel_assign_free(w->assign);
+    w->assign = NULL;
+    w->assign_revision = 0;
 }
 
-int wk_check_dataset(struct wk *w, struct keel_error *err)
+/* What find_work() found. */
+struct lease {
+    uint32_t shard;
+    uint32_t pass, batch; /* where to start */
+};
+
+/*
+ * Under w->lock: the lowest-named running job, or "" when none.
+ */
+static void running_job(struct wk *w, char *job, size_t n)
 {
-    const struct keel_jobspec *s = &w->job.spec;
-    struct keel_reply *reply = NULL;
-    int rc;
+    job[0] = '\0';
+    for (size_t i = 0; i < w->nkeys; i++) {
+        const struct wk_kv *kv = &w->keys[i];
+        struct keel_job_status st;
+        char name[KEEL_ID_MAX + 1];
+        size_t len;
 
-    rc = read_records(w, s->dataset, s->shards, 0, 1, 0, &reply, err);
-    if (rc == 0) {
-        keel_reply_free(reply);
-        return keel_err_set(err, KEEL_EINVAL,
-                            "dataset '%s' has more shards than the job's %" PRIu32
-                            ": the records of the others would never be trained on (import the"
-                            " dataset with --shards %" PRIu32 ", or give the job its shard count)",
-                            s->dataset, s->shards, s->shards);
+        if (strncmp(kv->key, "jobs/", 5) != 0)
+            continue;
+        len = strlen(kv->key);
+        if (len < 11 || strcmp(kv->key + len - 6, "/state") != 0 || len - 11 > KEEL_ID_MAX)
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(len - 11), kv->key + 5);
+        if (strchr(name, '/') != NULL)
+            continue;
+        if (keel_job_status_decode(kv->value, kv->len, &st, NULL) != 0 ||
+            st.state != KEEL_JOB_RUNNING)
+            continue;
+        if (job[0] == '\0' || strcmp(name, job) < 0)
+            snprintf(job, n, "%s", name);
     }
-    if (rc != KEEL_EINVAL)
-        return rc;
-    rc = read_records(w, s->dataset, s->shards - 1, 0, 1, 0, &reply, err);
-    if (rc == KEEL_EINVAL)
-        return keel_err_prefix(err, rc,
-                               "dataset '%s' has fewer shards than the job's %" PRIu32
-                               " (give the job the dataset's shard count)",
-                               s->dataset, s->shards);
-    if (rc != 0)
-        return rc;
-    keel_reply_free(reply);
-    /* Shard 0 is the largest (round-robin): its batches per pass space the clocks. */
-    if ((rc = read_records(w, s->dataset, 0, 0, 1, 0, &reply, err)) != 0)
-        return rc;
-    w->job.nb_max = keel_worker_nbatches(reply->msg.u.shard_data.total, s->batch_size);
-    keel_reply_free(reply);
-    return 0;
 }
 
-/* ---- evaluation -------------------------------------------------------------------------- */
-
-int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
+/*
+ * Under w->lock: the shard of the current job leased to this worker's
+ * incarnation, if it may be worked on now.  A lease lasts one pass: a shard
+ * whose recorded pass is behind what this worker already finished waits
+ * for the coordinator to record the new pass.
+ */
+static int find_lease(struct wk *w, struct lease *out)
 {
     struct wk_job *j = &w->job;
-    struct keel_eval_sums sums = {0};
-    int rc;
+    char prefix[96], needle[96];
+    size_t plen;
 
-    e->examples = 0;
-    if (j->spec.test_dataset[0] == '\0')
+    snprintf(prefix, sizeof(prefix), "jobs/%s/shards/", j->name);
+    snprintf(needle, sizeof(needle), "\"%s\"", w->id);
+    plen = strlen(prefix);
+    for (size_t i = 0; i < w->nkeys; i++) {
+        const struct wk_kv *kv = &w->keys[i];
+        struct keel_shard s;
+        unsigned long n;
+        char *end;
+        uint32_t pass, batch;
+
+        if (strncmp(kv->key, prefix, plen) != 0 || strstr((const char *)kv->value, needle) == NULL)
+            continue;
+        errno = 0;
+        n = strtoul(kv->key + plen, &end, 10);
+        if (errno || *end != '\0' || end == kv->key + plen || n >= j->spec.shards)
+            continue;
+        if (keel_shard_decode(kv->value, kv->len, j->spec.epochs, &s, NULL) != 0 || s.done ||
+            strcmp(s.owner, w->id) != 0 || s.incarnation != w->incarnation)
+            continue;
+        pass = s.pass;
+        batch = s.batch;
+        if (j->floor[n].known &&
+            (j->floor[n].pass > pass || (j->floor[n].pass == pass && j->floor[n].batch > batch))) {
+            pass = j->floor[n].pass;
+            batch = j->floor[n].batch;
+        }
+        if (pass != s.pass || pass >= j->spec.epochs)
+            continue; /* this pass is finished here; wait for the next lease */
+        out->shard = (uint32_t)n;
+        out->pass = pass;
+        out->batch = batch;
+        return 1;
+    }
+    return 0;
+}
+
+/* Under w->lock: whether `shard` of the current job is still leased to this incarnation. */
+static int lease_holds(struct wk *w, uint32_t shard)
+{
+    struct wk_kv *kv;
+    struct keel_shard s;
+    char rel[128], job[KEEL_ID_MAX + 1];
+
+    running_job(w, job, sizeof(job));
+    if (strcmp(job, w->job.name) != 0)
         return 0;
-    /* Clock 0: measure the model as the servers hold it now, without waiting for anyone. */
-    if ((rc = wk_pull_all(w, 0, NULL, err)) != 0)
-        return rc;
-    for (uint32_t shard = 0;; shard++) {
-        uint64_t first = 0;
+    snprintf(rel, sizeof(rel), "jobs/%s/shards/%" PRIu32, w->job.name, shard);
+    if ((kv = key_find(w, rel)) == NULL ||
+        keel_shard_decode(kv->value, kv->len, w->job.spec.epochs, &s, NULL) != 0)
+        return 0;
+    return !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation;
+}
 
-        for (;;) {
-            const struct keel_msg_shard_data *d;
-            struct keel_record_run run;
-            struct keel_reply *reply;
-            int last;
+int wk_job_running(struct wk *w)
+{
+    char job[KEEL_ID_MAX + 1];
 
-            rc = read_records(w, j->spec.test_dataset, shard, first, WK_EVAL_RECORDS, 0, &reply,
-                              err);
-            if (rc == KEEL_EINVAL && shard > 0 && first == 0)
-                goto done; /* past the last shard */
-            if (rc != 0)
-                return rc;
-            d = &reply->msg.u.shard_data;
-            if (d->nrecords == 0) {
-                keel_reply_free(reply);
-                break;
+    pthread_mutex_lock(&w->lock);
+    running_job(w, job, sizeof(job));
+    pthread_mutex_unlock(&w->lock);
+    return strcmp(job, w->job.name) == 0;
+}
+
+/* ---- training ------------------------------------------------------------------------- */
+
+/* Why a lease ended. */
+enum lease_end { LEASE_PASS_DONE, LEASE_STOPPED, LEASE_LOST, LEASE_FAILED, LEASE_FATAL };
+
+struct window {
+    uint64_t t0;
+    uint32_t batches;
+    uint64_t examples;
+    double loss;
+    uint64_t correct;
+};
+
+static const char *lease_end_name(enum lease_end e)
+{
+    switch (e) {
+    case LEASE_PASS_DONE:
+        return "pass done";
+    case LEASE_STOPPED:
+        return "stopped";
+    case LEASE_LOST:
+        return "lease lost";
+    case LEASE_FAILED:
+        return "failed";
+    default:
+        return "fatal";
+    }
+}
+
+/* "bsp allows 0", "ssp:2 allows 2", "asp has no bound": the lead the job's consistency allows. */
+static void lead_bound(const struct keel_jobspec *spec, char *out, size_t n)
+{
+    char c[32];
+
+    keel_consistency_string(spec, c, sizeof(c));
+    if (spec->consistency == KEEL_CONSISTENCY_ASP)
+        snprintf(out, n, "%s has no bound", c);
+    else
+        snprintf(out, n, "%s allows %" PRIu32, c,
+                 spec->consistency == KEEL_CONSISTENCY_SSP ? spec->staleness : 0);
+}
+
+/*
+ * Count a training pull's clock lead (xs->lead over xs->replies replies) in
+ * the lease's and the job's; a new high for the job is logged at once, so
+ * that a worker killed before its lease ends has said what it saw.
+ */
+static void lead_add(struct wk_job *j, struct wk_lead *lease, const struct wk_xstats *xs)
+{
+    char bound[64];
+
+    if (xs->replies == 0)
+        return;
+    if (lease->pulls++ == 0 || xs->lead > lease->max)
+        lease->max = xs->lead;
+    if (j->lead.pulls++ > 0 && xs->lead <= j->lead.max)
+        return;
+    j->lead.max = xs->lead;
+    if (xs->lead < 0) /* behind the slowest as the servers count (a replay): not worth a line */
+        return;
+    lead_bound(&j->spec, bound, sizeof(bound));
+    KEEL_LOG_INFO("job %s: clock lead over the slowest live worker: %" PRId64
+                  ", a new high, at clock %" PRIu64 " (%s)",
+                  j->name, xs->lead, j->clock, bound);
+}
+
+/* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
+static enum lease_end run_lease(struct wk *w, const struct lease *l)
+{
+    struct wk_job *j = &w->job;
+    struct wk_reader rd;
+    struct keel_error err;
+    struct window win = {0};
+    struct wk_lead lead = {0, 0};
+    uint32_t pass = l->pass, batch = l->batch, nbatches, dup_run = 0, dup_first = 0;
+    uint32_t B = j->spec.batch_size, acked = 0;
+    uint64_t acks = 0, acks_dup = 0;
+    uint64_t gen, last_seq = 0, incarnation;
+    enum lease_end end = LEASE_FAILED;
+    int rc;
+
+    keel_error_init(&err);
+    if (!j->checked) {
+        rc = wk_check_dataset(w, &err);
+        if (rc == KEEL_EINVAL) {
+            KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
+            return LEASE_FATAL;
+        }
+        if (rc != 0) {
+            KEEL_LOG_WARN("job %s: cannot check dataset '%s': %s", j->name, j->spec.dataset,
+                          err.msg);
+            return rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
+        }
+        j->checked = 1;
+    }
+    if ((rc = wk_refresh_route(w, 0, &err)) < 0) {
+        KEEL_LOG_WARN("job %s: cannot route requests: %s", j->name, err.msg);
+        return LEASE_FAILED;
+    }
+    wk_reader_init(&rd, j->spec.dataset, l->shard);
+    if ((rc = wk_reader_open(w, &rd, (uint64_t)batch * B, &err)) != 0) {
+        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+        end = rc == KEEL_EINVAL ? LEASE_FATAL : rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
+        goto out;
+    }
+    nbatches = keel_worker_nbatches(rd.total, B);
+    if (batch > nbatches) {
+        KEEL_LOG_ERROR("job %s: shard %" PRIu32 ": recorded batch %" PRIu32
+                       " is past the shard's %" PRIu32 " batches",
+                       j->name, l->shard, batch, nbatches);
+        end = LEASE_FATAL;
+        goto out;
+    }
+    j->clock = keel_worker_clock(j->nb_max, pass, batch);
+    KEEL_LOG_INFO("job %s: shard %" PRIu32 " (%" PRIu64 " records, %" PRIu32
+                  " batches): starting at pass %" PRIu32 " batch %" PRIu32 ", clock %" PRIu64,
+                  j->name, l->shard, rd.total, nbatches, pass, batch, j->clock);
+    pthread_mutex_lock(&w->lock);
+    gen = w->generation;
+    pthread_mutex_unlock(&w->lock);
+    win.t0 = keel_clock_mono_ms();
+
+    while (pass == l->pass && batch < nbatches) {
+        uint32_t n =
+            (uint32_t)((uint64_t)(batch + 1) * B <= rd.total ? B : rd.total - (uint64_t)batch * B);
+        struct keel_model_stats ms;
+        struct wk_xstats xs = {0};
+
+        if (atomic_load(&w->stopping)) {
+            end = LEASE_STOPPED;
+            goto report;
+        }
+        if (atomic_load(&w->member_lost)) {
+            end = LEASE_LOST;
+            goto report;
+        }
+        pthread_mutex_lock(&w->lock);
+        if (w->generation != gen) {
+            gen = w->generation;
+            if (!lease_holds(w, l->shard)) {
+                pthread_mutex_unlock(&w->lock);
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
+                              j->name, l->shard);
+                end = LEASE_LOST;
+                goto report;
             }
-            run =
-                (struct keel_record_run){d->nrecords, d->offsets, d->data, d->offsets[d->nrecords]};
-            rc = keel_worker_eval(&j->model, j->work, &j->params, &run, 0, d->nrecords, j->x,
-                                  j->labels, &sums, err);
-            if (rc != 0) {
-                keel_reply_free(reply);
-                return keel_err_prefix(err, rc, "test dataset '%s' shard %" PRIu32,
-                                       j->spec.test_dataset, shard);
+        }
+        pthread_mutex_unlock(&w->lock);
+
+        if ((rc = wk_reader_fill(w, &rd, (uint64_t)batch * B, n, &err)) != 0) {
+            if (rc == KEEL_ECANCELED)
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+            else
+                KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
+            end = rc == KEEL_ECANCELED ? LEASE_STOPPED
+                  : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
+                     rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
+                      ? LEASE_FATAL
+                      : LEASE_FAILED;
+            goto report;
+        }
+        j->clock = keel_worker_clock(j->nb_max, pass, batch);
+        if ((rc = wk_pull_all(w, j->clock, &xs, &err)) != 0) {
+            if (rc == KEEL_ECANCELED) {
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+                end = LEASE_STOPPED;
+            } else {
+                KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock,
+                               err.msg);
+                end = LEASE_FAILED;
             }
-            first += d->nrecords;
-            last = (reply->msg.hdr.flags & KEEL_FLAG_LAST) != 0;
-            keel_reply_free(reply);
-            if (last)
-                break;
+            goto report;
+        }
+        lead_add(j, &lead, &xs);
+        if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, &ms,
+                            &err) != 0) {
+            KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
+                           batch, err.msg);
+            end = LEASE_FATAL;
+            goto report;
+        }
+        /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
+        if ((rc = wk_push_all(w, l->shard, keel_worker_seq(pass, batch), j->clock, &xs, &err)) !=
+            0) {
+            if (rc == KEEL_ECANCELED) {
+                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
+                end = LEASE_STOPPED;
+            } else {
+                KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32
+                               ": %s",
+                               j->name, l->shard, pass, batch, err.msg);
+                end = LEASE_FAILED;
+            }
+            goto report;
+        }
+        w->total_batches++;
+        w->total_duplicates += xs.duplicates;
+        acked++;
+        acks += xs.acks;
+        acks_dup += xs.duplicates;
+        last_seq = keel_worker_seq(pass, batch);
+        if (xs.acks > 0 && xs.duplicates == xs.acks) {
+            if (dup_run++ == 0)
+                dup_first = batch;
+        } else if (dup_run > 0) {
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
+                          " of pass %" PRIu32 " had been applied before: the servers"
+                          " acknowledged them as duplicates and did not apply them again",
+                          j->name, l->shard, dup_first, dup_first + dup_run - 1, pass);
+            dup_run = 0;
+        }
+        keel_worker_next(nbatches, &pass, &batch);
+        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
+        if (pass == l->pass)
+            report(w, l->shard, pass, batch, 0);
+
+        win.batches++;
+        win.examples += n;
+        win.loss += ms.loss * n;
+        win.correct += ms.ncorrect;
+        if (win.batches >= w->config->worker_log_every || pass != l->pass) {
+            uint64_t dt = keel_clock_mono_ms() - win.t0;
+
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
+                          ": %.0f examples/s, loss %.4f, train accuracy %.4f"
+                          " (last %" PRIu32 " batches)",
+                          j->name, l->shard, pass == l->pass ? pass : l->pass,
+                          pass == l->pass ? batch : nbatches, nbatches,
+                          dt ? (double)win.examples * 1000.0 / (double)dt : 0.0,
+                          win.loss / (double)win.examples,
+                          (double)win.correct / (double)win.examples, win.batches);
+            memset(&win, 0, sizeof(win));
+            win.t0 = keel_clock_mono_ms();
         }
     }
-done:
-    if (sums.n == 0)
-        return keel_err_set(err, KEEL_EINVAL, "test dataset '%s' has no records",
-                            j->spec.test_dataset);
-    e->examples = sums.n;
-    e->accuracy = (double)sums.correct / (double)sums.n;
-    e->loss = sums.loss / (double)sums.n;
-    return 0;
+    if (dup_run > 0)
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
+                      " had been applied before: acknowledged as duplicates, not applied again",
+                      j->name, l->shard, dup_first, dup_first + dup_run - 1);
+    if (batch == nbatches && pass == l->pass) { /* an empty shard: the pass is trivially done */
+        pass++;
+        batch = 0;
+        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
+    }
+    /* The pass is over: measure the model on the test set, then hand the shard back. */
+    {
+        struct keel_eval e;
+        uint64_t t0 = keel_clock_mono_ms();
+
+        memset(&e, 0, sizeof(e));
+        rc = wk_evaluate(w, &e, &err);
+        if (rc == 0 && e.examples > 0) {
+            snprintf(e.worker, sizeof(e.worker), "%s", w->id);
+            e.pass = l->pass;
+            e.time_ms = (uint64_t)keel_clock_wall_ms();
+            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
+                          " loss %.4f on %" PRIu64 " examples (%.2f s)",
+                          j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
+                          (double)(keel_clock_mono_ms() - t0) / 1000.0);
+            if (write_eval(w, &e, &err) != 0)
+                KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err.msg);
+        } else if (rc == 0) {
+            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32
+                          ") done; the job has no test dataset",
+                          j->name, l->pass, l->shard);
+        } else if (rc != KEEL_ECANCELED) {
+            KEEL_LOG_WARN("job %s: pass %" PRIu32 ": cannot measure test accuracy: %s", j->name,
+                          l->pass, err.msg);
+        }
+    }
+    end = LEASE_PASS_DONE;
+report:
+    if (end != LEASE_LOST) /* a lost lease is someone else's to report */
+        report(w, l->shard, pass, batch, 1);
+    /* What the servers acknowledged in this lease, and the clock leads its pulls saw. */
+    pthread_mutex_lock(&w->lock);
+    incarnation = w->incarnation;
+    pthread_mutex_unlock(&w->lock);
+    if (acked > 0)
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
+                      " lease ended (%s): batches %" PRIu32 "-%" PRIu32 " acknowledged, %" PRIu64
+                      " of %" PRIu64 " ACKs as duplicates; last seq %" PRIu64
+                      ", incarnation %" PRIu64,
+                      j->name, l->shard, l->pass, lease_end_name(end), l->batch,
+                      l->batch + acked - 1, acks_dup, acks, last_seq, incarnation);
+    else
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
+                      " lease ended (%s): no batch acknowledged, incarnation %" PRIu64,
+                      j->name, l->shard, l->pass, lease_end_name(end), incarnation);
+    if (lead.pulls > 0) {
+        char bound[64];
+
+        lead_bound(&j->spec, bound, sizeof(bound));
+        KEEL_LOG_INFO("job %s: largest clock lead over the slowest live worker: %" PRId64
+                      " (%s); in this lease of shard %" PRIu32 ": %" PRId64 " over %" PRIu64
+                      " pulls",
+                      j->name, j->lead.max, bound, l->shard, lead.max, lead.pulls);
+    }
+out:
+    wk_reader_release(&rd);
+    return end;
+}
+
+/* Re-register after the membership lease was lost (training thread). */
+static void rejoin(struct wk *w)
+{
+    struct keel_error err;
+
+    keel_error_init(&err);
+    KEEL_LOG_WARN("worker %s: membership lease lost: stopped working, registering again", w->id);
+    while (!atomic_load(&w->stopping)) {
+        if (keel_member_rejoin(w->member, &err) == 0) {
+            pthread_mutex_lock(&w->lock);
+            w->incarnation = keel_member_incarnation(w->member);
+            pthread_mutex_unlock(&w->lock);
+            atomic_store(&w->member_lost, 0);
+            KEEL_LOG_INFO("worker %s registered again, incarnation %" PRIu64, w->id,
+                          keel_member_incarnation(w->member));
+            return;
+        }
+        KEEL_LOG_WARN("worker %s: cannot register again: %s", w->id, err.msg);
+        pthread_mutex_lock(&w->lock);
+        {
+            struct timespec until = deadline_in(1000);
+
+            if (!atomic_load(&w->stopping))
+                pthread_cond_timedwait(&w->cond, &w->lock, &until);
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
+static void *train_main(void *arg)
+{
+    struct wk *w = arg;
+    char said[256] = "";
+    uint64_t seen = UINT64_MAX, retry_at = 0;
+
+    while (!atomic_load(&w->stopping)) {
+        char job[KEEL_ID_MAX + 1], why[256], rel[96];
+        struct keel_buf spec;
+        struct lease l;
+        int64_t rev = 0;
+        int have = 0;
+        enum lease_end end;
+
+        if (atomic_load(&w->member_lost)) {
+            rejoin(w);
+            continue;
+        }
+        keel_buf_init(&spec, 0);
+        pthread_mutex_lock(&w->lock);
+        /* Sleep until something changes, or a failed lease is due for a retry. */
+        while (!atomic_load(&w->stopping) && !atomic_load(&w->member_lost) &&
+               w->generation == seen && (retry_at == 0 || keel_clock_mono_ms() < retry_at)) {
+            struct timespec until =
+                deadline_in(retry_at ? retry_at - keel_clock_mono_ms() + 1 : 5000);
+
+            pthread_cond_timedwait(&w->cond, &w->lock, &until);
+        }
+        seen = w->generation;
+        retry_at = 0;
+        running_job(w, job, sizeof(job));
+        snprintf(rel, sizeof(rel), "jobs/%s/spec", job);
+        if (job[0] != '\0' && key_find(w, rel) != NULL) {
+            struct wk_kv *kv = key_find(w, rel);
+
+            keel_buf_add(&spec, kv->value, kv->len);
+            rev = kv->mod_revision;
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (atomic_load(&w->stopping) || atomic_load(&w->member_lost)) {
+            keel_buf_release(&spec);
+            continue;
+        }
+
+        if (job[0] == '\0') {
+            snprintf(why, sizeof(why), "no job is running");
+        } else if (spec.len == 0) {
+            snprintf(why, sizeof(why), "job %s is running but has no spec", job);
+        } else {
+            if (strcmp(job, w->job.name) != 0 || rev != w->job.spec_revision)
+                job_take_up(w, job, &spec, rev);
+            if (w->job.failed) {
+                snprintf(why, sizeof(why), "job %s cannot be worked on (see above)", job);
+            } else {
+                pthread_mutex_lock(&w->lock);
+                have = find_lease(w, &l);
+                pthread_mutex_unlock(&w->lock);
+                snprintf(why, sizeof(why), "job %s: no shard is leased to worker %s", job, w->id);
+            }
+        }
+        keel_buf_release(&spec);
+        if (!have) {
+            if (strcmp(why, said) != 0)
+                KEEL_LOG_INFO("waiting: %s", why);
+            snprintf(said, sizeof(said), "%s", why);
+            continue;
+        }
+        said[0] = '\0';
+        end = run_lease(w, &l);
+        if (end == LEASE_FATAL) {
+            KEEL_LOG_ERROR("job %s: stopped working on it; it needs an operator", w->job.name);
+            w->job.failed = 1;
+        } else if (end == LEASE_FAILED) {
+            retry_at = keel_clock_mono_ms() + 2000; /* try again, without spinning */
+        } else if (end == LEASE_PASS_DONE || end == LEASE_LOST) {
+            seen = UINT64_MAX; /* look again at once */
+        }
+    }
+    return NULL;
+}
+
+/* ---- start and stop ----------------------------------------------------------------- */
+
+static void on_member_lost(void *user, int64_t id, const char *why)
+{
+    struct wk *w = user;
+
+    (void)id;
+    KEEL_LOG_WARN("membership lease lost: %s", why);
+    atomic_store(&w->member_lost, 1);
+    pthread_mutex_lock(&w->lock);
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int keel_worker_run(const struct keel_config *config)
+{
+    struct wk *w = keel_calloc(1, sizeof(*w));
+    struct keel_tls_files files = keel_tls_files_of(config);
+    struct keel_etcd_options eo;
+    struct keel_member_opts mo = {0};
+    struct keel_etcd_watch_opts wo = {0};
+    struct keel_error err;
+    int rc = KEEL_EXIT_FAILURE;
+
+    w->config = config;
+    w->id = config->node_id;
+    snprintf(w->prefix, sizeof(w->prefix), "/keel/%s/", config->cluster_name);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    pthread_mutex_init(&w->rep_lock, NULL);
+    pthread_cond_init(&w->rep_cond, NULL);
+    keel_error_init(&err);
+    keel_signals_block();
+    openblas_set_num_threads(1); /* one compute thread; servers share the cores */
+
+    if (keel_tls_new(&files, &w->tls, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        rc = KEEL_EXIT_CONFIG;
+        goto out;
+    }
+    keel_etcd_options_from_config(config, &eo);
+    if (keel_etcd_new(&eo, &w->etcd, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        rc = KEEL_EXIT_CONFIG;
+        goto free_tls;
+    }
+    mo.cluster = config->cluster_name;
+    mo.role = "worker";
+    mo.id = config->node_id;
+    mo.address = "";
+    mo.ttl_s = (int64_t)((config->etcd_lease_ttl_ms + 999) / 1000);
+    mo.wait_ms = config->etcd_lease_ttl_ms + 2000;
+    mo.on_lost = on_member_lost;
+    mo.user = w;
+    if (keel_member_join(w->etcd, &mo, &w->member, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto free_etcd;
+    }
+    w->incarnation = keel_member_incarnation(w->member);
+    wo.key = w->prefix;
+    wo.prefix = 1;
+    if (keel_etcd_watch_start(w->etcd, &wo, on_watch, w, &w->watch, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        goto leave;
+    }
+    pthread_create(&w->rep_tid, NULL, reporter_main, w);
+    pthread_create(&w->train_tid, NULL, train_main, w);
+    KEEL_LOG_INFO("worker %s registered (incarnation %" PRIu64 ") in cluster %s", w->id,
+                  w->incarnation, config->cluster_name);
+
+    keel_signals_wait(w->tls);
+    rc = KEEL_EXIT_OK;
+
+    /* Stop: the training thread finishes its batch and reports where it is. */
+    atomic_store(&w->stopping, 1);
+    pthread_mutex_lock(&w->lock);
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->train_tid, NULL);
+    pthread_mutex_lock(&w->rep_lock);
+    w->rep_stop = 1;
+    pthread_cond_broadcast(&w->rep_cond);
+    pthread_mutex_unlock(&w->rep_lock);
+    pthread_join(w->rep_tid, NULL);
+    KEEL_LOG_INFO("worker %s stopping: %" PRIu64 " batches computed, %" PRIu64
+                  " push(es) acknowledged as duplicates",
+                  w->id, w->total_batches, w->total_duplicates);
+    keel_etcd_stream_stop(w->watch);
+leave:
+    keel_etcd_set_retry_timeout(w->etcd, 2000);
+    if (keel_member_leave(w->member, &err) != 0)
+        KEEL_LOG_WARN("leaving the membership: %s", err.msg);
+free_etcd:
+    for (size_t i = 0; i < w->nconns; i++)
+        keel_client_free(w->conns[i].client);
+    free(w->conns);
+    keel_etcd_free(w->etcd);
+free_tls:
+    keel_tls_free(w->tls);
+out:
+    job_release(&w->job);
+    keel_route_release(&w->route);
+    keel_assign_free(w->assign);
+    keys_clear(w);
+    free(w->keys);
+    pthread_cond_destroy(&w->rep_cond);
+    pthread_mutex_destroy(&w->rep_lock);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+    return rc;
 }

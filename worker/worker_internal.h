@@ -1,6 +1,7 @@
 /*
- * worker_internal.h - keel-worker's state, shared by worker.c (life cycle,
- * etcd, leases) and train.c (requests to servers, batches, evaluation).
+ * worker_internal.h - keel-worker's state, shared by train.c (life cycle,
+ * etcd, leases, the training loop) and request.c (requests to servers,
+ * batches, evaluation).
  *
  * Threads:
  *  - the main thread waits for signals;
@@ -19,13 +20,13 @@
 
 #include "keel/assign.h"
 #include "keel/config.h"
-#include "keel/etcd.h"
+#include "etcd.h"
 #include "keel/jobspec.h"
-#include "keel/member.h"
+#include "member.h"
 #include "keel/model.h"
-#include "keel/net.h"
+#include "net.h"
 #include "keel/progress.h"
-#include "keel/worker.h"
+#include "worker.h"
 
 #define WK_EVAL_RECORDS 1000u /* test records per read and forward pass */
 
@@ -121,7 +122,7 @@ struct wk {
     int rep_urgent;
 };
 
-/* ---- worker.c ------------------------------------------------------------------ */
+/* ---- train.c ------------------------------------------------------------------- */
 
 /* Copy the value of relative key `rel` (w->lock not held); 0, or KEEL_ENOTFOUND. */
 int wk_key_copy(struct wk *w, const char *rel, struct keel_buf *out, int64_t *mod_revision);
@@ -145,7 +146,7 @@ int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err);
 /* Whether w->job is still the running job (training thread). */
 int wk_job_running(struct wk *w);
 
-/* ---- train.c --------------------------------------------------------------------- */
+/* ---- request.c ------------------------------------------------------------------- */
 
 /* Counts of one exchange with the servers. */
 struct wk_xstats {

@@ -24,11 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "keel/etcd.h"
+#include "etcd.h"
 #include "keel/id.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
-#include "keel/member.h"
+#include "member.h"
 
 /* A numbered key of a job: shards/<num>, progress/<num> or eval/<num>/<worker>. */
 struct keel_cstate_item {

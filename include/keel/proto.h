@@ -28,13 +28,13 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/version.h" /* KEEL_PROTO_VERSION */
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "Keel reads keys and rows in place and needs a little-endian host"
 #endif
 
 #define KEEL_PROTO_MAGIC       UINT32_C(0x4C45454B) /* the bytes 'K' 'E' 'E' 'L' */
-#define KEEL_PROTO_VERSION     1
 #define KEEL_PROTO_HEADER_SIZE 32
 
 /* Limits that hold whatever the configured maximum frame size is. */

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../storage/dataset_int.h"
+#include "dataset_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/etcd.h"
-#include "keel/member.h"
+#include "etcd.h"
+#include "member.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

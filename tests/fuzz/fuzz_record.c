@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/record.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

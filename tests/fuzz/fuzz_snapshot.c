@@ -16,7 +16,7 @@
 
 #include <xxhash.h>
 
-#include "../../storage/snapshot_int.h"
+#include "snapshot_int.h"
 #include "keel/audit.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

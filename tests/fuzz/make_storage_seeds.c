@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../../storage/snapshot_int.h"
+#include "snapshot_int.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "keel/ulog.h"

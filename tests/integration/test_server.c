@@ -18,13 +18,13 @@
 #include <criterion/criterion.h>
 
 #include "keel/assign.h"
-#include "keel/certs.h"
-#include "keel/etcd.h"
+#include "certs.h"
+#include "etcd.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
-#include "keel/log.h"
-#include "keel/member.h"
-#include "keel/net.h"
+#include "log.h"
+#include "member.h"
+#include "net.h"
 
 #define CLUSTER "st"
 

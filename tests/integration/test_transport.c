@@ -19,9 +19,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "keel/certs.h"
-#include "keel/log.h"
-#include "keel/net.h"
+#include "certs.h"
+#include "log.h"
+#include "net.h"
 #include "peer_handler.h"
 
 static char dir[64];

@@ -8,7 +8,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 #include "keel/store.h"
 

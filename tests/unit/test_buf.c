@@ -8,7 +8,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
 
 Test(buf, empty_buffer_is_a_valid_empty_string)

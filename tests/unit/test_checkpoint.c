@@ -12,7 +12,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "keel/proto.h"

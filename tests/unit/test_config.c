@@ -11,7 +11,7 @@
 #include <criterion/parameterized.h>
 
 #include "keel/config.h"
-#include "keel/log.h"
+#include "log.h"
 
 static struct keel_config cfg;
 static struct keel_error err;

@@ -14,7 +14,7 @@
 #include <criterion/criterion.h>
 
 #include "keel/dataset.h"
-#include "keel/log.h"
+#include "log.h"
 
 static char tmpdir[64];
 static char storedir[128];

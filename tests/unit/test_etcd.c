@@ -9,9 +9,9 @@
 
 #include <criterion/criterion.h>
 
-#include "../../common/etcd_internal.h"
-#include "keel/etcd.h"
-#include "keel/member.h"
+#include "etcd_internal.h"
+#include "etcd.h"
+#include "member.h"
 
 #define S(lit) lit, strlen(lit)
 

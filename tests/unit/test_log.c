@@ -7,7 +7,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/log.h"
+#include "log.h"
 
 static int evaluations;
 

@@ -15,7 +15,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
 #include "keel/model.h"
 #include "keel/optim.h"

@@ -11,7 +11,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/cstate.h"
 #include "keel/progress.h"
 

@@ -10,7 +10,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/proto.h"
 
 #define MAXF (64u << 20)

@@ -11,10 +11,10 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/model.h"
 #include "keel/optim.h"
-#include "keel/ps.h"
+#include "ps.h"
 #include "keel/range.h"
 #include "keel/ulog.h"
 

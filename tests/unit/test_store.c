@@ -13,7 +13,7 @@
 
 #include <criterion/criterion.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/buf.h"
 #include "keel/store.h"
 

@@ -9,7 +9,7 @@
 #include <criterion/criterion.h>
 #include <xxhash.h>
 
-#include "keel/alloc.h"
+#include "alloc.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
 

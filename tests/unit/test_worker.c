@@ -14,7 +14,7 @@
 #include "keel/progress.h"
 #include "keel/range.h"
 #include "keel/record.h"
-#include "keel/worker.h"
+#include "worker.h"
 
 static struct keel_error err;
 

@@ -1,0 +1,32 @@
+/*
+ * assign_table.h - the inside of a keel_assign, shared by the table's own
+ * code (cluster/assignment.c: accessors and the JSON form) and the
+ * coordinator's rebalancer (coordinator/assign.c), the only code that
+ * changes a table's replica sets.
+ */
+#ifndef KEEL_ASSIGN_TABLE_H
+#define KEEL_ASSIGN_TABLE_H
+
+#include <stdint.h>
+
+#include "keel/assign.h"
+
+#define KEEL_ASSIGN_NONE UINT16_MAX
+
+struct keel_assign {
+    uint64_t version;
+    unsigned replication;
+    size_t nservers;
+    char **servers; /* sorted, unique, owned */
+    uint8_t count[KEEL_PROTO_NRANGES];
+    uint16_t replica[KEEL_PROTO_NRANGES]
+                    [KEEL_ASSIGN_MAX_REPLICATION]; /* indexes into servers; [0] is the primary */
+};
+
+/* The index of server `id` in a->servers, or -1. */
+long keel_assign_find_server(const keel_assign *a, const char *id);
+
+/* Whether server index `s` is among the first `n` of `set`. */
+int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s);
+
+#endif

@@ -1,0 +1,303 @@
+/*
+ * assignment.c - the assignment table as a value: accessors, equality and
+ * its JSON form in etcd.  The rebalancer that changes the replica sets is
+ * the coordinator's (coordinator/assign.c).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "alloc.h"
+#include "assign_table.h"
+#include "keel/id.h"
+
+#define NR   KEEL_PROTO_NRANGES
+#define MAXR KEEL_ASSIGN_MAX_REPLICATION
+#define NONE KEEL_ASSIGN_NONE
+
+keel_assign *keel_assign_new(unsigned replication)
+{
+    keel_assign *a;
+
+    if (replication < 1 || replication > MAXR)
+        return NULL;
+    a = keel_calloc(1, sizeof(*a));
+    a->replication = replication;
+    a->servers = keel_calloc(1, sizeof(char *));
+    return a;
+}
+
+void keel_assign_free(keel_assign *a)
+{
+    if (a == NULL)
+        return;
+    for (size_t i = 0; i < a->nservers; i++)
+        free(a->servers[i]);
+    free(a->servers);
+    free(a);
+}
+
+keel_assign *keel_assign_clone(const keel_assign *a)
+{
+    keel_assign *c = keel_malloc(sizeof(*c));
+
+    *c = *a;
+    c->servers = keel_calloc(a->nservers ? a->nservers : 1, sizeof(char *));
+    for (size_t i = 0; i < a->nservers; i++)
+        c->servers[i] = keel_strdup(a->servers[i]);
+    return c;
+}
+
+uint64_t keel_assign_version(const keel_assign *a)
+{
+    return a->version;
+}
+
+unsigned keel_assign_replication(const keel_assign *a)
+{
+    return a->replication;
+}
+
+size_t keel_assign_server_count(const keel_assign *a)
+{
+    return a->nservers;
+}
+
+const char *keel_assign_server(const keel_assign *a, size_t i)
+{
+    return i < a->nservers ? a->servers[i] : NULL;
+}
+
+size_t keel_assign_replicas(const keel_assign *a, unsigned range, const char **ids, size_t max)
+{
+    if (range >= NR)
+        return 0;
+    for (size_t i = 0; i < a->count[range] && i < max; i++)
+        ids[i] = a->servers[a->replica[range][i]];
+    return a->count[range];
+}
+
+const char *keel_assign_primary(const keel_assign *a, unsigned range)
+{
+    if (range >= NR || a->count[range] == 0)
+        return NULL;
+    return a->servers[a->replica[range][0]];
+}
+
+long keel_assign_find_server(const keel_assign *a, const char *id)
+{
+    size_t lo = 0, hi = a->nservers;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(a->servers[mid], id);
+
+        if (c == 0)
+            return (long)mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (set[i] == s)
+            return 1;
+    return 0;
+}
+
+int keel_assign_position(const keel_assign *a, unsigned range, const char *id)
+{
+    long s = keel_assign_find_server(a, id);
+
+    if (s < 0 || range >= NR)
+        return -1;
+    for (int i = 0; i < a->count[range]; i++)
+        if (a->replica[range][i] == (uint16_t)s)
+            return i;
+    return -1;
+}
+
+void keel_assign_load(const keel_assign *a, const char *id, unsigned *replicas, unsigned *primaries)
+{
+    long s = keel_assign_find_server(a, id);
+    unsigned nrep = 0, npri = 0;
+
+    for (unsigned r = 0; s >= 0 && r < NR; r++)
+        for (int i = 0; i < a->count[r]; i++)
+            if (a->replica[r][i] == (uint16_t)s) {
+                nrep++;
+                npri += i == 0;
+            }
+    if (replicas)
+        *replicas = nrep;
+    if (primaries)
+        *primaries = npri;
+}
+
+int keel_assign_equal(const keel_assign *a, const keel_assign *b)
+{
+    if (a->version != b->version || a->replication != b->replication || a->nservers != b->nservers)
+        return 0;
+    for (size_t i = 0; i < a->nservers; i++)
+        if (strcmp(a->servers[i], b->servers[i]) != 0)
+            return 0;
+    for (unsigned r = 0; r < NR; r++) {
+        if (a->count[r] != b->count[r])
+            return 0;
+        for (int i = 0; i < a->count[r]; i++)
+            if (a->replica[r][i] != b->replica[r][i])
+                return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON                                                                      */
+/* ------------------------------------------------------------------------ */
+
+void keel_assign_encode(const keel_assign *a, struct keel_buf *out)
+{
+    json_t *root = json_object(), *servers = json_array(), *ranges = json_array();
+    char *text;
+
+    for (size_t i = 0; i < a->nservers; i++)
+        json_array_append_new(servers, json_string(a->servers[i]));
+    for (unsigned r = 0; r < NR; r++) {
+        json_t *set = json_array();
+
+        for (unsigned k = 0; k < a->count[r]; k++)
+            json_array_append_new(set, json_integer(a->replica[r][k]));
+        json_array_append_new(ranges, set);
+    }
+    json_object_set_new(root, "version", json_integer((json_int_t)a->version));
+    json_object_set_new(root, "replication", json_integer(a->replication));
+    json_object_set_new(root, "servers", servers);
+    json_object_set_new(root, "ranges", ranges);
+    text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    if (text == NULL) {
+        fprintf(stderr, "keel: out of memory encoding the assignment\n");
+        abort();
+    }
+    keel_buf_add_str(out, text);
+    free(text);
+    json_decref(root);
+}
+
+static int bad(struct keel_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int bad(struct keel_error *err, const char *fmt, ...)
+{
+    char msg[KEEL_ERROR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return keel_err_set(err, KEEL_ECORRUPT, "assignment: %s", msg);
+}
+
+int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct keel_error *err)
+{
+    json_t *root, *version, *replication, *servers, *ranges;
+    json_error_t jerr;
+    keel_assign *a = NULL;
+    size_t nservers, reff;
+    int rc;
+
+    *out = NULL;
+    if (len > KEEL_ASSIGN_MAX_JSON)
+        return bad(err, "%zu bytes, more than the %u allowed", len, KEEL_ASSIGN_MAX_JSON);
+    root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL)
+        return bad(err, "not JSON: %s at offset %d", jerr.text, jerr.position);
+    if (!json_is_object(root)) {
+        rc = bad(err, "not a JSON object");
+        goto fail;
+    }
+    version = json_object_get(root, "version");
+    replication = json_object_get(root, "replication");
+    servers = json_object_get(root, "servers");
+    ranges = json_object_get(root, "ranges");
+    if (!version || !replication || !servers || !ranges || json_object_size(root) != 4) {
+        rc = bad(err, "must be an object of exactly ranges, replication, servers and version");
+        goto fail;
+    }
+    if (!json_is_integer(version) || json_integer_value(version) < 0) {
+        rc = bad(err, "version: must be an integer >= 0");
+        goto fail;
+    }
+    if (!json_is_integer(replication) || json_integer_value(replication) < 1 ||
+        json_integer_value(replication) > MAXR) {
+        rc = bad(err, "replication: must be an integer 1-%d", MAXR);
+        goto fail;
+    }
+    if (!json_is_array(servers) || json_array_size(servers) > KEEL_ASSIGN_MAX_SERVERS) {
+        rc = bad(err, "servers: must be an array of at most %d ids", KEEL_ASSIGN_MAX_SERVERS);
+        goto fail;
+    }
+    nservers = json_array_size(servers);
+    a = keel_assign_new((unsigned)json_integer_value(replication));
+    a->version = (uint64_t)json_integer_value(version);
+    free(a->servers);
+    a->servers = keel_calloc(nservers ? nservers : 1, sizeof(char *));
+    for (size_t i = 0; i < nservers; i++) {
+        json_t *s = json_array_get(servers, i);
+
+        if (!json_is_string(s) || !keel_id_valid(json_string_value(s))) {
+            rc = bad(err, "servers[%zu]: must be an id of 1-%d of [A-Za-z0-9_-]", i, KEEL_ID_MAX);
+            goto fail;
+        }
+        if (i > 0 && strcmp(a->servers[i - 1], json_string_value(s)) >= 0) {
+            rc = bad(err, "servers[%zu]: '%s' is not after '%s' (ids must be sorted and unique)", i,
+                     json_string_value(s), a->servers[i - 1]);
+            goto fail;
+        }
+        a->servers[i] = keel_strdup(json_string_value(s));
+        a->nservers = i + 1;
+    }
+    reff = a->replication < nservers ? a->replication : nservers;
+    if (!json_is_array(ranges) || json_array_size(ranges) != NR) {
+        rc = bad(err, "ranges: must be an array of %d replica sets", NR);
+        goto fail;
+    }
+    for (unsigned r = 0; r < NR; r++) {
+        json_t *set = json_array_get(ranges, r);
+
+        if (!json_is_array(set) || json_array_size(set) != reff) {
+            rc = bad(err, "ranges[%u]: must be an array of %zu server indexes", r, reff);
+            goto fail;
+        }
+        for (size_t k = 0; k < reff; k++) {
+            json_t *x = json_array_get(set, k);
+            json_int_t v = json_is_integer(x) ? json_integer_value(x) : -1;
+
+            if (v < 0 || (size_t)v >= nservers) {
+                rc = bad(err, "ranges[%u][%zu]: must be an index below the server count %zu", r, k,
+                         nservers);
+                goto fail;
+            }
+            if (keel_assign_in_set(a->replica[r], (unsigned)k, (uint16_t)v)) {
+                rc = bad(err, "ranges[%u][%zu]: server %lld is listed twice", r, k, (long long)v);
+                goto fail;
+            }
+            a->replica[r][k] = (uint16_t)v;
+        }
+        a->count[r] = (uint8_t)reff;
+    }
+    json_decref(root);
+    *out = a;
+    return 0;
+
+fail:
+    keel_assign_free(a);
+    json_decref(root);
+    return rc;
+}
