@@ -17,6 +17,7 @@
 #include "keel/snapshot.h"
 #include "keel/ulog.h"
 #include "snapshot_int.h"
+#include "store_int.h"
 
 /* ---- byte layout ------------------------------------------------------ */
 
@@ -370,7 +371,7 @@ static uint64_t now_ns(void)
 }
 
 /* Delete every key of `db` that starts with range (u32 BE) and has index >= from. */
-static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
+static int delete_from(keel_store *s, keel_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
                        struct keel_error *err)
 {
     unsigned char key[8];
@@ -378,7 +379,7 @@ static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t ra
     MDB_cursor *cur;
     int rc;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, db), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, db), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot open '%s'", keel_store_dir(s),
                                   keel_store_db_name(db));
@@ -396,7 +397,7 @@ static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t ra
     return 0;
 }
 
-int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *snap,
+int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *snap,
                       struct keel_error *err)
 {
     struct keel__snap_head h = {0};
@@ -429,7 +430,8 @@ int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *s
             keel__snap_key(key, snap->range, block);
             v.mv_size = keel__block_size(count, t->width, t->state_width);
             /* Reserve the value in the page and fill it in place: one copy. */
-            rc = mdb_put(txn, keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &k, &v, MDB_RESERVE);
+            rc = mdb_put(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &k, &v,
+                         MDB_RESERVE);
             if (rc != 0) {
                 rc = keel_store_mdb_err(err, rc, "store '%s': cannot write range %" PRIu32,
                                         keel_store_dir(s), snap->range);
@@ -484,7 +486,7 @@ struct write_ctx {
     const struct keel_snapshot *snap;
 };
 
-static int write_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int write_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct write_ctx *w = ctx;
 
@@ -511,7 +513,7 @@ struct claim {
 };
 
 /* Delete range `range`'s snapshot and log; counts it in c->dropped if it had either. */
-static int drop_range(struct claim *c, MDB_txn *txn, uint32_t range, struct keel_error *err)
+static int drop_range(struct claim *c, keel_txn *txn, uint32_t range, struct keel_error *err)
 {
     unsigned char key[4];
     uint64_t records = 0;
@@ -533,7 +535,7 @@ static int drop_range(struct claim *c, MDB_txn *txn, uint32_t range, struct keel
     return 0;
 }
 
-static int claim_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int claim_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct claim *c = ctx;
     size_t n = strlen(c->owner);
@@ -580,7 +582,7 @@ int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t pre
 
 /* ---- reading ---------------------------------------------------------- */
 
-static int read_head(keel_store *s, MDB_txn *txn, uint32_t range, struct keel__snap_head *h,
+static int read_head(keel_store *s, keel_txn *txn, uint32_t range, struct keel__snap_head *h,
                      struct keel_error *err)
 {
     unsigned char key[4];
@@ -606,8 +608,8 @@ static int read_head(keel_store *s, MDB_txn *txn, uint32_t range, struct keel__s
     return 0;
 }
 
-int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot_info *info,
-                       struct keel_error *err)
+int keel_snapshot_stat(keel_store *s, keel_txn *txn, uint32_t range,
+                       struct keel_snapshot_info *info, struct keel_error *err)
 {
     struct keel__snap_head h;
     int rc = read_head(s, txn, range, &h, err);
@@ -628,7 +630,7 @@ int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     return 0;
 }
 
-int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t *n,
+int keel_snapshot_ranges(keel_store *s, keel_txn *txn, uint32_t **ranges, size_t *n,
                          struct keel_error *err)
 {
     MDB_cursor *cur;
@@ -637,7 +639,7 @@ int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t 
 
     *ranges = NULL;
     *n = 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SNAP_HEAD), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_HEAD), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot list snapshots", keel_store_dir(s));
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
@@ -657,7 +659,7 @@ int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t 
     return 0;
 }
 
-int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot *snap,
+int keel_snapshot_load(keel_store *s, keel_txn *txn, uint32_t range, struct keel_snapshot *snap,
                        struct keel_error *err)
 {
     struct keel__snap_head h;
@@ -704,7 +706,7 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     }
     digest = XXH3_createState();
     XXH3_64bits_reset(digest);
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &cur);
     if (rc != 0) {
         rc = keel_store_mdb_err(err, rc, "cannot read rows");
         goto fail;
@@ -767,7 +769,7 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     cur = NULL;
 
     /* The exactly-once table. */
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SHARD_POS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SHARD_POS), &cur);
     if (rc != 0) {
         rc = keel_store_mdb_err(err, rc, "cannot read the shard table");
         goto fail;
@@ -836,7 +838,7 @@ struct load_ctx {
     struct keel_snapshot *snap;
 };
 
-static int load_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int load_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct load_ctx *l = ctx;
 
@@ -889,7 +891,7 @@ static int replay_one(const struct keel_ulog_record *rec, void *ctx, struct keel
     return 0;
 }
 
-static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int restore_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct restore_ctx *r = ctx;
     int rc = keel_snapshot_load(r->s, txn, r->range, r->snap, err);

@@ -17,6 +17,7 @@
 
 #include "keel/err.h"
 #include "keel/snapshot.h"
+#include "store_int.h"
 
 #define KEEL__SNAP_MAGIC      UINT32_C(0x504E534B) /* 'K' 'S' 'N' 'P' */
 #define KEEL__SNAP_VERSION    1

@@ -74,7 +74,7 @@ int keel_audit_decode(const void *data, size_t len, struct keel_audit_record *re
  * number, chained to the head.  `job` and `detail` may be NULL; longer ones
  * are cut to the limits.  *seq (may be NULL) gets the record's number.
  */
-int keel_audit_append_txn(keel_store *s, MDB_txn *txn, unsigned event, const char *job,
+int keel_audit_append_txn(keel_store *s, keel_txn *txn, unsigned event, const char *job,
                           uint64_t checkpoint, const char *detail, uint64_t *seq,
                           struct keel_error *err);
 

@@ -89,7 +89,7 @@ int keel_snapshot_check(const struct keel_snapshot *snap, struct keel_error *err
  * delete the range's log records with LSN <= snap->lsn, all in the caller's
  * write transaction.  created_ns is taken from the clock when 0.
  */
-int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *snap,
+int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *snap,
                       struct keel_error *err);
 
 /* keel_snapshot_put in a durable transaction of its own (the map grows as needed). */
@@ -111,11 +111,11 @@ struct keel_snapshot_info {
  * Read the header of the range's snapshot (checksum verified).
  * KEEL_ENOTFOUND when the range has none.
  */
-int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot_info *info,
-                       struct keel_error *err);
+int keel_snapshot_stat(keel_store *s, keel_txn *txn, uint32_t range,
+                       struct keel_snapshot_info *info, struct keel_error *err);
 
 /* The ranges that have a snapshot, increasing, into *ranges (caller frees). */
-int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t *n,
+int keel_snapshot_ranges(keel_store *s, keel_txn *txn, uint32_t **ranges, size_t *n,
                          struct keel_error *err);
 
 /*
@@ -123,7 +123,7 @@ int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t 
  * Every block's checksum, the header digest, the table directory and the key
  * order are checked.  KEEL_ENOTFOUND when the range has none.
  */
-int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot *snap,
+int keel_snapshot_load(keel_store *s, keel_txn *txn, uint32_t range, struct keel_snapshot *snap,
                        struct keel_error *err);
 
 /* keel_snapshot_load in a read transaction of its own. */

@@ -74,7 +74,7 @@ void keel_ulog_key(unsigned char *key, uint32_t range, uint64_t lsn);
  * An existing (range, LSN) is refused with KEEL_EEXIST.  `scratch` is used
  * for the encoding.
  */
-int keel_ulog_put(keel_store *s, MDB_txn *txn, const struct keel_ulog_record *recs, size_t n,
+int keel_ulog_put(keel_store *s, keel_txn *txn, const struct keel_ulog_record *recs, size_t n,
                   struct keel_buf *scratch, struct keel_error *err);
 
 /* The same in a transaction of its own, committed durably. */
@@ -94,7 +94,7 @@ typedef int (*keel_ulog_fn)(const struct keel_ulog_record *rec, void *ctx, struc
  * decode, or whose range/LSN differ from its key, stops the read with its
  * error and "log of range R, LSN L: ..." in the message.
  */
-int keel_ulog_scan(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
+int keel_ulog_scan(keel_store *s, keel_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
                    void *ctx, struct keel_error *err);
 
 /* keel_ulog_scan in a read transaction of its own. */
@@ -106,7 +106,7 @@ int keel_ulog_read(keel_store *s, uint32_t range, uint64_t from_lsn, keel_ulog_f
  * covers), in the caller's write transaction; *deleted (may be NULL) gets
  * how many.
  */
-int keel_ulog_truncate_txn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t upto_lsn,
+int keel_ulog_truncate_txn(keel_store *s, keel_txn *txn, uint32_t range, uint64_t upto_lsn,
                            uint64_t *deleted, struct keel_error *err);
 
 /* The same in a transaction of its own. */
@@ -114,7 +114,7 @@ int keel_ulog_truncate(keel_store *s, uint32_t range, uint64_t upto_lsn, uint64_
                        struct keel_error *err);
 
 /* The highest LSN logged for `range`, or 0 when it has none, in the caller's txn. */
-int keel_ulog_last_lsn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t *lsn,
+int keel_ulog_last_lsn(keel_store *s, keel_txn *txn, uint32_t range, uint64_t *lsn,
                        struct keel_error *err);
 
 #endif
