@@ -10,6 +10,7 @@
 
 #include "alloc.h"
 #include "keel/audit.h"
+#include "audit_int.h"
 #include "store_int.h"
 
 #define HEAD_KEY     "audit_head"

@@ -22,7 +22,9 @@
 #include "log.h"
 #include "keel/proto.h"
 #include "snapshot_int.h"
+#include "audit_int.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 #define ROW_KEY_SIZE 16 /* checkpoint id u64 BE, range u32 BE, block u32 BE */
 

@@ -18,6 +18,7 @@
 #include "keel/ulog.h"
 #include "snapshot_int.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 /* ---- byte layout ------------------------------------------------------ */
 

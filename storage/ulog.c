@@ -9,6 +9,7 @@
 #include "alloc.h"
 #include "keel/ulog.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 #define TABLE_SHIFT 48
 #define TABLE_MAX   0xFFFFu

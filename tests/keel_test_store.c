@@ -32,7 +32,9 @@
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "snapshot_int.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 #define PROG    "keel-test-store"
 #define WIDTH   16

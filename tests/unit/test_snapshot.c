@@ -13,7 +13,9 @@
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "snapshot_int.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 static char tmpdir[64];
 static struct keel_error err;

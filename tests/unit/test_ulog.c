@@ -13,6 +13,7 @@
 #include "keel/store.h"
 #include "keel/ulog.h"
 #include "store_int.h"
+#include "ulog_int.h"
 
 static char tmpdir[64];
 static struct keel_error err;
