@@ -29,7 +29,7 @@
 
 #include "bench.h"
 #include "alloc.h"
-#include "certs.h"
+#include "ca.h"
 #include "log.h"
 #include "net.h"
 

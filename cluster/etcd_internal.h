@@ -1,6 +1,8 @@
 /*
- * etcd_internal.h - what the etcd client's files share: the client struct,
- * the call machinery and the JSON field readers.  Not a public API.
+ * etcd_internal.h - what the etcd client's files share: the decoders of
+ * etcd's replies and streams (which the tests and the fuzz target also
+ * call), the client struct, the call machinery and the JSON field readers.
+ * Not a public API.
  */
 #ifndef KEEL_ETCD_INTERNAL_H
 #define KEEL_ETCD_INTERNAL_H
@@ -12,6 +14,77 @@
 #include <jansson.h>
 
 #include "etcd.h"
+
+/* ---- decoders of etcd's replies and streams (the tests and fuzz target use them) ---- */
+
+/*
+ * Each decodes one reply body (or one stream line) of `len` bytes; the input
+ * need not be NUL-terminated.  On error the output is left released and the
+ * message names the call and the field.
+ */
+int keel_etcd_decode_range(const char *json, size_t len, struct keel_etcd_kvs *out,
+                           struct keel_error *err);
+int keel_etcd_decode_txn(const char *json, size_t len, struct keel_etcd_txn_result *out,
+                         struct keel_error *err);
+int keel_etcd_decode_keepalive(const char *json, size_t len, int64_t *ttl, struct keel_error *err);
+int keel_etcd_decode_campaign(const char *json, size_t len, struct keel_etcd_leader *out,
+                              struct keel_error *err);
+
+/* An error reply ({"error","message","code"}) with its HTTP status, as a Keel error. */
+int keel_etcd_decode_error(const char *json, size_t len, long http_status, const char *what,
+                           struct keel_error *err);
+
+/* One message of a watch stream. */
+struct keel_etcd_watch_msg {
+    int created;              /* the watch was set up */
+    int canceled;             /* the watch was canceled by etcd */
+    int64_t compact_revision; /* with canceled: history before this is gone */
+    int64_t revision;         /* header revision */
+    size_t n;
+    struct keel_etcd_event *events;
+};
+
+void keel_etcd_watch_msg_release(struct keel_etcd_watch_msg *m);
+
+/*
+ * Decode a watch stream line.  A stream error object ({"error":{...}}) is
+ * returned as KEEL_EUNAVAILABLE (gRPC code 14) or KEEL_EETCD with its message.
+ */
+int keel_etcd_decode_watch(const char *json, size_t len, struct keel_etcd_watch_msg *out,
+                           struct keel_error *err);
+
+/* One message of an observe stream: the leader's kv. */
+int keel_etcd_decode_observe(const char *json, size_t len, struct keel_etcd_kv *out,
+                             struct keel_error *err);
+
+/*
+ * Splits a byte stream into lines of at most `max` bytes (the '\n' not
+ * counted).  Feed it what arrives, in any pieces; it calls `fn` with each
+ * complete line, whose bytes are valid during the call.  A line longer than
+ * `max` is KEEL_EETCD; `fn` returning non-zero stops the feed with that value.
+ */
+struct keel_etcd_lines {
+    struct keel_buf buf;
+    size_t max;
+};
+
+void keel_etcd_lines_init(struct keel_etcd_lines *l, size_t max);
+void keel_etcd_lines_release(struct keel_etcd_lines *l);
+int keel_etcd_lines_feed(struct keel_etcd_lines *l, const void *data, size_t len,
+                         int (*fn)(void *user, const char *line, size_t n), void *user,
+                         struct keel_error *err);
+
+/* Base64 (standard alphabet, padded) with OpenSSL: append the encoding of `len` bytes. */
+void keel_etcd_b64_encode(const void *data, size_t len, struct keel_buf *out);
+
+/*
+ * Decode `len` characters of base64 into `out` (reset first).  Errors:
+ * KEEL_EINVAL when the length is not a multiple of 4 or a character is not
+ * base64.
+ */
+int keel_etcd_b64_decode(const char *text, size_t len, struct keel_buf *out);
+
+/* ---- the client ---- */
 
 #define KEEL__ETCD_POOL_MAX 8
 

@@ -1,6 +1,6 @@
 /*
  * cmd_certs.c - `keelctl certs`: make the cluster CA, issue node certificates,
- * show a certificate, revoke one.  The work is done by keel/certs.h; this file
+ * show a certificate, revoke one.  The work is done by ca.h; this file
  * parses the command line and prints the results.
  */
 #include <arpa/inet.h>
@@ -18,7 +18,7 @@
 #include <openssl/x509v3.h>
 
 #include "alloc.h"
-#include "certs.h"
+#include "ca.h"
 #include "cli.h"
 #include "keelctl.h"
 

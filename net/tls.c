@@ -10,7 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include "alloc.h"
-#include "certs.h"
+#include "identity.h"
 #include "tls.h"
 
 struct keel_tls {

@@ -20,7 +20,7 @@
 
 #include <openssl/ssl.h>
 
-#include "certs.h"
+#include "identity.h"
 #include "keel/config.h"
 #include "keel/err.h"
 #include "keel/proto.h"

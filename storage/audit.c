@@ -10,6 +10,8 @@
 
 #include "alloc.h"
 #include "keel/audit.h"
+#include "audit_int.h"
+#include "store_int.h"
 
 #define HEAD_KEY     "audit_head"
 #define HEAD_KEY_LEN 10
@@ -107,7 +109,7 @@ int keel_audit_decode(const void *data, size_t len, struct keel_audit_record *re
 }
 
 /* Read the chain head: *seq 0 and zero hash when the chain is empty. */
-static int read_head(keel_store *s, MDB_txn *txn, uint64_t *seq, unsigned char *hash,
+static int read_head(keel_store *s, keel_txn *txn, uint64_t *seq, unsigned char *hash,
                      struct keel_error *err)
 {
     MDB_val v;
@@ -127,7 +129,7 @@ static int read_head(keel_store *s, MDB_txn *txn, uint64_t *seq, unsigned char *
     return 0;
 }
 
-int keel_audit_append_txn(keel_store *s, MDB_txn *txn, unsigned event, const char *job,
+int keel_audit_append_txn(keel_store *s, keel_txn *txn, unsigned event, const char *job,
                           uint64_t checkpoint, const char *detail, uint64_t *seq,
                           struct keel_error *err)
 {
@@ -171,7 +173,7 @@ struct append_ctx {
     uint64_t *seq;
 };
 
-static int append_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int append_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct append_ctx *a = ctx;
 
@@ -194,7 +196,7 @@ struct verify_ctx {
     uint64_t count;
 };
 
-static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int verify_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct verify_ctx *vc = ctx;
     struct keel_audit_record rec;
@@ -207,7 +209,7 @@ static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     rc = read_head(vc->s, txn, &head_seq, head_hash, err);
     if (rc != 0)
         return rc;
-    rc = mdb_cursor_open(txn, keel_store_dbi(vc->s, KEEL_DB_AUDIT), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(vc->s, KEEL_DB_AUDIT), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot read the audit chain");
     for (;; op = MDB_NEXT) {

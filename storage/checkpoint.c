@@ -22,6 +22,9 @@
 #include "log.h"
 #include "keel/proto.h"
 #include "snapshot_int.h"
+#include "audit_int.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 #define ROW_KEY_SIZE 16 /* checkpoint id u64 BE, range u32 BE, block u32 BE */
 
@@ -63,7 +66,7 @@ static void digest_rows(EVP_MD_CTX *md, const struct keel_snap_table *t, uint64_
 }
 
 /* The highest checkpoint id in the store, 0 when none. */
-static int last_id(keel_store *s, MDB_txn *txn, uint64_t *id, MDB_val *manifest,
+static int last_id(keel_store *s, keel_txn *txn, uint64_t *id, MDB_val *manifest,
                    struct keel_error *err)
 {
     MDB_cursor *cur;
@@ -71,7 +74,7 @@ static int last_id(keel_store *s, MDB_txn *txn, uint64_t *id, MDB_val *manifest,
     int rc;
 
     *id = 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_CKPT_MANIFEST), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_CKPT_MANIFEST), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot read the checkpoints");
     rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
@@ -89,7 +92,7 @@ static int last_id(keel_store *s, MDB_txn *txn, uint64_t *id, MDB_val *manifest,
 }
 
 /* Find the largest checkpoint id below `id`: *prev 0 when none. */
-static int prev_id(keel_store *s, MDB_txn *txn, uint64_t id, uint64_t *prev, MDB_val *manifest,
+static int prev_id(keel_store *s, keel_txn *txn, uint64_t id, uint64_t *prev, MDB_val *manifest,
                    struct keel_error *err)
 {
     unsigned char key[8];
@@ -98,7 +101,7 @@ static int prev_id(keel_store *s, MDB_txn *txn, uint64_t id, uint64_t *prev, MDB
     int rc;
 
     *prev = 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_CKPT_MANIFEST), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_CKPT_MANIFEST), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot read the checkpoints");
     keel_store_be64(key, id);
@@ -150,7 +153,7 @@ static void merge_shards(struct keel_manifest *m, const struct keel_shard_pos *s
 }
 
 /* Copy one loaded snapshot into the checkpoint's rows and describe it in *r. */
-static int copy_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct keel_snapshot *snap,
+static int copy_range(keel_store *s, keel_txn *txn, uint64_t id, const struct keel_snapshot *snap,
                       struct keel_ckpt_range *r, struct keel_error *err)
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -174,7 +177,8 @@ static int copy_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct kee
 
             row_key(key, id, snap->range, block);
             v.mv_size = keel__block_size(count, t->width, t->state_width);
-            rc = mdb_put(txn, keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &k, &v, MDB_RESERVE);
+            rc = mdb_put(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &k, &v,
+                         MDB_RESERVE);
             if (rc != 0) {
                 rc = keel_store_mdb_err(err, rc, "checkpoint %" PRIu64 ": range %" PRIu32, id,
                                         snap->range);
@@ -202,7 +206,7 @@ static int copy_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct kee
     return 0;
 }
 
-static int take_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct take_ctx *tc = ctx;
     keel_store *s = tc->s;
@@ -299,14 +303,14 @@ struct list_ctx {
     size_t n;
 };
 
-static int list_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int list_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct list_ctx *l = ctx;
     MDB_cursor *cur;
     MDB_val k, v;
     int rc, op = MDB_FIRST;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(l->s, KEEL_DB_CKPT_MANIFEST), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(l->s, KEEL_DB_CKPT_MANIFEST), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot list checkpoints");
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
@@ -337,7 +341,7 @@ int keel_checkpoint_list(keel_store *s, uint64_t **ids, size_t *n, struct keel_e
     return rc;
 }
 
-static int get_manifest(keel_store *s, MDB_txn *txn, uint64_t id, MDB_val *v,
+static int get_manifest(keel_store *s, keel_txn *txn, uint64_t id, MDB_val *v,
                         struct keel_error *err)
 {
     unsigned char key[8];
@@ -357,7 +361,7 @@ struct manifest_ctx {
     struct keel_manifest *m;
 };
 
-static int manifest_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int manifest_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct manifest_ctx *mc = ctx;
     MDB_val v;
@@ -391,7 +395,7 @@ int keel_checkpoint_manifest(keel_store *s, uint64_t id, struct keel_manifest *m
  * against the manifest's table directory and feeding the canonical digest to
  * `md` when non-NULL.  Errors say "range R: ...".
  */
-static int load_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct keel_ckpt_range *r,
+static int load_range(keel_store *s, keel_txn *txn, uint64_t id, const struct keel_ckpt_range *r,
                       struct keel_snapshot *snap, EVP_MD_CTX *md, struct keel_error *err)
 {
     unsigned char key[ROW_KEY_SIZE];
@@ -404,7 +408,7 @@ static int load_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct kee
     snap->owned = 1;
     snap->range = r->range;
     snap->lsn = r->lsn;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "range %" PRIu32, r->range);
     KEEL_ALLOC_ARRAY(snap->tables, r->ntables);
@@ -506,7 +510,7 @@ struct verify_ctx {
     char job[KEEL_CKPT_MAX_JOB + 1];
 };
 
-static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int verify_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct verify_ctx *vc = ctx;
     struct keel_manifest m = {0};
@@ -638,7 +642,7 @@ static int cmp_key_index(const void *a, const void *b)
     return x->key < y->key ? -1 : x->key > y->key;
 }
 
-static int gather_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int gather_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct gather_ctx *g = ctx;
     struct keel_snap_table all = {0}, *t = g->out;
@@ -981,16 +985,16 @@ out:
 
 struct restore_ctx {
     keel_store *src, *dst;
-    MDB_txn *src_txn; /* a read transaction of src, when it is not dst */
+    keel_txn *src_txn; /* a read transaction of src, when it is not dst */
     uint64_t id;
     const unsigned char *only; /* ranges to restore (NULL: all) */
 };
 
 /* In a write transaction of dst: the checkpoint's ranges (from src) become dst's snapshots. */
-static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int restore_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct restore_ctx *rc_ = ctx;
-    MDB_txn *from = rc_->src == rc_->dst ? txn : rc_->src_txn;
+    keel_txn *from = rc_->src == rc_->dst ? txn : rc_->src_txn;
     struct keel_manifest m = {0};
     MDB_val v;
     char detail[96];
@@ -1061,14 +1065,14 @@ struct prune_ctx {
     size_t pruned;
 };
 
-static int delete_checkpoint(keel_store *s, MDB_txn *txn, uint64_t id, struct keel_error *err)
+static int delete_checkpoint(keel_store *s, keel_txn *txn, uint64_t id, struct keel_error *err)
 {
     unsigned char key[ROW_KEY_SIZE];
     MDB_val k = {sizeof(key), key}, v;
     MDB_cursor *cur;
     int rc;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_CKPT_ROWS), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot prune checkpoint %" PRIu64, id);
     row_key(key, id, 0, 0);
@@ -1085,7 +1089,7 @@ static int delete_checkpoint(keel_store *s, MDB_txn *txn, uint64_t id, struct ke
     return keel_store_del(s, txn, KEEL_DB_CKPT_MANIFEST, key, 8, err);
 }
 
-static int prune_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int prune_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct prune_ctx *p = ctx;
     struct list_ctx l = {p->s, NULL, 0};

@@ -31,6 +31,7 @@
 #include "alloc.h"
 #include "keel/dataset.h"
 #include "log.h"
+#include "store_int.h"
 
 #define META_LAYOUT     1u
 #define STATE_IMPORTING 1u
@@ -280,7 +281,7 @@ static void shard_key(unsigned char *k, uint64_t id, uint32_t shard)
 }
 
 /* Find dataset `name`: its id and metadata.  KEEL_ENOTFOUND when absent. */
-static int lookup(keel_store *s, MDB_txn *txn, const char *name, uint64_t *id,
+static int lookup(keel_store *s, keel_txn *txn, const char *name, uint64_t *id,
                   struct keel_dataset_info *info, struct keel_error *err)
 {
     unsigned char k[1 + KEEL_DATASET_NAME_MAX], mk[9];
@@ -324,7 +325,7 @@ struct stat_ctx {
     keel_store *s;
 };
 
-static int stat_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int stat_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct stat_ctx *c = ctx;
 
@@ -352,14 +353,14 @@ struct list_ctx {
     void *ctx;
 };
 
-static int list_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int list_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct list_ctx *c = ctx;
     MDB_cursor *cur;
     MDB_val k = {1, "N"}, v;
     int rc;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(c->s, KEEL_DB_DATASETS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(c->s, KEEL_DB_DATASETS), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "cannot list datasets");
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
@@ -409,7 +410,7 @@ struct remove_ctx {
 };
 
 /* Delete up to DELETE_BATCH blocks of the dataset; the entries at the end. */
-static int remove_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int remove_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct remove_ctx *c = ctx;
     unsigned char k0[BLOCK_KEY_SIZE], nk[1 + KEEL_DATASET_NAME_MAX], mk[9], sk[13];
@@ -418,7 +419,7 @@ static int remove_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
     int rc, n = 0;
 
     keel_store_be64(k0, c->id);
-    rc = mdb_cursor_open(txn, keel_store_dbi(c->s, KEEL_DB_DATASET_RECORDS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(c->s, KEEL_DB_DATASET_RECORDS), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "dataset '%s': cannot remove records", c->name);
     c->more = 0;
@@ -525,7 +526,7 @@ static void close_block(struct import *im, uint32_t shard)
     keel_buf_reset(&ob->data);
 }
 
-static int write_blocks_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int write_blocks_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct import *im = ctx;
     MDB_dbi dbi = keel_store_dbi(im->s, KEEL_DB_DATASET_RECORDS);
@@ -533,7 +534,7 @@ static int write_blocks_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
     for (size_t i = 0; i < im->npend; i++) {
         MDB_val k = {BLOCK_KEY_SIZE, im->pend[i].key};
         MDB_val v = {im->pend[i].val.len, im->pend[i].val.buf};
-        int rc = mdb_put(txn, dbi, &k, &v, MDB_NOOVERWRITE);
+        int rc = mdb_put(keel_txn_mdb(txn), dbi, &k, &v, MDB_NOOVERWRITE);
 
         if (rc != 0)
             return keel_store_mdb_err(err, rc, "dataset '%s': cannot write records", im->name);
@@ -598,7 +599,7 @@ struct begin_ctx {
 };
 
 /* Claim the name: refuse an existing dataset or a live import of it. */
-static int begin_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int begin_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct begin_ctx *c = ctx;
     struct import *im = c->im;
@@ -648,7 +649,7 @@ static int begin_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
 }
 
 /* Write the shard infos and mark the dataset complete. */
-static int finish_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int finish_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct import *im = ctx;
     unsigned char sk[13], mk[9], v[SHARD_INFO_SIZE];
@@ -853,7 +854,7 @@ struct open_ctx {
     const char *name;
 };
 
-static int open_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int open_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct open_ctx *c = ctx;
     keel_dataset *ds = c->ds;
@@ -1013,7 +1014,7 @@ struct read_ctx {
     struct keel_shard_batch *out;
 };
 
-static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int read_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct read_ctx *c = ctx;
     keel_dataset *ds = c->ds;
@@ -1026,7 +1027,7 @@ static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
 
     if (c->first >= total || c->max_records == 0)
         return 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(ds->s, KEEL_DB_DATASET_RECORDS), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(ds->s, KEEL_DB_DATASET_RECORDS), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "dataset '%s': cannot read", ds->info.name);
     if ((rc = find_block(ds, cur, c->shard, index, &b, &bfirst, err)) != 0)
@@ -1161,7 +1162,7 @@ struct shard_cursor {
  * g div N), checking checksums and feeding the shard and dataset digests,
  * then compare what was found with the metadata.
  */
-static int verify_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int verify_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct verify_ctx *c = ctx;
     keel_dataset *ds = c->ds;
@@ -1193,7 +1194,7 @@ static int verify_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
             MDB_val bk = {sizeof(key), key};
 
             block_key(key, ds->id, sh, index);
-            rc = mdb_get(txn, dbi, &bk, &v);
+            rc = mdb_get(keel_txn_mdb(txn), dbi, &bk, &v);
             if (rc == 0 && keel__dataset_block_decode(v.mv_data, v.mv_size, &s->b) != 0)
                 rc = -1;
             if (rc != 0) {
@@ -1239,7 +1240,7 @@ static int verify_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
 
     /* Blocks that no record led to: left over, or misplaced. */
     keel_store_be64(k0, ds->id);
-    rc = mdb_cursor_open(txn, dbi, &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), dbi, &cur);
     if (rc == 0) {
         uint64_t seen = 0;
 

@@ -17,6 +17,8 @@
 #include "keel/snapshot.h"
 #include "keel/ulog.h"
 #include "snapshot_int.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 /* ---- byte layout ------------------------------------------------------ */
 
@@ -370,7 +372,7 @@ static uint64_t now_ns(void)
 }
 
 /* Delete every key of `db` that starts with range (u32 BE) and has index >= from. */
-static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
+static int delete_from(keel_store *s, keel_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
                        struct keel_error *err)
 {
     unsigned char key[8];
@@ -378,7 +380,7 @@ static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t ra
     MDB_cursor *cur;
     int rc;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, db), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, db), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot open '%s'", keel_store_dir(s),
                                   keel_store_db_name(db));
@@ -396,7 +398,7 @@ static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t ra
     return 0;
 }
 
-int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *snap,
+int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *snap,
                       struct keel_error *err)
 {
     struct keel__snap_head h = {0};
@@ -429,7 +431,8 @@ int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *s
             keel__snap_key(key, snap->range, block);
             v.mv_size = keel__block_size(count, t->width, t->state_width);
             /* Reserve the value in the page and fill it in place: one copy. */
-            rc = mdb_put(txn, keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &k, &v, MDB_RESERVE);
+            rc = mdb_put(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &k, &v,
+                         MDB_RESERVE);
             if (rc != 0) {
                 rc = keel_store_mdb_err(err, rc, "store '%s': cannot write range %" PRIu32,
                                         keel_store_dir(s), snap->range);
@@ -484,7 +487,7 @@ struct write_ctx {
     const struct keel_snapshot *snap;
 };
 
-static int write_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int write_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct write_ctx *w = ctx;
 
@@ -511,7 +514,7 @@ struct claim {
 };
 
 /* Delete range `range`'s snapshot and log; counts it in c->dropped if it had either. */
-static int drop_range(struct claim *c, MDB_txn *txn, uint32_t range, struct keel_error *err)
+static int drop_range(struct claim *c, keel_txn *txn, uint32_t range, struct keel_error *err)
 {
     unsigned char key[4];
     uint64_t records = 0;
@@ -533,7 +536,7 @@ static int drop_range(struct claim *c, MDB_txn *txn, uint32_t range, struct keel
     return 0;
 }
 
-static int claim_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int claim_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct claim *c = ctx;
     size_t n = strlen(c->owner);
@@ -580,7 +583,7 @@ int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t pre
 
 /* ---- reading ---------------------------------------------------------- */
 
-static int read_head(keel_store *s, MDB_txn *txn, uint32_t range, struct keel__snap_head *h,
+static int read_head(keel_store *s, keel_txn *txn, uint32_t range, struct keel__snap_head *h,
                      struct keel_error *err)
 {
     unsigned char key[4];
@@ -606,8 +609,8 @@ static int read_head(keel_store *s, MDB_txn *txn, uint32_t range, struct keel__s
     return 0;
 }
 
-int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot_info *info,
-                       struct keel_error *err)
+int keel_snapshot_stat(keel_store *s, keel_txn *txn, uint32_t range,
+                       struct keel_snapshot_info *info, struct keel_error *err)
 {
     struct keel__snap_head h;
     int rc = read_head(s, txn, range, &h, err);
@@ -628,7 +631,7 @@ int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     return 0;
 }
 
-int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t *n,
+int keel_snapshot_ranges(keel_store *s, keel_txn *txn, uint32_t **ranges, size_t *n,
                          struct keel_error *err)
 {
     MDB_cursor *cur;
@@ -637,7 +640,7 @@ int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t 
 
     *ranges = NULL;
     *n = 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SNAP_HEAD), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_HEAD), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot list snapshots", keel_store_dir(s));
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
@@ -657,125 +660,138 @@ int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t 
     return 0;
 }
 
-int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot *snap,
-                       struct keel_error *err)
+/* Sizes come from the store: refuse a header claiming more bytes than the map can hold. */
+static int check_head_size(keel_store *s, uint32_t range, const struct keel__snap_head *h,
+                           struct keel_error *err)
 {
-    struct keel__snap_head h;
-    XXH3_state_t *digest = NULL;
-    MDB_cursor *cur = NULL;
+    uint64_t bytes = 0;
+
+    for (uint32_t i = 0; i < h->ntables; i++)
+        bytes += h->dir[i].nrows * (8 + 4 * ((uint64_t)h->dir[i].width + h->dir[i].state_width));
+    if (bytes > keel_store_map_size(s))
+        return keel_err_set(err, KEEL_ECORRUPT,
+                            "store '%s': snapshot of range %" PRIu32 ": header claims %" PRIu64
+                            " bytes, more than the store holds",
+                            keel_store_dir(s), range, bytes);
+    return 0;
+}
+
+/* Fill in what the header says and allocate each table's arrays (no rows yet). */
+static void alloc_tables(struct keel_snapshot *snap, uint32_t range,
+                         const struct keel__snap_head *h)
+{
+    snap->owned = 1;
+    snap->range = range;
+    snap->lsn = h->lsn;
+    snap->created_ns = h->created_ns;
+    snap->ntables = h->ntables;
+    KEEL_ALLOC_ARRAY(snap->tables, h->ntables);
+    for (uint32_t i = 0; i < h->ntables; i++) {
+        struct keel_snap_table *t = &snap->tables[i];
+        t->table_id = h->dir[i].table_id;
+        t->width = h->dir[i].width;
+        t->state_width = h->dir[i].state_width;
+        t->nrows = 0; /* counts up as blocks arrive */
+        t->keys = table_array(h->dir[i].nrows, 8);
+        t->rows = table_array(h->dir[i].nrows, keel_size_mul(t->width, 4));
+        if (t->state_width > 0)
+            t->state = table_array(h->dir[i].nrows, keel_size_mul(t->state_width, 4));
+    }
+}
+
+/*
+ * Append block number `block` (the value `v`) to table `t`, whose entry in
+ * the header's directory is `dir`, and add its checksum to `digest`.
+ */
+static int append_block(struct keel_snap_table *t, const struct keel__snap_dir *dir, uint32_t block,
+                        const MDB_val *v, XXH3_state_t *digest, struct keel_error *err)
+{
+    struct keel__block b;
+    unsigned char sum[8];
+    int rc;
+
+    rc = keel__block_decode(v->mv_data, v->mv_size, &b, err);
+    if (rc == 0 && (b.table_id != t->table_id || b.width != t->width ||
+                    b.state_width != t->state_width || b.count > dir->nrows - t->nrows))
+        rc = keel_err_set(err, KEEL_ECORRUPT,
+                          "block does not match table %" PRIu32 " of the header", t->table_id);
+    if (rc != 0) {
+        keel_err_prefix(err, rc, "block %" PRIu32, block);
+        return rc;
+    }
+    memcpy(t->keys + t->nrows, b.keys, (size_t)b.count * 8);
+    memcpy(t->rows + t->nrows * t->width, b.rows, (size_t)b.count * t->width * 4);
+    if (t->state_width > 0)
+        memcpy(t->state + t->nrows * t->state_width, b.state, (size_t)b.count * t->state_width * 4);
+    for (uint64_t r = t->nrows; r < t->nrows + b.count; r++)
+        if (KEEL_KEY_TABLE(t->keys[r]) != t->table_id || (r > 0 && t->keys[r] <= t->keys[r - 1]))
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "block %" PRIu32 ": key 0x%016" PRIx64
+                                " out of order or of another table",
+                                block, t->keys[r]);
+    t->nrows += b.count;
+    keel_store_u64le(sum, b.checksum);
+    XXH3_64bits_update(digest, sum, sizeof(sum));
+    return 0;
+}
+
+/* Read the range's row blocks, in order, into the tables alloc_tables() made. */
+static int load_rows(keel_store *s, keel_txn *txn, uint32_t range, const struct keel__snap_head *h,
+                     struct keel_snapshot *snap, XXH3_state_t *digest, struct keel_error *err)
+{
+    MDB_cursor *cur;
     unsigned char key[8];
     MDB_val k = {sizeof(key), key}, v;
     uint32_t block = 0;
     int rc;
 
-    memset(snap, 0, sizeof(*snap));
-    rc = read_head(s, txn, range, &h, err);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &cur);
     if (rc != 0)
-        return rc;
-    /* Sizes come from the store: no more bytes than the map can hold. */
-    {
-        uint64_t bytes = 0;
-        for (uint32_t i = 0; i < h.ntables; i++)
-            bytes += h.dir[i].nrows * (8 + 4 * ((uint64_t)h.dir[i].width + h.dir[i].state_width));
-        if (bytes > keel_store_map_size(s)) {
-            free(h.dir);
-            return keel_err_set(err, KEEL_ECORRUPT,
-                                "store '%s': snapshot of range %" PRIu32 ": header claims %" PRIu64
-                                " bytes, more than the store holds",
-                                keel_store_dir(s), range, bytes);
-        }
-    }
-    snap->owned = 1;
-    snap->range = range;
-    snap->lsn = h.lsn;
-    snap->created_ns = h.created_ns;
-    snap->ntables = h.ntables;
-    KEEL_ALLOC_ARRAY(snap->tables, h.ntables);
-    for (uint32_t i = 0; i < h.ntables; i++) {
-        struct keel_snap_table *t = &snap->tables[i];
-        t->table_id = h.dir[i].table_id;
-        t->width = h.dir[i].width;
-        t->state_width = h.dir[i].state_width;
-        t->nrows = 0; /* counts up as blocks arrive */
-        t->keys = table_array(h.dir[i].nrows, 8);
-        t->rows = table_array(h.dir[i].nrows, keel_size_mul(t->width, 4));
-        if (t->state_width > 0)
-            t->state = table_array(h.dir[i].nrows, keel_size_mul(t->state_width, 4));
-    }
-    digest = XXH3_createState();
-    XXH3_64bits_reset(digest);
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SNAP_ROWS), &cur);
-    if (rc != 0) {
-        rc = keel_store_mdb_err(err, rc, "cannot read rows");
-        goto fail;
-    }
+        return keel_store_mdb_err(err, rc, "cannot read rows");
     keel__snap_key(key, range, 0);
-    for (uint32_t i = 0; i < h.ntables; i++) {
+    for (uint32_t i = 0; i < h->ntables; i++) {
         struct keel_snap_table *t = &snap->tables[i];
-        for (uint32_t j = 0; j < h.dir[i].nblocks; j++, block++) {
-            struct keel__block b;
-            unsigned char sum[8];
-
+        for (uint32_t j = 0; j < h->dir[i].nblocks; j++, block++) {
             rc = mdb_cursor_get(cur, &k, &v, block == 0 ? MDB_SET_RANGE : MDB_NEXT);
             if (rc == 0 && (k.mv_size != 8 || keel_store_load_be32(k.mv_data) != range ||
                             keel_store_load_be32((unsigned char *)k.mv_data + 4) != block))
                 rc = MDB_NOTFOUND;
-            if (rc == MDB_NOTFOUND) {
+            if (rc == MDB_NOTFOUND)
                 rc = keel_err_set(err, KEEL_ECORRUPT, "block %" PRIu32 " is missing", block);
-                goto fail;
-            }
-            if (rc != 0) {
+            else if (rc != 0)
                 rc = keel_store_mdb_err(err, rc, "block %" PRIu32, block);
-                goto fail;
-            }
-            rc = keel__block_decode(v.mv_data, v.mv_size, &b, err);
-            if (rc == 0 && (b.table_id != t->table_id || b.width != t->width ||
-                            b.state_width != t->state_width || b.count > h.dir[i].nrows - t->nrows))
-                rc = keel_err_set(err, KEEL_ECORRUPT,
-                                  "block does not match table %" PRIu32 " of the header",
-                                  t->table_id);
-            if (rc != 0) {
-                keel_err_prefix(err, rc, "block %" PRIu32, block);
-                goto fail;
-            }
-            memcpy(t->keys + t->nrows, b.keys, (size_t)b.count * 8);
-            memcpy(t->rows + t->nrows * t->width, b.rows, (size_t)b.count * t->width * 4);
-            if (t->state_width > 0)
-                memcpy(t->state + t->nrows * t->state_width, b.state,
-                       (size_t)b.count * t->state_width * 4);
-            for (uint64_t r = t->nrows; r < t->nrows + b.count; r++)
-                if (KEEL_KEY_TABLE(t->keys[r]) != t->table_id ||
-                    (r > 0 && t->keys[r] <= t->keys[r - 1])) {
-                    rc = keel_err_set(err, KEEL_ECORRUPT,
-                                      "block %" PRIu32 ": key 0x%016" PRIx64
-                                      " out of order or of another table",
-                                      block, t->keys[r]);
-                    goto fail;
-                }
-            t->nrows += b.count;
-            keel_store_u64le(sum, b.checksum);
-            XXH3_64bits_update(digest, sum, sizeof(sum));
+            else
+                rc = append_block(t, &h->dir[i], block, &v, digest, err);
+            if (rc != 0)
+                goto out;
         }
-        if (t->nrows != h.dir[i].nrows) {
+        if (t->nrows != h->dir[i].nrows) {
             rc = keel_err_set(err, KEEL_ECORRUPT,
                               "table %" PRIu32 " has %" PRIu64 " rows, the header says %" PRIu64,
-                              t->table_id, t->nrows, h.dir[i].nrows);
-            goto fail;
+                              t->table_id, t->nrows, h->dir[i].nrows);
+            goto out;
         }
     }
+out:
     mdb_cursor_close(cur);
-    cur = NULL;
+    return rc;
+}
 
-    /* The exactly-once table. */
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_SHARD_POS), &cur);
-    if (rc != 0) {
-        rc = keel_store_mdb_err(err, rc, "cannot read the shard table");
-        goto fail;
-    }
-    KEEL_ALLOC_ARRAY(snap->shards, h.nshards);
+/* Read the range's exactly-once table (one entry per shard) into snap->shards. */
+static int load_shards(keel_store *s, keel_txn *txn, uint32_t range,
+                       const struct keel__snap_head *h, struct keel_snapshot *snap,
+                       XXH3_state_t *digest, struct keel_error *err)
+{
+    MDB_cursor *cur;
+    unsigned char key[8];
+    MDB_val k = {sizeof(key), key}, v;
+    int rc;
+
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_SHARD_POS), &cur);
+    if (rc != 0)
+        return keel_store_mdb_err(err, rc, "cannot read the shard table");
+    KEEL_ALLOC_ARRAY(snap->shards, h->nshards);
     keel__snap_key(key, range, 0);
-    k.mv_size = sizeof(key);
-    k.mv_data = key;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
          rc == 0 && k.mv_size == 8 && keel_store_load_be32(k.mv_data) == range;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
@@ -783,10 +799,10 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
         unsigned char le[8];
         uint32_t shard = keel_store_load_be32((unsigned char *)k.mv_data + 4);
 
-        if (snap->nshards == h.nshards) {
+        if (snap->nshards == h->nshards) {
             rc = keel_err_set(err, KEEL_ECORRUPT, "more shard entries than the header's %" PRIu32,
-                              h.nshards);
-            goto fail;
+                              h->nshards);
+            goto out;
         }
         rc = keel__shard_decode(v.mv_data, v.mv_size, &snap->shards[snap->nshards], &sum, err);
         if (rc == 0 && snap->shards[snap->nshards].shard != shard)
@@ -794,7 +810,7 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
                               snap->shards[snap->nshards].shard);
         if (rc != 0) {
             keel_err_prefix(err, rc, "shard %" PRIu32, shard);
-            goto fail;
+            goto out;
         }
         snap->nshards++;
         keel_store_u64le(le, sum);
@@ -802,31 +818,49 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     }
     if (rc != 0 && rc != MDB_NOTFOUND) {
         rc = keel_store_mdb_err(err, rc, "cannot read the shard table");
-        goto fail;
+        goto out;
     }
     rc = 0;
-    if (snap->nshards != h.nshards) {
+    if (snap->nshards != h->nshards)
         rc = keel_err_set(err, KEEL_ECORRUPT, "%zu shard entries, the header says %" PRIu32,
-                          snap->nshards, h.nshards);
-        goto fail;
+                          snap->nshards, h->nshards);
+out:
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+int keel_snapshot_load(keel_store *s, keel_txn *txn, uint32_t range, struct keel_snapshot *snap,
+                       struct keel_error *err)
+{
+    struct keel__snap_head h;
+    XXH3_state_t *digest;
+    int rc;
+
+    memset(snap, 0, sizeof(*snap));
+    rc = read_head(s, txn, range, &h, err);
+    if (rc != 0)
+        return rc;
+    rc = check_head_size(s, range, &h, err);
+    if (rc != 0) {
+        free(h.dir);
+        return rc;
     }
-    if (XXH3_64bits_digest(digest) != h.digest) {
+    alloc_tables(snap, range, &h);
+    digest = XXH3_createState();
+    XXH3_64bits_reset(digest);
+    rc = load_rows(s, txn, range, &h, snap, digest, err);
+    if (rc == 0)
+        rc = load_shards(s, txn, range, &h, snap, digest, err);
+    if (rc == 0 && XXH3_64bits_digest(digest) != h.digest)
         rc = keel_err_set(err, KEEL_ECHECKSUM,
                           "digest of blocks and shard entries does not match the header");
-        goto fail;
+    XXH3_freeState(digest);
+    free(h.dir);
+    if (rc != 0) {
+        keel_err_prefix(err, rc, "store '%s': snapshot of range %" PRIu32, keel_store_dir(s),
+                        range);
+        keel_snapshot_release(snap);
     }
-    mdb_cursor_close(cur);
-    XXH3_freeState(digest);
-    free(h.dir);
-    return 0;
-
-fail:
-    keel_err_prefix(err, rc, "store '%s': snapshot of range %" PRIu32, keel_store_dir(s), range);
-    if (cur != NULL)
-        mdb_cursor_close(cur);
-    XXH3_freeState(digest);
-    free(h.dir);
-    keel_snapshot_release(snap);
     return rc;
 }
 
@@ -836,7 +870,7 @@ struct load_ctx {
     struct keel_snapshot *snap;
 };
 
-static int load_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int load_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct load_ctx *l = ctx;
 
@@ -889,7 +923,7 @@ static int replay_one(const struct keel_ulog_record *rec, void *ctx, struct keel
     return 0;
 }
 
-static int restore_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int restore_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct restore_ctx *r = ctx;
     int rc = keel_snapshot_load(r->s, txn, r->range, r->snap, err);

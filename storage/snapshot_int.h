@@ -17,6 +17,7 @@
 
 #include "keel/err.h"
 #include "keel/snapshot.h"
+#include "store_int.h"
 
 #define KEEL__SNAP_MAGIC      UINT32_C(0x504E534B) /* 'K' 'S' 'N' 'P' */
 #define KEEL__SNAP_VERSION    1
@@ -95,5 +96,37 @@ static inline void keel__snap_key(unsigned char *key, uint32_t range, uint32_t i
     keel_store_be32(key, range);
     keel_store_be32(key + 4, index);
 }
+
+/* ---- inside the caller's transaction (storage/ and the tests) ---- */
+
+/* Check the structural rules above, naming the table/row/shard that breaks one. */
+int keel_snapshot_check(const struct keel_snapshot *snap, struct keel_error *err);
+
+/*
+ * Write `snap` as the range's snapshot, replacing the previous one, and
+ * delete the range's log records with LSN <= snap->lsn, all in the caller's
+ * write transaction.  created_ns is taken from the clock when 0.
+ */
+int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *snap,
+                      struct keel_error *err);
+
+/*
+ * Read the header of the range's snapshot (checksum verified).
+ * KEEL_ENOTFOUND when the range has none.
+ */
+int keel_snapshot_stat(keel_store *s, keel_txn *txn, uint32_t range,
+                       struct keel_snapshot_info *info, struct keel_error *err);
+
+/* The ranges that have a snapshot, increasing, into *ranges (caller frees). */
+int keel_snapshot_ranges(keel_store *s, keel_txn *txn, uint32_t **ranges, size_t *n,
+                         struct keel_error *err);
+
+/*
+ * Load and verify the range's snapshot into *snap (owned; release it).
+ * Every block's checksum, the header digest, the table directory and the key
+ * order are checked.  KEEL_ENOTFOUND when the range has none.
+ */
+int keel_snapshot_load(keel_store *s, keel_txn *txn, uint32_t range, struct keel_snapshot *snap,
+                       struct keel_error *err);
 
 #endif

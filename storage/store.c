@@ -18,6 +18,7 @@
 #include "keel/buf.h"
 #include "log.h"
 #include "keel/store.h"
+#include "store_int.h"
 
 /* A write that needs more than this many map growths gives up (2^40 from 2^16). */
 #define MAX_GROWTHS 48
@@ -401,7 +402,7 @@ int keel_store_write(keel_store *s, keel_store_fn fn, void *ctx, struct keel_err
         }
         if (rc != 0)
             break;
-        rc = fn(txn, ctx, err);
+        rc = fn(keel_txn_of(txn), ctx, err);
         if (rc == 0) {
             rc = mdb_txn_commit(txn);
             if (rc == 0)
@@ -426,15 +427,18 @@ int keel_store_write(keel_store *s, keel_store_fn fn, void *ctx, struct keel_err
     return rc;
 }
 
-int keel_store_read_begin(keel_store *s, MDB_txn **txn, struct keel_error *err)
+int keel_store_read_begin(keel_store *s, keel_txn **txn, struct keel_error *err)
 {
+    MDB_txn *mtxn;
     int rc;
 
     for (int tries = 0;; tries++) {
         pthread_rwlock_rdlock(&s->map_lock);
-        rc = begin_txn(s, MDB_RDONLY, txn, err);
-        if (rc == 0)
+        rc = begin_txn(s, MDB_RDONLY, &mtxn, err);
+        if (rc == 0) {
+            *txn = keel_txn_of(mtxn);
             return 0;
+        }
         pthread_rwlock_unlock(&s->map_lock);
         if (rc != MDB_MAP_RESIZED)
             return rc;
@@ -446,15 +450,15 @@ int keel_store_read_begin(keel_store *s, MDB_txn **txn, struct keel_error *err)
     }
 }
 
-void keel_store_read_end(keel_store *s, MDB_txn *txn)
+void keel_store_read_end(keel_store *s, keel_txn *txn)
 {
-    mdb_txn_abort(txn);
+    mdb_txn_abort(keel_txn_mdb(txn));
     pthread_rwlock_unlock(&s->map_lock);
 }
 
 int keel_store_read(keel_store *s, keel_store_fn fn, void *ctx, struct keel_error *err)
 {
-    MDB_txn *txn;
+    keel_txn *txn;
     int rc = keel_store_read_begin(s, &txn, err);
 
     if (rc != 0)
@@ -464,11 +468,11 @@ int keel_store_read(keel_store *s, keel_store_fn fn, void *ctx, struct keel_erro
     return rc;
 }
 
-int keel_store_get(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
+int keel_store_get(keel_store *s, keel_txn *txn, enum keel_db db, const void *key, size_t klen,
                    MDB_val *val, struct keel_error *err)
 {
     MDB_val k = {klen, (void *)key};
-    int rc = mdb_get(txn, s->dbi[db], &k, val);
+    int rc = mdb_get(keel_txn_mdb(txn), s->dbi[db], &k, val);
 
     if (rc == MDB_NOTFOUND)
         return keel_err_set(err, KEEL_ENOTFOUND, "store '%s': key not found in '%s'", s->dir,
@@ -478,11 +482,11 @@ int keel_store_get(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key
     return 0;
 }
 
-int keel_store_put(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
+int keel_store_put(keel_store *s, keel_txn *txn, enum keel_db db, const void *key, size_t klen,
                    const void *val, size_t vlen, struct keel_error *err)
 {
     MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
-    int rc = mdb_put(txn, s->dbi[db], &k, &v, 0);
+    int rc = mdb_put(keel_txn_mdb(txn), s->dbi[db], &k, &v, 0);
 
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot write to '%s'", s->dir,
@@ -490,11 +494,11 @@ int keel_store_put(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key
     return 0;
 }
 
-int keel_store_del(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
+int keel_store_del(keel_store *s, keel_txn *txn, enum keel_db db, const void *key, size_t klen,
                    struct keel_error *err)
 {
     MDB_val k = {klen, (void *)key};
-    int rc = mdb_del(txn, s->dbi[db], &k, NULL);
+    int rc = mdb_del(keel_txn_mdb(txn), s->dbi[db], &k, NULL);
 
     if (rc != 0 && rc != MDB_NOTFOUND)
         return keel_store_mdb_err(err, rc, "store '%s': cannot delete from '%s'", s->dir,

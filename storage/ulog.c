@@ -8,6 +8,8 @@
 
 #include "alloc.h"
 #include "keel/ulog.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 #define TABLE_SHIFT 48
 #define TABLE_MAX   0xFFFFu
@@ -161,7 +163,7 @@ int keel_ulog_decode(const void *data, size_t len, struct keel_ulog_record *rec,
     return 0;
 }
 
-int keel_ulog_put(keel_store *s, MDB_txn *txn, const struct keel_ulog_record *recs, size_t n,
+int keel_ulog_put(keel_store *s, keel_txn *txn, const struct keel_ulog_record *recs, size_t n,
                   struct keel_buf *scratch, struct keel_error *err)
 {
     MDB_dbi dbi = keel_store_dbi(s, KEEL_DB_LOG);
@@ -178,7 +180,7 @@ int keel_ulog_put(keel_store *s, MDB_txn *txn, const struct keel_ulog_record *re
         keel_ulog_key(key, recs[i].range, recs[i].lsn);
         v.mv_size = scratch->len;
         v.mv_data = scratch->buf;
-        rc = mdb_put(txn, dbi, &k, &v, MDB_NOOVERWRITE);
+        rc = mdb_put(keel_txn_mdb(txn), dbi, &k, &v, MDB_NOOVERWRITE);
         if (rc == MDB_KEYEXIST)
             return keel_err_set(err, KEEL_EEXIST,
                                 "log of range %" PRIu32 " already has LSN %" PRIu64, recs[i].range,
@@ -197,7 +199,7 @@ struct append_ctx {
     struct keel_buf scratch;
 };
 
-static int append_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int append_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct append_ctx *a = ctx;
 
@@ -214,7 +216,7 @@ int keel_ulog_append(keel_store *s, const struct keel_ulog_record *recs, size_t 
     return rc;
 }
 
-int keel_ulog_scan(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
+int keel_ulog_scan(keel_store *s, keel_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
                    void *ctx, struct keel_error *err)
 {
     unsigned char key[KEEL_ULOG_KEY_SIZE];
@@ -224,7 +226,7 @@ int keel_ulog_scan(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t from_ls
     MDB_cursor *cur;
     int rc, op = MDB_SET_RANGE;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_LOG), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_LOG), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot read the log", keel_store_dir(s));
     keel_ulog_key(key, range, from_lsn);
@@ -273,7 +275,7 @@ struct scan_ctx {
     void *ctx;
 };
 
-static int scan_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int scan_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct scan_ctx *c = ctx;
 
@@ -288,7 +290,7 @@ int keel_ulog_read(keel_store *s, uint32_t range, uint64_t from_lsn, keel_ulog_f
     return keel_store_read(s, scan_fn, &c, err);
 }
 
-int keel_ulog_truncate_txn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t upto_lsn,
+int keel_ulog_truncate_txn(keel_store *s, keel_txn *txn, uint32_t range, uint64_t upto_lsn,
                            uint64_t *deleted, struct keel_error *err)
 {
     unsigned char key[KEEL_ULOG_KEY_SIZE];
@@ -297,7 +299,7 @@ int keel_ulog_truncate_txn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t
     uint64_t n = 0;
     int rc;
 
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_LOG), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_LOG), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot truncate the log",
                                   keel_store_dir(s));
@@ -330,7 +332,7 @@ struct trunc_ctx {
     uint64_t *deleted;
 };
 
-static int trunc_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int trunc_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct trunc_ctx *t = ctx;
 
@@ -345,7 +347,7 @@ int keel_ulog_truncate(keel_store *s, uint32_t range, uint64_t upto_lsn, uint64_
     return keel_store_write(s, trunc_fn, &t, err);
 }
 
-int keel_ulog_last_lsn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t *lsn,
+int keel_ulog_last_lsn(keel_store *s, keel_txn *txn, uint32_t range, uint64_t *lsn,
                        struct keel_error *err)
 {
     unsigned char key[KEEL_ULOG_KEY_SIZE];
@@ -354,7 +356,7 @@ int keel_ulog_last_lsn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t *ls
     int rc;
 
     *lsn = 0;
-    rc = mdb_cursor_open(txn, keel_store_dbi(s, KEEL_DB_LOG), &cur);
+    rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(s, KEEL_DB_LOG), &cur);
     if (rc != 0)
         return keel_store_mdb_err(err, rc, "store '%s': cannot read the log", keel_store_dir(s));
     /* The first key past the range, then one step back. */

@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "keel/buf.h"
 #include "keel/store.h"
+#include "store_int.h"
 
 struct target {
     keel_store *s;
@@ -24,7 +25,7 @@ struct target {
     uint64_t index;
 };
 
-static int flip(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int flip(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct target *t = ctx;
     unsigned char nk[1 + 64], key[20], *copy;
@@ -47,7 +48,8 @@ static int flip(MDB_txn *txn, void *ctx, struct keel_error *err)
     keel_store_be64(key + 12, t->index);
     k.mv_size = sizeof(key);
     k.mv_data = key;
-    if ((rc = mdb_cursor_open(txn, keel_store_dbi(t->s, KEEL_DB_DATASET_RECORDS), &cur)) != 0)
+    if ((rc = mdb_cursor_open(keel_txn_mdb(txn), keel_store_dbi(t->s, KEEL_DB_DATASET_RECORDS),
+                              &cur)) != 0)
         return keel_store_mdb_err(err, rc, "cursor");
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     if (rc != 0 || memcmp(k.mv_data, key, 12) != 0 ||

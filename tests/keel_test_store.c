@@ -32,6 +32,9 @@
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "snapshot_int.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 #define PROG    "keel-test-store"
 #define WIDTH   16
@@ -221,7 +224,7 @@ struct tamper_ctx {
     int remove;
 };
 
-static int tamper_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
+static int tamper_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct tamper_ctx *t = ctx;
     unsigned char *copy;
@@ -296,7 +299,7 @@ static int range_state(keel_store *s, uint32_t range, uint64_t *snap_lsn, uint64
                        struct keel_error *err)
 {
     struct keel_snapshot_info info;
-    MDB_txn *txn;
+    keel_txn *txn;
     int rc = keel_store_read_begin(s, &txn, err);
 
     if (rc != 0)

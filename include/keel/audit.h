@@ -70,15 +70,10 @@ int keel_audit_decode(const void *data, size_t len, struct keel_audit_record *re
                       struct keel_error *err);
 
 /*
- * Append an event inside the caller's write transaction: the next sequence
+ * Append an event in a durable transaction of its own: the next sequence
  * number, chained to the head.  `job` and `detail` may be NULL; longer ones
  * are cut to the limits.  *seq (may be NULL) gets the record's number.
  */
-int keel_audit_append_txn(keel_store *s, MDB_txn *txn, unsigned event, const char *job,
-                          uint64_t checkpoint, const char *detail, uint64_t *seq,
-                          struct keel_error *err);
-
-/* The same in a durable transaction of its own. */
 int keel_audit_append(keel_store *s, unsigned event, const char *job, uint64_t checkpoint,
                       const char *detail, uint64_t *seq, struct keel_error *err);
 

@@ -81,18 +81,12 @@ struct keel_snapshot {
 /* Free what keel_snapshot_load() allocated and zero the struct; safe on a zeroed one. */
 void keel_snapshot_release(struct keel_snapshot *snap);
 
-/* Check the structural rules above, naming the table/row/shard that breaks one. */
-int keel_snapshot_check(const struct keel_snapshot *snap, struct keel_error *err);
-
 /*
  * Write `snap` as the range's snapshot, replacing the previous one, and
- * delete the range's log records with LSN <= snap->lsn, all in the caller's
- * write transaction.  created_ns is taken from the clock when 0.
+ * delete the range's log records with LSN <= snap->lsn, in a durable
+ * transaction of its own (the map grows as needed).  created_ns is taken
+ * from the clock when 0.
  */
-int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *snap,
-                      struct keel_error *err);
-
-/* keel_snapshot_put in a durable transaction of its own (the map grows as needed). */
 int keel_snapshot_write(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err);
 
 /* What a snapshot header says, without the rows. */
@@ -108,25 +102,11 @@ struct keel_snapshot_info {
 };
 
 /*
- * Read the header of the range's snapshot (checksum verified).
- * KEEL_ENOTFOUND when the range has none.
+ * Load and verify the range's snapshot into *snap (owned; release it), in a
+ * read transaction of its own.  Every block's checksum, the header digest,
+ * the table directory and the key order are checked.  KEEL_ENOTFOUND when
+ * the range has none.
  */
-int keel_snapshot_stat(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot_info *info,
-                       struct keel_error *err);
-
-/* The ranges that have a snapshot, increasing, into *ranges (caller frees). */
-int keel_snapshot_ranges(keel_store *s, MDB_txn *txn, uint32_t **ranges, size_t *n,
-                         struct keel_error *err);
-
-/*
- * Load and verify the range's snapshot into *snap (owned; release it).
- * Every block's checksum, the header digest, the table directory and the key
- * order are checked.  KEEL_ENOTFOUND when the range has none.
- */
-int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_snapshot *snap,
-                       struct keel_error *err);
-
-/* keel_snapshot_load in a read transaction of its own. */
 int keel_snapshot_read(keel_store *s, uint32_t range, struct keel_snapshot *snap,
                        struct keel_error *err);
 

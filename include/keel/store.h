@@ -3,13 +3,13 @@
  *
  * Everything a Keel node must not lose lives in one LMDB environment in the
  * node's data directory (files data.mdb and lock.mdb).  Inside it, named
- * databases hold the different kinds of state; enum keel_db lists them and
- * keel_store_dbi() gives the handle of each.  The byte layout of every
- * database is documented in docs/storage.md.
+ * databases hold the different kinds of state; enum keel_db lists them (the
+ * LMDB handle of each is storage's business, storage/store_int.h).  The byte
+ * layout of every database is documented in docs/storage.md.
  *
  * Invariants:
  *  - Every named database exists once the store is open (they are created on
- *    first open), so keel_store_dbi() never fails.
+ *    first open).
  *  - The `meta` database holds the key "format" with the store's format
  *    version (uint32 little-endian).  A store whose version is not
  *    KEEL_STORE_FORMAT is refused at open with KEEL_EFORMAT.
@@ -23,7 +23,7 @@
  *  - Stale reader slots left by killed processes are cleared at open.
  *
  * Errors: functions return 0 or a negative code (keel/err.h); LMDB's codes
- * are translated at this boundary by keel_store_mdb_err().
+ * are translated inside storage/ (keel_store_mdb_err(), store_int.h).
  *
  * Thread safety: a struct keel_store may be shared by threads.  Writes are
  * serialized (LMDB allows one writer); any number of read transactions may
@@ -37,8 +37,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-#include <lmdb.h>
 
 #include "keel/err.h"
 
@@ -90,6 +88,13 @@ struct keel_store_options {
 typedef struct keel_store keel_store;
 
 /*
+ * A transaction of a store, opaque: it is handed to a keel_store_fn and by
+ * keel_store_read_begin(), and passed on to the storage functions that work
+ * inside the caller's transaction (keel_snapshot_put, keel_ulog_scan, ...).
+ */
+typedef struct keel_txn keel_txn;
+
+/*
  * Open (creating when needed, also its parent directories, mode 0700) the
  * store in directory `dir`.  `opts` may be NULL for the defaults.  On success
  * *out is a handle the caller frees with keel_store_close().
@@ -110,17 +115,8 @@ void keel_store_close(keel_store *s);
 /* The directory the store was opened in; valid until keel_store_close(). */
 const char *keel_store_dir(const keel_store *s);
 
-/* The handle of a named database, valid for any transaction of this store. */
-MDB_dbi keel_store_dbi(const keel_store *s, enum keel_db db);
-
 /* The name of a database ("snap_rows"), or "unknown". */
 const char *keel_store_db_name(enum keel_db db);
-
-/*
- * The LMDB environment, for what this API does not wrap (mdb_env_stat,
- * mdb_env_copy, mdb_reader_list).  Do not close it or change its map size.
- */
-MDB_env *keel_store_env(keel_store *s);
 
 /* The current map size in bytes. */
 size_t keel_store_map_size(keel_store *s);
@@ -140,13 +136,13 @@ int keel_store_tune_malloc(size_t keep);
 
 /*
  * A unit of work inside a transaction.  Return 0 on success or a negative
- * code (set `err`).  A write callback that gets an LMDB error should return
- * keel_store_mdb_err(err, rc, ...) so that a full map (-ENOSPC) is noticed
- * and the write retried with a larger map.  The callback may therefore run
- * several times: it must not keep effects outside the transaction that a
- * second run would repeat (or must undo them itself).
+ * code (set `err`).  A write callback that fails because the map is full
+ * must return -ENOSPC (keel_store_mdb_err() in storage/store_int.h does so
+ * for LMDB's code) so that the write is retried with a larger map.  The
+ * callback may therefore run several times: it must not keep effects outside
+ * the transaction that a second run would repeat (or must undo them itself).
  */
-typedef int (*keel_store_fn)(MDB_txn *txn, void *ctx, struct keel_error *err);
+typedef int (*keel_store_fn)(keel_txn *txn, void *ctx, struct keel_error *err);
 
 /*
  * Run `fn` in a write transaction and commit it durably when `fn` returns 0;
@@ -172,67 +168,7 @@ int keel_store_read(keel_store *s, keel_store_fn fn, void *ctx, struct keel_erro
  * exactly once (it aborts the transaction) in the same process.  While it is
  * open, the map cannot grow, so writers needing more space wait.
  */
-int keel_store_read_begin(keel_store *s, MDB_txn **txn, struct keel_error *err);
-void keel_store_read_end(keel_store *s, MDB_txn *txn);
-
-/*
- * Translate LMDB's return code `rc` (non-zero) into a Keel code and record
- * "<printf context>: <mdb_strerror>" in `err`.  Mapping: MDB_NOTFOUND ->
- * KEEL_ENOTFOUND, MDB_KEYEXIST -> KEEL_EEXIST, MDB_MAP_FULL -> -ENOSPC,
- * MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID -> KEEL_ECORRUPT,
- * MDB_VERSION_MISMATCH -> KEEL_EFORMAT, a positive errno -> -errno, anything
- * else KEEL_ESTORE.  Returns the Keel code.
- */
-int keel_store_mdb_err(struct keel_error *err, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/*
- * Helpers for one value in one database, each inside the caller's
- * transaction.  keel_store_get() points *val at LMDB's copy (valid until the
- * transaction ends); KEEL_ENOTFOUND when the key is absent.
- */
-int keel_store_get(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
-                   MDB_val *val, struct keel_error *err);
-int keel_store_put(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
-                   const void *val, size_t vlen, struct keel_error *err);
-/* Delete a key; an absent key is not an error. */
-int keel_store_del(keel_store *s, MDB_txn *txn, enum keel_db db, const void *key, size_t klen,
-                   struct keel_error *err);
-
-/* Big-endian integers for keys, so that LMDB's byte order is numeric order. */
-static inline void keel_store_be16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
-
-static inline void keel_store_be32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-
-static inline void keel_store_be64(unsigned char *p, uint64_t v)
-{
-    keel_store_be32(p, (uint32_t)(v >> 32));
-    keel_store_be32(p + 4, (uint32_t)v);
-}
-
-static inline uint16_t keel_store_load_be16(const unsigned char *p)
-{
-    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
-}
-
-static inline uint32_t keel_store_load_be32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline uint64_t keel_store_load_be64(const unsigned char *p)
-{
-    return (uint64_t)keel_store_load_be32(p) << 32 | keel_store_load_be32(p + 4);
-}
+int keel_store_read_begin(keel_store *s, keel_txn **txn, struct keel_error *err);
+void keel_store_read_end(keel_store *s, keel_txn *txn);
 
 #endif

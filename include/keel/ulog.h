@@ -69,15 +69,9 @@ int keel_ulog_decode(const void *data, size_t len, struct keel_ulog_record *rec,
 void keel_ulog_key(unsigned char *key, uint32_t range, uint64_t lsn);
 
 /*
- * Append `n` records inside the caller's write transaction (group commit:
- * the server collects records and writes them in one keel_store_write()).
- * An existing (range, LSN) is refused with KEEL_EEXIST.  `scratch` is used
- * for the encoding.
+ * Append `n` records in a transaction of their own, committed durably.  An
+ * existing (range, LSN) is refused with KEEL_EEXIST.
  */
-int keel_ulog_put(keel_store *s, MDB_txn *txn, const struct keel_ulog_record *recs, size_t n,
-                  struct keel_buf *scratch, struct keel_error *err);
-
-/* The same in a transaction of its own, committed durably. */
 int keel_ulog_append(keel_store *s, const struct keel_ulog_record *recs, size_t n,
                      struct keel_error *err);
 
@@ -90,31 +84,18 @@ typedef int (*keel_ulog_fn)(const struct keel_ulog_record *rec, void *ctx, struc
 
 /*
  * Call `fn` for every record of `range` with LSN >= from_lsn, in LSN order,
- * inside the caller's read (or write) transaction.  A record that does not
- * decode, or whose range/LSN differ from its key, stops the read with its
- * error and "log of range R, LSN L: ..." in the message.
+ * in a read transaction of its own.  A record that does not decode, or whose
+ * range/LSN differ from its key, stops the read with its error and "log of
+ * range R, LSN L: ..." in the message.
  */
-int keel_ulog_scan(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn,
-                   void *ctx, struct keel_error *err);
-
-/* keel_ulog_scan in a read transaction of its own. */
 int keel_ulog_read(keel_store *s, uint32_t range, uint64_t from_lsn, keel_ulog_fn fn, void *ctx,
                    struct keel_error *err);
 
 /*
  * Delete the records of `range` with LSN <= upto_lsn (those a snapshot
- * covers), in the caller's write transaction; *deleted (may be NULL) gets
- * how many.
+ * covers), in a transaction of its own; *deleted (may be NULL) gets how many.
  */
-int keel_ulog_truncate_txn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t upto_lsn,
-                           uint64_t *deleted, struct keel_error *err);
-
-/* The same in a transaction of its own. */
 int keel_ulog_truncate(keel_store *s, uint32_t range, uint64_t upto_lsn, uint64_t *deleted,
-                       struct keel_error *err);
-
-/* The highest LSN logged for `range`, or 0 when it has none, in the caller's txn. */
-int keel_ulog_last_lsn(keel_store *s, MDB_txn *txn, uint32_t range, uint64_t *lsn,
                        struct keel_error *err);
 
 #endif

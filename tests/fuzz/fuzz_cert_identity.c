@@ -19,7 +19,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-#include "certs.h"
+#include "identity.h"
 
 #define MAX_NAMES 8
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "etcd.h"
+#include "etcd_internal.h"
 #include "member.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -18,7 +18,7 @@
 #include <criterion/criterion.h>
 
 #include "keel/assign.h"
-#include "certs.h"
+#include "ca.h"
 #include "etcd.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"

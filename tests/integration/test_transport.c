@@ -19,7 +19,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "certs.h"
+#include "ca.h"
 #include "log.h"
 #include "net.h"
 #include "peer_handler.h"

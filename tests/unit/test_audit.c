@@ -11,6 +11,7 @@
 #include "alloc.h"
 #include "keel/audit.h"
 #include "keel/store.h"
+#include "store_int.h"
 
 static char tmpdir[64];
 static struct keel_error err;
@@ -49,7 +50,7 @@ struct edit {
     int remove;
 };
 
-static int edit_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int edit_fn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct edit *ed = ctx;
     unsigned char key[8];

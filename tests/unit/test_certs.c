@@ -15,7 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "certs.h"
+#include "ca.h"
 
 static char dir[64];
 static char other[128]; /* a second CA */

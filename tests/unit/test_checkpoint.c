@@ -19,6 +19,7 @@
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "store_int.h"
 
 static char tmpdir[64];
 static char keypath[128];
@@ -92,7 +93,7 @@ struct tamper {
     int remove;
 };
 
-static int tamper_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int tamper_fn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct tamper *t = ctx;
     MDB_val v;

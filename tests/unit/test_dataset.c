@@ -15,6 +15,7 @@
 
 #include "keel/dataset.h"
 #include "log.h"
+#include "store_int.h"
 
 static char tmpdir[64];
 static char storedir[128];
@@ -291,7 +292,7 @@ struct flip_ctx {
     size_t offset_from_end;
 };
 
-static int flip_txn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int flip_txn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct flip_ctx *c = ctx;
     unsigned char key[20] = {0};

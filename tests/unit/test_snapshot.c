@@ -13,6 +13,9 @@
 #include "keel/snapshot.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "snapshot_int.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 static char tmpdir[64];
 static struct keel_error err;
@@ -124,7 +127,7 @@ Test(snapshot, round_trip_across_blocks)
     struct fixture f;
     struct keel_snapshot got;
     struct keel_snapshot_info info;
-    MDB_txn *txn;
+    keel_txn *txn;
 
     /* 2000 rows of 1208 bytes: a few 1 MiB blocks. */
     make_fixture(&f, 9, 77, 2000, 0.5f);
@@ -152,7 +155,7 @@ Test(snapshot, a_smaller_new_snapshot_replaces_the_old_entirely)
     struct keel_snapshot got;
     uint32_t *ranges;
     size_t n;
-    MDB_txn *txn;
+    keel_txn *txn;
 
     make_fixture(&big, 2, 10, 3000, 1);
     make_fixture(&small, 2, 20, 5, 2);
@@ -166,9 +169,9 @@ Test(snapshot, a_smaller_new_snapshot_replaces_the_old_entirely)
     /* No leftover block of the big one: count the range's blocks. */
     cr_assert_eq(keel_store_read_begin(store, &txn, &err), 0);
     MDB_stat st;
-    mdb_stat(txn, keel_store_dbi(store, KEEL_DB_SNAP_ROWS), &st);
+    mdb_stat(keel_txn_mdb(txn), keel_store_dbi(store, KEEL_DB_SNAP_ROWS), &st);
     cr_assert_eq(st.ms_entries, 2, "blocks left: %zu", st.ms_entries);
-    mdb_stat(txn, keel_store_dbi(store, KEEL_DB_SHARD_POS), &st);
+    mdb_stat(keel_txn_mdb(txn), keel_store_dbi(store, KEEL_DB_SHARD_POS), &st);
     cr_assert_eq(st.ms_entries, 1);
     cr_assert_eq(keel_snapshot_ranges(store, txn, &ranges, &n, &err), 0);
     cr_assert_eq(n, 1);
@@ -303,7 +306,7 @@ struct put_then_fail {
     const struct keel_snapshot *snap;
 };
 
-static int put_then_fail_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int put_then_fail_fn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct put_then_fail *p = ctx;
     int rc = keel_snapshot_put(p->s, txn, p->snap, e);
@@ -352,7 +355,7 @@ struct damage {
     int remove;
 };
 
-static int damage_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int damage_fn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct damage *d = ctx;
     unsigned char key[8];
@@ -362,7 +365,8 @@ static int damage_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
     keel_store_be32(key, d->range);
     keel_store_be32(key + 4, d->index);
     if (d->remove)
-        return mdb_del(txn, keel_store_dbi(d->s, d->db), &(MDB_val){8, key}, NULL) == 0
+        return mdb_del(keel_txn_mdb(txn), keel_store_dbi(d->s, d->db), &(MDB_val){8, key}, NULL) ==
+                       0
                    ? 0
                    : keel_err_set(e, KEEL_ENOTFOUND, "nothing to delete");
     rc = keel_store_get(d->s, txn, d->db, key, 8, &v, e);
@@ -413,7 +417,7 @@ static int range_has_state(uint32_t range)
     struct keel_snapshot got;
     uint64_t lsn = 0;
     int snap = keel_snapshot_read(store, range, &got, &err) == 0;
-    MDB_txn *txn;
+    keel_txn *txn;
 
     if (snap)
         keel_snapshot_release(&got);

@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "keel/buf.h"
 #include "keel/store.h"
+#include "store_int.h"
 
 static char tmpdir[64];
 static char dir[128];
@@ -49,7 +50,7 @@ struct write_ctx {
     int fail;
 };
 
-static int put_kv(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int put_kv(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct write_ctx *w = ctx;
     unsigned char *v = keel_malloc(w->vlen);
@@ -79,7 +80,7 @@ struct get_ctx {
     unsigned char first;
 };
 
-static int get_kv(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int get_kv(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     struct get_ctx *g = ctx;
     MDB_val v;
@@ -143,7 +144,7 @@ Test(store, read_only_open_of_missing_store_fails_clearly)
     cr_assert(strstr(err.msg, dir) != NULL, "%s", err.msg);
 }
 
-static int put_version(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int put_version(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     unsigned char ver[4];
 
@@ -242,7 +243,7 @@ static int count_reader(const char *msg, void *ctx)
     return 0;
 }
 
-static int hold_read(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int hold_read(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     int *fd = ctx;
     char c = 'r';

@@ -12,6 +12,8 @@
 #include "alloc.h"
 #include "keel/store.h"
 #include "keel/ulog.h"
+#include "store_int.h"
+#include "ulog_int.h"
 
 static char tmpdir[64];
 static struct keel_error err;
@@ -200,7 +202,7 @@ Test(ulog, append_read_from_lsn_and_truncate)
     struct keel_ulog_record recs[10];
     struct collect c = {0};
     uint64_t deleted = 0, last;
-    MDB_txn *txn;
+    keel_txn *txn;
 
     for (int i = 0; i < 10; i++)
         recs[i] = make_rec(3, (uint64_t)i + 1, 0, (uint64_t)i * 10);
@@ -252,7 +254,7 @@ Test(ulog, duplicate_lsn_refuses_the_whole_batch)
     cr_assert_eq(c.n, 0, "a failed batch must leave nothing");
 }
 
-static int corrupt_fn(MDB_txn *txn, void *ctx, struct keel_error *e)
+static int corrupt_fn(keel_txn *txn, void *ctx, struct keel_error *e)
 {
     unsigned char key[KEEL_ULOG_KEY_SIZE], copy[4096];
     MDB_val v;

@@ -1,13 +1,12 @@
 /*
- * certs.h - the cluster CA, node certificates, revocation, and the identity a
- * certificate carries.
+ * ca.h - the cluster CA, node certificates and revocation, for `keelctl certs`
+ * (and the tests that need a CA).  The identity a certificate carries, which
+ * every TLS connection reads, is net/identity.h.
  *
  * A Keel cluster has one CA (EC P-256, self-signed).  Every node has its own
  * EC P-256 key and a certificate signed by that CA whose one `keel://` URI
- * subjectAltName says who it is: `keel://<role>/<id>`, role one of
- * coordinator|server|worker|admin and id of [A-Za-z0-9_-]{1,64}.  That URI is
- * the only identity Keel reads; the subject name and any IP/DNS SANs are
- * informational.  docs/certificates.md is the operator's view.
+ * subjectAltName says who it is (identity.h).  docs/certificates.md is the
+ * operator's view.
  *
  * Files (PEM):
  *   CA directory:   ca.crt (0644), ca.key (0600), ca.crl (0644, made by revoke)
@@ -28,21 +27,20 @@
  * Errors: -errno for file system failures (the message names the file),
  * KEEL_EEXIST for a file that exists, KEEL_EINVAL for bad options (role, id,
  * SAN, validity), KEEL_ENOTFOUND for a missing CA file, KEEL_ETLS for an
- * OpenSSL failure (the message carries OpenSSL's own reason), KEEL_EPERM for a
- * certificate whose identity is refused.
+ * OpenSSL failure (the message carries OpenSSL's own reason).
  *
  * Thread safety: every function is thread-safe (no shared state of its own;
- * OpenSSL 3 is thread-safe).  They do blocking file I/O: keep them off event
- * loop threads except keel_cert_identity(), which only reads memory.
+ * OpenSSL 3 is thread-safe).  They do blocking file I/O.
  */
-#ifndef KEEL_CERTS_H
-#define KEEL_CERTS_H
+#ifndef KEEL_CA_H
+#define KEEL_CA_H
 
 #include <stddef.h>
 #include <time.h>
 
 #include <openssl/x509.h>
 
+#include "identity.h"
 #include "keel/err.h"
 #include "keel/proto.h"
 
@@ -53,12 +51,6 @@
 #define KEEL_CERTS_BACKDATE   300 /* notBefore = now - 5 minutes: tolerates clock skew */
 #define KEEL_CERTS_MAX_SANS   32  /* IP/DNS SANs and extra URIs, each */
 #define KEEL_CERTS_SERIAL_HEX 41  /* bytes for a serial as hex (20 octets max) + NUL */
-
-/* The identity a certificate carries: keel://<role>/<id>. */
-struct keel_cert_identity {
-    enum keel_role role;
-    char id[KEEL_PROTO_MAX_ID + 1]; /* NUL-terminated */
-};
 
 struct keel_certs_ca_opts {
     const char *dir;         /* where ca.crt and ca.key go; must exist */
@@ -143,24 +135,6 @@ int keel_certs_issue(const struct keel_certs_issue_opts *opts, struct keel_certs
  */
 int keel_certs_revoke(const char *ca_dir, const char *crl_path, const char *serial_hex,
                       struct keel_error *err);
-
-/*
- * Read the identity from `cert`: among its URI SANs, those whose scheme is
- * "keel" (any case) are identity candidates, and there must be exactly one,
- * of exactly the form keel://<role>/<id> (lower-case scheme and role, nothing
- * after the id).  Other URI SANs (https://, spiffe://) are ignored.  This is
- * what the transport calls on a peer's verified certificate; it does no chain
- * verification itself.
- * Errors (KEEL_EPERM, the message says which): no subjectAltName, no keel://
- * URI, more than one, an unknown role, an id that is empty, too long or has a
- * character outside [A-Za-z0-9_-], anything else malformed (NUL bytes,
- * missing "//" or "/", a port, query, fragment or trailing slash).
- * On error *out is zeroed.
- */
-int keel_cert_identity(X509 *cert, struct keel_cert_identity *out, struct keel_error *err);
-
-/* Non-zero when `id` is a valid node id: [A-Za-z0-9_-]{1,64}. */
-int keel_certs_id_valid(const char *id);
 
 /*
  * Read the first certificate of the PEM file at `path`.  The caller frees it
