@@ -42,7 +42,7 @@
 #include "keel/err.h"
 
 #define KEEL_MODEL_MAX_LAYERS 16                  /* weight layers (tables 1..16) */
-#define KEEL_MODEL_MAX_UNITS  65536               /* largest layer size */
+#define KEEL_MODEL_MAX_UNITS  65536               /* largest layer size (rows fit a frame) */
 #define KEEL_MODEL_MAX_PARAMS (UINT64_C(1) << 31) /* floats over all tables */
 #define KEEL_MODEL_MAX_BATCH  (UINT32_C(1) << 20) /* samples in one pass */
 #define KEEL_MODEL_SPEC_MAX   256                 /* bytes of a model spec, with NUL */
@@ -62,7 +62,7 @@ struct keel_model {
 /*
  * Describe the model of `nsizes` layer sizes s_0..s_L (so nsizes = L + 1, at
  * least 2) of the given type.  The values of enum keel_model_type are fixed
- * (softmax 1, mlp 2): they are part of no stored format, but never renumber them.
+ * (softmax 1, mlp 2).
  * Errors: KEEL_EINVAL when the type is unknown, a softmax model has more than
  * one layer, nsizes is out of 2..KEEL_MODEL_MAX_LAYERS+1, a size is 0 or above
  * KEEL_MODEL_MAX_UNITS, or the parameters exceed KEEL_MODEL_MAX_PARAMS floats.
