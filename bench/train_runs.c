@@ -185,9 +185,8 @@ static int local_init(struct local_model *lm, const struct keel_jobspec *spec,
     int rc;
 
     memset(lm, 0, sizeof(*lm));
-    if ((rc = keel_model_init(&lm->m, (enum keel_model_type)spec->model, spec->sizes, spec->nsizes,
-                              err)) != 0 ||
-        (rc = keel_ps_optim_of(spec, &lm->o, err)) != 0)
+    lm->m = spec->model;
+    if ((rc = keel_ps_optim_of(spec, &lm->o, err)) != 0)
         return rc;
     keel_model_params_init(&lm->params, &lm->m);
     keel_model_params_init(&lm->grads, &lm->m);

@@ -528,7 +528,7 @@ static void show_text(const struct keel_cstate_job *j, const struct keel_shard_t
         printf("  model        %s\n", model);
         printf("  dataset      %s (%" PRIu32 " shards)%s%s\n", j->spec.dataset, j->spec.shards,
                j->spec.test_dataset[0] ? ", test " : "", j->spec.test_dataset);
-        printf("  optimizer    %s, lr %g", keel_optimizer_name(j->spec.optimizer.type),
+        printf("  optimizer    %s, lr %g", keel_optim_name(j->spec.optimizer.type),
                j->spec.optimizer.lr);
         if (j->spec.optimizer.lr_decay_every > 0)
             printf(", x%g every %" PRIu64 " clocks", j->spec.optimizer.lr_decay,

@@ -72,61 +72,69 @@ static const struct {
 };
 
 /* Bounds of the numeric fields. */
-#define MAX_BATCH_SIZE    65536
-#define MAX_EPOCHS        100000
-#define MAX_CHECKPOINT    UINT64_C(1000000000)
-#define MAX_DECAY_EVERY   UINT64_C(1000000000)
-#define MAX_REPLICATION   5
-#define MAX_SHARDS        4096
-#define MAX_LR            10.0
-#define MAX_SEED          ((UINT64_C(1) << 63) - 1)
-#define MAX_SCALE         10.0
-#define DEFAULT_MOMENTUM  0.9
-#define DEFAULT_BETA1     0.9
-#define DEFAULT_BETA2     0.999
-#define DEFAULT_EPSILON   1e-8
-#define DEFAULT_SCALE     0.05
-#define DEFAULT_LR_ADAM   0.001
-#define DEFAULT_LR_OTHERS 0.01
+#define MAX_BATCH_SIZE  65536
+#define MAX_EPOCHS      100000
+#define MAX_CHECKPOINT  UINT64_C(1000000000)
+#define MAX_DECAY_EVERY UINT64_C(1000000000)
+#define MAX_REPLICATION 5
+#define MAX_SHARDS      4096
+#define MAX_LR          10.0
+#define MAX_SEED        ((UINT64_C(1) << 63) - 1)
+#define MAX_SCALE       10.0
+#define DEFAULT_SCALE   0.05
 
 /* Dataset names are as `keelctl dataset import` takes them. */
 #define DATASET_RULE "must be 1-64 of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
 _Static_assert(KEEL_DATASET_NAME_MAX == KEEL_ID_MAX, "dataset names fit the spec's arrays");
 
-static const char *const optimizer_names[] = {NULL, "sgd", "momentum", "adagrad", "adam"};
-static const char *const init_names[] = {NULL, "zeros", "uniform", "glorot", "he"};
+/* The init methods a spec offers, by the names [init] method takes. */
+static const char *const init_names[] = {
+    [KEEL_INITIALIZER_ZEROS] = "zeros",
+    [KEEL_INITIALIZER_UNIFORM] = "uniform",
+    [KEEL_INITIALIZER_GLOROT_UNIFORM] = "glorot",
+    [KEEL_INITIALIZER_HE_UNIFORM] = "he",
+};
 
-const char *keel_optimizer_name(enum keel_optimizer o)
+#define NINIT_NAMES (sizeof(init_names) / sizeof(init_names[0]))
+
+const char *keel_init_method_name(enum keel_initializer_kind kind)
 {
-    return o >= KEEL_OPT_SGD && o <= KEEL_OPT_ADAM ? optimizer_names[o] : "unknown";
+    if ((size_t)kind < NINIT_NAMES && init_names[kind] != NULL)
+        return init_names[kind];
+    return "unknown";
 }
 
-const char *keel_init_method_name(enum keel_init_method m)
+/* The optimizer kind named `s` ("adam"), or 0. */
+static enum keel_optim_kind optim_kind_of(const char *s)
 {
-    return m >= KEEL_INIT_ZEROS && m <= KEEL_INIT_HE ? init_names[m] : "unknown";
+    for (int k = KEEL_OPTIM_SGD; k <= KEEL_OPTIM_ADAM; k++)
+        if (strcmp(keel_optim_name((enum keel_optim_kind)k), s) == 0)
+            return (enum keel_optim_kind)k;
+    return 0;
 }
 
-static int lookup(const char *const *names, int n, const char *s)
+/* The init method named `s` ("glorot"), or 0. */
+static enum keel_initializer_kind init_kind_of(const char *s)
 {
-    for (int i = 1; i < n; i++)
-        if (strcmp(names[i], s) == 0)
-            return i;
+    for (size_t k = 1; k < NINIT_NAMES; k++)
+        if (init_names[k] != NULL && strcmp(init_names[k], s) == 0)
+            return (enum keel_initializer_kind)k;
     return 0;
 }
 
 /* Which optimizer parameters each optimizer uses. */
-static int uses(enum keel_optimizer o, enum field f)
+static int uses(enum keel_optim_kind o, enum field f)
 {
     switch (f) {
     case F_LR:
         return 1;
     case F_MOMENTUM:
-        return o == KEEL_OPT_MOMENTUM;
+        return o == KEEL_OPTIM_MOMENTUM;
     case F_BETA1:
     case F_BETA2:
-        return o == KEEL_OPT_ADAM;
+        return o == KEEL_OPTIM_ADAM;
     case F_EPSILON:
-        return o == KEEL_OPT_ADAGRAD || o == KEEL_OPT_ADAM;
+        return o == KEEL_OPTIM_ADAGRAD || o == KEEL_OPTIM_ADAM;
     default:
         return 0;
     }
@@ -168,19 +176,19 @@ static double opt_value(const struct keel_jobspec *s, enum field f)
     }
 }
 
-static double opt_default(enum keel_optimizer o, enum field f)
+static double opt_default(enum keel_optim_kind o, enum field f)
 {
     switch (f) {
     case F_LR:
-        return o == KEEL_OPT_ADAM ? DEFAULT_LR_ADAM : DEFAULT_LR_OTHERS;
+        return keel_optim_default_lr(o);
     case F_MOMENTUM:
-        return DEFAULT_MOMENTUM;
+        return KEEL_OPTIM_DEFAULT_MOMENTUM;
     case F_BETA1:
-        return DEFAULT_BETA1;
+        return KEEL_OPTIM_DEFAULT_BETA1;
     case F_BETA2:
-        return DEFAULT_BETA2;
+        return KEEL_OPTIM_DEFAULT_BETA2;
     case F_EPSILON:
-        return DEFAULT_EPSILON;
+        return KEEL_OPTIM_DEFAULT_EPSILON;
     default:
         return 0;
     }
@@ -189,10 +197,10 @@ static double opt_default(enum keel_optimizer o, enum field f)
 void keel_jobspec_init(struct keel_jobspec *spec)
 {
     memset(spec, 0, sizeof(*spec));
-    spec->optimizer.type = KEEL_OPT_SGD;
-    spec->optimizer.lr = DEFAULT_LR_OTHERS;
+    spec->optimizer.type = KEEL_OPTIM_SGD;
+    spec->optimizer.lr = keel_optim_default_lr(KEEL_OPTIM_SGD);
     spec->optimizer.lr_decay = 1;
-    spec->init.method = KEEL_INIT_GLOROT;
+    spec->init.method = KEEL_INITIALIZER_GLOROT_UNIFORM;
     spec->init.seed = 1;
     spec->batch_size = 64;
     spec->epochs = 1;
@@ -251,52 +259,22 @@ static int parse_real(const char *s, double *out)
     return 0;
 }
 
-/* "softmax:784-10" or "mlp:784-256-128-10" into spec->model/nsizes/sizes. */
+/*
+ * "softmax:784-10" or "mlp:784-256-128-10" into spec->model, through the
+ * model's own parser; a spec adds that an mlp has a hidden layer.
+ */
 static int parse_model(struct keel_jobspec *spec, const char *s, char *why, size_t whylen)
 {
-    const char *p;
-    unsigned n = 0;
+    unsigned n;
 
-    if (strncmp(s, "softmax:", 8) == 0) {
-        spec->model = KEEL_MODEL_SOFTMAX;
-        p = s + 8;
-    } else if (strncmp(s, "mlp:", 4) == 0) {
-        spec->model = KEEL_MODEL_MLP;
-        p = s + 4;
-    } else {
-        snprintf(why, whylen, "must be softmax:IN-OUT or mlp:IN-HIDDEN...-OUT");
+    if (keel_model_scan(&spec->model, s, why, whylen) != 0)
         return -1;
-    }
-    for (;;) {
-        uint64_t v = 0;
-        const char *start = p;
-
-        while (*p >= '0' && *p <= '9' && p - start < 8)
-            v = v * 10 + (uint64_t)(*p++ - '0');
-        if (p == start || (*p != '-' && *p != '\0')) {
-            snprintf(why, whylen, "layer sizes must be decimal numbers joined by '-'");
-            return -1;
-        }
-        if (v < 1 || v > KEEL_JOBSPEC_MAX_UNITS) {
-            snprintf(why, whylen, "layer size %u is %" PRIu64 ", must be 1 to %d", n + 1, v,
-                     KEEL_JOBSPEC_MAX_UNITS);
-            return -1;
-        }
-        if (n == KEEL_JOBSPEC_MAX_SIZES) {
-            snprintf(why, whylen, "at most %d layer sizes", KEEL_JOBSPEC_MAX_SIZES);
-            return -1;
-        }
-        spec->sizes[n++] = (uint32_t)v;
-        if (*p == '\0')
-            break;
-        p++;
-    }
-    spec->nsizes = n;
-    if (spec->model == KEEL_MODEL_SOFTMAX && n != 2) {
+    n = spec->model.nlayers + 1;
+    if (spec->model.type == KEEL_MODEL_TYPE_SOFTMAX && n != 2) {
         snprintf(why, whylen, "softmax takes exactly 2 sizes (inputs and classes), got %u", n);
         return -1;
     }
-    if (spec->model == KEEL_MODEL_MLP && n < 3) {
+    if (spec->model.type == KEEL_MODEL_TYPE_MLP && n < 3) {
         snprintf(why, whylen, "mlp takes at least 3 sizes (inputs, hidden..., outputs), got %u", n);
         return -1;
     }
@@ -346,9 +324,7 @@ void keel_jobspec_model_string(const struct keel_jobspec *spec, char *out, size_
 {
     struct keel_buf b = KEEL_BUF_INIT;
 
-    keel_buf_add_str(&b, spec->model == KEEL_MODEL_SOFTMAX ? "softmax:" : "mlp:");
-    for (unsigned i = 0; i < spec->nsizes; i++)
-        keel_buf_addf(&b, "%s%" PRIu32, i ? "-" : "", spec->sizes[i]);
+    keel_model_format(&spec->model, &b);
     snprintf(out, n, "%s", (const char *)b.buf);
     keel_buf_release(&b);
 }
@@ -475,20 +451,18 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
         }
         return 0;
     case F_OPT_TYPE:
-        k = lookup(optimizer_names, 5, value);
-        if (k == 0) {
+        if ((k = optim_kind_of(value)) == 0) {
             snprintf(why, whylen, "must be sgd, momentum, adagrad or adam, got '%.80s'", value);
             return -1;
         }
-        spec->optimizer.type = (enum keel_optimizer)k;
+        spec->optimizer.type = (enum keel_optim_kind)k;
         return 0;
     case F_INIT_METHOD:
-        k = lookup(init_names, 5, value);
-        if (k == 0) {
+        if ((k = init_kind_of(value)) == 0) {
             snprintf(why, whylen, "must be zeros, uniform, glorot or he, got '%.80s'", value);
             return -1;
         }
-        spec->init.method = (enum keel_init_method)k;
+        spec->init.method = (enum keel_initializer_kind)k;
         return 0;
     case F_LR:
     case F_MOMENTUM:
@@ -541,6 +515,7 @@ static int field_err(struct keel_error *err, enum field f, const char *fmt, ...)
 int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
 {
     static const enum field opt_fields[] = {F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON};
+    const unsigned nsizes = s->model.nlayers + 1;
     uint64_t params = 0;
     int consistency_ok = 1;
 
@@ -553,21 +528,22 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
     if (memchr(s->test_dataset, '\0', sizeof(s->test_dataset)) == NULL ||
         (s->test_dataset[0] != '\0' && keel_dataset_name_check(s->test_dataset, NULL) != 0))
         return field_err(err, F_TEST_DATASET, DATASET_RULE);
-    if (s->model != KEEL_MODEL_SOFTMAX && s->model != KEEL_MODEL_MLP)
+    if (s->model.type != KEEL_MODEL_TYPE_SOFTMAX && s->model.type != KEEL_MODEL_TYPE_MLP)
         return field_err(err, F_MODEL, "must be set");
-    if ((s->model == KEEL_MODEL_SOFTMAX && s->nsizes != 2) ||
-        (s->model == KEEL_MODEL_MLP && (s->nsizes < 3 || s->nsizes > KEEL_JOBSPEC_MAX_SIZES)))
-        return field_err(err, F_MODEL, "wrong number of layer sizes (%u)", s->nsizes);
-    for (unsigned i = 0; i < s->nsizes; i++) {
-        if (s->sizes[i] < 1 || s->sizes[i] > KEEL_JOBSPEC_MAX_UNITS)
-            return field_err(err, F_MODEL, "layer size %u is %" PRIu32 ", must be 1 to %d", i + 1,
-                             s->sizes[i], KEEL_JOBSPEC_MAX_UNITS);
+    if ((s->model.type == KEEL_MODEL_TYPE_SOFTMAX && nsizes != 2) ||
+        (s->model.type == KEEL_MODEL_TYPE_MLP &&
+         (nsizes < 3 || nsizes > KEEL_MODEL_MAX_LAYERS + 1)))
+        return field_err(err, F_MODEL, "wrong number of layer sizes (%u)", nsizes);
+    for (unsigned i = 0; i < nsizes; i++) {
+        if (s->model.sizes[i] < 1 || s->model.sizes[i] > KEEL_MODEL_MAX_UNITS)
+            return field_err(err, F_MODEL, "layer size %u is %" PRIu32 ", must be 1 to %u", i + 1,
+                             s->model.sizes[i], (unsigned)KEEL_MODEL_MAX_UNITS);
         if (i > 0)
-            params += ((uint64_t)s->sizes[i - 1] + 1) * s->sizes[i];
+            params += ((uint64_t)s->model.sizes[i - 1] + 1) * s->model.sizes[i];
     }
-    if (params > KEEL_JOBSPEC_MAX_PARAMS)
+    if (params > KEEL_MODEL_MAX_PARAMS)
         return field_err(err, F_MODEL, "%" PRIu64 " parameters, more than the %" PRIu64 " allowed",
-                         params, KEEL_JOBSPEC_MAX_PARAMS);
+                         params, KEEL_MODEL_MAX_PARAMS);
     if (s->batch_size < 1 || s->batch_size > MAX_BATCH_SIZE)
         return field_err(err, F_BATCH_SIZE, "must be from 1 to %d", MAX_BATCH_SIZE);
     if (s->epochs < 1 || s->epochs > MAX_EPOCHS)
@@ -588,7 +564,7 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
         return field_err(err, F_REPLICATION, "must be from 1 to %d", MAX_REPLICATION);
     if (s->shards < 1 || s->shards > MAX_SHARDS)
         return field_err(err, F_SHARDS, "must be from 1 to %d", MAX_SHARDS);
-    if (s->optimizer.type < KEEL_OPT_SGD || s->optimizer.type > KEEL_OPT_ADAM)
+    if (s->optimizer.type < KEEL_OPTIM_SGD || s->optimizer.type > KEEL_OPTIM_ADAM)
         return field_err(err, F_OPT_TYPE, "must be sgd, momentum, adagrad or adam");
     for (size_t i = 0; i < sizeof(opt_fields) / sizeof(opt_fields[0]); i++) {
         enum field f = opt_fields[i];
@@ -598,7 +574,7 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
         if (!uses(s->optimizer.type, f)) {
             if (v != 0)
                 return field_err(err, f, "not used by optimizer '%s'",
-                                 keel_optimizer_name(s->optimizer.type));
+                                 keel_optim_name(s->optimizer.type));
             continue;
         }
         if (!real_ok(real_bounds_of(f), v)) {
@@ -612,14 +588,15 @@ int keel_jobspec_validate(const struct keel_jobspec *s, struct keel_error *err)
         return field_err(err, F_LR_DECAY, "must be greater than 0 and at most 1");
     if (s->optimizer.lr_decay_every == 0 && s->optimizer.lr_decay != 1)
         return field_err(err, F_LR_DECAY, "needs [optimizer] lr_decay_every (clocks per step)");
-    if (s->init.method < KEEL_INIT_ZEROS || s->init.method > KEEL_INIT_HE)
+    if (strcmp(keel_init_method_name(s->init.method), "unknown") == 0)
         return field_err(err, F_INIT_METHOD, "must be zeros, uniform, glorot or he");
     if (s->init.seed > MAX_SEED)
         return field_err(err, F_SEED, "must be from 0 to %" PRIu64, MAX_SEED);
-    if (s->init.method == KEEL_INIT_UNIFORM ? !real_ok(real_bounds_of(F_SCALE), s->init.scale)
-                                            : s->init.scale != 0)
+    if (s->init.method == KEEL_INITIALIZER_UNIFORM
+            ? !real_ok(real_bounds_of(F_SCALE), s->init.scale)
+            : s->init.scale != 0)
         return field_err(err, F_SCALE, "%s",
-                         s->init.method == KEEL_INIT_UNIFORM
+                         s->init.method == KEEL_INITIALIZER_UNIFORM
                              ? "must be greater than 0 and at most 10"
                              : "used only by init method 'uniform'");
     return 0;
@@ -735,13 +712,13 @@ static int finish(struct parse_ctx *ctx, const char *origin, struct keel_error *
             if (ctx->line_of[f])
                 return keel_err_set(err, KEEL_EINVAL, "%s:%d: [%s] %s: not used by optimizer '%s'",
                                     origin, ctx->line_of[f], fields[f].section, fields[f].key,
-                                    keel_optimizer_name(s->optimizer.type));
+                                    keel_optim_name(s->optimizer.type));
             *opt_param(s, f) = 0;
         } else if (!ctx->line_of[f]) {
             *opt_param(s, f) = opt_default(s->optimizer.type, f);
         }
     }
-    if (s->init.method != KEEL_INIT_UNIFORM) {
+    if (s->init.method != KEEL_INITIALIZER_UNIFORM) {
         if (ctx->line_of[F_SCALE])
             return keel_err_set(err, KEEL_EINVAL,
                                 "%s:%d: [init] scale: used only by init method 'uniform'", origin,
@@ -832,7 +809,7 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
                         json_integer((json_int_t)s->checkpoint_interval));
     json_object_set_new(root, "replication", json_integer(s->replication));
     json_object_set_new(root, "shards", json_integer(s->shards));
-    json_object_set_new(opt, "type", json_string(keel_optimizer_name(s->optimizer.type)));
+    json_object_set_new(opt, "type", json_string(keel_optim_name(s->optimizer.type)));
     for (size_t i = 0; i < sizeof(opt_fields) / sizeof(opt_fields[0]); i++)
         if (uses(s->optimizer.type, opt_fields[i]))
             json_object_set_new(opt, fields[opt_fields[i]].key,
@@ -845,7 +822,7 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
     json_object_set_new(root, "optimizer", opt);
     json_object_set_new(init, "method", json_string(keel_init_method_name(s->init.method)));
     json_object_set_new(init, "seed", json_integer((json_int_t)s->init.seed));
-    if (s->init.method == KEEL_INIT_UNIFORM)
+    if (s->init.method == KEEL_INITIALIZER_UNIFORM)
         json_object_set_new(init, "scale", json_real(s->init.scale));
     json_object_set_new(root, "init", init);
     json = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
@@ -1018,7 +995,7 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
         if (!uses(s->optimizer.type, f)) {
             if (json_object_get(opt, fields[f].key) != NULL) {
                 rc = corrupt(err, "optimizer", "'%s' is not used by '%s'", fields[f].key,
-                             keel_optimizer_name(s->optimizer.type));
+                             keel_optim_name(s->optimizer.type));
                 goto out;
             }
             continue;
@@ -1051,7 +1028,7 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
     s->init.seed = u;
     v = json_object_get(init, "scale");
     s->init.scale = 0;
-    if (s->init.method == KEEL_INIT_UNIFORM) {
+    if (s->init.method == KEEL_INITIALIZER_UNIFORM) {
         if ((rc = decode_real(init, "init", "scale", &s->init.scale, err)) != 0)
             goto out;
     } else if (v != NULL) {
@@ -1105,14 +1082,15 @@ void keel_jobspec_digest_hex(const struct keel_jobspec *spec,
 
 size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_desc *out, size_t max)
 {
-    size_t n = spec->nsizes > 1 ? spec->nsizes - 1 : 0;
+    const struct keel_model *m = &spec->model;
+    size_t n = m->nlayers;
 
     for (size_t l = 0; l < n && l < max; l++) {
         out[l].id = (uint16_t)(l + 1);
-        out[l].in = spec->sizes[l];
-        out[l].out = spec->sizes[l + 1];
-        out[l].row_width = spec->sizes[l] + 1;
-        out[l].rows = spec->sizes[l + 1];
+        out[l].in = m->sizes[l];
+        out[l].out = m->sizes[l + 1];
+        out[l].row_width = m->sizes[l] + 1;
+        out[l].rows = m->sizes[l + 1];
     }
     return n;
 }
@@ -1128,20 +1106,7 @@ void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_ta
     ini.fan_out = t->out;
     ini.bias_last = 1;
     ini.scale = (float)spec->init.scale;
-    switch (spec->init.method) {
-    case KEEL_INIT_UNIFORM:
-        ini.kind = KEEL_INITIALIZER_UNIFORM;
-        break;
-    case KEEL_INIT_GLOROT:
-        ini.kind = KEEL_INITIALIZER_GLOROT_UNIFORM;
-        break;
-    case KEEL_INIT_HE:
-        ini.kind = KEEL_INITIALIZER_HE_UNIFORM;
-        break;
-    default:
-        ini.kind = KEEL_INITIALIZER_ZEROS;
-        break;
-    }
+    ini.kind = spec->init.method;
     /* A validated spec cannot fail here; if it did, start from zeros rather than garbage. */
     if (keel_initializer_row(&ini, t->id, row, out, t->row_width, NULL) != 0)
         memset(out, 0, (size_t)t->row_width * sizeof(float));
@@ -1149,8 +1114,8 @@ void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_ta
 
 void keel_jobspec_init_params(const struct keel_jobspec *spec, struct keel_model_params *p)
 {
-    struct keel_table_desc t[KEEL_JOBSPEC_MAX_SIZES - 1];
-    size_t n = keel_jobspec_tables(spec, t, KEEL_JOBSPEC_MAX_SIZES - 1);
+    struct keel_table_desc t[KEEL_MODEL_MAX_LAYERS];
+    size_t n = keel_jobspec_tables(spec, t, KEEL_MODEL_MAX_LAYERS);
 
     for (size_t l = 0; l < n && l < p->ntables; l++)
         for (uint64_t row = 0; row < t[l].rows; row++)

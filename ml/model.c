@@ -9,7 +9,9 @@
  */
 #include <cblas.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,54 +71,60 @@ int keel_model_init(struct keel_model *m, enum keel_model_type type, const uint3
     return KEEL_OK;
 }
 
-int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *err)
+int keel_model_scan(struct keel_model *m, const char *spec, char *why, size_t whylen)
 {
-    uint32_t sizes[KEEL_MODEL_MAX_LAYERS + 1];
-    enum keel_model_type type;
-    unsigned nsizes = 0;
     const char *p;
-    int rc;
+    unsigned n = 0;
 
     memset(m, 0, sizeof(*m));
     if (strncmp(spec, "softmax:", 8) == 0) {
-        type = KEEL_MODEL_TYPE_SOFTMAX;
+        m->type = KEEL_MODEL_TYPE_SOFTMAX;
         p = spec + 8;
     } else if (strncmp(spec, "mlp:", 4) == 0) {
-        type = KEEL_MODEL_TYPE_MLP;
+        m->type = KEEL_MODEL_TYPE_MLP;
         p = spec + 4;
     } else {
-        return keel_err_set(err, KEEL_EINVAL,
-                            "model '%.64s': expected 'softmax:' or 'mlp:' and layer sizes", spec);
+        snprintf(why, whylen, "must be softmax:IN-OUT or mlp:IN-HIDDEN...-OUT");
+        return -1;
     }
     for (;;) {
         uint64_t v = 0;
         const char *start = p;
 
-        while (*p >= '0' && *p <= '9') {
-            v = v * 10 + (uint64_t)(*p - '0');
-            if (v > KEEL_MODEL_MAX_UNITS)
-                return keel_err_set(err, KEEL_EINVAL,
-                                    "model '%.64s': layer size at offset %zu is above %u", spec,
-                                    (size_t)(start - spec), (unsigned)KEEL_MODEL_MAX_UNITS);
-            p++;
+        while (*p >= '0' && *p <= '9' && p - start < 8)
+            v = v * 10 + (uint64_t)(*p++ - '0');
+        if (p == start || (*p != '-' && *p != '\0')) {
+            snprintf(why, whylen, "layer sizes must be decimal numbers joined by '-'");
+            return -1;
         }
-        if (p == start)
-            return keel_err_set(err, KEEL_EINVAL,
-                                "model '%.64s': expected a layer size at offset %zu", spec,
-                                (size_t)(start - spec));
-        if (nsizes == KEEL_MODEL_MAX_LAYERS + 1)
-            return keel_err_set(err, KEEL_EINVAL, "model '%.64s': more than %u layer sizes", spec,
-                                KEEL_MODEL_MAX_LAYERS + 1);
-        sizes[nsizes++] = (uint32_t)v;
+        if (v < 1 || v > KEEL_MODEL_MAX_UNITS) {
+            snprintf(why, whylen, "layer size %u is %" PRIu64 ", must be 1 to %u", n + 1, v,
+                     (unsigned)KEEL_MODEL_MAX_UNITS);
+            return -1;
+        }
+        if (n == KEEL_MODEL_MAX_LAYERS + 1) {
+            snprintf(why, whylen, "at most %d layer sizes", KEEL_MODEL_MAX_LAYERS + 1);
+            return -1;
+        }
+        m->sizes[n++] = (uint32_t)v;
         if (*p == '\0')
             break;
-        if (*p != '-')
-            return keel_err_set(err, KEEL_EINVAL,
-                                "model '%.64s': unexpected character at offset %zu", spec,
-                                (size_t)(p - spec));
         p++;
     }
-    rc = keel_model_init(m, type, sizes, nsizes, err);
+    m->nlayers = n - 1;
+    return 0;
+}
+
+int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *err)
+{
+    struct keel_model scanned;
+    char why[KEEL_ERROR_MSG_MAX];
+    int rc;
+
+    memset(m, 0, sizeof(*m));
+    if (keel_model_scan(&scanned, spec, why, sizeof(why)) != 0)
+        return keel_err_set(err, KEEL_EINVAL, "model '%.64s': %s", spec, why);
+    rc = keel_model_init(m, scanned.type, scanned.sizes, scanned.nlayers + 1, err);
     if (rc != 0)
         return keel_err_prefix(err, rc, "model '%.64s'", spec);
     return KEEL_OK;
@@ -124,7 +132,9 @@ int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *
 
 void keel_model_format(const struct keel_model *m, struct keel_buf *out)
 {
-    keel_buf_addf(out, "%s:", type_name(m->type));
+    const char *name = type_name(m->type);
+
+    keel_buf_addf(out, "%s:", name != NULL ? name : "unknown");
     for (unsigned i = 0; i <= m->nlayers; i++)
         keel_buf_addf(out, i == 0 ? "%u" : "-%u", (unsigned)m->sizes[i]);
 }

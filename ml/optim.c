@@ -15,14 +15,14 @@ int keel_optim_defaults(struct keel_optim *o, enum keel_optim_kind kind, struct 
 {
     memset(o, 0, sizeof(*o));
     o->kind = kind;
-    o->lr = kind == KEEL_OPTIM_ADAM ? KEEL_OPTIM_DEFAULT_ADAM_LR : KEEL_OPTIM_DEFAULT_LR;
-    o->momentum = KEEL_OPTIM_DEFAULT_MOMENTUM;
-    o->beta1 = KEEL_OPTIM_DEFAULT_BETA1;
-    o->beta2 = KEEL_OPTIM_DEFAULT_BETA2;
-    o->epsilon = KEEL_OPTIM_DEFAULT_EPSILON;
+    o->lr = (float)keel_optim_default_lr(kind);
+    o->momentum = (float)KEEL_OPTIM_DEFAULT_MOMENTUM;
+    o->beta1 = (float)KEEL_OPTIM_DEFAULT_BETA1;
+    o->beta2 = (float)KEEL_OPTIM_DEFAULT_BETA2;
+    o->epsilon = (float)KEEL_OPTIM_DEFAULT_EPSILON;
     if (strcmp(keel_optim_name(kind), "unknown") == 0) {
         o->kind = KEEL_OPTIM_SGD;
-        o->lr = KEEL_OPTIM_DEFAULT_LR;
+        o->lr = (float)KEEL_OPTIM_DEFAULT_LR;
         return keel_err_set(err, KEEL_EINVAL, "unknown optimizer kind %d", (int)kind);
     }
     return KEEL_OK;

@@ -17,7 +17,7 @@
 #include "ps.h"
 #include "keel/range.h"
 
-#define MAX_TABLES (KEEL_JOBSPEC_MAX_SIZES - 1)
+#define MAX_TABLES KEEL_MODEL_MAX_LAYERS
 
 struct range_state {
     pthread_mutex_t lock;
@@ -51,18 +51,12 @@ struct keel_ps {
 
 int keel_ps_optim_of(const struct keel_jobspec *spec, struct keel_optim *o, struct keel_error *err)
 {
-    static const enum keel_optim_kind kinds[] = {
-        [KEEL_OPT_SGD] = KEEL_OPTIM_SGD,
-        [KEEL_OPT_MOMENTUM] = KEEL_OPTIM_MOMENTUM,
-        [KEEL_OPT_ADAGRAD] = KEEL_OPTIM_ADAGRAD,
-        [KEEL_OPT_ADAM] = KEEL_OPTIM_ADAM,
-    };
     int rc;
 
-    if (spec->optimizer.type < KEEL_OPT_SGD || spec->optimizer.type > KEEL_OPT_ADAM)
+    if (spec->optimizer.type < KEEL_OPTIM_SGD || spec->optimizer.type > KEEL_OPTIM_ADAM)
         return keel_err_set(err, KEEL_EINVAL, "job '%s': unknown optimizer %d", spec->name,
                             (int)spec->optimizer.type);
-    if ((rc = keel_optim_defaults(o, kinds[spec->optimizer.type], err)) != 0)
+    if ((rc = keel_optim_defaults(o, spec->optimizer.type, err)) != 0)
         return rc;
     o->lr = (float)spec->optimizer.lr;
     o->momentum = (float)spec->optimizer.momentum;

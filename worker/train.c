@@ -417,13 +417,12 @@ static void job_take_up(struct wk *w, const char *name, const struct keel_buf *s
     keel_route_release(&w->route);
     snprintf(j->name, sizeof(j->name), "%s", name);
     j->spec_revision = rev;
-    if (keel_jobspec_decode(spec->buf, spec->len, &j->spec, &err) != 0 ||
-        keel_model_init(&j->model, (enum keel_model_type)j->spec.model, j->spec.sizes,
-                        j->spec.nsizes, &err) != 0) {
+    if (keel_jobspec_decode(spec->buf, spec->len, &j->spec, &err) != 0) {
         KEEL_LOG_ERROR("job %s: cannot take it up: %s", name, err.msg);
         j->failed = 1;
         return;
     }
+    j->model = j->spec.model;
     j->max_batch = j->spec.batch_size > WK_EVAL_RECORDS ? j->spec.batch_size : WK_EVAL_RECORDS;
     j->work = keel_model_work_new(&j->model, j->max_batch);
     keel_model_params_init(&j->params, &j->model);
@@ -437,7 +436,7 @@ static void job_take_up(struct wk *w, const char *name, const struct keel_buf *s
                   " epoch(s), %" PRIu32 " shard(s), %s, optimizer %s",
                   name, model, j->spec.dataset, j->spec.test_dataset[0] ? j->spec.test_dataset : "",
                   j->spec.batch_size, j->spec.epochs, j->spec.shards, consistency,
-                  keel_optimizer_name(j->spec.optimizer.type));
+                  keel_optim_name(j->spec.optimizer.type));
     /* The route follows the model: rebuild it with the assignment we have. */
     keel_assign_free(w->assign);
     w->assign = NULL;

@@ -10,12 +10,17 @@
  * keel_jobspec_parse() or keel_jobspec_decode() returned successfully:
  *  - every field is within its documented bounds, the job's name is an id
  *    (keel/id.h), dataset names follow keel_dataset_name_check(), the model has 2 sizes (softmax)
- * or 3 to KEEL_JOBSPEC_MAX_SIZES (mlp);
+ *    or 3 to KEEL_MODEL_MAX_LAYERS + 1 (mlp: at least one hidden layer, so that
+ *    a one-layer model is written one way only, as softmax), each of 1 to
+ *    KEEL_MODEL_MAX_UNITS, and at most KEEL_MODEL_MAX_PARAMS parameters;
  *  - optimizer parameters the chosen optimizer does not use are 0, and
  *    init.scale is 0 unless the method is uniform, so two specs that mean
  *    the same thing are equal field by field and encode to the same bytes;
  *  - real numbers hold exactly the value of their 15-significant-digit
  *    decimal form, so encode -> decode -> encode gives the same bytes.
+ * The model, the optimizer and the init method are the types of keel/model.h
+ * and keel/optim.h, so a spec's model is the struct keel_model the worker
+ * trains and its optimizer type the kind the servers apply.
  * The struct owns no memory (fixed arrays); copy it freely.  Every function
  * is thread-safe on distinct specs.
  */
@@ -28,32 +33,12 @@
 #include "keel/buf.h"
 #include "keel/err.h"
 #include "keel/id.h"
+#include "keel/model.h"
+#include "keel/optim.h"
 
-#define KEEL_JOBSPEC_FORMAT      1                   /* "format" in the JSON form */
-#define KEEL_JOBSPEC_MAX_SIZES   17                  /* layer sizes, so at most 16 layers */
-#define KEEL_JOBSPEC_MAX_UNITS   65536               /* largest layer size */
-#define KEEL_JOBSPEC_MAX_PARAMS  (UINT64_C(1) << 31) /* floats in the whole model */
-#define KEEL_JOBSPEC_MAX_JSON    (64u << 10)         /* largest JSON form accepted */
-#define KEEL_JOBSPEC_DIGEST_SIZE 32                  /* SHA-256 */
-
-enum keel_model_kind {
-    KEEL_MODEL_SOFTMAX = 1, /* softmax regression: one layer, input -> classes */
-    KEEL_MODEL_MLP = 2,     /* ReLU hidden layers, softmax output */
-};
-
-enum keel_optimizer {
-    KEEL_OPT_SGD = 1,
-    KEEL_OPT_MOMENTUM = 2,
-    KEEL_OPT_ADAGRAD = 3,
-    KEEL_OPT_ADAM = 4,
-};
-
-enum keel_init_method {
-    KEEL_INIT_ZEROS = 1,
-    KEEL_INIT_UNIFORM = 2, /* U(-scale, scale) */
-    KEEL_INIT_GLOROT = 3,  /* U(-a, a), a = sqrt(6 / (in + out)) */
-    KEEL_INIT_HE = 4,      /* U(-a, a), a = sqrt(6 / in) */
-};
+#define KEEL_JOBSPEC_FORMAT      1           /* "format" in the JSON form */
+#define KEEL_JOBSPEC_MAX_JSON    (64u << 10) /* largest JSON form accepted */
+#define KEEL_JOBSPEC_DIGEST_SIZE 32          /* SHA-256 */
 
 enum keel_consistency {
     KEEL_CONSISTENCY_BSP = 1,
@@ -67,22 +52,31 @@ struct keel_jobspec {
     char name[KEEL_ID_MAX + 1];         /* [job] name */
     char dataset[KEEL_ID_MAX + 1];      /* [job] dataset: training records, as imported */
     char test_dataset[KEEL_ID_MAX + 1]; /* [job] test_dataset: "" when none */
-    enum keel_model_kind model;         /* [job] model: "softmax:784-10" */
-    unsigned nsizes;                    /* layer sizes, input first */
-    uint32_t sizes[KEEL_JOBSPEC_MAX_SIZES];
+    struct keel_model model;            /* [job] model: "softmax:784-10" (keel/model.h) */
+    /*
+     * [optimizer]: the kind of keel/optim.h and its hyper-parameters, as
+     * doubles holding the decimals written (struct keel_optim's floats would
+     * not give back the same canonical form); a server's keel_ps_optim_of()
+     * rounds them.  Defaults: KEEL_OPTIM_DEFAULT_*.
+     */
     struct {
-        enum keel_optimizer type; /* [optimizer] type */
-        double lr;                /* all */
-        double momentum;          /* momentum */
-        double beta1, beta2;      /* adam */
-        double epsilon;           /* adagrad, adam */
-        double lr_decay;          /* all: lr factor per lr_decay_every clocks, (0, 1] */
-        uint64_t lr_decay_every;  /* all: clocks per decay step; 0 = a constant rate */
+        enum keel_optim_kind type; /* [optimizer] type: sgd, momentum, adagrad, adam */
+        double lr;                 /* all */
+        double momentum;           /* momentum */
+        double beta1, beta2;       /* adam */
+        double epsilon;            /* adagrad, adam */
+        double lr_decay;           /* all: lr factor per lr_decay_every clocks, (0, 1] */
+        uint64_t lr_decay_every;   /* all: clocks per decay step; 0 = a constant rate */
     } optimizer;
+    /*
+     * [init]: the initializer of keel/model.h every weight row starts from;
+     * a spec offers the uniform ones: zeros (KEEL_INITIALIZER_ZEROS), uniform
+     * (_UNIFORM, with scale), glorot (_GLOROT_UNIFORM) and he (_HE_UNIFORM).
+     */
     struct {
-        enum keel_init_method method; /* [init] method */
-        uint64_t seed;                /* [init] seed, < 2^63 */
-        double scale;                 /* [init] scale: uniform only */
+        enum keel_initializer_kind method; /* [init] method */
+        uint64_t seed;                     /* [init] seed, < 2^63 */
+        double scale;                      /* [init] scale: uniform only */
     } init;
     uint32_t batch_size;               /* records per batch */
     uint32_t epochs;                   /* passes over the data */
@@ -162,10 +156,10 @@ void keel_jobspec_digest_hex(const struct keel_jobspec *spec,
 void keel_jobspec_model_string(const struct keel_jobspec *spec, char *out, size_t n);
 
 /*
- * The model's parameter tables, one per layer l = 0 .. nsizes-2: table id
- * l + 1, sizes[l+1] rows (one per output unit), each of sizes[l] + 1 floats:
- * the weights from every input, then the bias.  Stores up to `max` into `out`
- * and returns how many tables the model has (nsizes - 1).
+ * The model's parameter tables, one per layer l = 0 .. model.nlayers-1: table
+ * id l + 1, sizes[l+1] rows (one per output unit), each of sizes[l] + 1
+ * floats: the weights from every input, then the bias.  Stores up to `max`
+ * into `out` and returns how many tables the model has (model.nlayers).
  */
 size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_desc *out,
                            size_t max);
@@ -173,13 +167,11 @@ size_t keel_jobspec_tables(const struct keel_jobspec *spec, struct keel_table_de
 /*
  * The initial value of row `row` of table `t`, as every server computes it:
  * `row_width` floats into `out`; the bias (last float) is 0, the weights
- * follow the init method (glorot and he are their uniform forms) through
- * keel_initializer_row() of model.h, so any server, any time, gets the same row.
+ * follow init.method through keel_initializer_row() of model.h, so any
+ * server, any time, gets the same row.
  */
 void keel_jobspec_init_row(const struct keel_jobspec *spec, const struct keel_table_desc *t,
                            uint64_t row, float *out);
-
-struct keel_model_params; /* keel/model.h */
 
 /*
  * Fill every row of every table of `p` with its initial value from
@@ -190,8 +182,12 @@ struct keel_model_params; /* keel/model.h */
  */
 void keel_jobspec_init_params(const struct keel_jobspec *spec, struct keel_model_params *p);
 
-const char *keel_optimizer_name(enum keel_optimizer o);
-const char *keel_init_method_name(enum keel_init_method m);
+/*
+ * The name [init] method takes for `kind` ("glorot" for
+ * KEEL_INITIALIZER_GLOROT_UNIFORM), or "unknown" for a kind a spec does not
+ * offer.  The optimizer's name is keel_optim_name() of keel/optim.h.
+ */
+const char *keel_init_method_name(enum keel_initializer_kind kind);
 
 /* "bsp", "asp" or "ssp:N" into `out` (at least 16 bytes). */
 void keel_consistency_string(const struct keel_jobspec *spec, char *out, size_t n);

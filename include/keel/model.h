@@ -8,6 +8,8 @@
  * softmax, trained with the mean cross-entropy over a batch.
  *   "softmax:784-10"       softmax regression (exactly one layer)
  *   "mlp:784-256-128-10"   a multi-layer perceptron (one or more layers)
+ * This is Keel's one model vocabulary: a job spec (keel/jobspec.h) holds its
+ * model as a struct keel_model and reads the notation with keel_model_scan().
  *
  * Parameter layout (part of Keel's persistent format; servers, workers,
  * snapshots and exports all agree on it, so it never changes):
@@ -39,11 +41,11 @@
 #include "keel/buf.h"
 #include "keel/err.h"
 
-#define KEEL_MODEL_MAX_LAYERS 16                        /* weight layers (tables 1..16) */
-#define KEEL_MODEL_MAX_UNITS  ((UINT32_C(1) << 20) - 1) /* a row of s+1 floats fits a frame */
-#define KEEL_MODEL_MAX_PARAMS (UINT64_C(1) << 31)       /* floats over all tables */
-#define KEEL_MODEL_MAX_BATCH  (UINT32_C(1) << 20)       /* samples in one pass */
-#define KEEL_MODEL_SPEC_MAX   256                       /* bytes of a model spec, with NUL */
+#define KEEL_MODEL_MAX_LAYERS 16                  /* weight layers (tables 1..16) */
+#define KEEL_MODEL_MAX_UNITS  65536               /* largest layer size (rows fit a frame) */
+#define KEEL_MODEL_MAX_PARAMS (UINT64_C(1) << 31) /* floats over all tables */
+#define KEEL_MODEL_MAX_BATCH  (UINT32_C(1) << 20) /* samples in one pass */
+#define KEEL_MODEL_SPEC_MAX   256                 /* bytes of a model spec, with NUL */
 
 enum keel_model_type {
     KEEL_MODEL_TYPE_SOFTMAX = 1, /* softmax regression: one layer */
@@ -60,7 +62,7 @@ struct keel_model {
 /*
  * Describe the model of `nsizes` layer sizes s_0..s_L (so nsizes = L + 1, at
  * least 2) of the given type.  The values of enum keel_model_type are fixed
- * (softmax 1, mlp 2), so a description storing the same numbers casts to it.
+ * (softmax 1, mlp 2).
  * Errors: KEEL_EINVAL when the type is unknown, a softmax model has more than
  * one layer, nsizes is out of 2..KEEL_MODEL_MAX_LAYERS+1, a size is 0 or above
  * KEEL_MODEL_MAX_UNITS, or the parameters exceed KEEL_MODEL_MAX_PARAMS floats.
@@ -70,12 +72,29 @@ int keel_model_init(struct keel_model *m, enum keel_model_type type, const uint3
 
 /*
  * Parse a model spec, "softmax:784-10" or "mlp:784-256-128-10": a type, a
- * colon and the layer sizes as decimal numbers joined by '-'.
- * Errors: KEEL_EINVAL naming the spec and what is wrong with it.
+ * colon and the layer sizes as decimal numbers joined by '-'.  The notation
+ * is read by keel_model_scan(), then checked by keel_model_init().
+ * Errors: KEEL_EINVAL naming the spec and what is wrong with it
+ * ("model 'mlp:784--10': layer sizes must be decimal numbers joined by '-'").
  */
 int keel_model_parse(struct keel_model *m, const char *spec, struct keel_error *err);
 
-/* Append the spec of `m` ("mlp:784-256-128-10") to `out`; parses back to `m`. */
+/*
+ * The parser of the notation, for callers that word their own errors (the
+ * job spec): a type, a colon, then 1 to KEEL_MODEL_MAX_LAYERS + 1 sizes, each
+ * 1 to 8 decimal digits with a value of 1 to KEEL_MODEL_MAX_UNITS, joined by
+ * '-'.  Stores the type and sizes in `m` (nlayers = sizes - 1, unused sizes
+ * 0), without keel_model_init()'s checks of how many sizes the type takes
+ * and of the parameter count: the caller makes them.
+ * Errors: -1, with the reason (without the spec) in why[0..whylen):
+ * "layer size 2 is 0, must be 1 to 65536".
+ */
+int keel_model_scan(struct keel_model *m, const char *spec, char *why, size_t whylen);
+
+/*
+ * Append the spec of `m` ("mlp:784-256-128-10") to `out`; parses back to `m`.
+ * An unknown type is written as "unknown".
+ */
 void keel_model_format(const struct keel_model *m, struct keel_buf *out);
 
 /* The number of tables (= layers) and the id of layer `layer`'s table. */

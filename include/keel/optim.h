@@ -41,6 +41,7 @@
 #include "keel/buf.h"
 #include "keel/err.h"
 
+/* The optimizers, Keel's one list of them: a job spec's [optimizer] type is one too. */
 enum keel_optim_kind {
     KEEL_OPTIM_SGD = 1,
     KEEL_OPTIM_MOMENTUM = 2,
@@ -58,13 +59,24 @@ struct keel_optim {
     float epsilon;  /* adagrad, adam: > 0 */
 };
 
-/* Defaults: lr 0.01 (sgd, momentum, adagrad) or 0.001 (adam). */
-#define KEEL_OPTIM_DEFAULT_LR       0.01f
-#define KEEL_OPTIM_DEFAULT_ADAM_LR  0.001f
-#define KEEL_OPTIM_DEFAULT_MOMENTUM 0.9f
-#define KEEL_OPTIM_DEFAULT_BETA1    0.9f
-#define KEEL_OPTIM_DEFAULT_BETA2    0.999f
-#define KEEL_OPTIM_DEFAULT_EPSILON  1e-8f
+/*
+ * The default hyper-parameters, Keel's only copy of them: lr 0.01 (sgd,
+ * momentum, adagrad) or 0.001 (adam).  They are doubles so that a job spec
+ * (keel/jobspec.h), which keeps its reals as doubles, holds exactly these
+ * decimals; keel_optim_defaults() rounds them to struct keel_optim's floats.
+ */
+#define KEEL_OPTIM_DEFAULT_LR       0.01
+#define KEEL_OPTIM_DEFAULT_ADAM_LR  0.001
+#define KEEL_OPTIM_DEFAULT_MOMENTUM 0.9
+#define KEEL_OPTIM_DEFAULT_BETA1    0.9
+#define KEEL_OPTIM_DEFAULT_BETA2    0.999
+#define KEEL_OPTIM_DEFAULT_EPSILON  1e-8
+
+/* The default learning rate of optimizer `kind`. */
+static inline double keel_optim_default_lr(enum keel_optim_kind kind)
+{
+    return kind == KEEL_OPTIM_ADAM ? KEEL_OPTIM_DEFAULT_ADAM_LR : KEEL_OPTIM_DEFAULT_LR;
+}
 
 /*
  * Set `o` to optimizer `kind` with the default hyper-parameters.

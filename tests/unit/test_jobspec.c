@@ -55,12 +55,12 @@ Test(jobspec, example_file_parses)
     source_path(path, sizeof(path), "examples/fashion-mnist-mlp.ini");
     cr_assert_eq(keel_jobspec_load(&spec, path, &err), 0, "%s", err.msg);
     cr_assert_str_eq(spec.name, "fmnist-mlp");
-    cr_assert_eq(spec.model, KEEL_MODEL_MLP);
-    cr_assert_eq(spec.nsizes, 4);
-    cr_assert_eq(spec.sizes[0], 784);
-    cr_assert_eq(spec.sizes[1], 256);
-    cr_assert_eq(spec.sizes[2], 128);
-    cr_assert_eq(spec.sizes[3], 10);
+    cr_assert_eq(spec.model.type, KEEL_MODEL_TYPE_MLP);
+    cr_assert_eq(spec.model.nlayers + 1, 4);
+    cr_assert_eq(spec.model.sizes[0], 784);
+    cr_assert_eq(spec.model.sizes[1], 256);
+    cr_assert_eq(spec.model.sizes[2], 128);
+    cr_assert_eq(spec.model.sizes[3], 10);
     cr_assert_str_eq(spec.dataset, "fashion-mnist");
     cr_assert_str_eq(spec.test_dataset, "fashion-mnist-test");
     cr_assert_eq(spec.batch_size, 64);
@@ -70,13 +70,13 @@ Test(jobspec, example_file_parses)
     cr_assert_eq(spec.checkpoint_interval, 500);
     cr_assert_eq(spec.replication, 1);
     cr_assert_eq(spec.shards, 4);
-    cr_assert_eq(spec.optimizer.type, KEEL_OPT_ADAM);
+    cr_assert_eq(spec.optimizer.type, KEEL_OPTIM_ADAM);
     cr_assert_eq(spec.optimizer.lr, 0.001);
     cr_assert_eq(spec.optimizer.beta1, 0.9);
     cr_assert_eq(spec.optimizer.beta2, 0.999);
     cr_assert_eq(spec.optimizer.epsilon, 1e-8);
     cr_assert_eq(spec.optimizer.momentum, 0);
-    cr_assert_eq(spec.init.method, KEEL_INIT_GLOROT);
+    cr_assert_eq(spec.init.method, KEEL_INITIALIZER_GLOROT_UNIFORM);
     cr_assert_eq(spec.init.seed, 42);
     cr_assert_eq(spec.init.scale, 0);
     keel_jobspec_model_string(&spec, text, sizeof(text));
@@ -91,10 +91,10 @@ Test(jobspec, softmax_example_parses)
 
     source_path(path, sizeof(path), "examples/fashion-mnist-softmax.ini");
     cr_assert_eq(keel_jobspec_load(&spec, path, &err), 0, "%s", err.msg);
-    cr_assert_eq(spec.model, KEEL_MODEL_SOFTMAX);
-    cr_assert_eq(spec.optimizer.type, KEEL_OPT_SGD);
+    cr_assert_eq(spec.model.type, KEEL_MODEL_TYPE_SOFTMAX);
+    cr_assert_eq(spec.optimizer.type, KEEL_OPTIM_SGD);
     cr_assert_eq(spec.optimizer.lr, 0.1);
-    cr_assert_eq(spec.init.method, KEEL_INIT_ZEROS);
+    cr_assert_eq(spec.init.method, KEEL_INITIALIZER_ZEROS);
     cr_assert_str_eq(spec.test_dataset, "fashion-mnist-test");
 }
 
@@ -108,9 +108,9 @@ Test(jobspec, defaults_fill_what_is_not_given)
     cr_assert_eq(spec.checkpoint_interval, 1000);
     cr_assert_eq(spec.replication, 2);
     cr_assert_eq(spec.shards, 8);
-    cr_assert_eq(spec.optimizer.type, KEEL_OPT_SGD);
+    cr_assert_eq(spec.optimizer.type, KEEL_OPTIM_SGD);
     cr_assert_eq(spec.optimizer.lr, 0.01);
-    cr_assert_eq(spec.init.method, KEEL_INIT_GLOROT);
+    cr_assert_eq(spec.init.method, KEEL_INITIALIZER_GLOROT_UNIFORM);
     cr_assert_eq(spec.init.seed, 1);
 }
 
@@ -448,13 +448,13 @@ Test(jobspec, the_learning_rate_falls_in_steps_of_lr_decay_every_clocks)
 
 Test(jobspec, mlp_has_one_table_per_layer)
 {
-    struct keel_table_desc t[KEEL_JOBSPEC_MAX_SIZES];
+    struct keel_table_desc t[KEEL_MODEL_MAX_LAYERS + 1];
 
     cr_assert_eq(keel_jobspec_parse(&spec,
                                     "[job]\nname = j\nmodel = mlp:784-256-128-10\ndataset = d\n",
                                     "t", &err),
                  0);
-    cr_assert_eq(keel_jobspec_tables(&spec, t, KEEL_JOBSPEC_MAX_SIZES), 3);
+    cr_assert_eq(keel_jobspec_tables(&spec, t, KEEL_MODEL_MAX_LAYERS + 1), 3);
     cr_assert_eq(t[0].id, 1);
     cr_assert_eq(t[0].row_width, 785);
     cr_assert_eq(t[0].rows, 256);
@@ -493,7 +493,7 @@ Test(jobspec, initial_rows_are_deterministic_and_bounded)
     spec.init.seed = 2;
     keel_jobspec_init_row(&spec, &t[0], 17, b);
     cr_assert(memcmp(a, b, sizeof(a)) != 0, "the seed changes nothing");
-    spec.init.method = KEEL_INIT_ZEROS;
+    spec.init.method = KEEL_INITIALIZER_ZEROS;
     keel_jobspec_init_row(&spec, &t[0], 17, b);
     for (int i = 0; i < 785; i++)
         cr_assert_eq(b[i], 0.0f);

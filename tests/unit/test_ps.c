@@ -503,7 +503,7 @@ Test(ps, the_model_in_one_process_is_what_the_servers_hold)
     cr_assert_eq(keel_ps_new(&spec, &ps, &err), 0, "%s", err.msg);
     open_all(NULL);
     cr_assert_eq(
-        keel_model_init(&m, (enum keel_model_type)spec.model, spec.sizes, spec.nsizes, &err), 0,
+        keel_model_init(&m, spec.model.type, spec.model.sizes, spec.model.nlayers + 1, &err), 0,
         "%s", err.msg);
     cr_assert_eq(keel_ps_optim_of(&spec, &o, &err), 0, "%s", err.msg);
     keel_model_params_init(&local, &m);
