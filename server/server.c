@@ -482,19 +482,11 @@ static void *storage_main(void *arg)
 
     for (;;) {
         struct pending_ack *acks;
-        struct timespec until;
         int stopping;
 
         pthread_mutex_lock(&s->lock);
-        if (s->acks == NULL && !s->stopping) {
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 200 * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->wake, &s->lock, &until);
-        }
+        if (s->acks == NULL && !s->stopping)
+            keel_cond_timedwait_ms(&s->wake, &s->lock, 200);
         stopping = s->stopping;
         pthread_mutex_unlock(&s->lock);
         /* Group commit: let more pushes join this transaction, briefly. */
@@ -823,7 +815,7 @@ int keel_server_run(const struct keel_config *config)
     s.config = config;
     s.acks_tail = &s.acks;
     pthread_mutex_init(&s.lock, NULL);
-    pthread_cond_init(&s.wake, NULL);
+    keel_cond_init_mono(&s.wake);
     snprintf(s.prefix, sizeof(s.prefix), "/keel/%s/", config->cluster_name);
     keel_error_init(&err);
     keel_signals_block();
