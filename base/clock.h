@@ -20,6 +20,9 @@ uint64_t keel_clock_mono_ms(void);
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t keel_clock_wall_ms(void);
 
+/* Nanoseconds since the Unix epoch (CLOCK_REALTIME), for timestamps kept. */
+uint64_t keel_clock_wall_ns(void);
+
 /*
  * Condition variables waited on with a timeout run on CLOCK_MONOTONIC, so a
  * deadline does not move when the system clock is set.  Initialise them with

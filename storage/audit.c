@@ -4,11 +4,11 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/evp.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "keel/audit.h"
 
 #define HEAD_KEY     "audit_head"
@@ -134,7 +134,6 @@ int keel_audit_append_txn(keel_store *s, MDB_txn *txn, unsigned event, const cha
     struct keel_audit_record rec;
     struct keel_buf b = KEEL_BUF_INIT;
     unsigned char key[8], head[HEAD_SIZE];
-    struct timespec ts;
     int rc;
 
     memset(&rec, 0, sizeof(rec));
@@ -142,8 +141,7 @@ int keel_audit_append_txn(keel_store *s, MDB_txn *txn, unsigned event, const cha
     if (rc != 0)
         return keel_err_prefix(err, rc, "store '%s'", keel_store_dir(s));
     rec.seq++;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    rec.time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    rec.time_ns = keel_clock_wall_ns();
     rec.event = event;
     rec.checkpoint = checkpoint;
     snprintf(rec.job, sizeof(rec.job), "%s", job ? job : "");

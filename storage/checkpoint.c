@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -17,6 +16,7 @@
 #include <openssl/hmac.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "log.h"
@@ -30,14 +30,6 @@ static void row_key(unsigned char *key, uint64_t id, uint32_t range, uint32_t bl
     keel_store_be64(key, id);
     keel_store_be32(key + 8, range);
     keel_store_be32(key + 12, block);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void sha256(unsigned char *out, const void *data, size_t len)
@@ -234,7 +226,7 @@ static int take_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     snprintf(m.job, sizeof(m.job), "%s", tc->p->job);
     m.clock = tc->p->clock;
     memcpy(m.spec_sha256, tc->p->spec_sha256, 32);
-    m.created_ns = now_ns();
+    m.created_ns = keel_clock_wall_ns();
     KEEL_ALLOC_ARRAY(m.ranges, nranges);
     for (size_t i = 0; i < nranges; i++) {
         struct keel_snapshot snap = {0};

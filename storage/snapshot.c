@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include <xxhash.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "keel/buf.h"
 #include "log.h"
 #include "keel/proto.h"
@@ -361,14 +361,6 @@ struct keel_shard_pos *keel_snapshot_shard(struct keel_snapshot *snap, uint32_t 
 
 /* ---- writing ---------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Delete every key of `db` that starts with range (u32 BE) and has index >= from. */
 static int delete_from(keel_store *s, MDB_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
                        struct keel_error *err)
@@ -465,7 +457,7 @@ int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *s
     h.nblocks = block;
     h.nshards = (uint32_t)snap->nshards;
     h.lsn = snap->lsn;
-    h.created_ns = snap->created_ns ? snap->created_ns : now_ns();
+    h.created_ns = snap->created_ns ? snap->created_ns : keel_clock_wall_ns();
     h.digest = XXH3_64bits_digest(digest);
     keel__snap_head_encode(&head, &h);
     keel_store_be32(key, snap->range);
