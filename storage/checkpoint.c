@@ -17,6 +17,7 @@
 
 #include "alloc.h"
 #include "clock.h"
+#include "digest.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "log.h"
@@ -30,13 +31,6 @@ static void row_key(unsigned char *key, uint64_t id, uint32_t range, uint32_t bl
     keel_store_be64(key, id);
     keel_store_be32(key + 8, range);
     keel_store_be32(key + 12, block);
-}
-
-static void sha256(unsigned char *out, const void *data, size_t len)
-{
-    unsigned int n = 32;
-
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
 /*
@@ -221,7 +215,7 @@ static int take_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     if (rc != 0)
         goto out;
     if (m.id > 0)
-        sha256(m.prev_sha256, prev.mv_data, prev.mv_size);
+        keel_sha256(m.prev_sha256, prev.mv_data, prev.mv_size);
     m.id++;
     snprintf(m.job, sizeof(m.job), "%s", tc->p->job);
     m.clock = tc->p->clock;
@@ -556,7 +550,7 @@ static int verify_fn(MDB_txn *txn, void *ctx, struct keel_error *err)
     if (rc != 0)
         goto out;
     if (prev != 0) {
-        sha256(digest, pv.mv_data, pv.mv_size);
+        keel_sha256(digest, pv.mv_data, pv.mv_size);
         if (prev != vc->id - 1 || memcmp(digest, m.prev_sha256, 32) != 0) {
             rc = keel_err_set(err, KEEL_ECHECKSUM,
                               "checkpoint %" PRIu64
