@@ -68,7 +68,7 @@ int keel_certs_id_valid(const char *id)
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '-' || c == '_'))
             return 0;
-        if (n >= KEEL_PROTO_MAX_ID)
+        if (n >= KEEL_ID_MAX)
             return 0;
     }
     return n >= 1;
@@ -86,7 +86,7 @@ static int join(char *out, size_t size, const char *dir, const char *name, struc
 int keel_certs_node_paths(const char *dir, enum keel_role role, const char *id, char *crt,
                           size_t crt_size, char *key, size_t key_size, struct keel_error *err)
 {
-    char name[KEEL_PROTO_MAX_ID + 32];
+    char name[KEEL_ID_MAX + 32];
     int rc;
 
     if (role < KEEL_ROLE_COORDINATOR || role > KEEL_ROLE_ADMIN)
@@ -657,7 +657,7 @@ static int add_sans(X509 *x, const struct keel_certs_issue_opts *o, struct keel_
     const char *const *sans = o->nsans ? o->sans : defaults;
     size_t nsans = o->nsans ? o->nsans : 2;
     GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
-    char uri[KEEL_PROTO_MAX_ID + 32];
+    char uri[KEEL_ID_MAX + 32];
     int rc = 0;
 
     if (gens == NULL)
@@ -1030,7 +1030,7 @@ static int parse_identity(const unsigned char *p, size_t len, struct keel_cert_i
                       q);
     id = slash + 1;
     idlen = len - (size_t)(id - p);
-    if (idlen == 0 || idlen > KEEL_PROTO_MAX_ID)
+    if (idlen == 0 || idlen > KEEL_ID_MAX)
         return refuse(out, err, "identity URI '%s' has a bad id: must be 1-64 characters", q);
     for (size_t i = 0; i < idlen; i++) {
         unsigned char c = id[i];

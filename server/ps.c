@@ -26,7 +26,7 @@ struct range_state {
 };
 
 struct worker_clock {
-    char id[KEEL_PROTO_MAX_ID + 1];
+    char id[KEEL_ID_MAX + 1];
     uint64_t clock; /* clocks finished: the last push's clock + 1, or a training pull's clock */
     int live;       /* registered (members/worker/<id>) */
     int trained;    /* pushed or pulled for training here */
@@ -43,7 +43,7 @@ struct keel_ps {
     pthread_mutex_t clock_lock; /* guards the rest */
     struct worker_clock *workers;
     size_t nworkers;
-    char (*members)[KEEL_PROTO_MAX_ID + 1]; /* the registered workers, once told */
+    char (*members)[KEEL_ID_MAX + 1]; /* the registered workers, once told */
     size_t nmembers;
     int members_known;
     int leases_known; /* keel_ps_set_owners() was called: the clock set is the owners */
@@ -281,7 +281,7 @@ static struct worker_clock *worker_of(struct keel_ps *ps, struct keel_str id)
 {
     struct worker_clock *w;
 
-    if (id.len == 0 || id.len > KEEL_PROTO_MAX_ID)
+    if (id.len == 0 || id.len > KEEL_ID_MAX)
         return NULL;
     for (size_t i = 0; i < ps->nworkers; i++)
         if (strlen(ps->workers[i].id) == id.len && memcmp(ps->workers[i].id, id.ptr, id.len) == 0)

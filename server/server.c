@@ -58,15 +58,15 @@ struct parked_pull {
 
 /* A shard lease of a job, as etcd has it (jobs/<job>/shards/<n>). */
 struct lease {
-    char job[KEEL_PROTO_MAX_ID + 1];
+    char job[KEEL_ID_MAX + 1];
     uint32_t shard;
-    struct keel_buf value;             /* the JSON, decoded once the job's epochs are known */
-    int decoded;                       /* owner is value's, for the running job */
-    char owner[KEEL_PROTO_MAX_ID + 1]; /* "" when free or done */
+    struct keel_buf value;       /* the JSON, decoded once the job's epochs are known */
+    int decoded;                 /* owner is value's, for the running job */
+    char owner[KEEL_ID_MAX + 1]; /* "" when free or done */
 };
 
 struct open_dataset {
-    char name[KEEL_PROTO_MAX_ID + 1];
+    char name[KEEL_ID_MAX + 1];
     keel_dataset *ds;
 };
 
@@ -85,7 +85,7 @@ struct srv {
     int stopping;
     struct keel_ps *ps; /* the running job's ranges, NULL when none */
     struct keel_jobspec spec;
-    char job[KEEL_PROTO_MAX_ID + 1];
+    char job[KEEL_ID_MAX + 1];
     keel_assign *assign;
     uint64_t assign_version;
     struct pending_ack *acks, **acks_tail;
@@ -281,7 +281,7 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
 
 static keel_dataset *dataset_of(struct srv *s, struct keel_str name, struct keel_error *err)
 {
-    char n[KEEL_PROTO_MAX_ID + 1];
+    char n[KEEL_ID_MAX + 1];
     keel_dataset *ds;
 
     snprintf(n, sizeof(n), "%.*s", (int)name.len, name.ptr);
@@ -777,7 +777,7 @@ static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
         const struct keel_etcd_event *ev = &b->events[i];
         const char *k = rel_key(s, ev->kv.key);
         int deleted = ev->type == KEEL_ETCD_DELETE;
-        char job[KEEL_PROTO_MAX_ID + 1];
+        char job[KEEL_ID_MAX + 1];
         uint32_t shard;
 
         if (k == NULL)

@@ -146,9 +146,9 @@ int keel__dataset_meta_decode(const void *value, size_t len, const char *what,
     nl = keel_load_u16le(p + 88);
     sl = keel_load_u16le(p + 90);
     srl = keel_load_u16le(p + 92);
-    if ((state != STATE_IMPORTING && state != STATE_COMPLETE) || nl == 0 ||
-        nl > KEEL_DATASET_NAME_MAX || sl > KEEL_DATASET_SPLIT_MAX ||
-        srl > KEEL_DATASET_SOURCES_MAX || META_FIXED + nl + sl + srl + 8 != len)
+    if ((state != STATE_IMPORTING && state != STATE_COMPLETE) || nl == 0 || nl > KEEL_ID_MAX ||
+        sl > KEEL_DATASET_SPLIT_MAX || srl > KEEL_DATASET_SOURCES_MAX ||
+        META_FIXED + nl + sl + srl + 8 != len)
         return keel_err_set(err, KEEL_ECORRUPT, "dataset '%s': malformed metadata", what);
     out->complete = state == STATE_COMPLETE;
     out->shape.format = keel_load_u32le(p + 8);
@@ -238,9 +238,9 @@ int keel_dataset_name_check(const char *name, struct keel_error *err)
 {
     size_t n = strlen(name);
 
-    if (n == 0 || n > KEEL_DATASET_NAME_MAX)
+    if (n == 0 || n > KEEL_ID_MAX)
         return keel_err_set(err, KEEL_EINVAL, "dataset name '%s' must have 1 to %d characters",
-                            name, KEEL_DATASET_NAME_MAX);
+                            name, KEEL_ID_MAX);
     if (name[0] == '.' || name[0] == '-')
         return keel_err_set(err, KEEL_EINVAL, "dataset name '%s' must not start with '.' or '-'",
                             name);
@@ -283,7 +283,7 @@ static void shard_key(unsigned char *k, uint64_t id, uint32_t shard)
 static int lookup(keel_store *s, MDB_txn *txn, const char *name, uint64_t *id,
                   struct keel_dataset_info *info, struct keel_error *err)
 {
-    unsigned char k[1 + KEEL_DATASET_NAME_MAX], mk[9];
+    unsigned char k[1 + KEEL_ID_MAX], mk[9];
     MDB_val v;
     int rc;
 
@@ -364,13 +364,13 @@ static int list_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
         return keel_store_mdb_err(err, rc, "cannot list datasets");
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        char name[KEEL_DATASET_NAME_MAX + 1];
+        char name[KEEL_ID_MAX + 1];
         struct keel_dataset_info info;
         uint64_t id;
 
         if (k.mv_size < 2 || ((const char *)k.mv_data)[0] != 'N')
             break;
-        if (k.mv_size - 1 > KEEL_DATASET_NAME_MAX) {
+        if (k.mv_size - 1 > KEEL_ID_MAX) {
             rc = keel_err_set(err, KEEL_ECORRUPT, "malformed dataset name entry");
             goto out;
         }
@@ -412,7 +412,7 @@ struct remove_ctx {
 static int remove_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
 {
     struct remove_ctx *c = ctx;
-    unsigned char k0[BLOCK_KEY_SIZE], nk[1 + KEEL_DATASET_NAME_MAX], mk[9], sk[13];
+    unsigned char k0[BLOCK_KEY_SIZE], nk[1 + KEEL_ID_MAX], mk[9], sk[13];
     MDB_cursor *cur;
     MDB_val k = {8, k0}, v;
     int rc, n = 0;
@@ -603,7 +603,7 @@ static int begin_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
     struct begin_ctx *c = ctx;
     struct import *im = c->im;
     struct keel_dataset_info old;
-    unsigned char nk[1 + KEEL_DATASET_NAME_MAX], mk[9], idv[8], q[1] = {'Q'};
+    unsigned char nk[1 + KEEL_ID_MAX], mk[9], idv[8], q[1] = {'Q'};
     uint64_t id;
     MDB_val v;
     int rc;

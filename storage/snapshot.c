@@ -179,7 +179,7 @@ int keel__block_decode(const void *data, size_t len, struct keel__block *b, stru
 
 size_t keel__shard_encode(unsigned char *dst, size_t cap, const struct keel_shard_pos *sp)
 {
-    size_t wlen = strnlen(sp->worker_id, KEEL_PROTO_MAX_ID);
+    size_t wlen = strnlen(sp->worker_id, KEEL_ID_MAX);
     size_t size = KEEL__SHARD_HEAD_SIZE + wlen;
 
     if (cap < size)
@@ -209,7 +209,7 @@ int keel__shard_decode(const void *data, size_t len, struct keel_shard_pos *sp, 
     wlen = keel_load_u16le(p + 12);
     if (keel_load_u16le(p + 14) != 0)
         return keel_err_set(err, KEEL_ERESERVED, "shard entry reserved bytes not zero");
-    if (wlen > KEEL_PROTO_MAX_ID || len != KEEL__SHARD_HEAD_SIZE + wlen ||
+    if (wlen > KEEL_ID_MAX || len != KEEL__SHARD_HEAD_SIZE + wlen ||
         memchr(p + KEEL__SHARD_HEAD_SIZE, '\0', wlen) != NULL)
         return keel_err_set(err, KEEL_ESTRING, "shard entry worker id is malformed");
     sp->shard = keel_load_u32le(p + 8);
@@ -394,7 +394,7 @@ int keel_snapshot_put(keel_store *s, MDB_txn *txn, const struct keel_snapshot *s
     struct keel__snap_head h = {0};
     struct keel_buf head = KEEL_BUF_INIT;
     XXH3_state_t *digest = XXH3_createState();
-    unsigned char key[8], entry[KEEL__SHARD_HEAD_SIZE + KEEL_PROTO_MAX_ID];
+    unsigned char key[8], entry[KEEL__SHARD_HEAD_SIZE + KEEL_ID_MAX];
     uint32_t block = 0;
     int rc;
 
