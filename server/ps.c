@@ -462,34 +462,6 @@ done:
     return 0;
 }
 
-int keel_ps_apply(struct keel_ps *ps, const struct keel_ps_applied *a, struct keel_error *err)
-{
-    struct range_state *r = &ps->ranges[a->range];
-    struct keel_shard_pos *sp;
-    int rc = 0;
-
-    pthread_mutex_lock(&r->lock);
-    if (!r->held) {
-        rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", a->range);
-        goto out;
-    }
-    sp = keel_snapshot_shard(&r->snap, a->push.shard);
-    if (sp->seq >= a->push.seq)
-        goto out;
-    if ((rc = apply_rows(ps, &r->snap, &a->push, err)) != 0)
-        goto out;
-    sp = keel_snapshot_shard(&r->snap, a->push.shard);
-    sp->seq = a->push.seq;
-    sp->incarnation = a->push.incarnation;
-    snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)a->push.worker_id.len,
-             a->push.worker_id.ptr);
-    if (a->lsn > r->snap.lsn)
-        r->snap.lsn = a->lsn;
-out:
-    pthread_mutex_unlock(&r->lock);
-    return rc;
-}
-
 int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, const uint64_t *keys,
                  uint32_t nkeys, float *rows, struct keel_error *err)
 {
