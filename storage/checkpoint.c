@@ -408,7 +408,7 @@ static int load_range(keel_store *s, MDB_txn *txn, uint64_t id, const struct kee
         if (ct->state_width > 0)
             t->state = keel_malloc(keel_size_mul(keel_size_mul(ct->rows, ct->state_width), 4));
         for (uint32_t j = 0; j < ct->blocks; j++, block++) {
-            struct keel__block b;
+            struct keel__snap_block b;
             uint64_t first = t->nrows;
 
             rc = mdb_cursor_get(cur, &k, &v, block == 0 ? MDB_SET_RANGE : MDB_NEXT);

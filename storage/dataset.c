@@ -196,7 +196,7 @@ int keel__dataset_shard_decode(const void *value, size_t len, const char *name, 
 }
 
 /* A block of records: k, reserved, k checksums, k + 1 offsets, the records. */
-int keel__dataset_block_decode(const void *value, size_t len, struct keel__block *b)
+int keel__dataset_block_decode(const void *value, size_t len, struct keel__ds_block *b)
 {
     const unsigned char *p = value;
     size_t head;
@@ -222,7 +222,7 @@ int keel__dataset_block_decode(const void *value, size_t len, struct keel__block
 }
 
 /* Record i of a decoded block. */
-const unsigned char *keel__dataset_block_record(const struct keel__block *b, uint32_t i,
+const unsigned char *keel__dataset_block_record(const struct keel__ds_block *b, uint32_t i,
                                                 size_t *len, uint64_t *sum)
 {
     uint32_t o = keel_load_u32le(b->offs + 4 * (size_t)i);
@@ -971,7 +971,7 @@ int keel_shard_batch_message(const struct keel_shard_batch *b, struct keel_msg_s
  * index and *b the decoded block.
  */
 static int find_block(const keel_dataset *ds, MDB_cursor *cur, uint32_t shard, uint64_t index,
-                      struct keel__block *b, uint64_t *first, struct keel_error *err)
+                      struct keel__ds_block *b, uint64_t *first, struct keel_error *err)
 {
     unsigned char key[BLOCK_KEY_SIZE];
     MDB_val k = {sizeof(key), key}, v;
@@ -1021,7 +1021,7 @@ static int read_txn(MDB_txn *txn, void *ctx, struct keel_error *err)
     uint64_t total = ds->shards[c->shard].nrecords, index = c->first, bfirst = 0;
     size_t body = 24 + 4;
     MDB_cursor *cur;
-    struct keel__block b;
+    struct keel__ds_block b;
     int rc;
 
     if (c->first >= total || c->max_records == 0)
@@ -1147,7 +1147,7 @@ static void problem(struct verify_ctx *c, int code, const char *fmt, ...)
 
 /* Where verification stands in one shard. */
 struct shard_cursor {
-    struct keel__block b;
+    struct keel__ds_block b;
     uint64_t bfirst; /* first index of b */
     uint64_t next;   /* next index to read */
     int have;        /* b is valid */

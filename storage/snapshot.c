@@ -147,7 +147,8 @@ uint64_t keel__block_fill(unsigned char *dst, const struct keel_snap_table *t, u
     return sum;
 }
 
-int keel__block_decode(const void *data, size_t len, struct keel__block *b, struct keel_error *err)
+int keel__block_decode(const void *data, size_t len, struct keel__snap_block *b,
+                       struct keel_error *err)
 {
     const unsigned char *p = data;
     size_t row;
@@ -705,7 +706,7 @@ int keel_snapshot_load(keel_store *s, MDB_txn *txn, uint32_t range, struct keel_
     for (uint32_t i = 0; i < h.ntables; i++) {
         struct keel_snap_table *t = &snap->tables[i];
         for (uint32_t j = 0; j < h.dir[i].nblocks; j++, block++) {
-            struct keel__block b;
+            struct keel__snap_block b;
             unsigned char sum[8];
 
             rc = mdb_cursor_get(cur, &k, &v, block == 0 ? MDB_SET_RANGE : MDB_NEXT);

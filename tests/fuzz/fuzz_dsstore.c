@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct keel_dataset_info info;
     struct keel_dataset_shard shard;
-    struct keel__block b;
+    struct keel__ds_block b;
     struct keel_error err;
     int rc;
 

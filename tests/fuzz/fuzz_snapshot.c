@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     case 1: { /* row block: checksum at 0 over [8, end) */
-        struct keel__block b;
+        struct keel__snap_block b;
         if (reseal && n >= 8)
             keel_store_u64le(p, XXH3_64bits(p + 8, n - 8));
         rc = keel__block_decode(p, n, &b, &err);
