@@ -724,30 +724,6 @@ int keel_etcd_delete(keel_etcd *c, const char *key, int prefix, int64_t *deleted
     return rc;
 }
 
-int keel_etcd_compact(keel_etcd *c, int64_t revision, struct keel_error *err)
-{
-    char what[WHAT_MAX];
-    struct keel__etcd_call call;
-    struct keel_error e;
-    json_t *body = keel__etcd_jobject(), *reply;
-    int rc;
-
-    snprintf(what, sizeof(what), "compact to revision %lld", (long long)revision);
-    keel_error_init(&e);
-    keel__etcd_jset(body, "revision", keel__etcd_int64_json(revision));
-    keel__etcd_jset(body, "physical", json_true());
-    rc = simple_call(c, what, "/v3/kv/compaction", body, &reply, &call, &e);
-    json_decref(body);
-    if (rc == 0) {
-        json_decref(reply);
-        return 0;
-    }
-    /* A retry of a compaction that went through finds it done. */
-    if (call.maybe_applied && call.grpc_code == 11)
-        return 0;
-    return give(err, &e);
-}
-
 /* ---- transactions ------------------------------------------------------------- */
 
 struct keel_etcd_txn {

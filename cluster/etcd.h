@@ -147,12 +147,6 @@ int keel_etcd_delete(keel_etcd *c, const char *key, int prefix, int64_t *deleted
                      struct keel_error *err);
 
 /*
- * Compact the history up to `revision` (physically).  Errors: KEEL_EETCD when
- * the revision is already compacted or in the future.
- */
-int keel_etcd_compact(keel_etcd *c, int64_t revision, struct keel_error *err);
-
-/*
  * The exclusive end of the range of keys starting with `prefix` (the prefix
  * with its last byte incremented, trailing 0xff bytes dropped), written to
  * `out` (reset first).  An empty result (prefix empty or all 0xff) means "to

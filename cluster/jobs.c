@@ -145,16 +145,6 @@ long keel_shards_owned_by(const struct keel_shard_table *t, const char *id, uint
     return -1;
 }
 
-long keel_shards_release_worker(struct keel_shard_table *t, const char *id)
-{
-    for (uint32_t i = 0; i < t->nshards; i++)
-        if (t->shards[i].owner[0] != '\0' && strcmp(t->shards[i].owner, id) == 0) {
-            free_shard(&t->shards[i]);
-            return (long)i;
-        }
-    return -1;
-}
-
 static int cmp_worker(const void *a, const void *b)
 {
     const struct keel_worker_ref *x = a, *y = b;

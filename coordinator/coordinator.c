@@ -205,11 +205,6 @@ const char *keel_coordinator_state_name(enum keel_coordinator_state s)
     return "unknown";
 }
 
-const char *keel_coordinator_leader_key(const keel_coordinator *co)
-{
-    return co->leader_key;
-}
-
 /* ---- states ------------------------------------------------------------- */
 
 static int do_join(keel_coordinator *co, struct keel_error *err)

@@ -98,7 +98,4 @@ enum keel_coordinator_state keel_coordinator_state(const keel_coordinator *co);
 /* "joining", "campaign", "leading", "lost", "stopping". */
 const char *keel_coordinator_state_name(enum keel_coordinator_state s);
 
-/* The leader record's key: /keel/<cluster>/leader. */
-const char *keel_coordinator_leader_key(const keel_coordinator *co);
-
 #endif

@@ -71,7 +71,7 @@ static int join(char *out, size_t size, const char *dir, const char *name, struc
 int keel_certs_node_paths(const char *dir, enum keel_role role, const char *id, char *crt,
                           size_t crt_size, char *key, size_t key_size, struct keel_error *err)
 {
-    char name[KEEL_PROTO_MAX_ID + 32];
+    char name[KEEL_ID_MAX + 32];
     int rc;
 
     if (role < KEEL_ROLE_COORDINATOR || role > KEEL_ROLE_ADMIN)
@@ -642,7 +642,7 @@ static int add_sans(X509 *x, const struct keel_certs_issue_opts *o, struct keel_
     const char *const *sans = o->nsans ? o->sans : defaults;
     size_t nsans = o->nsans ? o->nsans : 2;
     GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
-    char uri[KEEL_PROTO_MAX_ID + 32];
+    char uri[KEEL_ID_MAX + 32];
     int rc = 0;
 
     if (gens == NULL)

@@ -19,6 +19,7 @@
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "cli.h"
+#include "digest.h"
 #include "keel/store.h"
 #include "keelctl.h"
 
@@ -171,12 +172,12 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
         json_object_set_new(root, "job", json_string(m.job));
         json_object_set_new(root, "clock", json_integer((json_int_t)m.clock));
         json_object_set_new(root, "created", json_string(when));
-        keel_hex32(hex, m.spec_sha256);
+        keel_hex(hex, m.spec_sha256, KEEL_SHA256_SIZE);
         json_object_set_new(root, "spec_sha256", json_string(hex));
-        keel_hex32(hex, m.prev_sha256);
+        keel_hex(hex, m.prev_sha256, KEEL_SHA256_SIZE);
         json_object_set_new(root, "prev_sha256", json_string(hex));
         for (size_t i = 0; i < m.nranges; i++) {
-            keel_hex32(hex, m.ranges[i].sha256);
+            keel_hex(hex, m.ranges[i].sha256, KEEL_SHA256_SIZE);
             json_array_append_new(ranges, json_pack("{s:I,s:I,s:I,s:I,s:I,s:s}", "range",
                                                     (json_int_t)m.ranges[i].range, "lsn",
                                                     (json_int_t)m.ranges[i].lsn, "rows",
@@ -200,13 +201,13 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
     printf("job          %s\n", m.job);
     printf("clock        %" PRIu64 "\n", m.clock);
     printf("created      %s\n", when);
-    keel_hex32(hex, m.spec_sha256);
+    keel_hex(hex, m.spec_sha256, KEEL_SHA256_SIZE);
     printf("spec sha256  %s\n", hex);
-    keel_hex32(hex, m.prev_sha256);
+    keel_hex(hex, m.prev_sha256, KEEL_SHA256_SIZE);
     printf("previous     %s\n", hex);
     printf("\n%-6s %12s %12s %6s %6s  %s\n", "RANGE", "LSN", "ROWS", "TABLES", "BLOCKS", "SHA256");
     for (size_t i = 0; i < m.nranges; i++) {
-        keel_hex32(hex, m.ranges[i].sha256);
+        keel_hex(hex, m.ranges[i].sha256, KEEL_SHA256_SIZE);
         printf("%-6" PRIu32 " %12" PRIu64 " %12" PRIu64 " %6zu %6" PRIu32 "  %s\n",
                m.ranges[i].range, m.ranges[i].lsn, m.ranges[i].rows, m.ranges[i].ntables,
                m.ranges[i].blocks, hex);
@@ -282,7 +283,7 @@ static int print_audit(const struct keel_audit_record *r, void *ctx, struct keel
     char when[32], hex[65];
 
     format_time(when, sizeof(when), r->time_ns);
-    keel_hex32(hex, r->hash);
+    keel_hex(hex, r->hash, KEEL_SHA256_SIZE);
     if (p->json)
         json_array_append_new(p->arr,
                               json_pack("{s:I,s:s,s:s,s:I,s:s,s:s,s:s}", "seq", (json_int_t)r->seq,

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "digest.h"
 #include "keel/dataset.h"
 #include "keel/store.h"
 #include "keelctl.h"
@@ -145,17 +146,6 @@ static double now(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void hex(const unsigned char *d, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[2 * n] = '\0';
 }
 
 static void format_time(uint64_t t, char *out, size_t n)
@@ -298,7 +288,7 @@ static int cmd_import(const struct keel_config *config, int argc, char **argv)
     keel_store_close(s);
     if (rc != 0)
         return fail("import", &err);
-    hex(info.digest, sizeof(info.digest), digest);
+    keel_hex(digest, info.digest, sizeof(info.digest));
     printf("imported '%s': %" PRIu64 " records, %" PRIu32 " features, %" PRIu32 " classes, %" PRIu32
            " shard%s, %s, in %.2f s\n"
            "digest sha256:%s\n",
@@ -377,7 +367,7 @@ static json_t *info_json(const struct keel_dataset_info *info)
     json_object_set_new(o, "bytes", json_integer((json_int_t)info->bytes));
     json_object_set_new(o, "created", json_string(created));
     if (info->complete) {
-        hex(info->digest, sizeof(info->digest), digest);
+        keel_hex(digest, info->digest, sizeof(info->digest));
         json_object_set_new(o, "digest", json_string(digest));
     } else {
         json_object_set_new(o, "digest", json_null());
@@ -415,7 +405,7 @@ static int cmd_info(const struct keel_config *config, int argc, char **argv)
             const struct keel_dataset_shard *d = keel_dataset_shard(ds, sh);
             json_t *so = json_object();
 
-            hex(d->sha, sizeof(d->sha), digest);
+            keel_hex(digest, d->sha, sizeof(d->sha));
             json_object_set_new(so, "shard", json_integer(sh));
             json_object_set_new(so, "records", json_integer((json_int_t)d->nrecords));
             json_object_set_new(so, "bytes", json_integer((json_int_t)d->bytes));
@@ -425,7 +415,7 @@ static int cmd_info(const struct keel_config *config, int argc, char **argv)
         json_object_set_new(o, "shard_list", arr);
         rc = keelctl_print_json(o);
     } else {
-        hex(info->digest, sizeof(info->digest), digest);
+        keel_hex(digest, info->digest, sizeof(info->digest));
         format_time(info->created, created, sizeof(created));
         printf("name      %s\n"
                "format    %s\n"
@@ -449,7 +439,7 @@ static int cmd_info(const struct keel_config *config, int argc, char **argv)
         for (uint32_t sh = 0; sh < info->nshards; sh++) {
             const struct keel_dataset_shard *d = keel_dataset_shard(ds, sh);
 
-            hex(d->sha, sizeof(d->sha), digest);
+            keel_hex(digest, d->sha, sizeof(d->sha));
             printf("%5" PRIu32 "  %10" PRIu64 "  %12" PRIu64 "  %s\n", sh, d->nrecords, d->bytes,
                    digest);
         }
@@ -540,7 +530,7 @@ static int cmd_verify(const struct keel_config *config, int argc, char **argv)
     keel_store_close(s);
     if (rc != 0)
         return fail("verify", &err);
-    hex(info.digest, sizeof(info.digest), digest);
+    keel_hex(digest, info.digest, sizeof(info.digest));
     printf("dataset '%s' ok: %" PRIu64 " records in %" PRIu32 " shard%s, checksums and digests "
            "match (%.2f s)\n"
            "digest sha256:%s\n",

@@ -233,202 +233,256 @@ static int forget_after(keel_etcd *etcd, const char *prefix, uint32_t from_pass,
     return rc;
 }
 
-int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv)
-{
+/* Everything one rollback reads, decides and holds open, step to step. */
+struct rollback {
+    const struct keel_config *config;
     struct opts o;
-    struct target t[MAX_STORES];
     struct keel_ckpt_key key;
-    struct source src[KEEL_PROTO_NRANGES];
-    struct keel_jobspec spec;
-    struct keel_job_status st;
+    keel_etcd *etcd;
+    char prefix[256]; /* /keel/<cluster>/jobs/<name>/ */
     struct keel_etcd_kv state_kv, spec_kv;
-    struct keel_etcd_txn_result res;
-    struct keel_error err;
-    struct keel_buf k = KEEL_BUF_INIT, v = KEEL_BUF_INIT;
-    unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE];
-    char prefix[256], reason[128];
-    keel_etcd *etcd = NULL;
-    keel_etcd_txn *txn = NULL;
-    uint64_t *pos = NULL;
+    struct keel_job_status st;
     enum keel_job_state was;
-    uint32_t from_pass = UINT32_MAX;
-    size_t opened = 0;
-    int rc;
+    struct keel_jobspec spec;
+    struct target t[MAX_STORES];
+    size_t opened;
+    struct source src[KEEL_PROTO_NRANGES];
+    uint64_t *pos;      /* per shard: where it restarts */
+    uint32_t from_pass; /* the lowest pass to be trained again */
+    char reason[128];
+};
 
-    memset(&o, 0, sizeof(o));
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
-        src[r] = (struct source){-1, 0};
-    memset(&state_kv, 0, sizeof(state_kv));
-    memset(&spec_kv, 0, sizeof(spec_kv));
-    memset(&res, 0, sizeof(res));
-    rc = parse(argc, argv, &o);
-    if (rc != 0)
-        return rc < 0 ? KEEL_EXIT_OK : rc;
+/* The job: ended, with a spec of at most MAX_SHARDS shards. */
+static int read_job(struct rollback *rb)
+{
+    struct keel_buf k = KEEL_BUF_INIT;
+    struct keel_error err;
+    int rc = KEEL_EXIT_OK;
+
     keel_error_init(&err);
-    if (keel_ckpt_key_load(&key, o.key, &err) != 0)
-        return keelctl_fail(WHAT, "--key: %s", err.msg);
-    if (keelctl_etcd_open(config, &etcd, &err) != 0)
-        return keelctl_etcd_fail(WHAT, config, &err);
-    snprintf(prefix, sizeof(prefix), "/keel/%s/jobs/%s/", config->cluster_name, o.name);
-
-    /* The job: ended, with a spec. */
-    keel_buf_addf(&k, "%sstate", prefix);
-    if ((rc = keel_etcd_get(etcd, (const char *)k.buf, &state_kv, NULL, &err)) != 0) {
-        rc = rc == KEEL_ENOTFOUND
-                 ? keelctl_fail(WHAT, "no job '%s' in cluster '%s'", o.name, config->cluster_name)
-                 : keelctl_etcd_fail(WHAT, config, &err);
+    keel_buf_addf(&k, "%sstate", rb->prefix);
+    if ((rc = keel_etcd_get(rb->etcd, (const char *)k.buf, &rb->state_kv, NULL, &err)) != 0) {
+        rc = rc == KEEL_ENOTFOUND ? keelctl_fail(WHAT, "no job '%s' in cluster '%s'", rb->o.name,
+                                                 rb->config->cluster_name)
+                                  : keelctl_etcd_fail(WHAT, rb->config, &err);
         goto out;
     }
-    if (keel_job_status_decode(state_kv.value, state_kv.value_len, &st, &err) != 0) {
-        rc = keelctl_fail(WHAT, "job '%s': %s", o.name, err.msg);
+    if (keel_job_status_decode(rb->state_kv.value, rb->state_kv.value_len, &rb->st, &err) != 0) {
+        rc = keelctl_fail(WHAT, "job '%s': %s", rb->o.name, err.msg);
         goto out;
     }
-    was = st.state;
-    if (!keel_job_state_is_final(was)) {
-        rc = keelctl_fail(WHAT, "job '%s' is %s: stop it first (keelctl job stop %s)", o.name,
-                          keel_job_state_name(was), o.name);
+    rb->was = rb->st.state;
+    if (!keel_job_state_is_final(rb->was)) {
+        rc = keelctl_fail(WHAT, "job '%s' is %s: stop it first (keelctl job stop %s)", rb->o.name,
+                          keel_job_state_name(rb->was), rb->o.name);
         goto out;
     }
     keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sspec", prefix);
-    if (keel_etcd_get(etcd, (const char *)k.buf, &spec_kv, NULL, &err) != 0 ||
-        keel_jobspec_decode(spec_kv.value, spec_kv.value_len, &spec, &err) != 0) {
-        rc = keelctl_fail(WHAT, "job '%s': its spec: %s", o.name, err.msg);
+    keel_buf_addf(&k, "%sspec", rb->prefix);
+    if (keel_etcd_get(rb->etcd, (const char *)k.buf, &rb->spec_kv, NULL, &err) != 0 ||
+        keel_jobspec_decode(rb->spec_kv.value, rb->spec_kv.value_len, &rb->spec, &err) != 0) {
+        rc = keelctl_fail(WHAT, "job '%s': its spec: %s", rb->o.name, err.msg);
         goto out;
     }
-    if (spec.shards > MAX_SHARDS) {
+    if (rb->spec.shards > MAX_SHARDS)
         rc = keelctl_fail(WHAT, "job '%s' has %" PRIu32 " shards; rollback handles up to %d",
-                          o.name, spec.shards, MAX_SHARDS);
-        goto out;
-    }
-    keel_jobspec_digest(&spec, digest);
+                          rb->o.name, rb->spec.shards, MAX_SHARDS);
+out:
+    keel_buf_release(&k);
+    return rc;
+}
 
-    /* Every store's checkpoint first; nothing is restored unless all are there. */
-    pos = keel_malloc(spec.shards * sizeof(*pos));
-    for (uint32_t sh = 0; sh < spec.shards; sh++)
-        pos[sh] = UINT64_MAX;
-    for (size_t i = 0; i < o.nstores; i++) {
+/*
+ * Open every store and pick its checkpoint; nothing is restored unless all
+ * are there.  Sets where each shard restarts and the first pass to redo.
+ */
+static int pick_all(struct rollback *rb)
+{
+    unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE];
+    struct keel_error err;
+    int rc;
+
+    keel_error_init(&err);
+    keel_jobspec_digest(&rb->spec, digest);
+    rb->pos = keel_malloc(rb->spec.shards * sizeof(*rb->pos));
+    for (uint32_t sh = 0; sh < rb->spec.shards; sh++)
+        rb->pos[sh] = UINT64_MAX;
+    for (size_t i = 0; i < rb->o.nstores; i++) {
         char mdb[4200];
         struct stat sb;
 
-        snprintf(mdb, sizeof(mdb), "%s/data.mdb", o.stores[i]);
-        if (stat(mdb, &sb) != 0) {
-            rc = keelctl_fail(WHAT, "no store in '%s': %s", o.stores[i], strerror(errno));
-            goto out;
-        }
-        if (keel_store_open(&t[i].s, o.stores[i], NULL, &err) != 0) {
-            rc = keelctl_fail(WHAT, "%s", err.msg);
-            goto out;
-        }
-        opened++;
-        if ((rc = pick(t[i].s, o.stores[i], &o, &key, digest, spec.shards, pos, &t[i].id, src,
-                       (int)i)) != 0)
-            goto out;
+        snprintf(mdb, sizeof(mdb), "%s/data.mdb", rb->o.stores[i]);
+        if (stat(mdb, &sb) != 0)
+            return keelctl_fail(WHAT, "no store in '%s': %s", rb->o.stores[i], strerror(errno));
+        if (keel_store_open(&rb->t[i].s, rb->o.stores[i], NULL, &err) != 0)
+            return keelctl_fail(WHAT, "%s", err.msg);
+        rb->opened++;
+        if ((rc = pick(rb->t[i].s, rb->o.stores[i], &rb->o, &rb->key, digest, rb->spec.shards,
+                       rb->pos, &rb->t[i].id, rb->src, (int)i)) != 0)
+            return rc;
     }
-    for (uint32_t sh = 0; sh < spec.shards; sh++) {
-        if (pos[sh] == UINT64_MAX)
-            pos[sh] = 0; /* no range holds rows: from the start */
-        if ((uint32_t)(pos[sh] >> 32) < from_pass)
-            from_pass = (uint32_t)(pos[sh] >> 32);
+    for (uint32_t sh = 0; sh < rb->spec.shards; sh++) {
+        if (rb->pos[sh] == UINT64_MAX)
+            rb->pos[sh] = 0; /* no range holds rows: from the start */
+        if ((uint32_t)(rb->pos[sh] >> 32) < rb->from_pass)
+            rb->from_pass = (uint32_t)(rb->pos[sh] >> 32);
     }
-    /*
-     * Every store gets every range's checkpoint, from the store that took it: the
-     * assignment may have moved ranges since (servers that left and joined again while
-     * the job was over), and whichever server leads a range then finds its rows.
-     */
-    for (size_t i = 0; i < o.nstores; i++) {
-        for (size_t j = 0; j < o.nstores; j++) {
+    return KEEL_EXIT_OK;
+}
+
+/*
+ * Every store gets every range's checkpoint, from the store that took it: the
+ * assignment may have moved ranges since (servers that left and joined again while
+ * the job was over), and whichever server leads a range then finds its rows.
+ */
+static int restore_all(struct rollback *rb)
+{
+    struct keel_error err;
+
+    keel_error_init(&err);
+    for (size_t i = 0; i < rb->o.nstores; i++) {
+        for (size_t j = 0; j < rb->o.nstores; j++) {
             unsigned char only[KEEL_PROTO_NRANGES];
             int any = 0;
 
             for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
-                any |= only[r] = src[r].store == (int)j;
-            if (any &&
-                keel_checkpoint_restore_into(t[j].s, &key, t[j].id, t[i].s, only, &err) != 0) {
-                rc = keelctl_fail(WHAT, "%s: restoring checkpoint %" PRIu64 " of %s: %s",
-                                  o.stores[i], t[j].id, o.stores[j], err.msg);
-                goto out;
-            }
+                any |= only[r] = rb->src[r].store == (int)j;
+            if (any && keel_checkpoint_restore_into(rb->t[j].s, &rb->key, rb->t[j].id, rb->t[i].s,
+                                                    only, &err) != 0)
+                return keelctl_fail(WHAT, "%s: restoring checkpoint %" PRIu64 " of %s: %s",
+                                    rb->o.stores[i], rb->t[j].id, rb->o.stores[j], err.msg);
         }
-        if (!o.json)
+        if (!rb->o.json)
             printf("%s: every range restored to clock %" PRIu64 " (its checkpoint %" PRIu64
                    ", and the other stores')\n",
-                   o.stores[i], o.clock, t[i].id);
+                   rb->o.stores[i], rb->o.clock, rb->t[i].id);
     }
+    return KEEL_EXIT_OK;
+}
 
-    /* etcd: forget what the replay will report again, then shards and state at once. */
-    if (forget_after(etcd, prefix, from_pass, &err) != 0) {
-        rc = keelctl_etcd_fail(WHAT, config, &err);
+/*
+ * etcd: forget what the replay will report again, then set the shards free
+ * at their positions and the job pending in one transaction, compared
+ * against the state read.
+ */
+static int reset_job(struct rollback *rb)
+{
+    struct keel_buf k = KEEL_BUF_INIT, v = KEEL_BUF_INIT;
+    struct keel_etcd_txn_result res;
+    struct keel_error err;
+    keel_etcd_txn *txn = NULL;
+    int rc;
+
+    keel_error_init(&err);
+    memset(&res, 0, sizeof(res));
+    if (forget_after(rb->etcd, rb->prefix, rb->from_pass, &err) != 0) {
+        rc = keelctl_etcd_fail(WHAT, rb->config, &err);
         goto out;
     }
-    snprintf(reason, sizeof(reason), "rolled back to clock %" PRIu64, o.clock);
-    if (keel_job_status_move(&st, KEEL_JOB_PENDING, (uint64_t)keel_clock_wall_ms(), reason, &err) !=
-        0) {
-        rc = keelctl_fail(WHAT, "job '%s': %s", o.name, err.msg);
+    snprintf(rb->reason, sizeof(rb->reason), "rolled back to clock %" PRIu64, rb->o.clock);
+    if (keel_job_status_move(&rb->st, KEEL_JOB_PENDING, (uint64_t)keel_clock_wall_ms(), rb->reason,
+                             &err) != 0) {
+        rc = keelctl_fail(WHAT, "job '%s': %s", rb->o.name, err.msg);
         goto out;
     }
     txn = keel_etcd_txn_new();
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sstate", prefix);
+    keel_buf_addf(&k, "%sstate", rb->prefix);
     keel_etcd_txn_compare(txn, (const char *)k.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
-                          state_kv.mod_revision);
-    for (uint32_t sh = 0; sh < spec.shards; sh++) {
+                          rb->state_kv.mod_revision);
+    for (uint32_t sh = 0; sh < rb->spec.shards; sh++) {
         struct keel_shard s;
 
         memset(&s, 0, sizeof(s));
-        s.pass = (uint32_t)(pos[sh] >> 32);
-        s.batch = (uint32_t)pos[sh];
+        s.pass = (uint32_t)(rb->pos[sh] >> 32);
+        s.batch = (uint32_t)rb->pos[sh];
         keel_buf_reset(&k);
-        keel_buf_addf(&k, "%sshards/%" PRIu32, prefix, sh);
+        keel_buf_addf(&k, "%sshards/%" PRIu32, rb->prefix, sh);
         keel_buf_reset(&v);
         keel_shard_encode(&s, &v);
         keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);
     }
     keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sstate", prefix);
+    keel_buf_addf(&k, "%sstate", rb->prefix);
     keel_buf_reset(&v);
-    keel_job_status_encode(&st, &v);
+    keel_job_status_encode(&rb->st, &v);
     keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);
-    if ((rc = keel_etcd_txn_commit(etcd, txn, &res, &err)) != 0) {
-        rc = keelctl_etcd_fail(WHAT, config, &err);
+    if ((rc = keel_etcd_txn_commit(rb->etcd, txn, &res, &err)) != 0) {
+        rc = keelctl_etcd_fail(WHAT, rb->config, &err);
         goto out;
     }
-    if (!res.succeeded) {
+    if (!res.succeeded)
         rc = keelctl_fail(WHAT,
                           "job '%s' changed in etcd meanwhile; the stores are restored: run the "
                           "same command again",
-                          o.name);
-        goto out;
-    }
-    if (o.json) {
-        json_t *shards = json_array();
-
-        for (uint32_t sh = 0; sh < spec.shards; sh++)
-            json_array_append_new(shards, json_pack("{s:I, s:I, s:I}", "shard", (json_int_t)sh,
-                                                    "pass", (json_int_t)(pos[sh] >> 32), "batch",
-                                                    (json_int_t)(uint32_t)pos[sh]));
-        rc = keelctl_print_json(json_pack("{s:s, s:s, s:s, s:I, s:o}", "name", o.name, "was",
-                                          keel_job_state_name(was), "state", "pending", "clock",
-                                          (json_int_t)o.clock, "shards", shards));
-    } else {
-        printf("job '%s' (was %s) is pending again, %s; shards restart at:", o.name,
-               keel_job_state_name(was), reason);
-        for (uint32_t sh = 0; sh < spec.shards; sh++)
-            printf(" %" PRIu32 ":(%" PRIu32 ",%" PRIu32 ")", sh, (uint32_t)(pos[sh] >> 32),
-                   (uint32_t)pos[sh]);
-        printf("\nstart the servers again; the leader leases the shards from there\n");
-        rc = KEEL_EXIT_OK;
-    }
+                          rb->o.name);
 out:
     keel_etcd_txn_result_release(&res);
     keel_etcd_txn_free(txn);
-    for (size_t i = 0; i < opened; i++)
-        keel_store_close(t[i].s);
-    free(pos);
-    keel_etcd_kv_release(&state_kv);
-    keel_etcd_kv_release(&spec_kv);
     keel_buf_release(&k);
     keel_buf_release(&v);
-    keel_etcd_free(etcd);
+    return rc;
+}
+
+/* What was done: the job's state and where each shard restarts. */
+static int report(const struct rollback *rb)
+{
+    const uint64_t *pos = rb->pos;
+
+    if (rb->o.json) {
+        json_t *shards = json_array();
+
+        for (uint32_t sh = 0; sh < rb->spec.shards; sh++)
+            json_array_append_new(shards, json_pack("{s:I, s:I, s:I}", "shard", (json_int_t)sh,
+                                                    "pass", (json_int_t)(pos[sh] >> 32), "batch",
+                                                    (json_int_t)(uint32_t)pos[sh]));
+        return keelctl_print_json(json_pack("{s:s, s:s, s:s, s:I, s:o}", "name", rb->o.name, "was",
+                                            keel_job_state_name(rb->was), "state", "pending",
+                                            "clock", (json_int_t)rb->o.clock, "shards", shards));
+    }
+    printf("job '%s' (was %s) is pending again, %s; shards restart at:", rb->o.name,
+           keel_job_state_name(rb->was), rb->reason);
+    for (uint32_t sh = 0; sh < rb->spec.shards; sh++)
+        printf(" %" PRIu32 ":(%" PRIu32 ",%" PRIu32 ")", sh, (uint32_t)(pos[sh] >> 32),
+               (uint32_t)pos[sh]);
+    printf("\nstart the servers again; the leader leases the shards from there\n");
+    return KEEL_EXIT_OK;
+}
+
+int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv)
+{
+    struct rollback *rb = keel_calloc(1, sizeof(*rb));
+    struct keel_error err;
+    int rc;
+
+    rb->config = config;
+    rb->from_pass = UINT32_MAX;
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        rb->src[r] = (struct source){-1, 0};
+    rc = parse(argc, argv, &rb->o);
+    if (rc != 0) {
+        rc = rc < 0 ? KEEL_EXIT_OK : rc;
+        goto out;
+    }
+    keel_error_init(&err);
+    if (keel_ckpt_key_load(&rb->key, rb->o.key, &err) != 0) {
+        rc = keelctl_fail(WHAT, "--key: %s", err.msg);
+        goto out;
+    }
+    if (keelctl_etcd_open(config, &rb->etcd, &err) != 0) {
+        rc = keelctl_etcd_fail(WHAT, config, &err);
+        goto out;
+    }
+    snprintf(rb->prefix, sizeof(rb->prefix), "/keel/%s/jobs/%s/", config->cluster_name, rb->o.name);
+    if ((rc = read_job(rb)) == 0 && (rc = pick_all(rb)) == 0 && (rc = restore_all(rb)) == 0 &&
+        (rc = reset_job(rb)) == 0)
+        rc = report(rb);
+out:
+    for (size_t i = 0; i < rb->opened; i++)
+        keel_store_close(rb->t[i].s);
+    free(rb->pos);
+    keel_etcd_kv_release(&rb->state_kv);
+    keel_etcd_kv_release(&rb->spec_kv);
+    keel_etcd_free(rb->etcd);
+    free(rb);
     return rc;
 }

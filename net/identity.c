@@ -21,7 +21,7 @@ int keel_certs_id_valid(const char *id)
         if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '-' || c == '_'))
             return 0;
-        if (n >= KEEL_PROTO_MAX_ID)
+        if (n >= KEEL_ID_MAX)
             return 0;
     }
     return n >= 1;
@@ -90,7 +90,7 @@ static int parse_identity(const unsigned char *p, size_t len, struct keel_cert_i
                       q);
     id = slash + 1;
     idlen = len - (size_t)(id - p);
-    if (idlen == 0 || idlen > KEEL_PROTO_MAX_ID)
+    if (idlen == 0 || idlen > KEEL_ID_MAX)
         return refuse(out, err, "identity URI '%s' has a bad id: must be 1-64 characters", q);
     for (size_t i = 0; i < idlen; i++) {
         unsigned char c = id[i];

@@ -21,7 +21,7 @@
 /* The identity a certificate carries: keel://<role>/<id>. */
 struct keel_cert_identity {
     enum keel_role role;
-    char id[KEEL_PROTO_MAX_ID + 1]; /* NUL-terminated */
+    char id[KEEL_ID_MAX + 1]; /* NUL-terminated */
 };
 
 /*

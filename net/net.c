@@ -77,12 +77,6 @@ int keel__net_parse_addr(const char *text, struct sockaddr_in *sa, struct keel_e
     return 0;
 }
 
-const char *keel__peer_name(const struct keel_cert_identity *p, char *buf, size_t n)
-{
-    snprintf(buf, n, "%s/%s", keel_role_name(p->role), p->id[0] ? p->id : "?");
-    return buf;
-}
-
 int keel__net_take_frame(struct evbuffer *in, size_t max_frame, struct keel_buf *frame,
                          struct keel_frame_header *h, struct keel_error *err)
 {

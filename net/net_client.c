@@ -436,7 +436,7 @@ int keel_client_new(const struct keel_client_options *o, struct keel_tls *tls,
     c->next_id = 1;
     keel_buf_init(&c->frame, 0);
     pthread_mutex_init(&c->lock, NULL);
-    pthread_cond_init(&c->room, NULL);
+    keel_cond_init_mono(&c->room);
     c->base = event_base_new();
     c->wake = event_new(c->base, -1, EV_PERSIST, wake_cb, c);
     event_add(c->wake, NULL);
@@ -466,25 +466,11 @@ void keel_client_free(struct keel_client *c)
     free(c);
 }
 
-static struct timespec deadline_in(uint64_t ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 int keel_client_send(struct keel_client *c, struct keel_msg *msg, uint64_t timeout_ms,
                      keel_reply_fn done, void *arg, struct keel_error *err)
 {
     struct request *r = keel_calloc(1, sizeof(*r));
-    struct timespec deadline = deadline_in(timeout_ms);
+    struct timespec deadline = keel_cond_deadline(timeout_ms);
     int rc;
 
     r->c = c;

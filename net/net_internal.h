@@ -22,9 +22,6 @@ void keel__net_init(void);
 /* "host:port" (IPv4 literal or "localhost") into *sa.  Errors: KEEL_EINVAL. */
 int keel__net_parse_addr(const char *text, struct sockaddr_in *sa, struct keel_error *err);
 
-/* "worker/w1" for the log. */
-const char *keel__peer_name(const struct keel_cert_identity *p, char *buf, size_t n);
-
 /*
  * Take the next whole frame off `in` into `frame` (reset first; its memory
  * is aligned, so the frame can be decoded in place), with its header in *h.

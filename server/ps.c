@@ -26,7 +26,7 @@ struct range_state {
 };
 
 struct worker_clock {
-    char id[KEEL_PROTO_MAX_ID + 1];
+    char id[KEEL_ID_MAX + 1];
     uint64_t clock; /* clocks finished: the last push's clock + 1, or a training pull's clock */
     int live;       /* registered (members/worker/<id>) */
     int trained;    /* pushed or pulled for training here */
@@ -43,7 +43,7 @@ struct keel_ps {
     pthread_mutex_t clock_lock; /* guards the rest */
     struct worker_clock *workers;
     size_t nworkers;
-    char (*members)[KEEL_PROTO_MAX_ID + 1]; /* the registered workers, once told */
+    char (*members)[KEEL_ID_MAX + 1]; /* the registered workers, once told */
     size_t nmembers;
     int members_known;
     int leases_known; /* keel_ps_set_owners() was called: the clock set is the owners */
@@ -275,7 +275,7 @@ static struct worker_clock *worker_of(struct keel_ps *ps, struct keel_str id)
 {
     struct worker_clock *w;
 
-    if (id.len == 0 || id.len > KEEL_PROTO_MAX_ID)
+    if (id.len == 0 || id.len > KEEL_ID_MAX)
         return NULL;
     for (size_t i = 0; i < ps->nworkers; i++)
         if (strlen(ps->workers[i].id) == id.len && memcmp(ps->workers[i].id, id.ptr, id.len) == 0)
@@ -454,34 +454,6 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
 done:
     worker_clock_set(ps, push->worker_id, push->clock + 1);
     return 0;
-}
-
-int keel_ps_apply(struct keel_ps *ps, const struct keel_ps_applied *a, struct keel_error *err)
-{
-    struct range_state *r = &ps->ranges[a->range];
-    struct keel_shard_pos *sp;
-    int rc = 0;
-
-    pthread_mutex_lock(&r->lock);
-    if (!r->held) {
-        rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", a->range);
-        goto out;
-    }
-    sp = keel_snapshot_shard(&r->snap, a->push.shard);
-    if (sp->seq >= a->push.seq)
-        goto out;
-    if ((rc = apply_rows(ps, &r->snap, &a->push, err)) != 0)
-        goto out;
-    sp = keel_snapshot_shard(&r->snap, a->push.shard);
-    sp->seq = a->push.seq;
-    sp->incarnation = a->push.incarnation;
-    snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)a->push.worker_id.len,
-             a->push.worker_id.ptr);
-    if (a->lsn > r->snap.lsn)
-        r->snap.lsn = a->lsn;
-out:
-    pthread_mutex_unlock(&r->lock);
-    return rc;
 }
 
 int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, const uint64_t *keys,

@@ -85,9 +85,6 @@ void keel_ps_result_release(struct keel_ps_result *r);
 int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct keel_ps_result *out,
                  struct keel_error *err);
 
-/* Apply a replicated or replayed part of a push to one range (backups, restore). */
-int keel_ps_apply(struct keel_ps *ps, const struct keel_ps_applied *a, struct keel_error *err);
-
 /*
  * Copy the rows of `keys` (table `table_id`, `row_width` floats each) into
  * rows[nkeys * row_width].  Errors as for keel_ps_push.

@@ -58,15 +58,15 @@ struct parked_pull {
 
 /* A shard lease of a job, as etcd has it (jobs/<job>/shards/<n>). */
 struct lease {
-    char job[KEEL_PROTO_MAX_ID + 1];
+    char job[KEEL_ID_MAX + 1];
     uint32_t shard;
-    struct keel_buf value;             /* the JSON, decoded once the job's epochs are known */
-    int decoded;                       /* owner is value's, for the running job */
-    char owner[KEEL_PROTO_MAX_ID + 1]; /* "" when free or done */
+    struct keel_buf value;       /* the JSON, decoded once the job's epochs are known */
+    int decoded;                 /* owner is value's, for the running job */
+    char owner[KEEL_ID_MAX + 1]; /* "" when free or done */
 };
 
 struct open_dataset {
-    char name[KEEL_PROTO_MAX_ID + 1];
+    char name[KEEL_ID_MAX + 1];
     keel_dataset *ds;
 };
 
@@ -85,7 +85,7 @@ struct srv {
     int stopping;
     struct keel_ps *ps; /* the running job's ranges, NULL when none */
     struct keel_jobspec spec;
-    char job[KEEL_PROTO_MAX_ID + 1];
+    char job[KEEL_ID_MAX + 1];
     keel_assign *assign;
     uint64_t assign_version;
     struct pending_ack *acks, **acks_tail;
@@ -281,7 +281,7 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
 
 static keel_dataset *dataset_of(struct srv *s, struct keel_str name, struct keel_error *err)
 {
-    char n[KEEL_PROTO_MAX_ID + 1];
+    char n[KEEL_ID_MAX + 1];
     keel_dataset *ds;
 
     snprintf(n, sizeof(n), "%.*s", (int)name.len, name.ptr);
@@ -482,19 +482,11 @@ static void *storage_main(void *arg)
 
     for (;;) {
         struct pending_ack *acks;
-        struct timespec until;
         int stopping;
 
         pthread_mutex_lock(&s->lock);
-        if (s->acks == NULL && !s->stopping) {
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 200 * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->wake, &s->lock, &until);
-        }
+        if (s->acks == NULL && !s->stopping)
+            keel_cond_timedwait_ms(&s->wake, &s->lock, 200);
         stopping = s->stopping;
         pthread_mutex_unlock(&s->lock);
         /* Group commit: let more pushes join this transaction, briefly. */
@@ -785,7 +777,7 @@ static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
         const struct keel_etcd_event *ev = &b->events[i];
         const char *k = rel_key(s, ev->kv.key);
         int deleted = ev->type == KEEL_ETCD_DELETE;
-        char job[KEEL_PROTO_MAX_ID + 1];
+        char job[KEEL_ID_MAX + 1];
         uint32_t shard;
 
         if (k == NULL)
@@ -823,7 +815,7 @@ int keel_server_run(const struct keel_config *config)
     s.config = config;
     s.acks_tail = &s.acks;
     pthread_mutex_init(&s.lock, NULL);
-    pthread_cond_init(&s.wake, NULL);
+    keel_cond_init_mono(&s.wake);
     snprintf(s.prefix, sizeof(s.prefix), "/keel/%s/", config->cluster_name);
     keel_error_init(&err);
     keel_signals_block();

@@ -4,11 +4,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-
-#include <openssl/evp.h>
 
 #include "alloc.h"
+#include "clock.h"
+#include "digest.h"
 #include "keel/audit.h"
 #include "audit_int.h"
 #include "store_int.h"
@@ -28,24 +27,6 @@ const char *keel_audit_event_name(unsigned event)
     default:
         return "unknown";
     }
-}
-
-void keel_hex32(char *hex, const unsigned char *digest)
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = digits[digest[i] >> 4];
-        hex[2 * i + 1] = digits[digest[i] & 15];
-    }
-    hex[64] = '\0';
-}
-
-static void sha256(unsigned char *out, const void *data, size_t len)
-{
-    unsigned int n = 32;
-
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
 void keel_audit_encode(struct keel_buf *out, const struct keel_audit_record *rec)
@@ -104,7 +85,7 @@ int keel_audit_decode(const void *data, size_t len, struct keel_audit_record *re
                             KEEL_AUDIT_HEADER_SIZE);
     memcpy(rec->job, p + KEEL_AUDIT_HEADER_SIZE, jlen);
     memcpy(rec->detail, p + KEEL_AUDIT_HEADER_SIZE + jlen, dlen);
-    sha256(rec->hash, data, len);
+    keel_sha256(rec->hash, data, len);
     return 0;
 }
 
@@ -136,7 +117,6 @@ int keel_audit_append_txn(keel_store *s, keel_txn *txn, unsigned event, const ch
     struct keel_audit_record rec;
     struct keel_buf b = KEEL_BUF_INIT;
     unsigned char key[8], head[HEAD_SIZE];
-    struct timespec ts;
     int rc;
 
     memset(&rec, 0, sizeof(rec));
@@ -144,8 +124,7 @@ int keel_audit_append_txn(keel_store *s, keel_txn *txn, unsigned event, const ch
     if (rc != 0)
         return keel_err_prefix(err, rc, "store '%s'", keel_store_dir(s));
     rec.seq++;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    rec.time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    rec.time_ns = keel_clock_wall_ns();
     rec.event = event;
     rec.checkpoint = checkpoint;
     snprintf(rec.job, sizeof(rec.job), "%s", job ? job : "");
@@ -155,7 +134,7 @@ int keel_audit_append_txn(keel_store *s, keel_txn *txn, unsigned event, const ch
     rc = keel_store_put(s, txn, KEEL_DB_AUDIT, key, sizeof(key), b.buf, b.len, err);
     if (rc == 0) {
         keel_store_u64le(head, rec.seq);
-        sha256(head + 8, b.buf, b.len);
+        keel_sha256(head + 8, b.buf, b.len);
         rc = keel_store_put(s, txn, KEEL_DB_META, HEAD_KEY, HEAD_KEY_LEN, head, sizeof(head), err);
     }
     keel_buf_release(&b);

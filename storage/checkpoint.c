@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -17,6 +16,8 @@
 #include <openssl/hmac.h>
 
 #include "alloc.h"
+#include "clock.h"
+#include "digest.h"
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "log.h"
@@ -33,21 +34,6 @@ static void row_key(unsigned char *key, uint64_t id, uint32_t range, uint32_t bl
     keel_store_be64(key, id);
     keel_store_be32(key + 8, range);
     keel_store_be32(key + 12, block);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void sha256(unsigned char *out, const void *data, size_t len)
-{
-    unsigned int n = 32;
-
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
 /*
@@ -233,12 +219,12 @@ static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
     if (rc != 0)
         goto out;
     if (m.id > 0)
-        sha256(m.prev_sha256, prev.mv_data, prev.mv_size);
+        keel_sha256(m.prev_sha256, prev.mv_data, prev.mv_size);
     m.id++;
     snprintf(m.job, sizeof(m.job), "%s", tc->p->job);
     m.clock = tc->p->clock;
     memcpy(m.spec_sha256, tc->p->spec_sha256, 32);
-    m.created_ns = now_ns();
+    m.created_ns = keel_clock_wall_ns();
     KEEL_ALLOC_ARRAY(m.ranges, nranges);
     for (size_t i = 0; i < nranges; i++) {
         struct keel_snapshot snap = {0};
@@ -426,7 +412,7 @@ static int load_range(keel_store *s, keel_txn *txn, uint64_t id, const struct ke
         if (ct->state_width > 0)
             t->state = keel_malloc(keel_size_mul(keel_size_mul(ct->rows, ct->state_width), 4));
         for (uint32_t j = 0; j < ct->blocks; j++, block++) {
-            struct keel__block b;
+            struct keel__snap_block b;
             uint64_t first = t->nrows;
 
             rc = mdb_cursor_get(cur, &k, &v, block == 0 ? MDB_SET_RANGE : MDB_NEXT);
@@ -568,7 +554,7 @@ static int verify_fn(keel_txn *txn, void *ctx, struct keel_error *err)
     if (rc != 0)
         goto out;
     if (prev != 0) {
-        sha256(digest, pv.mv_data, pv.mv_size);
+        keel_sha256(digest, pv.mv_data, pv.mv_size);
         if (prev != vc->id - 1 || memcmp(digest, m.prev_sha256, 32) != 0) {
             rc = keel_err_set(err, KEEL_ECHECKSUM,
                               "checkpoint %" PRIu64

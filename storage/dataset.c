@@ -147,9 +147,9 @@ int keel__dataset_meta_decode(const void *value, size_t len, const char *what,
     nl = keel_load_u16le(p + 88);
     sl = keel_load_u16le(p + 90);
     srl = keel_load_u16le(p + 92);
-    if ((state != STATE_IMPORTING && state != STATE_COMPLETE) || nl == 0 ||
-        nl > KEEL_DATASET_NAME_MAX || sl > KEEL_DATASET_SPLIT_MAX ||
-        srl > KEEL_DATASET_SOURCES_MAX || META_FIXED + nl + sl + srl + 8 != len)
+    if ((state != STATE_IMPORTING && state != STATE_COMPLETE) || nl == 0 || nl > KEEL_ID_MAX ||
+        sl > KEEL_DATASET_SPLIT_MAX || srl > KEEL_DATASET_SOURCES_MAX ||
+        META_FIXED + nl + sl + srl + 8 != len)
         return keel_err_set(err, KEEL_ECORRUPT, "dataset '%s': malformed metadata", what);
     out->complete = state == STATE_COMPLETE;
     out->shape.format = keel_load_u32le(p + 8);
@@ -197,7 +197,7 @@ int keel__dataset_shard_decode(const void *value, size_t len, const char *name, 
 }
 
 /* A block of records: k, reserved, k checksums, k + 1 offsets, the records. */
-int keel__dataset_block_decode(const void *value, size_t len, struct keel__block *b)
+int keel__dataset_block_decode(const void *value, size_t len, struct keel__ds_block *b)
 {
     const unsigned char *p = value;
     size_t head;
@@ -223,7 +223,7 @@ int keel__dataset_block_decode(const void *value, size_t len, struct keel__block
 }
 
 /* Record i of a decoded block. */
-const unsigned char *keel__dataset_block_record(const struct keel__block *b, uint32_t i,
+const unsigned char *keel__dataset_block_record(const struct keel__ds_block *b, uint32_t i,
                                                 size_t *len, uint64_t *sum)
 {
     uint32_t o = keel_load_u32le(b->offs + 4 * (size_t)i);
@@ -239,9 +239,9 @@ int keel_dataset_name_check(const char *name, struct keel_error *err)
 {
     size_t n = strlen(name);
 
-    if (n == 0 || n > KEEL_DATASET_NAME_MAX)
+    if (n == 0 || n > KEEL_ID_MAX)
         return keel_err_set(err, KEEL_EINVAL, "dataset name '%s' must have 1 to %d characters",
-                            name, KEEL_DATASET_NAME_MAX);
+                            name, KEEL_ID_MAX);
     if (name[0] == '.' || name[0] == '-')
         return keel_err_set(err, KEEL_EINVAL, "dataset name '%s' must not start with '.' or '-'",
                             name);
@@ -284,7 +284,7 @@ static void shard_key(unsigned char *k, uint64_t id, uint32_t shard)
 static int lookup(keel_store *s, keel_txn *txn, const char *name, uint64_t *id,
                   struct keel_dataset_info *info, struct keel_error *err)
 {
-    unsigned char k[1 + KEEL_DATASET_NAME_MAX], mk[9];
+    unsigned char k[1 + KEEL_ID_MAX], mk[9];
     MDB_val v;
     int rc;
 
@@ -365,13 +365,13 @@ static int list_txn(keel_txn *txn, void *ctx, struct keel_error *err)
         return keel_store_mdb_err(err, rc, "cannot list datasets");
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        char name[KEEL_DATASET_NAME_MAX + 1];
+        char name[KEEL_ID_MAX + 1];
         struct keel_dataset_info info;
         uint64_t id;
 
         if (k.mv_size < 2 || ((const char *)k.mv_data)[0] != 'N')
             break;
-        if (k.mv_size - 1 > KEEL_DATASET_NAME_MAX) {
+        if (k.mv_size - 1 > KEEL_ID_MAX) {
             rc = keel_err_set(err, KEEL_ECORRUPT, "malformed dataset name entry");
             goto out;
         }
@@ -413,7 +413,7 @@ struct remove_ctx {
 static int remove_txn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct remove_ctx *c = ctx;
-    unsigned char k0[BLOCK_KEY_SIZE], nk[1 + KEEL_DATASET_NAME_MAX], mk[9], sk[13];
+    unsigned char k0[BLOCK_KEY_SIZE], nk[1 + KEEL_ID_MAX], mk[9], sk[13];
     MDB_cursor *cur;
     MDB_val k = {8, k0}, v;
     int rc, n = 0;
@@ -604,7 +604,7 @@ static int begin_txn(keel_txn *txn, void *ctx, struct keel_error *err)
     struct begin_ctx *c = ctx;
     struct import *im = c->im;
     struct keel_dataset_info old;
-    unsigned char nk[1 + KEEL_DATASET_NAME_MAX], mk[9], idv[8], q[1] = {'Q'};
+    unsigned char nk[1 + KEEL_ID_MAX], mk[9], idv[8], q[1] = {'Q'};
     uint64_t id;
     MDB_val v;
     int rc;
@@ -972,7 +972,7 @@ int keel_shard_batch_message(const struct keel_shard_batch *b, struct keel_msg_s
  * index and *b the decoded block.
  */
 static int find_block(const keel_dataset *ds, MDB_cursor *cur, uint32_t shard, uint64_t index,
-                      struct keel__block *b, uint64_t *first, struct keel_error *err)
+                      struct keel__ds_block *b, uint64_t *first, struct keel_error *err)
 {
     unsigned char key[BLOCK_KEY_SIZE];
     MDB_val k = {sizeof(key), key}, v;
@@ -1022,7 +1022,7 @@ static int read_txn(keel_txn *txn, void *ctx, struct keel_error *err)
     uint64_t total = ds->shards[c->shard].nrecords, index = c->first, bfirst = 0;
     size_t body = 24 + 4;
     MDB_cursor *cur;
-    struct keel__block b;
+    struct keel__ds_block b;
     int rc;
 
     if (c->first >= total || c->max_records == 0)
@@ -1148,7 +1148,7 @@ static void problem(struct verify_ctx *c, int code, const char *fmt, ...)
 
 /* Where verification stands in one shard. */
 struct shard_cursor {
-    struct keel__block b;
+    struct keel__ds_block b;
     uint64_t bfirst; /* first index of b */
     uint64_t next;   /* next index to read */
     int have;        /* b is valid */

@@ -15,7 +15,7 @@
 #include "keel/dataset.h"
 
 /* A decoded block of records; pointers into the value it came from. */
-struct keel__block {
+struct keel__ds_block {
     uint32_t k;                /* records in the block, at least 1 */
     const unsigned char *sums; /* k u64 checksums */
     const unsigned char *offs; /* k + 1 u32 offsets into data */
@@ -24,10 +24,10 @@ struct keel__block {
 };
 
 /* Decode a block value; 0, or -1 when it is malformed. */
-int keel__dataset_block_decode(const void *value, size_t len, struct keel__block *b);
+int keel__dataset_block_decode(const void *value, size_t len, struct keel__ds_block *b);
 
 /* Record i (< b->k) of a decoded block: its bytes, length and stored checksum. */
-const unsigned char *keel__dataset_block_record(const struct keel__block *b, uint32_t i,
+const unsigned char *keel__dataset_block_record(const struct keel__ds_block *b, uint32_t i,
                                                 size_t *len, uint64_t *sum);
 
 /*

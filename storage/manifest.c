@@ -17,7 +17,7 @@
 #include <openssl/rand.h>
 
 #include "alloc.h"
-#include "keel/audit.h"
+#include "digest.h"
 #include "keel/checkpoint.h"
 #include "log.h"
 
@@ -112,7 +112,7 @@ static json_t *hex_json(const unsigned char *digest)
 {
     char hex[65];
 
-    keel_hex32(hex, digest);
+    keel_hex(hex, digest, KEEL_SHA256_SIZE);
     return json_string(hex);
 }
 

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include <xxhash.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "keel/buf.h"
 #include "log.h"
 #include "keel/proto.h"
@@ -149,7 +149,8 @@ uint64_t keel__block_fill(unsigned char *dst, const struct keel_snap_table *t, u
     return sum;
 }
 
-int keel__block_decode(const void *data, size_t len, struct keel__block *b, struct keel_error *err)
+int keel__block_decode(const void *data, size_t len, struct keel__snap_block *b,
+                       struct keel_error *err)
 {
     const unsigned char *p = data;
     size_t row;
@@ -181,7 +182,7 @@ int keel__block_decode(const void *data, size_t len, struct keel__block *b, stru
 
 size_t keel__shard_encode(unsigned char *dst, size_t cap, const struct keel_shard_pos *sp)
 {
-    size_t wlen = strnlen(sp->worker_id, KEEL_PROTO_MAX_ID);
+    size_t wlen = strnlen(sp->worker_id, KEEL_ID_MAX);
     size_t size = KEEL__SHARD_HEAD_SIZE + wlen;
 
     if (cap < size)
@@ -211,7 +212,7 @@ int keel__shard_decode(const void *data, size_t len, struct keel_shard_pos *sp, 
     wlen = keel_load_u16le(p + 12);
     if (keel_load_u16le(p + 14) != 0)
         return keel_err_set(err, KEEL_ERESERVED, "shard entry reserved bytes not zero");
-    if (wlen > KEEL_PROTO_MAX_ID || len != KEEL__SHARD_HEAD_SIZE + wlen ||
+    if (wlen > KEEL_ID_MAX || len != KEEL__SHARD_HEAD_SIZE + wlen ||
         memchr(p + KEEL__SHARD_HEAD_SIZE, '\0', wlen) != NULL)
         return keel_err_set(err, KEEL_ESTRING, "shard entry worker id is malformed");
     sp->shard = keel_load_u32le(p + 8);
@@ -363,14 +364,6 @@ struct keel_shard_pos *keel_snapshot_shard(struct keel_snapshot *snap, uint32_t 
 
 /* ---- writing ---------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Delete every key of `db` that starts with range (u32 BE) and has index >= from. */
 static int delete_from(keel_store *s, keel_txn *txn, enum keel_db db, uint32_t range, uint32_t from,
                        struct keel_error *err)
@@ -404,7 +397,7 @@ int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *
     struct keel__snap_head h = {0};
     struct keel_buf head = KEEL_BUF_INIT;
     XXH3_state_t *digest = XXH3_createState();
-    unsigned char key[8], entry[KEEL__SHARD_HEAD_SIZE + KEEL_PROTO_MAX_ID];
+    unsigned char key[8], entry[KEEL__SHARD_HEAD_SIZE + KEEL_ID_MAX];
     uint32_t block = 0;
     int rc;
 
@@ -468,7 +461,7 @@ int keel_snapshot_put(keel_store *s, keel_txn *txn, const struct keel_snapshot *
     h.nblocks = block;
     h.nshards = (uint32_t)snap->nshards;
     h.lsn = snap->lsn;
-    h.created_ns = snap->created_ns ? snap->created_ns : now_ns();
+    h.created_ns = snap->created_ns ? snap->created_ns : keel_clock_wall_ns();
     h.digest = XXH3_64bits_digest(digest);
     keel__snap_head_encode(&head, &h);
     keel_store_be32(key, snap->range);
@@ -706,7 +699,7 @@ static void alloc_tables(struct keel_snapshot *snap, uint32_t range,
 static int append_block(struct keel_snap_table *t, const struct keel__snap_dir *dir, uint32_t block,
                         const MDB_val *v, XXH3_state_t *digest, struct keel_error *err)
 {
-    struct keel__block b;
+    struct keel__snap_block b;
     unsigned char sum[8];
     int rc;
 

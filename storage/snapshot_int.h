@@ -51,7 +51,7 @@ struct keel__snap_head {
 };
 
 /* A decoded block of rows: pointers into the value. */
-struct keel__block {
+struct keel__snap_block {
     uint64_t checksum;
     uint32_t table_id;
     uint32_t width;
@@ -83,7 +83,8 @@ uint64_t keel__block_fill(unsigned char *dst, const struct keel_snap_table *t, u
                           uint32_t count);
 
 /* Decode a block and verify its checksum and sizes. */
-int keel__block_decode(const void *data, size_t len, struct keel__block *b, struct keel_error *err);
+int keel__block_decode(const void *data, size_t len, struct keel__snap_block *b,
+                       struct keel_error *err);
 
 /* Shard entries of the `shard_pos` database. */
 size_t keel__shard_encode(unsigned char *dst, size_t cap, const struct keel_shard_pos *p);

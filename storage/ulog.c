@@ -33,10 +33,10 @@ int keel_ulog_encode(struct keel_buf *out, const struct keel_ulog_record *rec,
     size_t start = out->len, wpad, body;
     unsigned char *h;
 
-    if (p->worker_id.len == 0 || p->worker_id.len > KEEL_PROTO_MAX_ID ||
+    if (p->worker_id.len == 0 || p->worker_id.len > KEEL_ID_MAX ||
         memchr(p->worker_id.ptr, '\0', p->worker_id.len) != NULL)
         return keel_err_set(err, KEEL_EINVAL, "log record: worker id must be 1..%d bytes",
-                            KEEL_PROTO_MAX_ID);
+                            KEEL_ID_MAX);
     if (d->row_width == 0 || d->row_width > KEEL_PROTO_MAX_ROW_WIDTH)
         return keel_err_set(err, KEEL_EINVAL, "log record: row width %" PRIu32 " out of range",
                             d->row_width);
@@ -116,9 +116,9 @@ int keel_ulog_decode(const void *data, size_t len, struct keel_ulog_record *rec,
                             table);
     if (width == 0 || width > KEEL_PROTO_MAX_ROW_WIDTH)
         return keel_err_set(err, KEEL_EROWWIDTH, "offset 60: row width %" PRIu32, width);
-    if (wlen == 0 || wlen > KEEL_PROTO_MAX_ID)
+    if (wlen == 0 || wlen > KEEL_ID_MAX)
         return keel_err_set(err, KEEL_ESTRING, "offset 68: worker id length %zu not in 1..%d", wlen,
-                            KEEL_PROTO_MAX_ID);
+                            KEEL_ID_MAX);
     wpad = pad8(wlen);
     if (len - KEEL_ULOG_HEADER_SIZE < wpad)
         return keel_err_set(err, KEEL_ECOUNT, "offset %d: worker id past the end",

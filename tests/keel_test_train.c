@@ -20,8 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "keel/assign.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
@@ -107,14 +107,12 @@ static int cmd_state(int argc, char **argv)
 {
     struct keel_job_status st;
     struct keel_buf out;
-    struct timespec ts;
 
     if (argc != 2 || keel_job_state_parse(argv[1]) == 0)
         return usage(stderr, 64);
-    clock_gettime(CLOCK_REALTIME, &ts);
     memset(&st, 0, sizeof(st));
     st.state = keel_job_state_parse(argv[1]);
-    st.changed_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    st.changed_ms = (uint64_t)keel_clock_wall_ms();
     keel_buf_init(&out, 0);
     keel_job_status_encode(&st, &out);
     put(&out);

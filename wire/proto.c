@@ -291,7 +291,7 @@ static int rd_push(struct rd *r, struct keel_msg_push *m)
     m->incarnation = rd_u64(r);
     m->seq = rd_u64(r);
     m->clock = rd_u64(r);
-    if ((rc = rd_str(r, KEEL_PROTO_MAX_ID, "worker_id", &m->worker_id)) != 0)
+    if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->worker_id)) != 0)
         return rc;
     return rd_rows_data(r, &m->data, 1);
 }
@@ -312,7 +312,7 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return keel_err_set(r->err, KEEL_EINVAL, "hello: role %u", m->u.hello.role);
         r->off = 8;
         m->u.hello.incarnation = rd_u64(r);
-        return rd_str(r, KEEL_PROTO_MAX_ID, "node_id", &m->u.hello.node_id);
+        return rd_str(r, KEEL_ID_MAX, "node_id", &m->u.hello.node_id);
     case KEEL_MSG_PUSH:
         return rd_push(r, &m->u.push);
     case KEEL_MSG_PULL:
@@ -323,7 +323,7 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
         if ((rc = rd_need(r, 8, "pull clock")) != 0)
             return rc;
         m->u.pull.clock = rd_u64(r);
-        if ((rc = rd_str(r, KEEL_PROTO_MAX_ID, "worker_id", &m->u.pull.worker_id)) != 0)
+        if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->u.pull.worker_id)) != 0)
             return rc;
         return rd_rows_data(r, &m->u.pull.data, 0);
     case KEEL_MSG_PULL_REPLY:
@@ -373,7 +373,7 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
         m->u.shard_read.shard = rd_u32(r);
         m->u.shard_read.max_records = rd_u32(r);
         m->u.shard_read.first = rd_u64(r);
-        return rd_str(r, KEEL_PROTO_MAX_ID, "dataset", &m->u.shard_read.dataset);
+        return rd_str(r, KEEL_ID_MAX, "dataset", &m->u.shard_read.dataset);
     case KEEL_MSG_SHARD_DATA: {
         struct keel_msg_shard_data *sd = &m->u.shard_data;
         size_t off_bytes;
@@ -485,7 +485,7 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
 {
     int rc;
 
-    if ((rc = check_str(p->worker_id, KEEL_PROTO_MAX_ID, "worker_id", err)) != 0 ||
+    if ((rc = check_str(p->worker_id, KEEL_ID_MAX, "worker_id", err)) != 0 ||
         (rc = check_rows(&p->data, err)) != 0)
         return rc;
     *size = 40 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
@@ -513,11 +513,11 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
         if (m->u.hello.role < KEEL_ROLE_COORDINATOR || m->u.hello.role > KEEL_ROLE_ADMIN)
             return keel_err_set(err, KEEL_EINVAL, "hello: role %u", m->u.hello.role);
         *size = 16 + str_size(m->u.hello.node_id);
-        return check_str(m->u.hello.node_id, KEEL_PROTO_MAX_ID, "node_id", err);
+        return check_str(m->u.hello.node_id, KEEL_ID_MAX, "node_id", err);
     case KEEL_MSG_PUSH:
         return push_size(&m->u.push, size, err);
     case KEEL_MSG_PULL:
-        if ((rc = check_str(m->u.pull.worker_id, KEEL_PROTO_MAX_ID, "worker_id", err)) != 0)
+        if ((rc = check_str(m->u.pull.worker_id, KEEL_ID_MAX, "worker_id", err)) != 0)
             return rc;
         *size = 24 + str_size(m->u.pull.worker_id) +
                 rows_bytes(m->u.pull.data.nkeys, m->u.pull.data.row_width, 0);
@@ -546,7 +546,7 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
         return 0;
     case KEEL_MSG_SHARD_READ:
         *size = 16 + str_size(m->u.shard_read.dataset);
-        return check_str(m->u.shard_read.dataset, KEEL_PROTO_MAX_ID, "dataset", err);
+        return check_str(m->u.shard_read.dataset, KEEL_ID_MAX, "dataset", err);
     case KEEL_MSG_SHARD_DATA:
         sd = &m->u.shard_data;
         if (sd->offsets == NULL)

@@ -85,7 +85,7 @@ static struct xchg *xchg_new(size_t n)
     struct xchg *x = keel_calloc(1, sizeof(*x));
 
     pthread_mutex_init(&x->lock, NULL);
-    pthread_cond_init(&x->cond, NULL);
+    keel_cond_init_mono(&x->cond);
     x->ncalls = n;
     x->refs = 1;
     KEEL_ALLOC_ARRAY(x->calls, n ? n : 1);
@@ -141,20 +141,12 @@ static int xchg_wait(struct wk *w, struct xchg *x, int abandon)
 {
     pthread_mutex_lock(&x->lock);
     while (x->waiting > 0) {
-        struct timespec until;
-
         if (abandon && atomic_load(&w->stopping)) {
             pthread_mutex_unlock(&x->lock);
             xchg_put(x);
             return KEEL_ECANCELED;
         }
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 100 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&x->cond, &x->lock, &until);
+        keel_cond_timedwait_ms(&x->cond, &x->lock, 100);
     }
     pthread_mutex_unlock(&x->lock);
     return 0;

@@ -22,21 +22,6 @@
 #include "signals.h"
 #include "worker_internal.h"
 
-/* An absolute CLOCK_REALTIME time `ms` from now, for pthread_cond_timedwait. */
-static struct timespec deadline_in(uint64_t ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* ---- the keys the worker follows (w->lock held) -------------------------------- */
 
 /* "assignment", "members/server/<id>", "jobs/<job>/{state,spec,shards/<n>}". */
@@ -304,7 +289,7 @@ static void *reporter_main(void *arg)
         if (!w->rep_urgent && !w->rep_stop && last != 0 &&
             now < last + w->config->worker_progress_interval_ms) {
             struct timespec until =
-                deadline_in(last + w->config->worker_progress_interval_ms - now);
+                keel_cond_deadline(last + w->config->worker_progress_interval_ms - now);
 
             pthread_cond_timedwait(&w->rep_cond, &w->rep_lock, &until);
             continue;
@@ -337,7 +322,7 @@ static void *reporter_main(void *arg)
                 w->rep_done = w->rep_want; /* give up: the servers have the pushes anyway */
                 pthread_cond_broadcast(&w->rep_cond);
             } else {
-                struct timespec until = deadline_in(500);
+                struct timespec until = keel_cond_deadline(500);
 
                 pthread_cond_timedwait(&w->rep_cond, &w->rep_lock, &until);
             }
@@ -875,7 +860,7 @@ static void rejoin(struct wk *w)
         KEEL_LOG_WARN("worker %s: cannot register again: %s", w->id, err.msg);
         pthread_mutex_lock(&w->lock);
         {
-            struct timespec until = deadline_in(1000);
+            struct timespec until = keel_cond_deadline(1000);
 
             if (!atomic_load(&w->stopping))
                 pthread_cond_timedwait(&w->cond, &w->lock, &until);
@@ -908,7 +893,7 @@ static void *train_main(void *arg)
         while (!atomic_load(&w->stopping) && !atomic_load(&w->member_lost) &&
                w->generation == seen && (retry_at == 0 || keel_clock_mono_ms() < retry_at)) {
             struct timespec until =
-                deadline_in(retry_at ? retry_at - keel_clock_mono_ms() + 1 : 5000);
+                keel_cond_deadline(retry_at ? retry_at - keel_clock_mono_ms() + 1 : 5000);
 
             pthread_cond_timedwait(&w->cond, &w->lock, &until);
         }
@@ -993,9 +978,9 @@ int keel_worker_run(const struct keel_config *config)
     w->id = config->node_id;
     snprintf(w->prefix, sizeof(w->prefix), "/keel/%s/", config->cluster_name);
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
+    keel_cond_init_mono(&w->cond);
     pthread_mutex_init(&w->rep_lock, NULL);
-    pthread_cond_init(&w->rep_cond, NULL);
+    keel_cond_init_mono(&w->rep_cond);
     keel_error_init(&err);
     keel_signals_block();
     openblas_set_num_threads(1); /* one compute thread; servers share the cores */

@@ -92,7 +92,4 @@ typedef int (*keel_audit_fn)(const struct keel_audit_record *rec, void *ctx,
 int keel_audit_verify(keel_store *s, keel_audit_fn fn, void *ctx, uint64_t *count,
                       struct keel_error *err);
 
-/* Hex of a 32-byte digest into `hex` (65 bytes). */
-void keel_hex32(char *hex, const unsigned char *digest);
-
 #endif

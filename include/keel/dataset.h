@@ -44,6 +44,7 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/id.h"
 #include "keel/proto.h"
 #include "keel/record.h"
 #include "keel/store.h"
@@ -140,7 +141,7 @@ int keel_dataset_load_file(const char *path, size_t max_bytes, struct keel_buf *
 
 /* ---- datasets in a store ------------------------------------------------ */
 
-#define KEEL_DATASET_NAME_MAX    64 /* bytes of a name: [A-Za-z0-9._-], not starting with '.' */
+/* A dataset name is 1 to KEEL_ID_MAX bytes of [A-Za-z0-9._-], not starting with '.'. */
 #define KEEL_DATASET_SPLIT_MAX   32 /* bytes of the split label ("train", "test") */
 #define KEEL_DATASET_SOURCES_MAX 255
 #define KEEL_DATASET_MAX_SHARDS  4096
@@ -149,7 +150,7 @@ int keel_dataset_load_file(const char *path, size_t max_bytes, struct keel_buf *
 
 /* What the store knows of a dataset. */
 struct keel_dataset_info {
-    char name[KEEL_DATASET_NAME_MAX + 1];
+    char name[KEEL_ID_MAX + 1];
     char split[KEEL_DATASET_SPLIT_MAX + 1];     /* "" when not given */
     char sources[KEEL_DATASET_SOURCES_MAX + 1]; /* file names, ", "-separated, maybe cut */
     struct keel_dataset_shape shape;

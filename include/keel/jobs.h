@@ -127,13 +127,6 @@ void keel_shards_release(struct keel_shard_table *t);
 unsigned keel_shards_assign(struct keel_shard_table *t, const struct keel_worker_ref *live,
                             size_t nlive, unsigned char *changed);
 
-/*
- * Free the shard held by worker `id` (any incarnation), keeping its
- * position: a worker's lease ended.  Returns its index, or -1 when it held
- * none.
- */
-long keel_shards_release_worker(struct keel_shard_table *t, const char *id);
-
 /* The index of the shard worker `id` with `incarnation` holds, or -1. */
 long keel_shards_owned_by(const struct keel_shard_table *t, const char *id, uint64_t incarnation);
 

@@ -28,6 +28,7 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/id.h"      /* KEEL_ID_MAX: node ids, worker ids, dataset names */
 #include "keel/version.h" /* KEEL_PROTO_VERSION */
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -40,7 +41,6 @@
 /* Limits that hold whatever the configured maximum frame size is. */
 #define KEEL_PROTO_MIN_FRAME_MAX 4096                /* smallest max frame size allowed */
 #define KEEL_PROTO_MAX_ROW_WIDTH (UINT32_C(1) << 20) /* floats per row */
-#define KEEL_PROTO_MAX_ID        64                  /* node ids, worker ids, dataset names */
 #define KEEL_PROTO_MAX_MESSAGE   1024                /* ERROR message text */
 #define KEEL_PROTO_NRANGES       256 /* key ranges; REPLICATE's range is below this */
 

@@ -59,7 +59,7 @@ struct keel_shard_pos {
     uint32_t shard;
     uint64_t seq;         /* the last applied position in the shard */
     uint64_t incarnation; /* of the worker that pushed it */
-    char worker_id[KEEL_PROTO_MAX_ID + 1];
+    char worker_id[KEEL_ID_MAX + 1];
 };
 
 /*

@@ -14,7 +14,7 @@
  *
  * Invariants kept by the encoder and checked by the decoder:
  *  - magic, version known; flags and reserved bytes zero; checksum matches;
- *  - the worker id is 1..KEEL_PROTO_MAX_ID bytes without NUL, zero-padded to
+ *  - the worker id is 1..KEEL_ID_MAX bytes without NUL, zero-padded to
  *    a multiple of 8;
  *  - row width 1..KEEL_PROTO_MAX_ROW_WIDTH; nkeys keys strictly increasing,
  *    each with the table id in its top 16 bits; the fields fill the record

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct keel_dataset_info info;
     struct keel_dataset_shard shard;
-    struct keel__block b;
+    struct keel__ds_block b;
     struct keel_error err;
     int rc;
 
@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     switch (data[0]) {
     case 0:
         rc = keel__dataset_meta_decode(data + 1, size - 1, "fuzz", &info, &err);
-        if (rc == 0 && (strlen(info.name) > KEEL_DATASET_NAME_MAX || info.nshards == 0))
+        if (rc == 0 && (strlen(info.name) > KEEL_ID_MAX || info.nshards == 0))
             abort();
         break;
     case 1:

@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     case 1: { /* row block: checksum at 0 over [8, end) */
-        struct keel__block b;
+        struct keel__snap_block b;
         if (reseal && n >= 8)
             keel_store_u64le(p, XXH3_64bits(p + 8, n - 8));
         rc = keel__block_decode(p, n, &b, &err);
@@ -86,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 2: { /* shard entry */
         struct keel_shard_pos sp;
-        unsigned char again[KEEL__SHARD_HEAD_SIZE + KEEL_PROTO_MAX_ID];
+        unsigned char again[KEEL__SHARD_HEAD_SIZE + KEEL_ID_MAX];
         uint64_t sum;
         if (reseal && n >= 8)
             keel_store_u64le(p, XXH3_64bits(p + 8, n - 8));

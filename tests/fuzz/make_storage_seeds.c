@@ -114,7 +114,7 @@ int main(int argc, char **argv)
     rc |= write_seed(argv[1], "snapshot", "block", 1, &b);
     rc |= write_seed(argv[1], "snapshot", "block-reseal", 5, &b);
 
-    unsigned char entry[KEEL__SHARD_HEAD_SIZE + KEEL_PROTO_MAX_ID];
+    unsigned char entry[KEEL__SHARD_HEAD_SIZE + KEEL_ID_MAX];
     keel_buf_reset(&b);
     keel_buf_add(&b, entry, keel__shard_encode(entry, sizeof(entry), &sp[1]));
     rc |= write_seed(argv[1], "snapshot", "shard", 2, &b);
