@@ -1,6 +1,6 @@
 /*
  * jobspec.c - job specs: the INI parser (inih), validation, the canonical
- * JSON form (jansson), its SHA-256 digest (OpenSSL), and the model tables.
+ * JSON form (jansson), its SHA-256 digest, and the model tables.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -12,8 +12,8 @@
 
 #include <ini.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 
+#include "digest.h"
 #include "keel/dataset.h"
 #include "keel/jobspec.h"
 #include "keel/model.h"
@@ -1050,14 +1050,9 @@ void keel_jobspec_digest(const struct keel_jobspec *spec,
                          unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE])
 {
     struct keel_buf b = KEEL_BUF_INIT;
-    unsigned int n = 0;
 
     keel_jobspec_encode(spec, &b);
-    if (EVP_Digest(b.buf, b.len, digest, &n, EVP_sha256(), NULL) != 1 ||
-        n != KEEL_JOBSPEC_DIGEST_SIZE) {
-        fprintf(stderr, "keel: SHA-256 failed\n");
-        abort();
-    }
+    keel_sha256(digest, b.buf, b.len);
     keel_buf_release(&b);
 }
 
@@ -1065,14 +1060,9 @@ void keel_jobspec_digest_hex(const struct keel_jobspec *spec,
                              char hex[2 * KEEL_JOBSPEC_DIGEST_SIZE + 1])
 {
     unsigned char d[KEEL_JOBSPEC_DIGEST_SIZE];
-    static const char digits[] = "0123456789abcdef";
 
     keel_jobspec_digest(spec, d);
-    for (int i = 0; i < KEEL_JOBSPEC_DIGEST_SIZE; i++) {
-        hex[2 * i] = digits[d[i] >> 4];
-        hex[2 * i + 1] = digits[d[i] & 15];
-    }
-    hex[2 * KEEL_JOBSPEC_DIGEST_SIZE] = '\0';
+    keel_hex(hex, d, sizeof(d));
 }
 
 /* ------------------------------------------------------------------------ */
