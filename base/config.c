@@ -295,8 +295,9 @@ void keel_config_release(struct keel_config *c)
     }
 }
 
-int keel_config_set_option(struct keel_config *c, const char *section, const char *key,
-                           const char *value, struct keel_error *err)
+/* Set option `section`.`key` from the text `value`; KEEL_ECONFIG when unknown or bad. */
+static int set_option(struct keel_config *c, const char *section, const char *key,
+                      const char *value, struct keel_error *err)
 {
     const struct option_desc *o = find_option(section, key);
 
@@ -327,7 +328,7 @@ int keel_config_set(struct keel_config *c, const char *assignment, struct keel_e
     section[sn] = '\0';
     memcpy(key, dot + 1, kn);
     key[kn] = '\0';
-    return keel_config_set_option(c, section, key, eq + 1, err);
+    return set_option(c, section, key, eq + 1, err);
 }
 
 struct load_ctx {
@@ -343,7 +344,7 @@ static int on_ini_value(void *user, const char *section, const char *name, const
 
     if (ctx->failed)
         return 0;
-    if (keel_config_set_option(ctx->config, section, name, value, ctx->err) != 0) {
+    if (set_option(ctx->config, section, name, value, ctx->err) != 0) {
         ctx->failed = 1;
         return 0;
     }

@@ -843,8 +843,12 @@ int keel_checkpoint_diff(keel_store *s, uint64_t a, uint64_t b, struct keel_ckpt
     return rc;
 }
 
-int keel_npy_write(const char *path, const char *dtype, uint64_t rows, uint64_t cols,
-                   const void *data, size_t elem_size, struct keel_error *err)
+/*
+ * Write a NumPy .npy (format 1.0) file: `dtype` "<f4" or "<u8", a 1-D array
+ * when cols is 0, else 2-D (rows, cols), C order, from `data`.
+ */
+static int npy_write(const char *path, const char *dtype, uint64_t rows, uint64_t cols,
+                     const void *data, size_t elem_size, struct keel_error *err)
 {
     char header[256], tmp[4096];
     unsigned char pre[10];
@@ -941,14 +945,14 @@ int keel_checkpoint_export(keel_store *s, uint64_t id, const char *dir, struct k
         if (rc != 0)
             break;
         snprintf(path, sizeof(path), "%s/table_%" PRIu32 ".npy", dir, tables[i]);
-        rc = keel_npy_write(path, "<f4", t.nrows, t.width, t.rows, 4, err);
+        rc = npy_write(path, "<f4", t.nrows, t.width, t.rows, 4, err);
         if (rc == 0) {
             snprintf(path, sizeof(path), "%s/table_%" PRIu32 ".keys.npy", dir, tables[i]);
-            rc = keel_npy_write(path, "<u8", t.nrows, 0, t.keys, 8, err);
+            rc = npy_write(path, "<u8", t.nrows, 0, t.keys, 8, err);
         }
         if (rc == 0 && t.state_width > 0) {
             snprintf(path, sizeof(path), "%s/table_%" PRIu32 ".state.npy", dir, tables[i]);
-            rc = keel_npy_write(path, "<f4", t.nrows, t.state_width, t.state, 4, err);
+            rc = npy_write(path, "<f4", t.nrows, t.state_width, t.state, 4, err);
         }
         KEEL_LOG_INFO("exported table %" PRIu32 " of checkpoint %" PRIu64 ": %" PRIu64
                       " rows of %" PRIu32,

@@ -15,6 +15,29 @@
 #include "keel/ulog.h"
 
 /*
+ * Append the encoding of `rec` to `out`.  The push must be valid (the caller
+ * built it or decoded it): KEEL_EINVAL otherwise, naming the field.
+ */
+int keel_ulog_encode(struct keel_buf *out, const struct keel_ulog_record *rec,
+                     struct keel_error *err);
+
+/*
+ * Decode `len` bytes at `data` (any alignment) into *rec.  The keys and rows
+ * are copied into `scratch` (reset first) so that they are aligned; the worker
+ * id points into `data`.  *rec is valid while both `data` and `scratch` are
+ * unchanged.  Errors: KEEL_ETRUNCATED (shorter than the header), KEEL_EMAGIC,
+ * KEEL_EVERSION, KEEL_ERESERVED, KEEL_ECHECKSUM, KEEL_ESTRING,
+ * KEEL_EPADDING, KEEL_EROWWIDTH, KEEL_ECOUNT (sizes do not fill the record),
+ * KEEL_EUNSORTED, KEEL_EINVAL (a key outside the table); the message gives
+ * the byte offset.
+ */
+int keel_ulog_decode(const void *data, size_t len, struct keel_ulog_record *rec,
+                     struct keel_buf *scratch, struct keel_error *err);
+
+/* The LMDB key of (range, lsn) in `key` (KEEL_ULOG_KEY_SIZE bytes). */
+void keel_ulog_key(unsigned char *key, uint32_t range, uint64_t lsn);
+
+/*
  * Append `n` records inside the caller's write transaction (group commit:
  * the server collects records and writes them in one keel_store_write()).
  * An existing (range, LSN) is refused with KEEL_EEXIST.  `scratch` is used

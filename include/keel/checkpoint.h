@@ -190,13 +190,6 @@ int keel_checkpoint_diff(keel_store *s, uint64_t a, uint64_t b, struct keel_ckpt
 int keel_checkpoint_export(keel_store *s, uint64_t id, const char *dir, struct keel_error *err);
 
 /*
- * Write a NumPy .npy (format 1.0) file: `dtype` "<f4" or "<u8", a 1-D array
- * when cols is 0, else 2-D (rows, cols), C order, from `data`.
- */
-int keel_npy_write(const char *path, const char *dtype, uint64_t rows, uint64_t cols,
-                   const void *data, size_t elem_size, struct keel_error *err);
-
-/*
  * Roll the ranges of a checkpoint back: after verifying it, each range's
  * snapshot becomes the checkpoint's rows, LSN and shard table, and the
  * range's log is dropped; with a "restored" audit record, in one

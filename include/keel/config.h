@@ -88,13 +88,6 @@ int keel_config_load(struct keel_config *c, const char *path, struct keel_error 
 int keel_config_set(struct keel_config *c, const char *assignment, struct keel_error *err);
 
 /*
- * Set option `section`.`key` from the text `value`.
- * Errors: KEEL_ECONFIG for an unknown option or a bad value.
- */
-int keel_config_set_option(struct keel_config *c, const char *section, const char *key,
-                           const char *value, struct keel_error *err);
-
-/*
  * Checks that involve more than one option or the role that will run:
  * `required` is a NULL-terminated list of "section.key" that must be non-empty.
  * Errors: KEEL_ECONFIG naming the first option that fails.

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "keel/ulog.h"
+#include "ulog_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -15,6 +15,7 @@
 #include "keel/audit.h"
 #include "keel/checkpoint.h"
 #include "keel/ulog.h"
+#include "ulog_int.h"
 
 static int write_seed(const char *dir, const char *corpus, const char *name, int mode,
                       const struct keel_buf *b)
