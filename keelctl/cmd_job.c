@@ -31,6 +31,7 @@
 #include "keel/progress.h"
 #include "keel/store.h"
 #include "keelctl.h"
+#include "keys.h"
 
 #define STOP_TRIES 5 /* reads of the state when the leader keeps moving it */
 
@@ -141,13 +142,6 @@ static int parse_opts(const char *what, void (*usage)(FILE *), int argc, char **
     return 0;
 }
 
-static void job_key(const struct keel_config *config, const char *job, const char *rest,
-                    struct keel_buf *out)
-{
-    keel_buf_reset(out);
-    keel_buf_addf(out, "/keel/%s/jobs/%s/%s", config->cluster_name, job, rest);
-}
-
 /* ---- submit ----------------------------------------------------------------- */
 
 /* Check the spec's datasets against the store in `dir`.  Returns 0 or an exit code. */
@@ -245,8 +239,8 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
     if (store && (rc = check_datasets(store, &spec)) != KEEL_EXIT_OK)
         return rc;
 
-    job_key(config, spec.name, "spec", &spec_key);
-    job_key(config, spec.name, "state", &state_key);
+    keel_key_job_spec(&spec_key, config->cluster_name, spec.name);
+    keel_key_job_state(&state_key, config->cluster_name, spec.name);
     keel_jobspec_encode(&spec, &spec_val);
     keel_job_status_init(&st, (uint64_t)keel_clock_wall_ms());
     keel_job_status_encode(&st, &state_val);
@@ -636,7 +630,7 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
     keel_error_init(&err);
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) != 0)
         return keelctl_etcd_fail("job stop", config, &err);
-    job_key(config, name, "state", &key);
+    keel_key_job_state(&key, config->cluster_name, name);
     rc = -1;
     for (int try = 0; try < STOP_TRIES && rc < 0; try++) {
         struct keel_etcd_txn_result r;

@@ -38,6 +38,7 @@
 #include "keel/proto.h"
 #include "keel/store.h"
 #include "keelctl.h"
+#include "keys.h"
 
 #define WHAT       "job rollback"
 #define MAX_STORES 64
@@ -207,26 +208,28 @@ static int pick(keel_store *s, const char *dir, const struct opts *o,
 }
 
 /* Delete the progress reports and the evaluations of passes >= `from_pass`. */
-static int forget_after(keel_etcd *etcd, const char *prefix, uint32_t from_pass,
+static int forget_after(keel_etcd *etcd, const char *cluster, const char *job, uint32_t from_pass,
                         struct keel_error *err)
 {
+    struct keel_buf key = KEEL_BUF_INIT;
     struct keel_etcd_kvs kvs;
-    char key[512];
-    size_t plen;
     int rc;
 
-    snprintf(key, sizeof(key), "%sprogress/", prefix);
-    if ((rc = keel_etcd_delete(etcd, key, 1, NULL, NULL, err)) != 0)
-        return rc;
-    snprintf(key, sizeof(key), "%seval/", prefix);
-    plen = strlen(key);
+    keel_key_job_prefix(&key, cluster, job);
+    keel_buf_add_str(&key, "progress/");
+    rc = keel_etcd_delete(etcd, keel_key_str(&key), 1, NULL, NULL, err);
+    keel_key_job_prefix(&key, cluster, job);
+    keel_buf_add_str(&key, "eval/");
     memset(&kvs, 0, sizeof(kvs));
-    if ((rc = keel_etcd_range_prefix(etcd, key, NULL, &kvs, err)) != 0)
+    if (rc == 0)
+        rc = keel_etcd_range_prefix(etcd, keel_key_str(&key), NULL, &kvs, err);
+    keel_buf_release(&key);
+    if (rc != 0)
         return rc;
     for (size_t i = 0; i < kvs.n && rc == 0; i++) {
-        unsigned long pass = strtoul(kvs.kvs[i].key + plen, NULL, 10);
+        struct keel_key k;
 
-        if (pass >= from_pass)
+        if (keel_key_parse(kvs.kvs[i].key, cluster, &k) == KEEL_KEY_JOB_EVAL && k.num >= from_pass)
             rc = keel_etcd_delete(etcd, kvs.kvs[i].key, 0, NULL, NULL, err);
     }
     keel_etcd_kvs_release(&kvs);
@@ -246,7 +249,7 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
     struct keel_error err;
     struct keel_buf k = KEEL_BUF_INIT, v = KEEL_BUF_INIT;
     unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE];
-    char prefix[256], reason[128];
+    char reason[128];
     keel_etcd *etcd = NULL;
     keel_etcd_txn *txn = NULL;
     uint64_t *pos = NULL;
@@ -269,10 +272,9 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
         return keelctl_fail(WHAT, "--key: %s", err.msg);
     if (keelctl_etcd_open(config, &etcd, &err) != 0)
         return keelctl_etcd_fail(WHAT, config, &err);
-    snprintf(prefix, sizeof(prefix), "/keel/%s/jobs/%s/", config->cluster_name, o.name);
 
     /* The job: ended, with a spec. */
-    keel_buf_addf(&k, "%sstate", prefix);
+    keel_key_job_state(&k, config->cluster_name, o.name);
     if ((rc = keel_etcd_get(etcd, (const char *)k.buf, &state_kv, NULL, &err)) != 0) {
         rc = rc == KEEL_ENOTFOUND
                  ? keelctl_fail(WHAT, "no job '%s' in cluster '%s'", o.name, config->cluster_name)
@@ -289,8 +291,7 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
                           keel_job_state_name(was), o.name);
         goto out;
     }
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sspec", prefix);
+    keel_key_job_spec(&k, config->cluster_name, o.name);
     if (keel_etcd_get(etcd, (const char *)k.buf, &spec_kv, NULL, &err) != 0 ||
         keel_jobspec_decode(spec_kv.value, spec_kv.value_len, &spec, &err) != 0) {
         rc = keelctl_fail(WHAT, "job '%s': its spec: %s", o.name, err.msg);
@@ -357,7 +358,7 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
     }
 
     /* etcd: forget what the replay will report again, then shards and state at once. */
-    if (forget_after(etcd, prefix, from_pass, &err) != 0) {
+    if (forget_after(etcd, config->cluster_name, o.name, from_pass, &err) != 0) {
         rc = keelctl_etcd_fail(WHAT, config, &err);
         goto out;
     }
@@ -368,8 +369,7 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
         goto out;
     }
     txn = keel_etcd_txn_new();
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sstate", prefix);
+    keel_key_job_state(&k, config->cluster_name, o.name);
     keel_etcd_txn_compare(txn, (const char *)k.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
                           state_kv.mod_revision);
     for (uint32_t sh = 0; sh < spec.shards; sh++) {
@@ -378,14 +378,12 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
         memset(&s, 0, sizeof(s));
         s.pass = (uint32_t)(pos[sh] >> 32);
         s.batch = (uint32_t)pos[sh];
-        keel_buf_reset(&k);
-        keel_buf_addf(&k, "%sshards/%" PRIu32, prefix, sh);
+        keel_key_job_shard(&k, config->cluster_name, o.name, sh);
         keel_buf_reset(&v);
         keel_shard_encode(&s, &v);
         keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);
     }
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sstate", prefix);
+    keel_key_job_state(&k, config->cluster_name, o.name);
     keel_buf_reset(&v);
     keel_job_status_encode(&st, &v);
     keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);

@@ -25,6 +25,7 @@
 #include "election.h"
 
 #include "etcd.h"
+#include "keys.h"
 #include "log.h"
 #include "member.h"
 
@@ -867,7 +868,7 @@ static int cmd_hooks(int argc, char **argv)
     struct keel_coordinator_opts o = {0};
     struct keel_etcd_kv kv;
     keel_coordinator *co;
-    char member_key[256];
+    struct keel_buf member_key = KEEL_BUF_INIT;
     int64_t lease;
     pthread_t th;
 
@@ -889,8 +890,9 @@ static int cmd_hooks(int argc, char **argv)
     keel_etcd_kv_release(&kv);
 
     /* The lease goes: deposed() with the reason, then a new leadership. */
-    snprintf(member_key, sizeof(member_key), "/keel/%s/members/coordinator/h1", argv[0]);
-    OK(keel_etcd_get(client, member_key, &kv, NULL, &err));
+    keel_key_member(&member_key, argv[0], "coordinator", "h1");
+    OK(keel_etcd_get(client, keel_key_str(&member_key), &kv, NULL, &err));
+    keel_buf_release(&member_key);
     lease = kv.lease;
     keel_etcd_kv_release(&kv);
     OK(keel_etcd_revoke(client, lease, &err));
