@@ -535,7 +535,14 @@ int wk_job_running(struct wk *w)
 /* ---- training ------------------------------------------------------------------------- */
 
 /* Why a lease ended. */
-enum lease_end { LEASE_PASS_DONE, LEASE_STOPPED, LEASE_LOST, LEASE_FAILED, LEASE_FATAL };
+enum lease_end {
+    LEASE_PASS_DONE,
+    LEASE_STOPPED,
+    LEASE_LOST,
+    LEASE_FAILED,
+    LEASE_FATAL,
+    LEASE_GOING, /* not an end: the lease goes on (the steps of run_lease()) */
+};
 
 struct window {
     uint64_t t0;
@@ -598,240 +605,324 @@ static void lead_add(struct wk_job *j, struct wk_lead *lease, const struct wk_xs
                   j->name, xs->lead, j->clock, bound);
 }
 
-/* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
-static enum lease_end run_lease(struct wk *w, const struct lease *l)
+/* A lease being worked on (training thread): where it is and what it counted. */
+struct lease_run {
+    const struct lease *l;
+    struct wk_reader rd;
+    uint32_t pass, batch, nbatches;    /* the next batch; batches per pass of the shard */
+    uint32_t acked;                    /* batches acknowledged in this lease */
+    uint32_t dup_run, dup_first;       /* a run of batches acknowledged only as duplicates */
+    uint64_t acks, acks_dup, last_seq; /* ACKs, of which duplicates; the last seq pushed */
+    uint64_t gen;                      /* w->generation when the lease was last checked */
+    struct window win;                 /* the batches since the last progress line */
+    struct wk_lead lead;               /* the clock leads of this lease's pulls */
+};
+
+/*
+ * Before the first batch: check the job's dataset once, route by the
+ * assignment.  LEASE_GOING, or why the lease ends at once.
+ */
+static enum lease_end lease_prepare(struct wk *w, struct keel_error *err)
 {
     struct wk_job *j = &w->job;
-    struct wk_reader rd;
-    struct keel_error err;
-    struct window win = {0};
-    struct wk_lead lead = {0, 0};
-    uint32_t pass = l->pass, batch = l->batch, nbatches, dup_run = 0, dup_first = 0;
-    uint32_t B = j->spec.batch_size, acked = 0;
-    uint64_t acks = 0, acks_dup = 0;
-    uint64_t gen, last_seq = 0, incarnation;
-    enum lease_end end = LEASE_FAILED;
     int rc;
 
-    keel_error_init(&err);
     if (!j->checked) {
-        rc = wk_check_dataset(w, &err);
+        rc = wk_check_dataset(w, err);
         if (rc == KEEL_EINVAL) {
-            KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
+            KEEL_LOG_ERROR("job %s: %s", j->name, err->msg);
             return LEASE_FATAL;
         }
         if (rc != 0) {
             KEEL_LOG_WARN("job %s: cannot check dataset '%s': %s", j->name, j->spec.dataset,
-                          err.msg);
+                          err->msg);
             return rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
         }
         j->checked = 1;
     }
-    if ((rc = wk_refresh_route(w, 0, &err)) < 0) {
-        KEEL_LOG_WARN("job %s: cannot route requests: %s", j->name, err.msg);
+    if (wk_refresh_route(w, 0, err) < 0) {
+        KEEL_LOG_WARN("job %s: cannot route requests: %s", j->name, err->msg);
         return LEASE_FAILED;
     }
-    wk_reader_init(&rd, j->spec.dataset, l->shard);
-    if ((rc = wk_reader_open(w, &rd, (uint64_t)batch * B, &err)) != 0) {
-        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-        end = rc == KEEL_EINVAL ? LEASE_FATAL : rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
-        goto out;
+    return LEASE_GOING;
+}
+
+/* Open the shard's records at the lease's position.  LEASE_GOING, or why the lease ends. */
+static enum lease_end lease_open(struct wk *w, struct lease_run *r, struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint32_t B = j->spec.batch_size;
+    int rc;
+
+    if ((rc = wk_reader_open(w, &r->rd, (uint64_t)r->batch * B, err)) != 0) {
+        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        return rc == KEEL_EINVAL      ? LEASE_FATAL
+               : rc == KEEL_ECANCELED ? LEASE_STOPPED
+                                      : LEASE_FAILED;
     }
-    nbatches = keel_worker_nbatches(rd.total, B);
-    if (batch > nbatches) {
+    r->nbatches = keel_worker_nbatches(r->rd.total, B);
+    if (r->batch > r->nbatches) {
         KEEL_LOG_ERROR("job %s: shard %" PRIu32 ": recorded batch %" PRIu32
                        " is past the shard's %" PRIu32 " batches",
-                       j->name, l->shard, batch, nbatches);
-        end = LEASE_FATAL;
-        goto out;
+                       j->name, l->shard, r->batch, r->nbatches);
+        return LEASE_FATAL;
     }
-    j->clock = keel_worker_clock(j->nb_max, pass, batch);
+    j->clock = keel_worker_clock(j->nb_max, r->pass, r->batch);
     KEEL_LOG_INFO("job %s: shard %" PRIu32 " (%" PRIu64 " records, %" PRIu32
                   " batches): starting at pass %" PRIu32 " batch %" PRIu32 ", clock %" PRIu64,
-                  j->name, l->shard, rd.total, nbatches, pass, batch, j->clock);
+                  j->name, l->shard, r->rd.total, r->nbatches, r->pass, r->batch, j->clock);
     pthread_mutex_lock(&w->lock);
-    gen = w->generation;
+    r->gen = w->generation;
     pthread_mutex_unlock(&w->lock);
-    win.t0 = keel_clock_mono_ms();
+    r->win.t0 = keel_clock_mono_ms();
+    return LEASE_GOING;
+}
 
-    while (pass == l->pass && batch < nbatches) {
-        uint32_t n =
-            (uint32_t)((uint64_t)(batch + 1) * B <= rd.total ? B : rd.total - (uint64_t)batch * B);
-        struct keel_model_stats ms;
-        struct wk_xstats xs = {0};
-
-        if (atomic_load(&w->stopping)) {
-            end = LEASE_STOPPED;
-            goto report;
-        }
-        if (atomic_load(&w->member_lost)) {
-            end = LEASE_LOST;
-            goto report;
-        }
-        pthread_mutex_lock(&w->lock);
-        if (w->generation != gen) {
-            gen = w->generation;
-            if (!lease_holds(w, l->shard)) {
-                pthread_mutex_unlock(&w->lock);
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
-                              j->name, l->shard);
-                end = LEASE_LOST;
-                goto report;
-            }
-        }
-        pthread_mutex_unlock(&w->lock);
-
-        if ((rc = wk_reader_fill(w, &rd, (uint64_t)batch * B, n, &err)) != 0) {
-            if (rc == KEEL_ECANCELED)
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-            else
-                KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
-            end = rc == KEEL_ECANCELED ? LEASE_STOPPED
-                  : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
-                     rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
-                      ? LEASE_FATAL
-                      : LEASE_FAILED;
-            goto report;
-        }
-        j->clock = keel_worker_clock(j->nb_max, pass, batch);
-        if ((rc = wk_pull_all(w, j->clock, &xs, &err)) != 0) {
-            if (rc == KEEL_ECANCELED) {
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-                end = LEASE_STOPPED;
-            } else {
-                KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock,
-                               err.msg);
-                end = LEASE_FAILED;
-            }
-            goto report;
-        }
-        lead_add(j, &lead, &xs);
-        if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, &ms,
-                            &err) != 0) {
-            KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
-                           batch, err.msg);
-            end = LEASE_FATAL;
-            goto report;
-        }
-        /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
-        if ((rc = wk_push_all(w, l->shard, keel_worker_seq(pass, batch), j->clock, &xs, &err)) !=
-            0) {
-            if (rc == KEEL_ECANCELED) {
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-                end = LEASE_STOPPED;
-            } else {
-                KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32
-                               ": %s",
-                               j->name, l->shard, pass, batch, err.msg);
-                end = LEASE_FAILED;
-            }
-            goto report;
-        }
-        w->total_batches++;
-        w->total_duplicates += xs.duplicates;
-        acked++;
-        acks += xs.acks;
-        acks_dup += xs.duplicates;
-        last_seq = keel_worker_seq(pass, batch);
-        if (xs.acks > 0 && xs.duplicates == xs.acks) {
-            if (dup_run++ == 0)
-                dup_first = batch;
-        } else if (dup_run > 0) {
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
-                          " of pass %" PRIu32 " had been applied before: the servers"
-                          " acknowledged them as duplicates and did not apply them again",
-                          j->name, l->shard, dup_first, dup_first + dup_run - 1, pass);
-            dup_run = 0;
-        }
-        keel_worker_next(nbatches, &pass, &batch);
-        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
-        if (pass == l->pass)
-            report(w, l->shard, pass, batch, 0);
-
-        win.batches++;
-        win.examples += n;
-        win.loss += ms.loss * n;
-        win.correct += ms.ncorrect;
-        if (win.batches >= w->config->worker_log_every || pass != l->pass) {
-            uint64_t dt = keel_clock_mono_ms() - win.t0;
-
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
-                          ": %.0f examples/s, loss %.4f, train accuracy %.4f"
-                          " (last %" PRIu32 " batches)",
-                          j->name, l->shard, pass == l->pass ? pass : l->pass,
-                          pass == l->pass ? batch : nbatches, nbatches,
-                          dt ? (double)win.examples * 1000.0 / (double)dt : 0.0,
-                          win.loss / (double)win.examples,
-                          (double)win.correct / (double)win.examples, win.batches);
-            memset(&win, 0, sizeof(win));
-            win.t0 = keel_clock_mono_ms();
+/* Before each batch: stopping, the membership lost, or the lease moved away? */
+static enum lease_end lease_check(struct wk *w, struct lease_run *r)
+{
+    if (atomic_load(&w->stopping))
+        return LEASE_STOPPED;
+    if (atomic_load(&w->member_lost))
+        return LEASE_LOST;
+    pthread_mutex_lock(&w->lock);
+    if (w->generation != r->gen) {
+        r->gen = w->generation;
+        if (!lease_holds(w, r->l->shard)) {
+            pthread_mutex_unlock(&w->lock);
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
+                          w->job.name, r->l->shard);
+            return LEASE_LOST;
         }
     }
-    if (dup_run > 0)
+    pthread_mutex_unlock(&w->lock);
+    return LEASE_GOING;
+}
+
+/*
+ * One batch of `n` records: read it, pull the model, compute the gradient,
+ * push it.  LEASE_GOING once every primary acknowledged the push, or why
+ * the lease ends.
+ */
+static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
+                                  struct keel_model_stats *ms, struct wk_xstats *xs,
+                                  struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint32_t B = j->spec.batch_size;
+    int rc;
+
+    if ((rc = wk_reader_fill(w, &r->rd, (uint64_t)r->batch * B, n, err)) != 0) {
+        if (rc == KEEL_ECANCELED)
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        else
+            KEEL_LOG_ERROR("job %s: %s", j->name, err->msg);
+        return rc == KEEL_ECANCELED ? LEASE_STOPPED
+               : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
+                  rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
+                   ? LEASE_FATAL
+                   : LEASE_FAILED;
+    }
+    j->clock = keel_worker_clock(j->nb_max, r->pass, r->batch);
+    if ((rc = wk_pull_all(w, j->clock, xs, err)) != 0) {
+        if (rc == KEEL_ECANCELED) {
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+            return LEASE_STOPPED;
+        }
+        KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock, err->msg);
+        return LEASE_FAILED;
+    }
+    lead_add(j, &r->lead, xs);
+    if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, ms, err) !=
+        0) {
+        KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
+                       r->batch, err->msg);
+        return LEASE_FATAL;
+    }
+    /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
+    if ((rc = wk_push_all(w, l->shard, keel_worker_seq(r->pass, r->batch), j->clock, xs, err)) !=
+        0) {
+        if (rc == KEEL_ECANCELED) {
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+            return LEASE_STOPPED;
+        }
+        KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 ": %s",
+                       j->name, l->shard, r->pass, r->batch, err->msg);
+        return LEASE_FAILED;
+    }
+    return LEASE_GOING;
+}
+
+/*
+ * A batch of `n` records was acknowledged: count it, note runs of
+ * duplicates, move to the next batch, report the progress, and log the
+ * window of batches every worker_log_every.
+ */
+static void lease_acked(struct wk *w, struct lease_run *r, uint32_t n,
+                        const struct keel_model_stats *ms, const struct wk_xstats *xs)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+
+    w->total_batches++;
+    w->total_duplicates += xs->duplicates;
+    r->acked++;
+    r->acks += xs->acks;
+    r->acks_dup += xs->duplicates;
+    r->last_seq = keel_worker_seq(r->pass, r->batch);
+    if (xs->acks > 0 && xs->duplicates == xs->acks) {
+        if (r->dup_run++ == 0)
+            r->dup_first = r->batch;
+    } else if (r->dup_run > 0) {
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32 " of pass %" PRIu32
+                      " had been applied before: the servers"
+                      " acknowledged them as duplicates and did not apply them again",
+                      j->name, l->shard, r->dup_first, r->dup_first + r->dup_run - 1, r->pass);
+        r->dup_run = 0;
+    }
+    keel_worker_next(r->nbatches, &r->pass, &r->batch);
+    j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
+    if (r->pass == l->pass)
+        report(w, l->shard, r->pass, r->batch, 0);
+
+    r->win.batches++;
+    r->win.examples += n;
+    r->win.loss += ms->loss * n;
+    r->win.correct += ms->ncorrect;
+    if (r->win.batches >= w->config->worker_log_every || r->pass != l->pass) {
+        uint64_t dt = keel_clock_mono_ms() - r->win.t0;
+
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
+                      ": %.0f examples/s, loss %.4f, train accuracy %.4f"
+                      " (last %" PRIu32 " batches)",
+                      j->name, l->shard, r->pass == l->pass ? r->pass : l->pass,
+                      r->pass == l->pass ? r->batch : r->nbatches, r->nbatches,
+                      dt ? (double)r->win.examples * 1000.0 / (double)dt : 0.0,
+                      r->win.loss / (double)r->win.examples,
+                      (double)r->win.correct / (double)r->win.examples, r->win.batches);
+        memset(&r->win, 0, sizeof(r->win));
+        r->win.t0 = keel_clock_mono_ms();
+    }
+}
+
+/* The pass is over: measure the model on the test set and record it. */
+static void lease_pass_done(struct wk *w, struct lease_run *r, struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    struct keel_eval e;
+    uint64_t t0;
+    int rc;
+
+    if (r->dup_run > 0)
         KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
                       " had been applied before: acknowledged as duplicates, not applied again",
-                      j->name, l->shard, dup_first, dup_first + dup_run - 1);
-    if (batch == nbatches && pass == l->pass) { /* an empty shard: the pass is trivially done */
-        pass++;
-        batch = 0;
-        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
+                      j->name, l->shard, r->dup_first, r->dup_first + r->dup_run - 1);
+    if (r->batch == r->nbatches && r->pass == l->pass) { /* an empty shard: trivially done */
+        r->pass++;
+        r->batch = 0;
+        j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
     }
-    /* The pass is over: measure the model on the test set, then hand the shard back. */
-    {
-        struct keel_eval e;
-        uint64_t t0 = keel_clock_mono_ms();
+    t0 = keel_clock_mono_ms();
+    memset(&e, 0, sizeof(e));
+    rc = wk_evaluate(w, &e, err);
+    if (rc == 0 && e.examples > 0) {
+        snprintf(e.worker, sizeof(e.worker), "%s", w->id);
+        e.pass = l->pass;
+        e.time_ms = (uint64_t)keel_clock_wall_ms();
+        KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
+                      " loss %.4f on %" PRIu64 " examples (%.2f s)",
+                      j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
+                      (double)(keel_clock_mono_ms() - t0) / 1000.0);
+        if (write_eval(w, &e, err) != 0)
+            KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err->msg);
+    } else if (rc == 0) {
+        KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32
+                      ") done; the job has no test dataset",
+                      j->name, l->pass, l->shard);
+    } else if (rc != KEEL_ECANCELED) {
+        KEEL_LOG_WARN("job %s: pass %" PRIu32 ": cannot measure test accuracy: %s", j->name,
+                      l->pass, err->msg);
+    }
+}
 
-        memset(&e, 0, sizeof(e));
-        rc = wk_evaluate(w, &e, &err);
-        if (rc == 0 && e.examples > 0) {
-            snprintf(e.worker, sizeof(e.worker), "%s", w->id);
-            e.pass = l->pass;
-            e.time_ms = (uint64_t)keel_clock_wall_ms();
-            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
-                          " loss %.4f on %" PRIu64 " examples (%.2f s)",
-                          j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
-                          (double)(keel_clock_mono_ms() - t0) / 1000.0);
-            if (write_eval(w, &e, &err) != 0)
-                KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err.msg);
-        } else if (rc == 0) {
-            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32
-                          ") done; the job has no test dataset",
-                          j->name, l->pass, l->shard);
-        } else if (rc != KEEL_ECANCELED) {
-            KEEL_LOG_WARN("job %s: pass %" PRIu32 ": cannot measure test accuracy: %s", j->name,
-                          l->pass, err.msg);
-        }
-    }
-    end = LEASE_PASS_DONE;
-report:
-    if (end != LEASE_LOST) /* a lost lease is someone else's to report */
-        report(w, l->shard, pass, batch, 1);
-    /* What the servers acknowledged in this lease, and the clock leads its pulls saw. */
+/*
+ * The lease ended (`end`): report where the shard is (unless the lease was
+ * lost: that is someone else's to report), and log what the servers
+ * acknowledged in this lease and the clock leads its pulls saw.
+ */
+static void lease_ended(struct wk *w, const struct lease_run *r, enum lease_end end)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint64_t incarnation;
+
+    if (end != LEASE_LOST)
+        report(w, l->shard, r->pass, r->batch, 1);
     pthread_mutex_lock(&w->lock);
     incarnation = w->incarnation;
     pthread_mutex_unlock(&w->lock);
-    if (acked > 0)
+    if (r->acked > 0)
         KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
                       " lease ended (%s): batches %" PRIu32 "-%" PRIu32 " acknowledged, %" PRIu64
                       " of %" PRIu64 " ACKs as duplicates; last seq %" PRIu64
                       ", incarnation %" PRIu64,
                       j->name, l->shard, l->pass, lease_end_name(end), l->batch,
-                      l->batch + acked - 1, acks_dup, acks, last_seq, incarnation);
+                      l->batch + r->acked - 1, r->acks_dup, r->acks, r->last_seq, incarnation);
     else
         KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
                       " lease ended (%s): no batch acknowledged, incarnation %" PRIu64,
                       j->name, l->shard, l->pass, lease_end_name(end), incarnation);
-    if (lead.pulls > 0) {
+    if (r->lead.pulls > 0) {
         char bound[64];
 
         lead_bound(&j->spec, bound, sizeof(bound));
         KEEL_LOG_INFO("job %s: largest clock lead over the slowest live worker: %" PRId64
                       " (%s); in this lease of shard %" PRIu32 ": %" PRId64 " over %" PRIu64
                       " pulls",
-                      j->name, j->lead.max, bound, l->shard, lead.max, lead.pulls);
+                      j->name, j->lead.max, bound, l->shard, r->lead.max, r->lead.pulls);
     }
+}
+
+/* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
+static enum lease_end run_lease(struct wk *w, const struct lease *l)
+{
+    struct wk_job *j = &w->job;
+    uint32_t B = j->spec.batch_size;
+    struct lease_run r;
+    struct keel_error err;
+    enum lease_end end;
+
+    keel_error_init(&err);
+    memset(&r, 0, sizeof(r));
+    r.l = l;
+    r.pass = l->pass;
+    r.batch = l->batch;
+    if ((end = lease_prepare(w, &err)) != LEASE_GOING)
+        return end;
+    wk_reader_init(&r.rd, j->spec.dataset, l->shard);
+    if ((end = lease_open(w, &r, &err)) != LEASE_GOING)
+        goto out;
+    while (r.pass == l->pass && r.batch < r.nbatches) {
+        uint32_t n = (uint32_t)((uint64_t)(r.batch + 1) * B <= r.rd.total
+                                    ? B
+                                    : r.rd.total - (uint64_t)r.batch * B);
+        struct keel_model_stats ms;
+        struct wk_xstats xs = {0};
+
+        if ((end = lease_check(w, &r)) != LEASE_GOING ||
+            (end = lease_batch(w, &r, n, &ms, &xs, &err)) != LEASE_GOING)
+            goto ended;
+        lease_acked(w, &r, n, &ms, &xs);
+    }
+    lease_pass_done(w, &r, &err);
+    end = LEASE_PASS_DONE;
+ended:
+    lease_ended(w, &r, end);
 out:
-    wk_reader_release(&rd);
+    wk_reader_release(&r.rd);
     return end;
 }
 
