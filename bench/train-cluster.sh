@@ -217,8 +217,7 @@ done
 records=$("$bin/keelctl" dataset info --store "$cdir/data/server-s1" --name "$KEEL_DATASET" --json |
     python3 -c 'import json,sys; print(",".join(str(s["records"]) for s in json.load(sys.stdin)["shard_list"]))') ||
     fail "cannot read the shards of '$KEEL_DATASET' from server s1's store"
-examples=$(cl_etcdctl get --prefix "$prefix/" -w json |
-    python3 "$top/scripts/lib/job_progress.py" "$prefix/" "$epochs" "$batch" "$records" |
+examples=$(cl_job_progress "$bin/keelctl" "$cdir/keelctl.ini" "$job" "$epochs" "$batch" "$records" |
     sed -n 's/^examples=//p') || fail "cannot read the job's progress from etcd"
 
 # Every shard's every pass ends with an evaluation: give the watch a moment

@@ -9,8 +9,8 @@
 #include "alloc.h"
 #include "keel/buf.h"
 #include "keel/cstate.h"
+#include "keys.h"
 #include "log.h"
-#include "keel/progress.h"
 
 void keel_cstate_release(struct keel_cstate *s)
 {
@@ -55,22 +55,18 @@ const struct keel_member_info *keel_cstate_members(const struct keel_cstate *s, 
 }
 
 /* members/<role>/<id>: decode, check it names itself, append. */
-static void add_member(struct keel_cstate *s, const struct keel_etcd_kv *kv, const char *rest)
+static void add_member(struct keel_cstate *s, const struct keel_etcd_kv *kv,
+                       const struct keel_key *key)
 {
     struct keel_member_info info;
     struct keel_error err;
-    const char *slash = strchr(rest, '/');
 
     keel_error_init(&err);
-    if (slash == NULL)
-        return;
     if (keel_member_decode(kv->value, kv->value_len, &info, &err) != 0) {
         KEEL_LOG_WARN("ignoring member '%s': %s", kv->key, err.msg);
         return;
     }
-    if (strlen(info.role) != (size_t)(slash - rest) ||
-        strncmp(info.role, rest, (size_t)(slash - rest)) != 0 || strcmp(info.id, slash + 1) != 0 ||
-        !keel_id_valid(info.id)) {
+    if (strcmp(info.role, key->role) != 0 || strcmp(info.id, key->id) != 0) {
         KEEL_LOG_WARN("ignoring member '%s': its value names '%s/%s'", kv->key, info.role, info.id);
         keel_member_info_release(&info);
         return;
@@ -81,8 +77,9 @@ static void add_member(struct keel_cstate *s, const struct keel_etcd_kv *kv, con
     s->members[s->nmembers++] = info;
 }
 
-static struct keel_cstate_job *job_of(struct keel_cstate *s, const char *name, size_t len)
+static struct keel_cstate_job *job_of(struct keel_cstate *s, const char *name)
 {
+    size_t len = strlen(name);
     struct keel_cstate_job *j;
 
     if (s->njobs > 0) {
@@ -127,42 +124,30 @@ static void sort_items(struct keel_cstate_item *items, size_t n)
         qsort(items, n, sizeof(*items), cmp_item);
 }
 
-/* jobs/<job>/<rest>: file the key under its job. */
-static void add_job_key(struct keel_cstate *s, const struct keel_etcd_kv *kv, const char *path)
+/* jobs/<job>/...: file the key under its job. */
+static void add_job_key(struct keel_cstate *s, const struct keel_etcd_kv *kv,
+                        const struct keel_key *key)
 {
-    const char *slash = strchr(path, '/');
-    char name[KEEL_ID_MAX + 1], worker[KEEL_ID_MAX + 1];
-    struct keel_cstate_job *j;
-    const char *rest;
-    uint32_t num;
-    size_t len;
+    struct keel_cstate_job *j = job_of(s, key->job);
 
-    if (slash == NULL || (len = (size_t)(slash - path)) == 0 || len > KEEL_ID_MAX)
-        return;
-    memcpy(name, path, len);
-    name[len] = '\0';
-    if (!keel_id_valid(name))
-        return;
-    rest = slash + 1;
-    j = job_of(s, name, len);
-    if (strcmp(rest, "spec") == 0) {
+    switch (key->type) {
+    case KEEL_KEY_JOB_SPEC:
         j->spec_kv = kv;
-    } else if (strcmp(rest, "state") == 0) {
+        break;
+    case KEEL_KEY_JOB_STATE:
         j->state_kv = kv;
-    } else {
-        switch (keel_job_key_parse(rest, &num, worker)) {
-        case KEEL_JOB_KEY_SHARD:
-            add_item(&j->shards, &j->nshards, num, NULL, kv);
-            break;
-        case KEEL_JOB_KEY_PROGRESS:
-            add_item(&j->progress, &j->nprogress, num, NULL, kv);
-            break;
-        case KEEL_JOB_KEY_EVAL:
-            add_item(&j->eval, &j->neval, num, worker, kv);
-            break;
-        case KEEL_JOB_KEY_OTHER:
-            break;
-        }
+        break;
+    case KEEL_KEY_JOB_SHARD:
+        add_item(&j->shards, &j->nshards, key->num, NULL, kv);
+        break;
+    case KEEL_KEY_JOB_PROGRESS:
+        add_item(&j->progress, &j->nprogress, key->num, NULL, kv);
+        break;
+    case KEEL_KEY_JOB_EVAL:
+        add_item(&j->eval, &j->neval, key->num, key->id, kv);
+        break;
+    default:
+        break;
     }
 }
 
@@ -203,24 +188,32 @@ void keel_cstate_parse(struct keel_cstate *out, const char *cluster, struct keel
     memset(out, 0, sizeof(*out));
     out->kvs = *kvs;
     memset(kvs, 0, sizeof(*kvs));
-    keel_buf_addf(&prefix, "/keel/%s/", cluster);
+    keel_key_prefix(&prefix, cluster);
     out->prefix = (char *)keel_buf_detach(&prefix, NULL);
     out->revision = out->kvs.revision;
     for (size_t i = 0; i < out->kvs.n; i++) {
         const struct keel_etcd_kv *kv = &out->kvs.kvs[i];
-        const char *rel = keel_cstate_rel(out, kv);
+        struct keel_key key;
 
-        if (strncmp(rel, "election/coordinator/", 21) == 0) {
+        switch (keel_key_parse_rel(keel_cstate_rel(out, kv), &key)) {
+        case KEEL_KEY_CANDIDATE:
             if (out->leader == NULL || kv->create_revision < out->leader->create_revision)
                 out->leader = kv;
-        } else if (strcmp(rel, "leader") == 0) {
+            break;
+        case KEEL_KEY_LEADER:
             out->leader_record = kv;
-        } else if (strcmp(rel, "assignment") == 0) {
+            break;
+        case KEEL_KEY_ASSIGNMENT:
             out->assignment = kv;
-        } else if (strncmp(rel, "members/", 8) == 0) {
-            add_member(out, kv, rel + 8);
-        } else if (strncmp(rel, "jobs/", 5) == 0) {
-            add_job_key(out, kv, rel + 5);
+            break;
+        case KEEL_KEY_MEMBER:
+            add_member(out, kv, &key);
+            break;
+        case KEEL_KEY_OTHER:
+            break;
+        default: /* a key of a job */
+            add_job_key(out, kv, &key);
+            break;
         }
     }
     for (size_t i = 0; i < out->njobs; i++)
@@ -236,7 +229,7 @@ int keel_cstate_read(keel_etcd *c, const char *cluster, struct keel_cstate *out,
 
     memset(out, 0, sizeof(*out));
     memset(&kvs, 0, sizeof(kvs));
-    keel_buf_addf(&prefix, "/keel/%s/", cluster);
+    keel_key_prefix(&prefix, cluster);
     rc = keel_etcd_range_prefix(c, (const char *)prefix.buf, NULL, &kvs, err);
     keel_buf_release(&prefix);
     if (rc != 0) {

@@ -14,6 +14,7 @@
 #include "alloc.h"
 #include "keel/buf.h"
 #include "election.h"
+#include "keys.h"
 #include "log.h"
 
 struct keel_election {
@@ -26,7 +27,7 @@ struct keel_election {
 
 static void build_name(struct keel_buf *b, const char *cluster)
 {
-    keel_buf_addf(b, "/keel/%s/election/coordinator", cluster);
+    keel_key_election(b, cluster);
 }
 
 int keel_election_new(keel_etcd *c, const char *cluster, const char *value, keel_election **out,

@@ -10,6 +10,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "keel/id.h"
+#include "keys.h"
 #include "log.h"
 #include "member.h"
 
@@ -172,9 +173,8 @@ static int join(keel_member *m, struct keel_error *err)
 int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member **out,
                      struct keel_error *err)
 {
+    struct keel_buf key = KEEL_BUF_INIT;
     keel_member *m;
-    char *key;
-    size_t n;
     int rc;
 
     *out = NULL;
@@ -192,10 +192,8 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     m->role = keel_strdup(o->role);
     m->id = keel_strdup(o->id);
     m->address = keel_strdup(o->address ? o->address : "");
-    n = strlen(o->cluster) + strlen(o->role) + strlen(o->id) + 32;
-    key = keel_malloc(n);
-    snprintf(key, n, "/keel/%s/members/%s/%s", o->cluster, o->role, o->id);
-    m->key = key;
+    keel_key_member(&key, o->cluster, o->role, o->id);
+    m->key = (char *)keel_buf_detach(&key, NULL);
     m->ttl_s = o->ttl_s;
     m->wait_ms = o->wait_ms;
     m->on_lost = o->on_lost;
@@ -329,9 +327,7 @@ int keel_member_list(keel_etcd *c, const char *cluster, const char *role,
 
     *out = NULL;
     *n = 0;
-    keel_buf_addf(&prefix, "/keel/%s/members/", cluster);
-    if (role && role[0])
-        keel_buf_addf(&prefix, "%s/", role);
+    keel_key_members(&prefix, cluster, role);
     rc = keel_etcd_range_prefix(c, (const char *)prefix.buf, NULL, &r, err);
     keel_buf_release(&prefix);
     if (rc != 0)

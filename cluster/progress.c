@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "json.h"
+#include "keys.h"
 #include "keel/progress.h"
 
 static int get_worker(json_t *root, const char *what, char *out, struct keel_error *err)
@@ -125,38 +126,23 @@ out:
 
 /* ---- the keys below jobs/<job>/ ---- */
 
-static int parse_u32(const char *s, uint32_t *out, const char **end)
-{
-    uint64_t v = 0;
-    const char *p = s;
-
-    if (*p < '0' || *p > '9' || (*p == '0' && p[1] >= '0' && p[1] <= '9'))
-        return -1;
-    while (*p >= '0' && *p <= '9') {
-        v = v * 10 + (uint64_t)(*p - '0');
-        if (v > UINT32_MAX)
-            return -1;
-        p++;
-    }
-    *out = (uint32_t)v;
-    *end = p;
-    return 0;
-}
-
 enum keel_job_key keel_job_key_parse(const char *rest, uint32_t *num, char *worker)
 {
-    const char *end;
+    struct keel_key k;
 
-    if (strncmp(rest, "shards/", 7) == 0)
-        return parse_u32(rest + 7, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_SHARD
-                                                                   : KEEL_JOB_KEY_OTHER;
-    if (strncmp(rest, "progress/", 9) == 0)
-        return parse_u32(rest + 9, num, &end) == 0 && *end == '\0' ? KEEL_JOB_KEY_PROGRESS
-                                                                   : KEEL_JOB_KEY_OTHER;
-    if (strncmp(rest, "eval/", 5) == 0 && parse_u32(rest + 5, num, &end) == 0 && *end == '/' &&
-        keel_id_valid(end + 1)) {
-        snprintf(worker, KEEL_ID_MAX + 1, "%s", end + 1);
+    memset(&k, 0, sizeof(k));
+    switch (keel_key_parse_job_rest(rest, &k)) {
+    case KEEL_KEY_JOB_SHARD:
+        *num = k.num;
+        return KEEL_JOB_KEY_SHARD;
+    case KEEL_KEY_JOB_PROGRESS:
+        *num = k.num;
+        return KEEL_JOB_KEY_PROGRESS;
+    case KEEL_KEY_JOB_EVAL:
+        *num = k.num;
+        snprintf(worker, KEEL_ID_MAX + 1, "%s", k.id);
         return KEEL_JOB_KEY_EVAL;
+    default:
+        return KEEL_JOB_KEY_OTHER;
     }
-    return KEEL_JOB_KEY_OTHER;
 }

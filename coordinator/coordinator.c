@@ -20,6 +20,7 @@
 #include "alloc.h"
 #include "clock.h"
 #include "coordinator.h"
+#include "keys.h"
 #include "log.h"
 #include "member.h"
 
@@ -119,7 +120,7 @@ int keel_coordinator_new(const struct keel_coordinator_opts *o,
                          struct keel_error *err)
 {
     keel_coordinator *co;
-    size_t n;
+    struct keel_buf key = KEEL_BUF_INIT;
     int rc;
 
     *out = NULL;
@@ -138,9 +139,8 @@ int keel_coordinator_new(const struct keel_coordinator_opts *o,
     co->o.cluster = co->cluster;
     co->o.id = co->id;
     co->o.address = co->address;
-    n = strlen(o->cluster) + 16;
-    co->leader_key = keel_malloc(n);
-    snprintf(co->leader_key, n, "/keel/%s/leader", o->cluster);
+    keel_key_leader(&key, o->cluster);
+    co->leader_key = (char *)keel_buf_detach(&key, NULL);
     co->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (co->wake_fd < 0) {
         rc = -errno;

@@ -15,6 +15,7 @@
 #include "keel/cstate.h"
 #include "election.h"
 #include "keel/jobs.h"
+#include "keys.h"
 #include "leader.h"
 #include "log.h"
 #include "keel/progress.h"
@@ -103,12 +104,6 @@ static int commit(keel_leader *l, keel_election *e, const keel_etcd_txn *t, cons
 
 /* ---- job states ----------------------------------------------------------- */
 
-static void job_key(const keel_leader *l, const char *job, const char *rest, struct keel_buf *out)
-{
-    keel_buf_reset(out);
-    keel_buf_addf(out, "%sjobs/%s/%s", l->prefix, job, rest);
-}
-
 /*
  * Write `st` as job `j`'s state if the state key is still as read.  Returns
  * 0 (see *applied), or the error of commit().
@@ -121,7 +116,7 @@ static int write_state(keel_leader *l, keel_election *e, const struct keel_cstat
     char what[128];
     int rc;
 
-    job_key(l, j->name, "state", &key);
+    keel_key_job_state(&key, l->cluster, j->name);
     keel_job_status_encode(st, &val);
     keel_etcd_txn_compare(t, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
                           j->state_kv ? j->state_kv->mod_revision : 0);
@@ -204,7 +199,7 @@ static int write_shards(keel_leader *l, keel_election *e, const struct keel_csta
     uint32_t n = 0;
     int rc = 0;
 
-    job_key(l, j->name, "state", &state_key);
+    keel_key_job_state(&state_key, l->cluster, j->name);
     for (;;) {
         keel_etcd_txn *t_ = keel_etcd_txn_new();
         uint32_t first = n, count = 0;
@@ -214,12 +209,9 @@ static int write_shards(keel_leader *l, keel_election *e, const struct keel_csta
         keel_etcd_txn_compare(t_, (const char *)state_key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
                               j->state_kv ? j->state_kv->mod_revision : 0);
         for (; n < t->nshards && count < SHARDS_PER_TXN; n++) {
-            char rest[32];
-
             if (!changed[n])
                 continue;
-            snprintf(rest, sizeof(rest), "shards/%" PRIu32, n);
-            job_key(l, j->name, rest, &key);
+            keel_key_job_shard(&key, l->cluster, j->name, n);
             keel_buf_reset(&val);
             keel_shard_encode(&t->shards[n], &val);
             keel_etcd_txn_compare(t_, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
@@ -565,7 +557,7 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
     int64_t rev = 0;
     int applied, rc;
 
-    keel_buf_addf(&key, "%sassignment", l->prefix);
+    keel_key_assignment(&key, l->cluster);
     keel_assign_encode(a, &val);
     keel_etcd_txn_compare(t, (const char *)key.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL, *mod);
     keel_etcd_txn_put(t, KEEL_ETCD_THEN, (const char *)key.buf, val.buf, val.len, 0);
@@ -732,18 +724,17 @@ static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
 /* A change the leader should act on: members, a job's spec or state, a progress report. */
 static int interesting(const keel_leader *l, const char *key)
 {
-    size_t n = strlen(l->prefix);
-    const char *rel, *slash;
+    struct keel_key k;
 
-    if (strncmp(key, l->prefix, n) != 0)
-        return 0;
-    rel = key + n;
-    if (strncmp(rel, "members/", 8) == 0)
+    switch (keel_key_parse(key, l->cluster, &k)) {
+    case KEEL_KEY_MEMBER:
+    case KEEL_KEY_JOB_SPEC:
+    case KEEL_KEY_JOB_STATE:
+    case KEEL_KEY_JOB_PROGRESS:
         return 1;
-    if (strncmp(rel, "jobs/", 5) != 0 || (slash = strchr(rel + 5, '/')) == NULL)
+    default:
         return 0;
-    return strcmp(slash, "/spec") == 0 || strcmp(slash, "/state") == 0 ||
-           strncmp(slash, "/progress/", 10) == 0;
+    }
 }
 
 static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
@@ -819,7 +810,7 @@ int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct 
     l = keel_calloc(1, sizeof(*l));
     l->etcd = o->etcd;
     l->cluster = keel_strdup(o->cluster);
-    keel_buf_addf(&prefix, "/keel/%s/", o->cluster);
+    keel_key_prefix(&prefix, o->cluster);
     l->prefix = (char *)keel_buf_detach(&prefix, NULL);
     *out = l;
     return 0;

@@ -31,6 +31,7 @@
 #include "keel/progress.h"
 #include "keel/store.h"
 #include "keelctl.h"
+#include "keys.h"
 
 #define STOP_TRIES 5 /* reads of the state when the leader keeps moving it */
 
@@ -78,6 +79,9 @@ static void usage_show(FILE *out)
     fprintf(out, "usage: keelctl job show [--json] NAME\n"
                  "A job's spec, its state with times and reason, its shard leases (owner,\n"
                  "position, done) and the evaluation results workers reported, pass by pass.\n"
+                 "With --json also each shard's furthest position (of its lease record and its\n"
+                 "worker's report), the newest pass's evaluation weighted by examples, and\n"
+                 "the values in etcd that do not decode.\n"
                  "\n"
                  "  -j, --json   print a JSON object\n"
                  "  -h, --help   show this help\n");
@@ -139,13 +143,6 @@ static int parse_opts(const char *what, void (*usage)(FILE *), int argc, char **
         return keelctl_usage_error(&cl, "unexpected argument '%s'", argv[optind]);
     }
     return 0;
-}
-
-static void job_key(const struct keel_config *config, const char *job, const char *rest,
-                    struct keel_buf *out)
-{
-    keel_buf_reset(out);
-    keel_buf_addf(out, "/keel/%s/jobs/%s/%s", config->cluster_name, job, rest);
 }
 
 /* ---- submit ----------------------------------------------------------------- */
@@ -245,8 +242,8 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
     if (store && (rc = check_datasets(store, &spec)) != KEEL_EXIT_OK)
         return rc;
 
-    job_key(config, spec.name, "spec", &spec_key);
-    job_key(config, spec.name, "state", &state_key);
+    keel_key_job_spec(&spec_key, config->cluster_name, spec.name);
+    keel_key_job_state(&state_key, config->cluster_name, spec.name);
     keel_jobspec_encode(&spec, &spec_val);
     keel_job_status_init(&st, (uint64_t)keel_clock_wall_ms());
     keel_job_status_encode(&st, &state_val);
@@ -469,9 +466,118 @@ static size_t eval_curve(const struct keel_cstate_job *j, struct curve_point *pt
     return n;
 }
 
+/* A shard's furthest known position: of its lease record and its worker's report. */
+struct position {
+    uint32_t pass, batch;
+    char worker[KEEL_ID_MAX + 1]; /* who reported it; "" when nobody */
+    int known;
+};
+
+static void further(struct position *p, uint32_t pass, uint32_t batch, const char *worker)
+{
+    if (!p->known || pass > p->pass || (pass == p->pass && batch > p->batch)) {
+        p->pass = pass;
+        p->batch = batch;
+        if (worker[0] != '\0' || !p->known)
+            snprintf(p->worker, sizeof(p->worker), "%s", worker);
+        p->known = 1;
+    } else if (pass == p->pass && batch == p->batch && worker[0] != '\0' && p->worker[0] == '\0') {
+        snprintf(p->worker, sizeof(p->worker), "%s", worker);
+    }
+}
+
+static void add_problem(json_t *problems, const struct keel_etcd_kv *kv, const char *why)
+{
+    json_array_append_new(problems, json_pack("{s:s, s:s}", "key", kv->key, "error", why));
+}
+
+/*
+ * Per shard of the spec, the furthest of jobs/<job>/progress/<n> (the
+ * worker's report) and jobs/<job>/shards/<n> (the leader's record): every
+ * batch before it is applied.  Values that do not decode go to `problems`.
+ */
+static json_t *positions_json(const struct keel_cstate_job *j, json_t *problems)
+{
+    json_t *a = json_array();
+    struct position *pos;
+    struct keel_error err;
+
+    if (!j->spec_ok)
+        return a;
+    pos = keel_calloc(j->spec.shards + 1, sizeof(*pos));
+    for (size_t i = 0; i < j->nprogress; i++) {
+        const struct keel_cstate_item *it = &j->progress[i];
+        struct keel_progress pr;
+
+        keel_error_init(&err);
+        if (keel_progress_decode(it->kv->value, it->kv->value_len, &pr, &err) != 0)
+            add_problem(problems, it->kv, err.msg);
+        else if (it->num < j->spec.shards)
+            further(&pos[it->num], pr.pass, pr.batch, pr.worker);
+    }
+    for (size_t i = 0; i < j->nshards; i++) {
+        const struct keel_cstate_item *it = &j->shards[i];
+        struct keel_shard sh;
+
+        keel_error_init(&err);
+        if (keel_shard_decode(it->kv->value, it->kv->value_len, j->spec.epochs, &sh, &err) != 0)
+            add_problem(problems, it->kv, err.msg);
+        else if (it->num < j->spec.shards)
+            further(&pos[it->num], sh.pass, sh.batch, sh.owner);
+    }
+    for (uint32_t n = 0; n < j->spec.shards; n++)
+        json_array_append_new(
+            a, json_pack("{s:i, s:i, s:i, s:o}", "shard", (int)n, "pass", (int)pos[n].pass, "batch",
+                         (int)pos[n].batch, "worker",
+                         pos[n].worker[0] ? json_string(pos[n].worker) : json_null()));
+    free(pos);
+    return a;
+}
+
+/*
+ * The newest pass with test evaluations: accuracy and loss averaged over the
+ * workers that evaluated it, weighted by their examples; null when none.
+ */
+static json_t *latest_eval_json(const struct keel_cstate_job *j, json_t *problems)
+{
+    double acc = 0, loss = 0, weight = 0;
+    uint64_t most = 0;
+    uint32_t pass = 0;
+    unsigned workers = 0;
+    struct keel_error err;
+
+    for (size_t i = 0; i < j->neval; i++) { /* sorted by pass: the newest come last */
+        const struct keel_cstate_item *it = &j->eval[i];
+        struct keel_eval ev;
+
+        keel_error_init(&err);
+        if (keel_eval_decode(it->kv->value, it->kv->value_len, &ev, &err) != 0) {
+            add_problem(problems, it->kv, err.msg);
+            continue;
+        }
+        if (workers == 0 || it->num != pass) {
+            pass = it->num;
+            acc = loss = weight = 0;
+            most = 0;
+            workers = 0;
+        }
+        workers++;
+        acc += ev.accuracy * (double)ev.examples;
+        loss += ev.loss * (double)ev.examples;
+        weight += (double)ev.examples;
+        if (ev.examples > most)
+            most = ev.examples;
+    }
+    if (workers == 0)
+        return json_null();
+    return json_pack("{s:i, s:f, s:f, s:i, s:I}", "pass", (int)pass, "accuracy", acc / weight,
+                     "loss", loss / weight, "workers", (int)workers, "examples", (json_int_t)most);
+}
+
 static json_t *show_json(const struct keel_cstate_job *j, const struct keel_shard_table *t,
                          int shards_ok)
 {
+    json_t *problems = json_array();
     json_t *o = keelctl_job_json(j), *shards = json_array(), *evals = json_array(),
            *curve = json_array();
     struct curve_point *pts = keel_calloc(j->neval + 1, sizeof(*pts));
@@ -507,6 +613,9 @@ static json_t *show_json(const struct keel_cstate_job *j, const struct keel_shar
                                                pts[i].accuracy, "loss", pts[i].loss));
     json_object_set_new(o, "eval", evals);
     json_object_set_new(o, "accuracy_curve", curve);
+    json_object_set_new(o, "positions", positions_json(j, problems));
+    json_object_set_new(o, "latest_eval", latest_eval_json(j, problems));
+    json_object_set_new(o, "problems", problems);
     free(pts);
     return o;
 }
@@ -636,7 +745,7 @@ static int cmd_stop(const struct keel_config *config, int argc, char **argv)
     keel_error_init(&err);
     if ((rc = keelctl_etcd_open(config, &etcd, &err)) != 0)
         return keelctl_etcd_fail("job stop", config, &err);
-    job_key(config, name, "state", &key);
+    keel_key_job_state(&key, config->cluster_name, name);
     rc = -1;
     for (int try = 0; try < STOP_TRIES && rc < 0; try++) {
         struct keel_etcd_txn_result r;

@@ -38,6 +38,7 @@
 #include "keel/proto.h"
 #include "keel/store.h"
 #include "keelctl.h"
+#include "keys.h"
 
 #define WHAT       "job rollback"
 #define MAX_STORES 64
@@ -207,26 +208,28 @@ static int pick(keel_store *s, const char *dir, const struct opts *o,
 }
 
 /* Delete the progress reports and the evaluations of passes >= `from_pass`. */
-static int forget_after(keel_etcd *etcd, const char *prefix, uint32_t from_pass,
+static int forget_after(keel_etcd *etcd, const char *cluster, const char *job, uint32_t from_pass,
                         struct keel_error *err)
 {
+    struct keel_buf key = KEEL_BUF_INIT;
     struct keel_etcd_kvs kvs;
-    char key[512];
-    size_t plen;
     int rc;
 
-    snprintf(key, sizeof(key), "%sprogress/", prefix);
-    if ((rc = keel_etcd_delete(etcd, key, 1, NULL, NULL, err)) != 0)
-        return rc;
-    snprintf(key, sizeof(key), "%seval/", prefix);
-    plen = strlen(key);
+    keel_key_job_prefix(&key, cluster, job);
+    keel_buf_add_str(&key, "progress/");
+    rc = keel_etcd_delete(etcd, keel_key_str(&key), 1, NULL, NULL, err);
+    keel_key_job_prefix(&key, cluster, job);
+    keel_buf_add_str(&key, "eval/");
     memset(&kvs, 0, sizeof(kvs));
-    if ((rc = keel_etcd_range_prefix(etcd, key, NULL, &kvs, err)) != 0)
+    if (rc == 0)
+        rc = keel_etcd_range_prefix(etcd, keel_key_str(&key), NULL, &kvs, err);
+    keel_buf_release(&key);
+    if (rc != 0)
         return rc;
     for (size_t i = 0; i < kvs.n && rc == 0; i++) {
-        unsigned long pass = strtoul(kvs.kvs[i].key + plen, NULL, 10);
+        struct keel_key k;
 
-        if (pass >= from_pass)
+        if (keel_key_parse(kvs.kvs[i].key, cluster, &k) == KEEL_KEY_JOB_EVAL && k.num >= from_pass)
             rc = keel_etcd_delete(etcd, kvs.kvs[i].key, 0, NULL, NULL, err);
     }
     keel_etcd_kvs_release(&kvs);
@@ -239,7 +242,6 @@ struct rollback {
     struct opts o;
     struct keel_ckpt_key key;
     keel_etcd *etcd;
-    char prefix[256]; /* /keel/<cluster>/jobs/<name>/ */
     struct keel_etcd_kv state_kv, spec_kv;
     struct keel_job_status st;
     enum keel_job_state was;
@@ -260,7 +262,7 @@ static int read_job(struct rollback *rb)
     int rc = KEEL_EXIT_OK;
 
     keel_error_init(&err);
-    keel_buf_addf(&k, "%sstate", rb->prefix);
+    keel_key_job_state(&k, rb->config->cluster_name, rb->o.name);
     if ((rc = keel_etcd_get(rb->etcd, (const char *)k.buf, &rb->state_kv, NULL, &err)) != 0) {
         rc = rc == KEEL_ENOTFOUND ? keelctl_fail(WHAT, "no job '%s' in cluster '%s'", rb->o.name,
                                                  rb->config->cluster_name)
@@ -277,8 +279,7 @@ static int read_job(struct rollback *rb)
                           keel_job_state_name(rb->was), rb->o.name);
         goto out;
     }
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sspec", rb->prefix);
+    keel_key_job_spec(&k, rb->config->cluster_name, rb->o.name);
     if (keel_etcd_get(rb->etcd, (const char *)k.buf, &rb->spec_kv, NULL, &err) != 0 ||
         keel_jobspec_decode(rb->spec_kv.value, rb->spec_kv.value_len, &rb->spec, &err) != 0) {
         rc = keelctl_fail(WHAT, "job '%s': its spec: %s", rb->o.name, err.msg);
@@ -375,7 +376,7 @@ static int reset_job(struct rollback *rb)
 
     keel_error_init(&err);
     memset(&res, 0, sizeof(res));
-    if (forget_after(rb->etcd, rb->prefix, rb->from_pass, &err) != 0) {
+    if (forget_after(rb->etcd, rb->config->cluster_name, rb->o.name, rb->from_pass, &err) != 0) {
         rc = keelctl_etcd_fail(WHAT, rb->config, &err);
         goto out;
     }
@@ -386,7 +387,7 @@ static int reset_job(struct rollback *rb)
         goto out;
     }
     txn = keel_etcd_txn_new();
-    keel_buf_addf(&k, "%sstate", rb->prefix);
+    keel_key_job_state(&k, rb->config->cluster_name, rb->o.name);
     keel_etcd_txn_compare(txn, (const char *)k.buf, KEEL_ETCD_MOD, KEEL_ETCD_EQUAL,
                           rb->state_kv.mod_revision);
     for (uint32_t sh = 0; sh < rb->spec.shards; sh++) {
@@ -395,14 +396,12 @@ static int reset_job(struct rollback *rb)
         memset(&s, 0, sizeof(s));
         s.pass = (uint32_t)(rb->pos[sh] >> 32);
         s.batch = (uint32_t)rb->pos[sh];
-        keel_buf_reset(&k);
-        keel_buf_addf(&k, "%sshards/%" PRIu32, rb->prefix, sh);
+        keel_key_job_shard(&k, rb->config->cluster_name, rb->o.name, sh);
         keel_buf_reset(&v);
         keel_shard_encode(&s, &v);
         keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);
     }
-    keel_buf_reset(&k);
-    keel_buf_addf(&k, "%sstate", rb->prefix);
+    keel_key_job_state(&k, rb->config->cluster_name, rb->o.name);
     keel_buf_reset(&v);
     keel_job_status_encode(&rb->st, &v);
     keel_etcd_txn_put(txn, KEEL_ETCD_THEN, (const char *)k.buf, v.buf, v.len, 0);
@@ -472,7 +471,6 @@ int keelctl_job_rollback(const struct keel_config *config, int argc, char **argv
         rc = keelctl_etcd_fail(WHAT, config, &err);
         goto out;
     }
-    snprintf(rb->prefix, sizeof(rb->prefix), "/keel/%s/jobs/%s/", config->cluster_name, rb->o.name);
     if ((rc = read_job(rb)) == 0 && (rc = pick_all(rb)) == 0 && (rc = restore_all(rb)) == 0 &&
         (rc = reset_job(rb)) == 0)
         rc = report(rb);

@@ -220,12 +220,11 @@ records=$("$bin/keelctl" dataset info --store "$dir/data/server-s1" --name "$KEE
 
 prefix=/keel/$KEEL_CLUSTER_NAME/jobs/$job/
 declare -A P=()
-# poll: read the job's keys into P (see scripts/lib/job_progress.py).
+# poll: read the job's progress into P (keelctl job show --json; see cl_job_progress).
 poll() {
     local out line
     P=()
-    out=$(cl_etcdctl get --prefix "$prefix" -w json 2>/dev/null |
-        python3 "$top/scripts/lib/job_progress.py" "$prefix" "$epochs" "$batch" "$records") || return 1
+    out=$(cl_job_progress "$bin/keelctl" "$cfg" "$job" "$epochs" "$batch" "$records") || return 1
     while IFS= read -r line; do
         [[ $line == bad=* ]] && info "warning: unreadable value in etcd: ${line#bad=}" && continue
         P[${line%%=*}]=${line#*=}

@@ -2,10 +2,11 @@
  * server.c - keel-server: the wiring of store, transport, etcd and ranges.
  *
  * Threads: the listener's I/O threads run handle() for every request; the
- * etcd watch thread runs on_watch(); the storage thread commits the update
- * log in groups, sends the ACKs that waited for it, writes snapshots and
- * takes the job's checkpoints every checkpoint_interval clocks (and one when
- * the job ends, on the watch thread).
+ * etcd watch thread keeps the cluster view (cview.h) up to date and runs
+ * on_view(); the storage thread commits the update log in groups, sends the
+ * ACKs that waited for it, writes snapshots and takes the job's checkpoints
+ * every checkpoint_interval clocks (and one when the job ends, on the watch
+ * thread).
  * srv->lock guards the job (ps, spec), the assignment and the queues; the
  * ranges themselves are guarded inside struct keel_ps.
  */
@@ -24,8 +25,10 @@
 #include "cli.h"
 #include "clock.h"
 #include "keel/dataset.h"
+#include "cview.h"
 #include "etcd.h"
 #include "keel/jobs.h"
+#include "keys.h"
 #include "log.h"
 #include "member.h"
 #include "net.h"
@@ -56,15 +59,6 @@ struct parked_pull {
     uint64_t *keys;
 };
 
-/* A shard lease of a job, as etcd has it (jobs/<job>/shards/<n>). */
-struct lease {
-    char job[KEEL_ID_MAX + 1];
-    uint32_t shard;
-    struct keel_buf value;       /* the JSON, decoded once the job's epochs are known */
-    int decoded;                 /* owner is value's, for the running job */
-    char owner[KEEL_ID_MAX + 1]; /* "" when free or done */
-};
-
 struct open_dataset {
     char name[KEEL_ID_MAX + 1];
     keel_dataset *ds;
@@ -72,13 +66,13 @@ struct open_dataset {
 
 struct srv {
     const struct keel_config *config;
-    char prefix[160]; /* /keel/<cluster>/ */
+    const char *cluster;
     keel_store *store;
     struct keel_tls *tls;
     struct keel_listener *listener;
     keel_etcd *etcd;
     keel_member *member;
-    keel_etcd_stream *watch;
+    keel_cview *view; /* the cluster's keys, kept up to date by a watch */
 
     pthread_mutex_t lock;
     pthread_cond_t wake; /* the storage thread: work or stop */
@@ -90,10 +84,8 @@ struct srv {
     uint64_t assign_version;
     struct pending_ack *acks, **acks_tail;
     struct parked_pull *parked;
-    char **workers; /* live worker ids */
+    char **workers; /* live worker ids, as the view has them */
     size_t nworkers;
-    struct lease *leases; /* every job's shard leases */
-    size_t nleases;
     struct open_dataset *datasets;
     size_t ndatasets;
     pthread_t storage_tid;
@@ -513,14 +505,6 @@ static void *storage_main(void *arg)
 
 /* ---- etcd: assignment, jobs, workers (watch thread) --------------------------- */
 
-/* A key below the prefix: "assignment", "jobs/<job>/state", "members/worker/<id>". */
-static const char *rel_key(struct srv *s, const char *key)
-{
-    size_t n = strlen(s->prefix);
-
-    return strncmp(key, s->prefix, n) == 0 ? key + n : NULL;
-}
-
 static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
 {
     struct keel_error err;
@@ -537,43 +521,34 @@ static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
     apply_assignment(s);
 }
 
-/* "jobs/<job>/shards/<n>": its job and shard. */
-static int lease_key(const char *k, char *job, size_t job_size, uint32_t *shard)
-{
-    const char *slash;
-    char *end;
-    unsigned long n;
+/* The distinct owners of the running job's unfinished shards, gathered from the view. */
+struct owners {
+    struct srv *s;
+    char (*ids)[KEEL_ID_MAX + 1];
+    size_t n, seen;
+};
 
-    if (strncmp(k, "jobs/", 5) != 0 || (slash = strchr(k + 5, '/')) == NULL || slash == k + 5 ||
-        (size_t)(slash - (k + 5)) >= job_size || strncmp(slash, "/shards/", 8) != 0 ||
-        !isdigit((unsigned char)slash[8]))
-        return 0;
-    errno = 0;
-    n = strtoul(slash + 8, &end, 10);
-    if (errno != 0 || *end != '\0' || n > UINT32_MAX)
-        return 0;
-    memcpy(job, k + 5, (size_t)(slash - (k + 5)));
-    job[slash - (k + 5)] = '\0';
-    *shard = (uint32_t)n;
-    return 1;
-}
-
-/*
- * The owner of lease `l` of the running job into l->owner ("" for a free or
- * done shard, or one that does not decode: it holds nobody back); whether it
- * changed.  srv->lock held.
- */
-static int lease_decode(struct srv *s, struct lease *l)
+static int add_owner(void *user, const struct keel_etcd_kv *kv)
 {
+    struct owners *o = user;
     struct keel_shard sh;
-    char was[sizeof(l->owner)];
+    struct keel_key k;
+    size_t i;
 
-    snprintf(was, sizeof(was), "%s", l->owner);
-    if (keel_shard_decode(l->value.buf, l->value.len, s->spec.epochs, &sh, NULL) != 0)
-        sh.owner[0] = '\0';
-    snprintf(l->owner, sizeof(l->owner), "%s", sh.owner);
-    l->decoded = 1;
-    return strcmp(was, l->owner) != 0;
+    if (keel_key_parse(kv->key, o->s->cluster, &k) != KEEL_KEY_JOB_SHARD)
+        return 0;
+    o->seen++;
+    /* A free or done shard, or one that does not decode, holds nobody back. */
+    if (keel_shard_decode(kv->value, kv->value_len, o->s->spec.epochs, &sh, NULL) != 0 ||
+        sh.owner[0] == '\0')
+        return 0;
+    for (i = 0; i < o->n && strcmp(o->ids[i], sh.owner) != 0; i++)
+        ;
+    if (i == o->n) {
+        KEEL_REALLOC_ARRAY(o->ids, o->n + 1);
+        snprintf(o->ids[o->n++], KEEL_ID_MAX + 1, "%s", sh.owner);
+    }
+    return 0;
 }
 
 /*
@@ -583,75 +558,25 @@ static int lease_decode(struct srv *s, struct lease *l)
  */
 static void set_owners(struct srv *s)
 {
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    struct owners o = {s, NULL, 0, 0};
     const char **ids;
-    size_t n = 0, seen = 0;
 
     if (s->ps == NULL)
         return;
-    KEEL_ALLOC_ARRAY(ids, s->nleases + 1);
-    for (size_t i = 0; i < s->nleases; i++) {
-        struct lease *l = &s->leases[i];
-        size_t k;
-
-        if (strcmp(l->job, s->job) != 0)
-            continue;
-        seen++;
-        if (!l->decoded)
-            lease_decode(s, l);
-        if (l->owner[0] == '\0')
-            continue;
-        for (k = 0; k < n && strcmp(ids[k], l->owner) != 0; k++)
-            ;
-        if (k == n)
-            ids[n++] = l->owner;
-    }
-    if (seen > 0) {
-        keel_ps_set_owners(s->ps, ids, n);
+    keel_key_job_prefix(&prefix, s->cluster, s->job);
+    keel_buf_add_str(&prefix, "shards/");
+    keel_cview_each(s->view, keel_key_str(&prefix), add_owner, &o);
+    keel_buf_release(&prefix);
+    if (o.seen > 0) {
+        KEEL_ALLOC_ARRAY(ids, o.n + 1);
+        for (size_t i = 0; i < o.n; i++)
+            ids[i] = o.ids[i];
+        keel_ps_set_owners(s->ps, ids, o.n);
         release_parked(s);
+        free(ids);
     }
-    free(ids);
-}
-
-/* A shard lease changed in etcd (srv->lock held). */
-static void set_lease(struct srv *s, const char *job, uint32_t shard, const struct keel_etcd_kv *kv,
-                      int deleted)
-{
-    int current = s->ps != NULL && strcmp(job, s->job) == 0, changed = 1, created = 0;
-    size_t i;
-
-    for (i = 0; i < s->nleases; i++)
-        if (s->leases[i].shard == shard && strcmp(s->leases[i].job, job) == 0)
-            break;
-    if (deleted) {
-        if (i == s->nleases)
-            return;
-        keel_buf_release(&s->leases[i].value);
-        s->leases[i] = s->leases[--s->nleases];
-    } else {
-        if (i == s->nleases) {
-            KEEL_REALLOC_ARRAY(s->leases, s->nleases + 1);
-            memset(&s->leases[i], 0, sizeof(s->leases[i]));
-            snprintf(s->leases[i].job, sizeof(s->leases[i].job), "%s", job);
-            s->leases[i].shard = shard;
-            keel_buf_init(&s->leases[i].value, 0);
-            s->nleases++;
-            created = 1;
-        }
-        keel_buf_reset(&s->leases[i].value);
-        keel_buf_add(&s->leases[i].value, kv->value, kv->value_len);
-        s->leases[i].decoded = 0;
-        /* A lease that only moved its position changes nobody's place in the clock set. */
-        if (current)
-            changed = lease_decode(s, &s->leases[i]) || created;
-    }
-    if (current && changed)
-        set_owners(s);
-}
-
-static void leases_clear(struct srv *s)
-{
-    while (s->nleases)
-        keel_buf_release(&s->leases[--s->nleases].value);
+    free(o.ids);
 }
 
 /*
@@ -683,7 +608,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     struct keel_job_status st;
     struct keel_error err;
     struct keel_etcd_kv spec_kv;
-    char key[256];
+    struct keel_buf key = KEEL_BUF_INIT;
 
     keel_error_init(&err);
     memset(&st, 0, sizeof(st));
@@ -707,16 +632,18 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         KEEL_LOG_WARN("job %s is running but this server serves %s: ignoring it", job, s->job);
         return;
     }
-    snprintf(key, sizeof(key), "%sjobs/%s/spec", s->prefix, job);
+    keel_key_job_spec(&key, s->cluster, job);
     memset(&spec_kv, 0, sizeof(spec_kv));
-    if (keel_etcd_get(s->etcd, key, &spec_kv, NULL, &err) != 0 ||
+    if (keel_etcd_get(s->etcd, keel_key_str(&key), &spec_kv, NULL, &err) != 0 ||
         keel_jobspec_decode(spec_kv.value, spec_kv.value_len, &s->spec, &err) != 0 ||
         keel_ps_new(&s->spec, &s->ps, &err) != 0) {
         KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
         keel_etcd_kv_release(&spec_kv);
+        keel_buf_release(&key);
         return;
     }
     keel_etcd_kv_release(&spec_kv);
+    keel_buf_release(&key);
     if (claim_store(s, job, &err) != 0) {
         KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
         keel_ps_free(s->ps);
@@ -739,60 +666,80 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
                       "checkpoint_key is not set: this server takes none",
                       job, s->spec.checkpoint_interval);
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
-    for (size_t i = 0; i < s->nleases; i++)
-        s->leases[i].decoded = 0; /* with this job's epochs */
     set_owners(s);
     apply_assignment(s);
 }
 
-static void set_worker(struct srv *s, const char *id, int live)
+static int add_worker(void *user, const struct keel_etcd_kv *kv)
 {
-    size_t i;
+    struct srv *s = user;
+    struct keel_key k;
 
-    for (i = 0; i < s->nworkers && strcmp(s->workers[i], id) != 0; i++)
-        ;
-    if (live && i == s->nworkers) {
-        KEEL_REALLOC_ARRAY(s->workers, s->nworkers + 1);
-        s->workers[s->nworkers++] = keel_strdup(id);
-    } else if (!live && i < s->nworkers) {
-        free(s->workers[i]);
-        s->workers[i] = s->workers[--s->nworkers];
-    }
+    if (keel_key_parse(kv->key, s->cluster, &k) != KEEL_KEY_MEMBER || strcmp(k.role, "worker") != 0)
+        return 0;
+    KEEL_REALLOC_ARRAY(s->workers, s->nworkers + 1);
+    s->workers[s->nworkers++] = keel_strdup(k.id);
+    return 0;
+}
+
+static void workers_clear(struct srv *s)
+{
+    while (s->nworkers)
+        free(s->workers[--s->nworkers]);
+}
+
+/* The registered workers changed: take them from the view (srv->lock held). */
+static void set_workers(struct srv *s)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+
+    workers_clear(s);
+    keel_key_members(&prefix, s->cluster, "worker");
+    keel_cview_each(s->view, keel_key_str(&prefix), add_worker, s);
+    keel_buf_release(&prefix);
     if (s->ps != NULL)
         keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     release_parked(s);
 }
 
-static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
+/*
+ * The view applied a batch (watch thread): follow the assignment, the jobs'
+ * states, the registered workers and the running job's shard leases.
+ */
+static void on_view(void *user, keel_cview *v, const struct keel_etcd_watch_batch *b)
 {
     struct srv *s = user;
+    int workers = b->reset, owners = b->reset;
 
+    (void)v;
     pthread_mutex_lock(&s->lock);
-    if (b->reset) {
-        while (s->nworkers)
-            free(s->workers[--s->nworkers]);
-        leases_clear(s);
-    }
     for (size_t i = 0; i < b->n; i++) {
         const struct keel_etcd_event *ev = &b->events[i];
-        const char *k = rel_key(s, ev->kv.key);
         int deleted = ev->type == KEEL_ETCD_DELETE;
-        char job[KEEL_ID_MAX + 1];
-        uint32_t shard;
+        struct keel_key k;
 
-        if (k == NULL)
-            continue;
-        if (strcmp(k, "assignment") == 0 && !deleted) {
-            set_assignment(s, &ev->kv);
-        } else if (strncmp(k, "members/worker/", 15) == 0) {
-            set_worker(s, k + 15, !deleted);
-        } else if (sscanf(k, "jobs/%64[A-Za-z0-9_-]/state", job) == 1 &&
-                   strlen(k) == strlen(job) + 11) {
-            set_job_state(s, job, &ev->kv, deleted);
-        } else if (lease_key(k, job, sizeof(job), &shard)) {
-            set_lease(s, job, shard, &ev->kv, deleted);
+        switch (keel_key_parse(ev->kv.key, s->cluster, &k)) {
+        case KEEL_KEY_ASSIGNMENT:
+            if (!deleted)
+                set_assignment(s, &ev->kv);
+            break;
+        case KEEL_KEY_MEMBER:
+            workers |= strcmp(k.role, "worker") == 0;
+            break;
+        case KEEL_KEY_JOB_STATE:
+            set_job_state(s, k.job, &ev->kv, deleted);
+            break;
+        case KEEL_KEY_JOB_SHARD:
+            owners |= s->ps != NULL && strcmp(k.job, s->job) == 0;
+            break;
+        default:
+            break;
         }
     }
+    if (workers)
+        set_workers(s);
+    if (owners)
+        set_owners(s);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -806,7 +753,6 @@ int keel_server_run(const struct keel_config *config)
     struct keel_tls_files files = keel_tls_files_of(config);
     struct keel_etcd_options eo;
     struct keel_member_opts mo = {0};
-    struct keel_etcd_watch_opts wo = {0};
     struct keel_error err;
     char address[64];
     int rc = KEEL_EXIT_FAILURE;
@@ -816,7 +762,7 @@ int keel_server_run(const struct keel_config *config)
     s.acks_tail = &s.acks;
     pthread_mutex_init(&s.lock, NULL);
     keel_cond_init_mono(&s.wake);
-    snprintf(s.prefix, sizeof(s.prefix), "/keel/%s/", config->cluster_name);
+    s.cluster = config->cluster_name;
     keel_error_init(&err);
     keel_signals_block();
     keel_store_tune_malloc(0);
@@ -869,9 +815,7 @@ int keel_server_run(const struct keel_config *config)
         KEEL_LOG_ERROR("%s", err.msg);
         goto free_etcd;
     }
-    wo.key = s.prefix;
-    wo.prefix = 1;
-    if (keel_etcd_watch_start(s.etcd, &wo, on_watch, &s, &s.watch, &err) != 0) {
+    if (keel_cview_start(s.etcd, s.cluster, on_view, &s, &s.view, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);
         goto leave;
     }
@@ -881,7 +825,8 @@ int keel_server_run(const struct keel_config *config)
     keel_signals_wait(s.tls);
     rc = KEEL_EXIT_OK;
 
-    keel_etcd_stream_stop(s.watch);
+    keel_cview_stop(s.view);
+    s.view = NULL;
 leave:
     keel_member_leave(s.member, NULL);
 free_etcd:
@@ -899,11 +844,8 @@ stop_listener:
     for (size_t i = 0; i < s.ndatasets; i++)
         keel_dataset_close(s.datasets[i].ds);
     free(s.datasets);
-    while (s.nworkers)
-        free(s.workers[--s.nworkers]);
+    workers_clear(&s);
     free(s.workers);
-    leases_clear(&s);
-    free(s.leases);
 free_tls:
     keel_tls_free(s.tls);
 close_store:

@@ -22,9 +22,11 @@
 #include <unistd.h>
 
 #include "coordinator.h"
+#include "cview.h"
 #include "election.h"
 
 #include "etcd.h"
+#include "keys.h"
 #include "log.h"
 #include "member.h"
 
@@ -43,7 +45,8 @@ static const char *usage_text =
     "  fence CLUSTER PREFIX       a deposed leader's fenced writes change nothing\n"
     "  member-join CLUSTER ROLE ID ADDR TTL WAIT_MS SECS   register and hold\n"
     "  member-rejoin CLUSTER ID   loss is seen, rejoin gets a new incarnation\n"
-    "  hooks CLUSTER              the coordinator calls its leader-work hooks in order\n";
+    "  hooks CLUSTER              the coordinator calls its leader-work hooks in order\n"
+    "  cview CLUSTER              the watched cluster view follows puts and deletes\n";
 
 static keel_etcd *client;
 static volatile sig_atomic_t stop_requested;
@@ -867,7 +870,7 @@ static int cmd_hooks(int argc, char **argv)
     struct keel_coordinator_opts o = {0};
     struct keel_etcd_kv kv;
     keel_coordinator *co;
-    char member_key[256];
+    struct keel_buf member_key = KEEL_BUF_INIT;
     int64_t lease;
     pthread_t th;
 
@@ -889,8 +892,9 @@ static int cmd_hooks(int argc, char **argv)
     keel_etcd_kv_release(&kv);
 
     /* The lease goes: deposed() with the reason, then a new leadership. */
-    snprintf(member_key, sizeof(member_key), "/keel/%s/members/coordinator/h1", argv[0]);
-    OK(keel_etcd_get(client, member_key, &kv, NULL, &err));
+    keel_key_member(&member_key, argv[0], "coordinator", "h1");
+    OK(keel_etcd_get(client, keel_key_str(&member_key), &kv, NULL, &err));
+    keel_buf_release(&member_key);
     lease = kv.lease;
     keel_etcd_kv_release(&kv);
     OK(keel_etcd_revoke(client, lease, &err));
@@ -908,6 +912,125 @@ static int cmd_hooks(int argc, char **argv)
     keel_coordinator_free(co);
     OK(keel_etcd_delete(client, "/hooks/", 1, NULL, NULL, &err));
     printf("hooks ok: %s\n", h.calls);
+    return 0;
+}
+
+/* ---- the watched cluster view ---- */
+
+static long cview_batches;
+
+static void on_cview(void *user, keel_cview *v, const struct keel_etcd_watch_batch *b)
+{
+    (void)user;
+    (void)v;
+    (void)b;
+    __atomic_add_fetch(&cview_batches, 1, __ATOMIC_RELAXED);
+}
+
+static void cview_put(const char *cluster, uint32_t shard, const char *value, int64_t *rev)
+{
+    struct keel_buf key = KEEL_BUF_INIT;
+
+    keel_key_job_shard(&key, cluster, "j1", shard);
+    OK(keel_etcd_put(client, keel_key_str(&key), value, strlen(value), 0, rev, &err));
+    keel_buf_release(&key);
+}
+
+/* Wait up to 10 s for the view to reach revision `rev`. */
+static void cview_wait(keel_cview *v, int64_t rev)
+{
+    uint64_t end = now_ms() + 10000;
+
+    while (keel_cview_revision(v) < rev && now_ms() < end)
+        sleep_ms(10);
+    CHECK(keel_cview_revision(v) >= rev, "the view is at revision %lld, not %lld",
+          (long long)keel_cview_revision(v), (long long)rev);
+}
+
+static int count_kv(void *user, const struct keel_etcd_kv *kv)
+{
+    (void)kv;
+    (*(int *)user)++;
+    return 0;
+}
+
+/* The value of shard `n` of job j1 in the view, or "-" when absent. */
+static const char *cview_value(keel_cview *v, const char *cluster, uint32_t n, struct keel_buf *out)
+{
+    struct keel_buf key = KEEL_BUF_INIT;
+    int rc;
+
+    keel_key_job_shard(&key, cluster, "j1", n);
+    rc = keel_cview_get(v, keel_key_str(&key), out, NULL);
+    keel_buf_release(&key);
+    if (rc == KEEL_ENOTFOUND)
+        return "-";
+    return (const char *)out->buf;
+}
+
+static int cmd_cview(int argc, char **argv)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT, val = KEEL_BUF_INIT;
+    const char *cluster;
+    struct keel_cstate st;
+    const struct keel_cstate_job *j;
+    keel_cview *v;
+    int64_t rev = 0;
+    int n = 0;
+
+    if (argc != 1)
+        die("cview CLUSTER");
+    cluster = argv[0];
+    keel_key_prefix(&prefix, cluster);
+    OK(keel_etcd_delete(client, keel_key_str(&prefix), 1, NULL, NULL, &err));
+    cview_put(cluster, 0, "a", NULL);
+    cview_put(cluster, 1, "b", &rev);
+
+    /* The listing. */
+    OK(keel_cview_start(client, cluster, on_cview, NULL, &v, &err));
+    cview_wait(v, rev);
+    CHECK(strcmp(cview_value(v, cluster, 0, &val), "a") == 0, "shard 0: '%s'",
+          cview_value(v, cluster, 0, &val));
+    keel_buf_add_str(&prefix, "jobs/j1/shards/");
+    keel_cview_each(v, keel_key_str(&prefix), count_kv, &n);
+    CHECK(n == 2, "%d shard keys in the view, not 2", n);
+
+    /* Changes: a put, a delete, an update. */
+    cview_put(cluster, 2, "c", NULL);
+    cview_put(cluster, 1, "bb", NULL);
+    {
+        struct keel_buf key = KEEL_BUF_INIT;
+
+        keel_key_job_shard(&key, cluster, "j1", 0);
+        OK(keel_etcd_delete(client, keel_key_str(&key), 0, NULL, &rev, &err));
+        keel_buf_release(&key);
+    }
+    cview_wait(v, rev);
+    CHECK(strcmp(cview_value(v, cluster, 0, &val), "-") == 0, "deleted shard 0: '%s'",
+          cview_value(v, cluster, 0, &val));
+    CHECK(strcmp(cview_value(v, cluster, 1, &val), "bb") == 0, "shard 1: '%s'",
+          cview_value(v, cluster, 1, &val));
+    CHECK(strcmp(cview_value(v, cluster, 2, &val), "c") == 0, "shard 2: '%s'",
+          cview_value(v, cluster, 2, &val));
+    n = 0;
+    keel_cview_each(v, keel_key_str(&prefix), count_kv, &n);
+    CHECK(n == 2, "%d shard keys in the view, not 2", n);
+
+    /* The snapshot sorts them out as a range read would. */
+    keel_cview_snapshot(v, &st);
+    CHECK(st.revision >= rev, "snapshot at %lld", (long long)st.revision);
+    j = keel_cstate_job(&st, "j1");
+    CHECK(j != NULL && j->nshards == 2 && j->shards[0].num == 1 && j->shards[1].num == 2,
+          "snapshot: job j1 with %zu shard keys", j ? j->nshards : 0);
+    keel_cstate_release(&st);
+    CHECK(__atomic_load_n(&cview_batches, __ATOMIC_RELAXED) >= 2, "%ld batches",
+          __atomic_load_n(&cview_batches, __ATOMIC_RELAXED));
+    keel_cview_stop(v);
+    keel_key_prefix(&prefix, cluster);
+    OK(keel_etcd_delete(client, keel_key_str(&prefix), 1, NULL, NULL, &err));
+    keel_buf_release(&prefix);
+    keel_buf_release(&val);
+    printf("cview ok\n");
     return 0;
 }
 
@@ -929,6 +1052,7 @@ int main(int argc, char **argv)
         {"member-join", cmd_member_join},
         {"member-rejoin", cmd_member_rejoin},
         {"hooks", cmd_hooks},
+        {"cview", cmd_cview},
     };
     struct keel_etcd_options o = {0};
     struct sigaction sa;

@@ -18,119 +18,53 @@
 #include "cli.h"
 #include "clock.h"
 #include "keel/jobs.h"
+#include "keys.h"
 #include "log.h"
 #include "signals.h"
 #include "worker_internal.h"
 
-/* ---- the keys the worker follows (w->lock held) -------------------------------- */
+/* ---- the keys the worker follows ------------------------------------------------ */
 
-/* "assignment", "members/server/<id>", "jobs/<job>/{state,spec,shards/<n>}". */
-static int relevant(const char *k)
+/* The assignment, a server's registration, a job's state, spec or shard leases. */
+static int followed(const struct keel_key *k)
 {
-    const char *rest;
-
-    if (strcmp(k, "assignment") == 0)
+    switch (k->type) {
+    case KEEL_KEY_ASSIGNMENT:
+    case KEEL_KEY_JOB_STATE:
+    case KEEL_KEY_JOB_SPEC:
+    case KEEL_KEY_JOB_SHARD:
         return 1;
-    if (strncmp(k, "members/server/", 15) == 0)
-        return k[15] != '\0' && strchr(k + 15, '/') == NULL;
-    if (strncmp(k, "jobs/", 5) != 0 || (rest = strchr(k + 5, '/')) == NULL || rest == k + 5)
+    case KEEL_KEY_MEMBER:
+        return strcmp(k->role, "server") == 0;
+    default:
         return 0;
-    rest++;
-    if (strcmp(rest, "state") == 0 || strcmp(rest, "spec") == 0)
-        return 1;
-    return strncmp(rest, "shards/", 7) == 0 && rest[7] != '\0' && strchr(rest + 7, '/') == NULL;
-}
-
-static struct wk_kv *key_find(struct wk *w, const char *rel)
-{
-    for (size_t i = 0; i < w->nkeys; i++)
-        if (strcmp(w->keys[i].key, rel) == 0)
-            return &w->keys[i];
-    return NULL;
-}
-
-static void key_put(struct wk *w, const char *rel, const unsigned char *value, size_t len,
-                    int64_t mod_revision)
-{
-    struct wk_kv *kv = key_find(w, rel);
-
-    if (kv == NULL) {
-        KEEL_REALLOC_ARRAY(w->keys, w->nkeys + 1);
-        kv = &w->keys[w->nkeys++];
-        kv->key = keel_strdup(rel);
-    } else {
-        free(kv->value);
     }
-    kv->value = keel_malloc(len + 1);
-    memcpy(kv->value, value, len);
-    kv->value[len] = '\0';
-    kv->len = len;
-    kv->mod_revision = mod_revision;
 }
 
-static void key_delete(struct wk *w, const char *rel)
-{
-    struct wk_kv *kv = key_find(w, rel);
-
-    if (kv == NULL)
-        return;
-    free(kv->key);
-    free(kv->value);
-    *kv = w->keys[--w->nkeys];
-}
-
-static void keys_clear(struct wk *w)
-{
-    while (w->nkeys > 0)
-        key_delete(w, w->keys[0].key);
-}
-
-static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
+/* The view applied a batch (watch thread): wake the training thread if it matters. */
+static void on_view(void *user, keel_cview *v, const struct keel_etcd_watch_batch *b)
 {
     struct wk *w = user;
-    size_t plen = strlen(w->prefix);
     int changed = b->reset;
 
-    pthread_mutex_lock(&w->lock);
-    if (b->reset)
-        keys_clear(w);
-    for (size_t i = 0; i < b->n; i++) {
-        const struct keel_etcd_event *ev = &b->events[i];
-        const char *rel;
+    (void)v;
+    for (size_t i = 0; i < b->n && !changed; i++) {
+        struct keel_key k;
 
-        if (strncmp(ev->kv.key, w->prefix, plen) != 0)
-            continue;
-        rel = ev->kv.key + plen;
-        if (!relevant(rel))
-            continue;
-        if (ev->type == KEEL_ETCD_DELETE)
-            key_delete(w, rel);
-        else
-            key_put(w, rel, ev->kv.value, ev->kv.value_len, ev->kv.mod_revision);
-        changed = 1;
+        keel_key_parse(b->events[i].kv.key, w->cluster, &k);
+        changed = followed(&k);
     }
     if (changed) {
+        pthread_mutex_lock(&w->lock);
         w->generation++;
         pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
     }
-    pthread_mutex_unlock(&w->lock);
 }
 
-int wk_key_copy(struct wk *w, const char *rel, struct keel_buf *out, int64_t *mod_revision)
+int wk_key_copy(struct wk *w, const char *key, struct keel_buf *out, int64_t *mod_revision)
 {
-    struct wk_kv *kv;
-    int rc = KEEL_ENOTFOUND;
-
-    pthread_mutex_lock(&w->lock);
-    if ((kv = key_find(w, rel)) != NULL) {
-        keel_buf_reset(out);
-        keel_buf_add(out, kv->value, kv->len);
-        if (mod_revision)
-            *mod_revision = kv->mod_revision;
-        rc = 0;
-    }
-    pthread_mutex_unlock(&w->lock);
-    return rc;
+    return keel_cview_get(w->view, key, out, mod_revision);
 }
 
 static int cmp_id(const void *a, const void *b)
@@ -138,18 +72,41 @@ static int cmp_id(const void *a, const void *b)
     return strcmp(a, b);
 }
 
+struct server_list {
+    struct wk *w;
+    char (*ids)[KEEL_ID_MAX + 1];
+    size_t n, alloc;
+};
+
+static int add_server(void *user, const struct keel_etcd_kv *kv)
+{
+    struct server_list *l = user;
+    struct keel_key k;
+
+    if (keel_key_parse(kv->key, l->w->cluster, &k) != KEEL_KEY_MEMBER ||
+        strcmp(k.role, "server") != 0)
+        return 0;
+    if (l->n == l->alloc) {
+        l->alloc = l->alloc ? 2 * l->alloc : 8;
+        KEEL_REALLOC_ARRAY(l->ids, l->alloc);
+    }
+    snprintf(l->ids[l->n++], KEEL_ID_MAX + 1, "%s", k.id);
+    return 0;
+}
+
 size_t wk_servers(struct wk *w, char (**ids)[KEEL_ID_MAX + 1])
 {
-    size_t n = 0;
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    struct server_list l = {w, NULL, 0, 0};
 
-    pthread_mutex_lock(&w->lock);
-    KEEL_ALLOC_ARRAY(*ids, w->nkeys + 1);
-    for (size_t i = 0; i < w->nkeys; i++)
-        if (strncmp(w->keys[i].key, "members/server/", 15) == 0)
-            snprintf((*ids)[n++], KEEL_ID_MAX + 1, "%s", w->keys[i].key + 15);
-    pthread_mutex_unlock(&w->lock);
-    qsort(*ids, n, sizeof(**ids), cmp_id);
-    return n;
+    keel_key_members(&prefix, w->cluster, "server");
+    keel_cview_each(w->view, keel_key_str(&prefix), add_server, &l);
+    keel_buf_release(&prefix);
+    if (l.ids == NULL)
+        KEEL_ALLOC_ARRAY(l.ids, 1);
+    qsort(l.ids, l.n, sizeof(*l.ids), cmp_id);
+    *ids = l.ids;
+    return l.n;
 }
 
 /* ---- connections and the route (training thread) ------------------------------- */
@@ -159,14 +116,16 @@ struct keel_client *wk_conn_of(struct wk *w, const char *id)
     struct keel_member_info info;
     struct keel_client_options o;
     struct keel_error err;
-    struct keel_buf value;
-    char rel[96];
+    struct keel_buf value, key = KEEL_BUF_INIT;
     struct wk_conn *c = NULL;
+    int rc;
 
     keel_error_init(&err);
     keel_buf_init(&value, 0);
-    snprintf(rel, sizeof(rel), "members/server/%s", id);
-    if (wk_key_copy(w, rel, &value, NULL) != 0) {
+    keel_key_member(&key, w->cluster, "server", id);
+    rc = wk_key_copy(w, keel_key_str(&key), &value, NULL);
+    keel_buf_release(&key);
+    if (rc != 0) {
         keel_buf_release(&value);
         return NULL;
     }
@@ -209,7 +168,7 @@ struct keel_client *wk_conn_of(struct wk *w, const char *id)
 
 int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err)
 {
-    struct keel_buf value;
+    struct keel_buf value, key = KEEL_BUF_INIT;
     struct keel_etcd_kv kv;
     keel_assign *a = NULL;
     int64_t rev = 0;
@@ -217,15 +176,13 @@ int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err)
 
     keel_buf_init(&value, 0);
     memset(&kv, 0, sizeof(kv));
+    keel_key_assignment(&key, w->cluster);
     if (fresh) {
-        char key[256];
-
-        snprintf(key, sizeof(key), "%sassignment", w->prefix);
-        if ((rc = keel_etcd_get(w->etcd, key, &kv, NULL, err)) != 0)
+        if ((rc = keel_etcd_get(w->etcd, keel_key_str(&key), &kv, NULL, err)) != 0)
             goto out;
         keel_buf_add(&value, kv.value, kv.value_len);
         rev = kv.mod_revision;
-    } else if (wk_key_copy(w, "assignment", &value, &rev) != 0) {
+    } else if (wk_key_copy(w, keel_key_str(&key), &value, &rev) != 0) {
         rc = keel_err_set(err, KEEL_ENOTFOUND, "no assignment in etcd yet");
         goto out;
     }
@@ -259,6 +216,7 @@ int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err)
     rc = 1;
 out:
     keel_etcd_kv_release(&kv);
+    keel_buf_release(&key);
     keel_buf_release(&value);
     return rc;
 }
@@ -274,8 +232,7 @@ static void *reporter_main(void *arg)
     for (;;) {
         struct keel_progress p;
         struct keel_error err;
-        struct keel_buf json;
-        char key[256];
+        struct keel_buf json, key = KEEL_BUF_INIT;
         uint64_t want, now = keel_clock_mono_ms();
         int rc;
 
@@ -296,14 +253,13 @@ static void *reporter_main(void *arg)
         }
         want = w->rep_want;
         p = w->rep_progress;
-        snprintf(key, sizeof(key), "%sjobs/%s/progress/%" PRIu32, w->prefix, w->rep_job,
-                 w->rep_shard);
+        keel_key_job_progress(&key, w->cluster, w->rep_job, w->rep_shard);
         pthread_mutex_unlock(&w->rep_lock);
 
         keel_error_init(&err);
         keel_buf_init(&json, 0);
         keel_progress_encode(&p, &json);
-        rc = keel_etcd_put(w->etcd, key, json.buf, json.len, 0, NULL, &err);
+        rc = keel_etcd_put(w->etcd, keel_key_str(&key), json.buf, json.len, 0, NULL, &err);
         keel_buf_release(&json);
 
         pthread_mutex_lock(&w->rep_lock);
@@ -317,7 +273,8 @@ static void *reporter_main(void *arg)
             pthread_cond_broadcast(&w->rep_cond);
         } else {
             if (failures++ % 10 == 0)
-                KEEL_LOG_WARN("cannot report progress to '%s': %s (retrying)", key, err.msg);
+                KEEL_LOG_WARN("cannot report progress to '%s': %s (retrying)", keel_key_str(&key),
+                              err.msg);
             if (w->rep_stop && failures >= 3) {
                 w->rep_done = w->rep_want; /* give up: the servers have the pushes anyway */
                 pthread_cond_broadcast(&w->rep_cond);
@@ -327,6 +284,7 @@ static void *reporter_main(void *arg)
                 pthread_cond_timedwait(&w->rep_cond, &w->rep_lock, &until);
             }
         }
+        keel_buf_release(&key);
     }
     pthread_mutex_unlock(&w->rep_lock);
     return NULL;
@@ -361,16 +319,15 @@ static void report(struct wk *w, uint32_t shard, uint32_t pass, uint32_t batch, 
 
 static int write_eval(struct wk *w, const struct keel_eval *e, struct keel_error *err)
 {
-    struct keel_buf json;
-    char key[256];
+    struct keel_buf json, key = KEEL_BUF_INIT;
     int rc;
 
-    snprintf(key, sizeof(key), "%sjobs/%s/eval/%" PRIu32 "/%s", w->prefix, w->job.name, e->pass,
-             w->id);
+    keel_key_job_eval(&key, w->cluster, w->job.name, e->pass, w->id);
     keel_buf_init(&json, 0);
     keel_eval_encode(e, &json);
-    rc = keel_etcd_put(w->etcd, key, json.buf, json.len, 0, NULL, err);
+    rc = keel_etcd_put(w->etcd, keel_key_str(&key), json.buf, json.len, 0, NULL, err);
     keel_buf_release(&json);
+    keel_buf_release(&key);
     return rc;
 }
 
@@ -434,32 +391,76 @@ struct lease {
     uint32_t pass, batch; /* where to start */
 };
 
-/*
- * Under w->lock: the lowest-named running job, or "" when none.
- */
+struct running {
+    const char *cluster;
+    char *job;
+    size_t n;
+};
+
+static int check_running(void *user, const struct keel_etcd_kv *kv)
+{
+    struct running *r = user;
+    struct keel_job_status st;
+    struct keel_key k;
+
+    if (keel_key_parse(kv->key, r->cluster, &k) != KEEL_KEY_JOB_STATE ||
+        keel_job_status_decode(kv->value, kv->value_len, &st, NULL) != 0 ||
+        st.state != KEEL_JOB_RUNNING)
+        return 0;
+    if (r->job[0] == '\0' || strcmp(k.job, r->job) < 0)
+        snprintf(r->job, r->n, "%s", k.job);
+    return 0;
+}
+
+/* The lowest-named running job, or "" when none. */
 static void running_job(struct wk *w, char *job, size_t n)
 {
-    job[0] = '\0';
-    for (size_t i = 0; i < w->nkeys; i++) {
-        const struct wk_kv *kv = &w->keys[i];
-        struct keel_job_status st;
-        char name[KEEL_ID_MAX + 1];
-        size_t len;
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    struct running r = {w->cluster, job, n};
 
-        if (strncmp(kv->key, "jobs/", 5) != 0)
-            continue;
-        len = strlen(kv->key);
-        if (len < 11 || strcmp(kv->key + len - 6, "/state") != 0 || len - 11 > KEEL_ID_MAX)
-            continue;
-        snprintf(name, sizeof(name), "%.*s", (int)(len - 11), kv->key + 5);
-        if (strchr(name, '/') != NULL)
-            continue;
-        if (keel_job_status_decode(kv->value, kv->len, &st, NULL) != 0 ||
-            st.state != KEEL_JOB_RUNNING)
-            continue;
-        if (job[0] == '\0' || strcmp(name, job) < 0)
-            snprintf(job, n, "%s", name);
+    job[0] = '\0';
+    keel_key_prefix(&prefix, w->cluster);
+    keel_buf_add_str(&prefix, "jobs/");
+    keel_cview_each(w->view, keel_key_str(&prefix), check_running, &r);
+    keel_buf_release(&prefix);
+}
+
+struct lease_search {
+    struct wk *w;
+    char needle[KEEL_ID_MAX + 3];
+    uint64_t incarnation;
+    struct lease *out;
+};
+
+static int check_lease(void *user, const struct keel_etcd_kv *kv)
+{
+    struct lease_search *ls = user;
+    struct wk *w = ls->w;
+    struct wk_job *j = &w->job;
+    struct keel_shard s;
+    struct keel_key k;
+    uint32_t n, pass, batch;
+
+    if (strstr((const char *)kv->value, ls->needle) == NULL ||
+        keel_key_parse(kv->key, w->cluster, &k) != KEEL_KEY_JOB_SHARD ||
+        strcmp(k.job, j->name) != 0 || (n = k.num) >= j->spec.shards)
+        return 0;
+    if (keel_shard_decode(kv->value, kv->value_len, j->spec.epochs, &s, NULL) != 0 || s.done ||
+        strcmp(s.owner, w->id) != 0 || s.incarnation != ls->incarnation)
+        return 0;
+    pass = s.pass;
+    batch = s.batch;
+    if (j->floor[n].known &&
+        (j->floor[n].pass > pass || (j->floor[n].pass == pass && j->floor[n].batch > batch))) {
+        pass = j->floor[n].pass;
+        batch = j->floor[n].batch;
     }
+    if (pass != s.pass || pass >= j->spec.epochs)
+        return 0; /* this pass is finished here; wait for the next lease */
+    ls->out->shard = n;
+    ls->out->pass = pass;
+    ls->out->batch = batch;
+    return 1;
 }
 
 /*
@@ -470,61 +471,39 @@ static void running_job(struct wk *w, char *job, size_t n)
  */
 static int find_lease(struct wk *w, struct lease *out)
 {
-    struct wk_job *j = &w->job;
-    char prefix[96], needle[96];
-    size_t plen;
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    struct lease_search ls;
+    int found;
 
-    snprintf(prefix, sizeof(prefix), "jobs/%s/shards/", j->name);
-    snprintf(needle, sizeof(needle), "\"%s\"", w->id);
-    plen = strlen(prefix);
-    for (size_t i = 0; i < w->nkeys; i++) {
-        const struct wk_kv *kv = &w->keys[i];
-        struct keel_shard s;
-        unsigned long n;
-        char *end;
-        uint32_t pass, batch;
-
-        if (strncmp(kv->key, prefix, plen) != 0 || strstr((const char *)kv->value, needle) == NULL)
-            continue;
-        errno = 0;
-        n = strtoul(kv->key + plen, &end, 10);
-        if (errno || *end != '\0' || end == kv->key + plen || n >= j->spec.shards)
-            continue;
-        if (keel_shard_decode(kv->value, kv->len, j->spec.epochs, &s, NULL) != 0 || s.done ||
-            strcmp(s.owner, w->id) != 0 || s.incarnation != w->incarnation)
-            continue;
-        pass = s.pass;
-        batch = s.batch;
-        if (j->floor[n].known &&
-            (j->floor[n].pass > pass || (j->floor[n].pass == pass && j->floor[n].batch > batch))) {
-            pass = j->floor[n].pass;
-            batch = j->floor[n].batch;
-        }
-        if (pass != s.pass || pass >= j->spec.epochs)
-            continue; /* this pass is finished here; wait for the next lease */
-        out->shard = (uint32_t)n;
-        out->pass = pass;
-        out->batch = batch;
-        return 1;
-    }
-    return 0;
+    ls.w = w;
+    snprintf(ls.needle, sizeof(ls.needle), "\"%s\"", w->id);
+    ls.incarnation = w->incarnation;
+    ls.out = out;
+    keel_key_job_prefix(&prefix, w->cluster, w->job.name);
+    keel_buf_add_str(&prefix, "shards/");
+    found = keel_cview_each(w->view, keel_key_str(&prefix), check_lease, &ls);
+    keel_buf_release(&prefix);
+    return found;
 }
 
 /* Under w->lock: whether `shard` of the current job is still leased to this incarnation. */
 static int lease_holds(struct wk *w, uint32_t shard)
 {
-    struct wk_kv *kv;
+    struct keel_buf key = KEEL_BUF_INIT, value = KEEL_BUF_INIT;
     struct keel_shard s;
-    char rel[128], job[KEEL_ID_MAX + 1];
+    char job[KEEL_ID_MAX + 1];
+    int holds = 0;
 
     running_job(w, job, sizeof(job));
     if (strcmp(job, w->job.name) != 0)
         return 0;
-    snprintf(rel, sizeof(rel), "jobs/%s/shards/%" PRIu32, w->job.name, shard);
-    if ((kv = key_find(w, rel)) == NULL ||
-        keel_shard_decode(kv->value, kv->len, w->job.spec.epochs, &s, NULL) != 0)
-        return 0;
-    return !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation;
+    keel_key_job_shard(&key, w->cluster, w->job.name, shard);
+    if (wk_key_copy(w, keel_key_str(&key), &value, NULL) == 0 &&
+        keel_shard_decode(value.buf, value.len, w->job.spec.epochs, &s, NULL) == 0)
+        holds = !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation;
+    keel_buf_release(&key);
+    keel_buf_release(&value);
+    return holds;
 }
 
 int wk_job_running(struct wk *w)
@@ -540,7 +519,14 @@ int wk_job_running(struct wk *w)
 /* ---- training ------------------------------------------------------------------------- */
 
 /* Why a lease ended. */
-enum lease_end { LEASE_PASS_DONE, LEASE_STOPPED, LEASE_LOST, LEASE_FAILED, LEASE_FATAL };
+enum lease_end {
+    LEASE_PASS_DONE,
+    LEASE_STOPPED,
+    LEASE_LOST,
+    LEASE_FAILED,
+    LEASE_FATAL,
+    LEASE_GOING, /* not an end: the lease goes on (the steps of run_lease()) */
+};
 
 struct window {
     uint64_t t0;
@@ -603,240 +589,324 @@ static void lead_add(struct wk_job *j, struct wk_lead *lease, const struct wk_xs
                   j->name, xs->lead, j->clock, bound);
 }
 
-/* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
-static enum lease_end run_lease(struct wk *w, const struct lease *l)
+/* A lease being worked on (training thread): where it is and what it counted. */
+struct lease_run {
+    const struct lease *l;
+    struct wk_reader rd;
+    uint32_t pass, batch, nbatches;    /* the next batch; batches per pass of the shard */
+    uint32_t acked;                    /* batches acknowledged in this lease */
+    uint32_t dup_run, dup_first;       /* a run of batches acknowledged only as duplicates */
+    uint64_t acks, acks_dup, last_seq; /* ACKs, of which duplicates; the last seq pushed */
+    uint64_t gen;                      /* w->generation when the lease was last checked */
+    struct window win;                 /* the batches since the last progress line */
+    struct wk_lead lead;               /* the clock leads of this lease's pulls */
+};
+
+/*
+ * Before the first batch: check the job's dataset once, route by the
+ * assignment.  LEASE_GOING, or why the lease ends at once.
+ */
+static enum lease_end lease_prepare(struct wk *w, struct keel_error *err)
 {
     struct wk_job *j = &w->job;
-    struct wk_reader rd;
-    struct keel_error err;
-    struct window win = {0};
-    struct wk_lead lead = {0, 0};
-    uint32_t pass = l->pass, batch = l->batch, nbatches, dup_run = 0, dup_first = 0;
-    uint32_t B = j->spec.batch_size, acked = 0;
-    uint64_t acks = 0, acks_dup = 0;
-    uint64_t gen, last_seq = 0, incarnation;
-    enum lease_end end = LEASE_FAILED;
     int rc;
 
-    keel_error_init(&err);
     if (!j->checked) {
-        rc = wk_check_dataset(w, &err);
+        rc = wk_check_dataset(w, err);
         if (rc == KEEL_EINVAL) {
-            KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
+            KEEL_LOG_ERROR("job %s: %s", j->name, err->msg);
             return LEASE_FATAL;
         }
         if (rc != 0) {
             KEEL_LOG_WARN("job %s: cannot check dataset '%s': %s", j->name, j->spec.dataset,
-                          err.msg);
+                          err->msg);
             return rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
         }
         j->checked = 1;
     }
-    if ((rc = wk_refresh_route(w, 0, &err)) < 0) {
-        KEEL_LOG_WARN("job %s: cannot route requests: %s", j->name, err.msg);
+    if (wk_refresh_route(w, 0, err) < 0) {
+        KEEL_LOG_WARN("job %s: cannot route requests: %s", j->name, err->msg);
         return LEASE_FAILED;
     }
-    wk_reader_init(&rd, j->spec.dataset, l->shard);
-    if ((rc = wk_reader_open(w, &rd, (uint64_t)batch * B, &err)) != 0) {
-        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-        end = rc == KEEL_EINVAL ? LEASE_FATAL : rc == KEEL_ECANCELED ? LEASE_STOPPED : LEASE_FAILED;
-        goto out;
+    return LEASE_GOING;
+}
+
+/* Open the shard's records at the lease's position.  LEASE_GOING, or why the lease ends. */
+static enum lease_end lease_open(struct wk *w, struct lease_run *r, struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint32_t B = j->spec.batch_size;
+    int rc;
+
+    if ((rc = wk_reader_open(w, &r->rd, (uint64_t)r->batch * B, err)) != 0) {
+        KEEL_LOG_WARN("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        return rc == KEEL_EINVAL      ? LEASE_FATAL
+               : rc == KEEL_ECANCELED ? LEASE_STOPPED
+                                      : LEASE_FAILED;
     }
-    nbatches = keel_worker_nbatches(rd.total, B);
-    if (batch > nbatches) {
+    r->nbatches = keel_worker_nbatches(r->rd.total, B);
+    if (r->batch > r->nbatches) {
         KEEL_LOG_ERROR("job %s: shard %" PRIu32 ": recorded batch %" PRIu32
                        " is past the shard's %" PRIu32 " batches",
-                       j->name, l->shard, batch, nbatches);
-        end = LEASE_FATAL;
-        goto out;
+                       j->name, l->shard, r->batch, r->nbatches);
+        return LEASE_FATAL;
     }
-    j->clock = keel_worker_clock(j->nb_max, pass, batch);
+    j->clock = keel_worker_clock(j->nb_max, r->pass, r->batch);
     KEEL_LOG_INFO("job %s: shard %" PRIu32 " (%" PRIu64 " records, %" PRIu32
                   " batches): starting at pass %" PRIu32 " batch %" PRIu32 ", clock %" PRIu64,
-                  j->name, l->shard, rd.total, nbatches, pass, batch, j->clock);
+                  j->name, l->shard, r->rd.total, r->nbatches, r->pass, r->batch, j->clock);
     pthread_mutex_lock(&w->lock);
-    gen = w->generation;
+    r->gen = w->generation;
     pthread_mutex_unlock(&w->lock);
-    win.t0 = keel_clock_mono_ms();
+    r->win.t0 = keel_clock_mono_ms();
+    return LEASE_GOING;
+}
 
-    while (pass == l->pass && batch < nbatches) {
-        uint32_t n =
-            (uint32_t)((uint64_t)(batch + 1) * B <= rd.total ? B : rd.total - (uint64_t)batch * B);
-        struct keel_model_stats ms;
-        struct wk_xstats xs = {0};
-
-        if (atomic_load(&w->stopping)) {
-            end = LEASE_STOPPED;
-            goto report;
-        }
-        if (atomic_load(&w->member_lost)) {
-            end = LEASE_LOST;
-            goto report;
-        }
-        pthread_mutex_lock(&w->lock);
-        if (w->generation != gen) {
-            gen = w->generation;
-            if (!lease_holds(w, l->shard)) {
-                pthread_mutex_unlock(&w->lock);
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
-                              j->name, l->shard);
-                end = LEASE_LOST;
-                goto report;
-            }
-        }
-        pthread_mutex_unlock(&w->lock);
-
-        if ((rc = wk_reader_fill(w, &rd, (uint64_t)batch * B, n, &err)) != 0) {
-            if (rc == KEEL_ECANCELED)
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-            else
-                KEEL_LOG_ERROR("job %s: %s", j->name, err.msg);
-            end = rc == KEEL_ECANCELED ? LEASE_STOPPED
-                  : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
-                     rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
-                      ? LEASE_FATAL
-                      : LEASE_FAILED;
-            goto report;
-        }
-        j->clock = keel_worker_clock(j->nb_max, pass, batch);
-        if ((rc = wk_pull_all(w, j->clock, &xs, &err)) != 0) {
-            if (rc == KEEL_ECANCELED) {
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-                end = LEASE_STOPPED;
-            } else {
-                KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock,
-                               err.msg);
-                end = LEASE_FAILED;
-            }
-            goto report;
-        }
-        lead_add(j, &lead, &xs);
-        if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, &ms,
-                            &err) != 0) {
-            KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
-                           batch, err.msg);
-            end = LEASE_FATAL;
-            goto report;
-        }
-        /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
-        if ((rc = wk_push_all(w, l->shard, keel_worker_seq(pass, batch), j->clock, &xs, &err)) !=
-            0) {
-            if (rc == KEEL_ECANCELED) {
-                KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err.msg);
-                end = LEASE_STOPPED;
-            } else {
-                KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32
-                               ": %s",
-                               j->name, l->shard, pass, batch, err.msg);
-                end = LEASE_FAILED;
-            }
-            goto report;
-        }
-        w->total_batches++;
-        w->total_duplicates += xs.duplicates;
-        acked++;
-        acks += xs.acks;
-        acks_dup += xs.duplicates;
-        last_seq = keel_worker_seq(pass, batch);
-        if (xs.acks > 0 && xs.duplicates == xs.acks) {
-            if (dup_run++ == 0)
-                dup_first = batch;
-        } else if (dup_run > 0) {
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
-                          " of pass %" PRIu32 " had been applied before: the servers"
-                          " acknowledged them as duplicates and did not apply them again",
-                          j->name, l->shard, dup_first, dup_first + dup_run - 1, pass);
-            dup_run = 0;
-        }
-        keel_worker_next(nbatches, &pass, &batch);
-        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
-        if (pass == l->pass)
-            report(w, l->shard, pass, batch, 0);
-
-        win.batches++;
-        win.examples += n;
-        win.loss += ms.loss * n;
-        win.correct += ms.ncorrect;
-        if (win.batches >= w->config->worker_log_every || pass != l->pass) {
-            uint64_t dt = keel_clock_mono_ms() - win.t0;
-
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
-                          ": %.0f examples/s, loss %.4f, train accuracy %.4f"
-                          " (last %" PRIu32 " batches)",
-                          j->name, l->shard, pass == l->pass ? pass : l->pass,
-                          pass == l->pass ? batch : nbatches, nbatches,
-                          dt ? (double)win.examples * 1000.0 / (double)dt : 0.0,
-                          win.loss / (double)win.examples,
-                          (double)win.correct / (double)win.examples, win.batches);
-            memset(&win, 0, sizeof(win));
-            win.t0 = keel_clock_mono_ms();
+/* Before each batch: stopping, the membership lost, or the lease moved away? */
+static enum lease_end lease_check(struct wk *w, struct lease_run *r)
+{
+    if (atomic_load(&w->stopping))
+        return LEASE_STOPPED;
+    if (atomic_load(&w->member_lost))
+        return LEASE_LOST;
+    pthread_mutex_lock(&w->lock);
+    if (w->generation != r->gen) {
+        r->gen = w->generation;
+        if (!lease_holds(w, r->l->shard)) {
+            pthread_mutex_unlock(&w->lock);
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
+                          w->job.name, r->l->shard);
+            return LEASE_LOST;
         }
     }
-    if (dup_run > 0)
+    pthread_mutex_unlock(&w->lock);
+    return LEASE_GOING;
+}
+
+/*
+ * One batch of `n` records: read it, pull the model, compute the gradient,
+ * push it.  LEASE_GOING once every primary acknowledged the push, or why
+ * the lease ends.
+ */
+static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
+                                  struct keel_model_stats *ms, struct wk_xstats *xs,
+                                  struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint32_t B = j->spec.batch_size;
+    int rc;
+
+    if ((rc = wk_reader_fill(w, &r->rd, (uint64_t)r->batch * B, n, err)) != 0) {
+        if (rc == KEEL_ECANCELED)
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        else
+            KEEL_LOG_ERROR("job %s: %s", j->name, err->msg);
+        return rc == KEEL_ECANCELED ? LEASE_STOPPED
+               : (rc == KEEL_EINVAL || rc == KEEL_ESHORTBODY || rc == KEEL_ERESERVED ||
+                  rc == KEEL_EPADDING || rc == KEEL_ETRAILING || rc == KEEL_EUNSORTED)
+                   ? LEASE_FATAL
+                   : LEASE_FAILED;
+    }
+    j->clock = keel_worker_clock(j->nb_max, r->pass, r->batch);
+    if ((rc = wk_pull_all(w, j->clock, xs, err)) != 0) {
+        if (rc == KEEL_ECANCELED) {
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+            return LEASE_STOPPED;
+        }
+        KEEL_LOG_ERROR("job %s: pull for clock %" PRIu64 ": %s", j->name, j->clock, err->msg);
+        return LEASE_FAILED;
+    }
+    lead_add(j, &r->lead, xs);
+    if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, ms, err) !=
+        0) {
+        KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
+                       r->batch, err->msg);
+        return LEASE_FATAL;
+    }
+    /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
+    if ((rc = wk_push_all(w, l->shard, keel_worker_seq(r->pass, r->batch), j->clock, xs, err)) !=
+        0) {
+        if (rc == KEEL_ECANCELED) {
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+            return LEASE_STOPPED;
+        }
+        KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 ": %s",
+                       j->name, l->shard, r->pass, r->batch, err->msg);
+        return LEASE_FAILED;
+    }
+    return LEASE_GOING;
+}
+
+/*
+ * A batch of `n` records was acknowledged: count it, note runs of
+ * duplicates, move to the next batch, report the progress, and log the
+ * window of batches every worker_log_every.
+ */
+static void lease_acked(struct wk *w, struct lease_run *r, uint32_t n,
+                        const struct keel_model_stats *ms, const struct wk_xstats *xs)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+
+    w->total_batches++;
+    w->total_duplicates += xs->duplicates;
+    r->acked++;
+    r->acks += xs->acks;
+    r->acks_dup += xs->duplicates;
+    r->last_seq = keel_worker_seq(r->pass, r->batch);
+    if (xs->acks > 0 && xs->duplicates == xs->acks) {
+        if (r->dup_run++ == 0)
+            r->dup_first = r->batch;
+    } else if (r->dup_run > 0) {
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32 " of pass %" PRIu32
+                      " had been applied before: the servers"
+                      " acknowledged them as duplicates and did not apply them again",
+                      j->name, l->shard, r->dup_first, r->dup_first + r->dup_run - 1, r->pass);
+        r->dup_run = 0;
+    }
+    keel_worker_next(r->nbatches, &r->pass, &r->batch);
+    j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
+    if (r->pass == l->pass)
+        report(w, l->shard, r->pass, r->batch, 0);
+
+    r->win.batches++;
+    r->win.examples += n;
+    r->win.loss += ms->loss * n;
+    r->win.correct += ms->ncorrect;
+    if (r->win.batches >= w->config->worker_log_every || r->pass != l->pass) {
+        uint64_t dt = keel_clock_mono_ms() - r->win.t0;
+
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 "/%" PRIu32
+                      ": %.0f examples/s, loss %.4f, train accuracy %.4f"
+                      " (last %" PRIu32 " batches)",
+                      j->name, l->shard, r->pass == l->pass ? r->pass : l->pass,
+                      r->pass == l->pass ? r->batch : r->nbatches, r->nbatches,
+                      dt ? (double)r->win.examples * 1000.0 / (double)dt : 0.0,
+                      r->win.loss / (double)r->win.examples,
+                      (double)r->win.correct / (double)r->win.examples, r->win.batches);
+        memset(&r->win, 0, sizeof(r->win));
+        r->win.t0 = keel_clock_mono_ms();
+    }
+}
+
+/* The pass is over: measure the model on the test set and record it. */
+static void lease_pass_done(struct wk *w, struct lease_run *r, struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    struct keel_eval e;
+    uint64_t t0;
+    int rc;
+
+    if (r->dup_run > 0)
         KEEL_LOG_INFO("job %s: shard %" PRIu32 ": batches %" PRIu32 "-%" PRIu32
                       " had been applied before: acknowledged as duplicates, not applied again",
-                      j->name, l->shard, dup_first, dup_first + dup_run - 1);
-    if (batch == nbatches && pass == l->pass) { /* an empty shard: the pass is trivially done */
-        pass++;
-        batch = 0;
-        j->floor[l->shard] = (struct wk_pos){pass, batch, 1};
+                      j->name, l->shard, r->dup_first, r->dup_first + r->dup_run - 1);
+    if (r->batch == r->nbatches && r->pass == l->pass) { /* an empty shard: trivially done */
+        r->pass++;
+        r->batch = 0;
+        j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
     }
-    /* The pass is over: measure the model on the test set, then hand the shard back. */
-    {
-        struct keel_eval e;
-        uint64_t t0 = keel_clock_mono_ms();
+    t0 = keel_clock_mono_ms();
+    memset(&e, 0, sizeof(e));
+    rc = wk_evaluate(w, &e, err);
+    if (rc == 0 && e.examples > 0) {
+        snprintf(e.worker, sizeof(e.worker), "%s", w->id);
+        e.pass = l->pass;
+        e.time_ms = (uint64_t)keel_clock_wall_ms();
+        KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
+                      " loss %.4f on %" PRIu64 " examples (%.2f s)",
+                      j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
+                      (double)(keel_clock_mono_ms() - t0) / 1000.0);
+        if (write_eval(w, &e, err) != 0)
+            KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err->msg);
+    } else if (rc == 0) {
+        KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32
+                      ") done; the job has no test dataset",
+                      j->name, l->pass, l->shard);
+    } else if (rc != KEEL_ECANCELED) {
+        KEEL_LOG_WARN("job %s: pass %" PRIu32 ": cannot measure test accuracy: %s", j->name,
+                      l->pass, err->msg);
+    }
+}
 
-        memset(&e, 0, sizeof(e));
-        rc = wk_evaluate(w, &e, &err);
-        if (rc == 0 && e.examples > 0) {
-            snprintf(e.worker, sizeof(e.worker), "%s", w->id);
-            e.pass = l->pass;
-            e.time_ms = (uint64_t)keel_clock_wall_ms();
-            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32 ") done: test accuracy %.4f,"
-                          " loss %.4f on %" PRIu64 " examples (%.2f s)",
-                          j->name, l->pass, l->shard, e.accuracy, e.loss, e.examples,
-                          (double)(keel_clock_mono_ms() - t0) / 1000.0);
-            if (write_eval(w, &e, &err) != 0)
-                KEEL_LOG_WARN("job %s: cannot record the test accuracy: %s", j->name, err.msg);
-        } else if (rc == 0) {
-            KEEL_LOG_INFO("job %s: pass %" PRIu32 " (shard %" PRIu32
-                          ") done; the job has no test dataset",
-                          j->name, l->pass, l->shard);
-        } else if (rc != KEEL_ECANCELED) {
-            KEEL_LOG_WARN("job %s: pass %" PRIu32 ": cannot measure test accuracy: %s", j->name,
-                          l->pass, err.msg);
-        }
-    }
-    end = LEASE_PASS_DONE;
-report:
-    if (end != LEASE_LOST) /* a lost lease is someone else's to report */
-        report(w, l->shard, pass, batch, 1);
-    /* What the servers acknowledged in this lease, and the clock leads its pulls saw. */
+/*
+ * The lease ended (`end`): report where the shard is (unless the lease was
+ * lost: that is someone else's to report), and log what the servers
+ * acknowledged in this lease and the clock leads its pulls saw.
+ */
+static void lease_ended(struct wk *w, const struct lease_run *r, enum lease_end end)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    uint64_t incarnation;
+
+    if (end != LEASE_LOST)
+        report(w, l->shard, r->pass, r->batch, 1);
     pthread_mutex_lock(&w->lock);
     incarnation = w->incarnation;
     pthread_mutex_unlock(&w->lock);
-    if (acked > 0)
+    if (r->acked > 0)
         KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
                       " lease ended (%s): batches %" PRIu32 "-%" PRIu32 " acknowledged, %" PRIu64
                       " of %" PRIu64 " ACKs as duplicates; last seq %" PRIu64
                       ", incarnation %" PRIu64,
                       j->name, l->shard, l->pass, lease_end_name(end), l->batch,
-                      l->batch + acked - 1, acks_dup, acks, last_seq, incarnation);
+                      l->batch + r->acked - 1, r->acks_dup, r->acks, r->last_seq, incarnation);
     else
         KEEL_LOG_INFO("job %s: shard %" PRIu32 " pass %" PRIu32
                       " lease ended (%s): no batch acknowledged, incarnation %" PRIu64,
                       j->name, l->shard, l->pass, lease_end_name(end), incarnation);
-    if (lead.pulls > 0) {
+    if (r->lead.pulls > 0) {
         char bound[64];
 
         lead_bound(&j->spec, bound, sizeof(bound));
         KEEL_LOG_INFO("job %s: largest clock lead over the slowest live worker: %" PRId64
                       " (%s); in this lease of shard %" PRIu32 ": %" PRId64 " over %" PRIu64
                       " pulls",
-                      j->name, j->lead.max, bound, l->shard, lead.max, lead.pulls);
+                      j->name, j->lead.max, bound, l->shard, r->lead.max, r->lead.pulls);
     }
+}
+
+/* Work on `shard` from (pass, batch) until the pass ends or the lease does. */
+static enum lease_end run_lease(struct wk *w, const struct lease *l)
+{
+    struct wk_job *j = &w->job;
+    uint32_t B = j->spec.batch_size;
+    struct lease_run r;
+    struct keel_error err;
+    enum lease_end end;
+
+    keel_error_init(&err);
+    memset(&r, 0, sizeof(r));
+    r.l = l;
+    r.pass = l->pass;
+    r.batch = l->batch;
+    if ((end = lease_prepare(w, &err)) != LEASE_GOING)
+        return end;
+    wk_reader_init(&r.rd, j->spec.dataset, l->shard);
+    if ((end = lease_open(w, &r, &err)) != LEASE_GOING)
+        goto out;
+    while (r.pass == l->pass && r.batch < r.nbatches) {
+        uint32_t n = (uint32_t)((uint64_t)(r.batch + 1) * B <= r.rd.total
+                                    ? B
+                                    : r.rd.total - (uint64_t)r.batch * B);
+        struct keel_model_stats ms;
+        struct wk_xstats xs = {0};
+
+        if ((end = lease_check(w, &r)) != LEASE_GOING ||
+            (end = lease_batch(w, &r, n, &ms, &xs, &err)) != LEASE_GOING)
+            goto ended;
+        lease_acked(w, &r, n, &ms, &xs);
+    }
+    lease_pass_done(w, &r, &err);
+    end = LEASE_PASS_DONE;
+ended:
+    lease_ended(w, &r, end);
 out:
-    wk_reader_release(&rd);
+    wk_reader_release(&r.rd);
     return end;
 }
 
@@ -876,8 +946,8 @@ static void *train_main(void *arg)
     uint64_t seen = UINT64_MAX, retry_at = 0;
 
     while (!atomic_load(&w->stopping)) {
-        char job[KEEL_ID_MAX + 1], why[256], rel[96];
-        struct keel_buf spec;
+        char job[KEEL_ID_MAX + 1], why[256];
+        struct keel_buf spec, key = KEEL_BUF_INIT;
         struct lease l;
         int64_t rev = 0;
         int have = 0;
@@ -900,14 +970,13 @@ static void *train_main(void *arg)
         seen = w->generation;
         retry_at = 0;
         running_job(w, job, sizeof(job));
-        snprintf(rel, sizeof(rel), "jobs/%s/spec", job);
-        if (job[0] != '\0' && key_find(w, rel) != NULL) {
-            struct wk_kv *kv = key_find(w, rel);
-
-            keel_buf_add(&spec, kv->value, kv->len);
-            rev = kv->mod_revision;
-        }
         pthread_mutex_unlock(&w->lock);
+        if (job[0] != '\0') {
+            keel_key_job_spec(&key, w->cluster, job);
+            if (wk_key_copy(w, keel_key_str(&key), &spec, &rev) != 0)
+                keel_buf_reset(&spec);
+            keel_buf_release(&key);
+        }
         if (atomic_load(&w->stopping) || atomic_load(&w->member_lost)) {
             keel_buf_release(&spec);
             continue;
@@ -970,13 +1039,12 @@ int keel_worker_run(const struct keel_config *config)
     struct keel_tls_files files = keel_tls_files_of(config);
     struct keel_etcd_options eo;
     struct keel_member_opts mo = {0};
-    struct keel_etcd_watch_opts wo = {0};
     struct keel_error err;
     int rc = KEEL_EXIT_FAILURE;
 
     w->config = config;
     w->id = config->node_id;
-    snprintf(w->prefix, sizeof(w->prefix), "/keel/%s/", config->cluster_name);
+    w->cluster = config->cluster_name;
     pthread_mutex_init(&w->lock, NULL);
     keel_cond_init_mono(&w->cond);
     pthread_mutex_init(&w->rep_lock, NULL);
@@ -1009,9 +1077,7 @@ int keel_worker_run(const struct keel_config *config)
         goto free_etcd;
     }
     w->incarnation = keel_member_incarnation(w->member);
-    wo.key = w->prefix;
-    wo.prefix = 1;
-    if (keel_etcd_watch_start(w->etcd, &wo, on_watch, w, &w->watch, &err) != 0) {
+    if (keel_cview_start(w->etcd, w->cluster, on_view, w, &w->view, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);
         goto leave;
     }
@@ -1037,7 +1103,8 @@ int keel_worker_run(const struct keel_config *config)
     KEEL_LOG_INFO("worker %s stopping: %" PRIu64 " batches computed, %" PRIu64
                   " push(es) acknowledged as duplicates",
                   w->id, w->total_batches, w->total_duplicates);
-    keel_etcd_stream_stop(w->watch);
+    keel_cview_stop(w->view);
+    w->view = NULL;
 leave:
     keel_etcd_set_retry_timeout(w->etcd, 2000);
     if (keel_member_leave(w->member, &err) != 0)
@@ -1053,8 +1120,6 @@ out:
     job_release(&w->job);
     keel_route_release(&w->route);
     keel_assign_free(w->assign);
-    keys_clear(w);
-    free(w->keys);
     pthread_cond_destroy(&w->rep_cond);
     pthread_mutex_destroy(&w->rep_lock);
     pthread_cond_destroy(&w->cond);

@@ -7,7 +7,9 @@
  *  - the main thread waits for signals;
  *  - the training thread (train_main) owns everything under "training
  *    thread only" below: the job, the connections, the route;
- *  - the etcd watch thread keeps w->keys up to date (under w->lock);
+ *  - the etcd watch thread keeps w->view, the cluster's keys, up to date
+ *    (cview.h, under the view's own lock) and bumps w->generation when a key
+ *    the worker follows changed (under w->lock);
  *  - the reporter thread writes progress to etcd (under w->rep_lock);
  *  - each keel_client has its own thread, which runs reply callbacks.
  */
@@ -20,6 +22,7 @@
 
 #include "keel/assign.h"
 #include "keel/config.h"
+#include "cview.h"
 #include "etcd.h"
 #include "keel/jobspec.h"
 #include "member.h"
@@ -29,14 +32,6 @@
 #include "worker.h"
 
 #define WK_EVAL_RECORDS 1000u /* test records per read and forward pass */
-
-/* A key below the cluster prefix the worker cares about, as the watch last saw it. */
-struct wk_kv {
-    char *key; /* relative: "assignment", "members/server/s1", "jobs/j/shards/3", ... */
-    unsigned char *value;
-    size_t len;
-    int64_t mod_revision;
-};
 
 /* A connection to one server. */
 struct wk_conn {
@@ -82,21 +77,19 @@ struct wk_job {
 
 struct wk {
     const struct keel_config *config;
-    char prefix[160]; /* /keel/<cluster>/ */
+    const char *cluster;
     const char *id;
     struct keel_tls *tls;
     keel_etcd *etcd;
     keel_member *member;
-    keel_etcd_stream *watch;
+    keel_cview *view; /* every key of the cluster, kept up to date by a watch */
     atomic_int stopping;
     atomic_int member_lost;
 
-    /* w->lock: the keys, their generation, the incarnation. */
+    /* w->lock: the generation of the keys followed, the incarnation. */
     pthread_mutex_t lock;
     pthread_cond_t cond; /* the keys changed, the member was lost, or stopping */
-    struct wk_kv *keys;
-    size_t nkeys;
-    uint64_t generation;
+    uint64_t generation; /* bumped when the assignment, a server or a job's key changes */
     uint64_t incarnation;
 
     /* Training thread only. */
@@ -124,8 +117,8 @@ struct wk {
 
 /* ---- train.c ------------------------------------------------------------------- */
 
-/* Copy the value of relative key `rel` (w->lock not held); 0, or KEEL_ENOTFOUND. */
-int wk_key_copy(struct wk *w, const char *rel, struct keel_buf *out, int64_t *mod_revision);
+/* Copy the value of `key` (keys.h) as the view has it; 0, or KEEL_ENOTFOUND. */
+int wk_key_copy(struct wk *w, const char *key, struct keel_buf *out, int64_t *mod_revision);
 
 /* The ids of the registered servers, sorted; free with free() (one block). */
 size_t wk_servers(struct wk *w, char (**ids)[KEEL_ID_MAX + 1]);

@@ -158,3 +158,55 @@ cl_stop() {
     done
     return $rc
 }
+
+# cl_job_progress KEELCTL CONFIG JOB EPOCHS BATCH_SIZE RECORDS_PER_SHARD,...
+# A job's progress as KEY=VALUE lines, from `keelctl job show --json` (which
+# reads and decodes the job's keys in etcd):
+#   state=running            the job's state ("unreadable" when it does not decode)
+#   reason=...               its reason
+#   examples=N               training examples applied so far, over all shards
+#   total=N                  examples of the whole job (epochs x dataset records)
+#   shard.<n>=OWNER PASS BATCH   each shard's furthest known position (the
+#                            furthest of the leader's record and the worker's
+#                            report); OWNER reported it ("-" when none)
+#   eval.pass=P              the newest pass with a test evaluation (-1: none)
+#   eval.accuracy=A          mean test accuracy of that pass's evaluations,
+#   eval.loss=L              and mean test loss, weighted by their examples
+#   eval.workers=N           how many workers evaluated that pass
+#   eval.examples=N          the most test records one of them measured
+#   bad=KEY: WHY             a value that could not be read (one line each)
+# Fails when keelctl does (etcd unreachable, no such job).
+cl_job_progress() {
+    local json
+    json=$("$1" --config "$2" job show --json "$3" 2>/dev/null) || return 1
+    python3 -c '
+import json, sys
+
+epochs, batch = int(sys.argv[1]), int(sys.argv[2])
+records = [int(r) for r in sys.argv[3].split(",")]
+j = json.loads(sys.stdin.read())
+pos = {p["shard"]: p for p in j.get("positions") or []}
+examples = 0
+for n, r in enumerate(records):
+    p = pos.get(n, {"pass": 0, "batch": 0})
+    examples += epochs * r if p["pass"] >= epochs else p["pass"] * r + min(p["batch"] * batch, r)
+print("state=%s" % j.get("state", ""))
+print("reason=%s" % str(j.get("reason", "")).replace("\n", " "))
+print("examples=%d" % examples)
+print("total=%d" % (epochs * sum(records)))
+for n in range(len(records)):
+    p = pos.get(n, {"pass": 0, "batch": 0})
+    print("shard.%d=%s %d %d" % (n, p.get("worker") or "-", p["pass"], p["batch"]))
+e = j.get("latest_eval")
+if e:
+    print("eval.pass=%d" % e["pass"])
+    print("eval.accuracy=%.4f" % e["accuracy"])
+    print("eval.loss=%.4f" % e["loss"])
+    print("eval.workers=%d" % e["workers"])
+    print("eval.examples=%d" % e["examples"])
+else:
+    print("eval.pass=-1")
+for b in j.get("problems") or []:
+    print("bad=%s: %s" % (b["key"], b["error"]))
+' "$4" "$5" "$6" <<<"$json"
+}

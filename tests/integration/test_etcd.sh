@@ -17,7 +17,7 @@ export ETCD_ENDPOINT
 
 # --- scenarios written in C -------------------------------------------------
 for scenario in "roundtrip /rt/" "election /el/one" "fence fc /fence/" "member-rejoin mr w7" \
-    "hooks hk"; do
+    "hooks hk" "cview cv"; do
     # shellcheck disable=SC2086
     run "$check" $scenario
     expect_status 0 "scenario $scenario"

@@ -20,6 +20,7 @@
 #include "keel/assign.h"
 #include "ca.h"
 #include "etcd.h"
+#include "keys.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
 #include "log.h"
@@ -74,10 +75,13 @@ static void issue(enum keel_role role, const char *id)
 static void put(const char *rel, const struct keel_buf *v)
 {
     struct keel_error err;
-    char key[256];
+    struct keel_buf key = KEEL_BUF_INIT;
 
-    snprintf(key, sizeof(key), "/keel/" CLUSTER "/%s", rel);
-    cr_assert_eq(keel_etcd_put(etcd, key, v->buf, v->len, 0, NULL, &err), 0, "%s", err.msg);
+    keel_key_prefix(&key, CLUSTER);
+    keel_buf_add_str(&key, rel);
+    cr_assert_eq(keel_etcd_put(etcd, keel_key_str(&key), v->buf, v->len, 0, NULL, &err), 0, "%s",
+                 err.msg);
+    keel_buf_release(&key);
 }
 
 /* What the coordinator's leader would write: the job, running, and s1 leading every range. */
@@ -155,13 +159,16 @@ static pid_t spawn_server(void)
  */
 static void server_address(char *addr, size_t n, const char *old)
 {
+    struct keel_buf key = KEEL_BUF_INIT;
+
+    keel_key_member(&key, CLUSTER, "server", "s1");
     for (int i = 0; i < 300; i++) {
         struct keel_etcd_kv kv = {0};
         struct keel_member_info info;
         struct keel_error err;
         int found = 0;
 
-        if (keel_etcd_get(etcd, "/keel/" CLUSTER "/members/server/s1", &kv, NULL, &err) == 0 &&
+        if (keel_etcd_get(etcd, keel_key_str(&key), &kv, NULL, &err) == 0 &&
             keel_member_decode(kv.value, kv.value_len, &info, &err) == 0) {
             found = old == NULL || strcmp(info.address, old) != 0;
             if (found)
@@ -169,8 +176,10 @@ static void server_address(char *addr, size_t n, const char *old)
             keel_member_info_release(&info);
         }
         keel_etcd_kv_release(&kv);
-        if (found)
+        if (found) {
+            keel_buf_release(&key);
             return;
+        }
         usleep(50000);
     }
     cr_assert_fail("keel-server never registered");
@@ -430,14 +439,16 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 static void register_worker(const char *id, int64_t *lease)
 {
     struct keel_error err;
-    char key[128], value[128];
+    struct keel_buf key = KEEL_BUF_INIT;
+    char value[128];
 
     cr_assert_eq(keel_etcd_grant(etcd, 30, lease, NULL, &err), 0, "%s", err.msg);
-    snprintf(key, sizeof(key), "/keel/" CLUSTER "/members/worker/%s", id);
+    keel_key_member(&key, CLUSTER, "worker", id);
     snprintf(value, sizeof(value),
              "{\"address\":\"\",\"incarnation\":1,\"start_time_ms\":1,\"pid\":1}");
-    cr_assert_eq(keel_etcd_put(etcd, key, value, strlen(value), *lease, NULL, &err), 0, "%s",
-                 err.msg);
+    cr_assert_eq(keel_etcd_put(etcd, keel_key_str(&key), value, strlen(value), *lease, NULL, &err),
+                 0, "%s", err.msg);
+    keel_buf_release(&key);
 }
 
 Test(server, bsp_pull_waits_for_the_slowest_live_worker)
