@@ -8,7 +8,9 @@
 
 #include "alloc.h"
 #include "keel/buf.h"
+#include "etcd.h"
 #include "keel/cstate.h"
+#include "member.h"
 #include "keys.h"
 #include "log.h"
 

@@ -44,8 +44,9 @@
 #include "keel/buf.h"
 #include "keel/config.h"
 #include "keel/err.h"
+#include "keel/kv.h"
 
-typedef struct keel_etcd keel_etcd;
+/* keel_etcd, the client handle, is declared in keel/kv.h. */
 
 struct keel_etcd_options {
     const char *endpoints;       /* comma-separated http:// or https:// URLs (required) */
@@ -83,30 +84,7 @@ void keel_etcd_set_retry_timeout(keel_etcd *c, uint64_t ms);
 
 /* ---- key/value ---------------------------------------------------------- */
 
-struct keel_etcd_kv {
-    char *key; /* NUL-terminated; never NULL in a returned kv */
-    size_t key_len;
-    unsigned char *value; /* NUL-terminated; never NULL in a returned kv */
-    size_t value_len;
-    int64_t create_revision; /* revision that created the key (0 when absent) */
-    int64_t mod_revision;    /* revision of the last change */
-    int64_t version;         /* changes since creation, 1 after a create */
-    int64_t lease;           /* lease the key is attached to, 0 for none */
-};
-
-/* Free what `kv` owns and zero it; a zeroed kv may be released again. */
-void keel_etcd_kv_release(struct keel_etcd_kv *kv);
-
-/* A list of key/values, as returned by a range. */
-struct keel_etcd_kvs {
-    int64_t revision; /* the store revision the result was read at */
-    int64_t count;    /* keys in the range (more than n when limited) */
-    int more;         /* 1 when a limit cut the result */
-    size_t n;
-    struct keel_etcd_kv *kvs;
-};
-
-void keel_etcd_kvs_release(struct keel_etcd_kvs *r);
+/* struct keel_etcd_kv and struct keel_etcd_kvs: keel/kv.h. */
 
 /*
  * Put `value` at `key`, attached to `lease` (0 for none).  `revision`, when

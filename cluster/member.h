@@ -82,19 +82,7 @@ const char *keel_member_key(const keel_member *m);
  */
 int keel_member_leave(keel_member *m, struct keel_error *err);
 
-/* A registration as read back from etcd. */
-struct keel_member_info {
-    char *role;
-    char *id;
-    char *address;
-    uint64_t incarnation;
-    int64_t start_time_ms; /* Unix time in ms the process started */
-    int64_t pid;
-    int64_t lease;           /* from the key */
-    int64_t create_revision; /* from the key */
-};
-
-void keel_member_info_release(struct keel_member_info *m);
+/* struct keel_member_info, a registration as read back: keel/kv.h. */
 
 /*
  * Decode a member value (JSON from etcd: untrusted).  Errors: KEEL_ECORRUPT

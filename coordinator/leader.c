@@ -1,7 +1,9 @@
 /*
- * leader.c - the coordinator leader's work (see leader.h): each tick reads
- * the cluster's keys at one revision, then moves jobs, leases shards and
- * keeps the range assignment, writing every change fenced.
+ * leader.c - the coordinator leader's work (see leader.h): each tick takes
+ * the cluster's keys at one revision from the watched cluster view (or from
+ * one range read while the view has not caught up with the leader's own
+ * writes), then moves jobs, leases shards and keeps the range assignment,
+ * writing every change fenced.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include "keel/assign.h"
 #include "keel/buf.h"
 #include "clock.h"
+#include "cview.h"
 #include "keel/cstate.h"
 #include "election.h"
 #include "keel/jobs.h"
@@ -35,11 +38,11 @@ struct server_seen {
 struct keel_leader {
     keel_etcd *etcd;
     char *cluster;
-    char *prefix; /* /keel/<cluster>/ */
     keel_coordinator *co;
-    keel_etcd_stream *watch;
+    keel_cview *view; /* the cluster's keys, kept by a watch while leading */
     /* Per leadership, dropped when it ends. */
-    int64_t revision;            /* of the last read */
+    int64_t newest;              /* the newest revision read or written */
+    int read_etcd;               /* the next tick reads etcd, not the view */
     struct server_seen *servers; /* live servers at the last assignment written or checked */
     int frozen_logged;           /* said once that the assignment is frozen */
     int waiting_logged;          /* said once that the oldest pending job waits for a server */
@@ -67,7 +70,8 @@ static void forget(keel_leader *l)
     l->seen = NULL;
     l->nseen = 0;
     l->job[0] = '\0';
-    l->revision = 0;
+    l->newest = 0;
+    l->read_etcd = 1;
 }
 
 /*
@@ -84,6 +88,8 @@ static int commit(keel_leader *l, keel_election *e, const keel_etcd_txn *t, cons
 
     *applied = 0;
     rc = keel_election_commit(e, t, &r, err);
+    if (rc == KEEL_EINDOUBT)
+        l->read_etcd = 1;
     if (rc == KEEL_EINDOUBT) {
         KEEL_LOG_WARN("%s: outcome unknown, reading again: %s", what, err->msg);
         wake(l);
@@ -92,6 +98,8 @@ static int commit(keel_leader *l, keel_election *e, const keel_etcd_txn *t, cons
     if (rc != 0)
         return rc;
     *applied = r.succeeded;
+    if (r.revision > l->newest)
+        l->newest = r.revision; /* the next tick sees this write, or what made it fail */
     if (rev)
         *rev = r.revision;
     keel_etcd_txn_result_release(&r);
@@ -691,18 +699,40 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
 
 /* ---- the hooks ------------------------------------------------------------ */
 
+/*
+ * The cluster's keys for one tick: the view's, once it holds every revision
+ * this leadership has read or written (so a tick always sees its own
+ * writes); otherwise, and after a write of unknown outcome, one range read.
+ */
+static int read_state(keel_leader *l, struct keel_cstate *s, struct keel_error *err)
+{
+    int64_t rev = l->view ? keel_cview_revision(l->view) : 0;
+    int rc;
+
+    if (!l->read_etcd && rev > 0 && rev >= l->newest) {
+        keel_cview_snapshot(l->view, s);
+        return 0;
+    }
+    rc = keel_cstate_read(l->etcd, l->cluster, s, err);
+    if (rc == 0) {
+        l->read_etcd = 0;
+        if (s->revision > l->newest)
+            l->newest = s->revision;
+    }
+    return rc;
+}
+
 static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
 {
     const struct keel_cstate_job *running;
     struct keel_cstate s;
     int rc;
 
-    rc = keel_cstate_read(l->etcd, l->cluster, &s, err);
+    rc = read_state(l, &s, err);
     if (rc != 0) {
         keel_cstate_release(&s);
         return rc;
     }
-    l->revision = s.revision;
     rc = jobs_tick(l, e, &s, &running, err);
     if (rc == KEEL_EINDOUBT)
         rc = 0; /* logged; the next tick reads back what happened */
@@ -737,10 +767,11 @@ static int interesting(const keel_leader *l, const char *key)
     }
 }
 
-static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
+static void on_view(void *user, keel_cview *v, const struct keel_etcd_watch_batch *b)
 {
     keel_leader *l = user;
 
+    (void)v;
     if (b->reset) {
         wake(l);
         return;
@@ -752,37 +783,28 @@ static void on_watch(void *user, const struct keel_etcd_watch_batch *b)
         }
 }
 
-static void stop_watch(keel_leader *l)
+static void stop_view(keel_leader *l)
 {
-    if (l->watch) {
-        keel_etcd_stream_stop(l->watch);
-        l->watch = NULL;
+    if (l->view) {
+        keel_cview_stop(l->view);
+        l->view = NULL;
     }
 }
 
 static int on_elected(void *user, keel_election *e, struct keel_error *err)
 {
     keel_leader *l = user;
-    struct keel_etcd_watch_opts wo = {0};
-    struct keel_error werr;
-    int rc;
+    struct keel_error verr;
 
     forget(l);
     KEEL_LOG_INFO("leader work starts (epoch %lld)", (long long)keel_election_epoch(e));
-    rc = tick(l, e, err);
-    if (rc == KEEL_EEPOCH)
-        return rc;
-    if (l->co) {
-        /* From the revision just read, or (when that read failed) a fresh listing. */
-        wo.key = l->prefix;
-        wo.prefix = 1;
-        wo.start_revision = l->revision ? l->revision + 1 : 0;
-        keel_error_init(&werr);
-        if (keel_etcd_watch_start(l->etcd, &wo, on_watch, l, &l->watch, &werr) != 0)
-            KEEL_LOG_WARN("cannot watch the cluster's keys, acting at each heartbeat only: %s",
-                          werr.msg);
+    if (l->co && l->view == NULL) {
+        keel_error_init(&verr);
+        if (keel_cview_start(l->etcd, l->cluster, on_view, l, &l->view, &verr) != 0)
+            KEEL_LOG_WARN("cannot watch the cluster's keys, reading them at each heartbeat: %s",
+                          verr.msg);
     }
-    return rc;
+    return tick(l, e, err);
 }
 
 static int on_lead(void *user, keel_election *e, struct keel_error *err)
@@ -794,14 +816,13 @@ static void on_deposed(void *user, const char *why)
 {
     keel_leader *l = user;
 
-    stop_watch(l);
+    stop_view(l);
     forget(l);
     KEEL_LOG_INFO("leader work stops: %s", why);
 }
 
 int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct keel_error *err)
 {
-    struct keel_buf prefix = KEEL_BUF_INIT;
     keel_leader *l;
 
     *out = NULL;
@@ -810,8 +831,6 @@ int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct 
     l = keel_calloc(1, sizeof(*l));
     l->etcd = o->etcd;
     l->cluster = keel_strdup(o->cluster);
-    keel_key_prefix(&prefix, o->cluster);
-    l->prefix = (char *)keel_buf_detach(&prefix, NULL);
     *out = l;
     return 0;
 }
@@ -820,10 +839,9 @@ void keel_leader_free(keel_leader *l)
 {
     if (l == NULL)
         return;
-    stop_watch(l);
+    stop_view(l);
     forget(l);
     free(l->cluster);
-    free(l->prefix);
     free(l);
 }
 

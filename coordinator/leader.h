@@ -3,8 +3,12 @@
  * jobs, driven from etcd.
  *
  * Plugged into keel_coordinator_run() as its hooks (keel_leader_hooks()).
- * Every tick, and at once when a watched key changes, the leader reads every
- * key of the cluster at one revision (keel/cstate.h) and then:
+ * Every tick, and at once when a watched key changes, the leader takes every
+ * key of the cluster at one revision (keel/cstate.h) from the cluster view
+ * that a watch keeps while it leads (cview.h), or, while that view has not
+ * yet reached the newest revision this leadership read or wrote (or after a
+ * write of unknown outcome), from one range read; so a tick always sees the
+ * leader's own writes.  Then:
  *
  *  - jobs: a job whose spec or state cannot be read is failed, naming why;
  *    the oldest pending job is started (-> running) when no job is running,
@@ -35,8 +39,9 @@
  * optimisation and a way to notice restarts; it is dropped when leadership
  * ends, and a new leader starts from etcd alone.
  *
- * Thread safety: the hooks run on the coordinator's thread; a watch thread
- * started while leading only wakes the coordinator.
+ * Thread safety: the hooks run on the coordinator's thread; the view's
+ * watch thread, started while leading, keeps the view and wakes the
+ * coordinator.
  */
 #ifndef KEEL_LEADER_H
 #define KEEL_LEADER_H

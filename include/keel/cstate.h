@@ -24,11 +24,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "etcd.h"
 #include "keel/id.h"
 #include "keel/jobs.h"
 #include "keel/jobspec.h"
-#include "member.h"
+#include "keel/kv.h"
 
 /* A numbered key of a job: shards/<num>, progress/<num> or eval/<num>/<worker>. */
 struct keel_cstate_item {
