@@ -130,7 +130,10 @@ static int parse_id(const char *s, char stop, char *out, const char **end)
     return 0;
 }
 
-/* 1-16 lowercase hex digits, the whole of `s` (etcd's election keys: <name>/<lease %x>). */
+/*
+ * 1-16 lowercase hex digits, the whole of `s` (etcd's election keys:
+ * <name>/<lease %x>), naming a lease etcd could grant: 1 to 2^63-1.
+ */
 static int parse_lease_hex(const char *s, int64_t *out)
 {
     uint64_t v = 0;
@@ -148,7 +151,7 @@ static int parse_lease_hex(const char *s, int64_t *out)
         else
             return -1;
     }
-    if (n == 0)
+    if (n == 0 || v == 0 || v > INT64_MAX)
         return -1;
     *out = (int64_t)v;
     return 0;

@@ -20,7 +20,8 @@
  * The parsers take untrusted text (keys come from etcd): a key is recognised
  * only when every part is well formed: ids of 1-KEEL_ID_MAX characters of
  * [A-Za-z0-9_-], numbers in decimal without sign or leading zeros that fit
- * in 32 bits, the candidate's lease 1-16 lowercase hex digits, and nothing
+ * in 32 bits, the candidate's lease 1-16 lowercase hex digits naming 1 to
+ * 2^63-1, and nothing
  * after the last part.  Anything else is KEEL_KEY_OTHER.  No state;
  * thread-safe.
  */

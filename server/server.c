@@ -709,7 +709,8 @@ static void set_workers(struct srv *s)
 static void on_view(void *user, keel_cview *v, const struct keel_etcd_watch_batch *b)
 {
     struct srv *s = user;
-    int workers = b->reset, owners = b->reset;
+    int relisted = b->reset; /* a fresh listing: every worker and lease may have changed */
+    int workers = relisted, owners = relisted;
 
     (void)v;
     pthread_mutex_lock(&s->lock);

@@ -127,6 +127,9 @@ static const char *const rejected[] = {
     "/keel/c1/election/coordinator/ABC",
     "/keel/c1/election/coordinator/12345678901234567",
     "/keel/c1/election/coordinator/1/2",
+    "/keel/c1/election/coordinator/0",                /* no lease is 0 */
+    "/keel/c1/election/coordinator/8000000000000000", /* above 2^63-1 */
+    "/keel/c1/election/coordinator/ffffffffffffffff",
     "/keel/c1/election/other/12",
     /* jobs: bad job names */
     "/keel/c1/jobs/",
