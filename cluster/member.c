@@ -1,6 +1,7 @@
 /*
  * member.c - registration of a node under its own lease, create-if-absent.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,7 +30,29 @@ struct keel_member {
     int64_t old_lease; /* the lease of the registration before, 0 if none */
     uint64_t incarnation;
     int64_t start_time_ms;
+    /* The keeper (keel_member_keep()): registers again whenever the lease is lost. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* monotonic clock */
+    int lost;          /* under mu: the current lease was lost */
+    int stopping;      /* under mu: keel_member_leave() wants the keeper gone */
+    int keeping;       /* a keeper thread runs */
+    pthread_t keeper;
+    void (*on_rejoined)(void *user, uint64_t incarnation);
+    void *rejoined_user;
 };
+
+/* The lease's keep-alive thread gave up: tell the owner, then the keeper. */
+static void lease_lost(void *user, int64_t id, const char *why)
+{
+    keel_member *m = user;
+
+    if (m->on_lost)
+        m->on_lost(m->user, id, why);
+    pthread_mutex_lock(&m->mu);
+    m->lost = 1;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
 
 static int valid_role(const char *s)
 {
@@ -155,7 +178,7 @@ static int join(keel_member *m, struct keel_error *err)
 {
     int rc;
 
-    rc = keel_etcd_lease_new(m->c, m->ttl_s, m->on_lost, m->user, &m->lease, err);
+    rc = keel_etcd_lease_new(m->c, m->ttl_s, lease_lost, m, &m->lease, err);
     if (rc != 0)
         return rc;
     rc = register_once(m, err);
@@ -199,7 +222,11 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
     m->on_lost = o->on_lost;
     m->user = o->user;
     m->start_time_ms = keel_clock_wall_ms();
+    pthread_mutex_init(&m->mu, NULL);
+    keel_cond_init_mono(&m->cv);
     if ((rc = join(m, err)) != 0) {
+        pthread_mutex_destroy(&m->mu);
+        pthread_cond_destroy(&m->cv);
         free(m->cluster);
         free(m->role);
         free(m->id);
@@ -220,6 +247,63 @@ int keel_member_rejoin(keel_member *m, struct keel_error *err)
         m->lease = NULL;
     }
     return join(m, err);
+}
+
+/* How long the keeper waits between two registrations that failed. */
+#define KEEP_RETRY_MS 1000
+
+static void *keeper_main(void *arg)
+{
+    keel_member *m = arg;
+    struct keel_error err;
+    unsigned failures = 0;
+
+    pthread_mutex_lock(&m->mu);
+    while (!m->stopping) {
+        if (!m->lost) {
+            pthread_cond_wait(&m->cv, &m->mu);
+            continue;
+        }
+        /* Cleared first: a new lease lost right after it is taken sets it again. */
+        m->lost = 0;
+        pthread_mutex_unlock(&m->mu);
+        keel_error_init(&err);
+        if (keel_member_rejoin(m, &err) == 0) {
+            if (failures > 0)
+                KEEL_LOG_INFO("member '%s' registered again after %u failed tries", m->key,
+                              failures);
+            failures = 0;
+            if (m->on_rejoined)
+                m->on_rejoined(m->rejoined_user, m->incarnation);
+            pthread_mutex_lock(&m->mu);
+            continue;
+        }
+        /* etcd may be away for long: try again every second, saying so now and then. */
+        if (failures++ % 30 == 0)
+            KEEL_LOG_WARN("member '%s' cannot register again (try %u), trying every %d ms: %s",
+                          m->key, failures, KEEP_RETRY_MS, err.msg);
+        pthread_mutex_lock(&m->mu);
+        m->lost = 1;
+        if (!m->stopping)
+            keel_cond_timedwait_ms(&m->cv, &m->mu, KEEP_RETRY_MS);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+void keel_member_keep(keel_member *m, void (*on_rejoined)(void *user, uint64_t incarnation),
+                      void *user)
+{
+    if (m->keeping)
+        return;
+    m->on_rejoined = on_rejoined;
+    m->rejoined_user = user;
+    pthread_mutex_lock(&m->mu);
+    if (m->lease == NULL || !keel_etcd_lease_alive(m->lease))
+        m->lost = 1; /* lost before the keeper started */
+    pthread_mutex_unlock(&m->mu);
+    pthread_create(&m->keeper, NULL, keeper_main, m);
+    m->keeping = 1;
 }
 
 int keel_member_alive(const keel_member *m)
@@ -248,6 +332,13 @@ int keel_member_leave(keel_member *m, struct keel_error *err)
 
     if (m == NULL)
         return 0;
+    if (m->keeping) {
+        pthread_mutex_lock(&m->mu);
+        m->stopping = 1;
+        pthread_cond_signal(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->keeper, NULL);
+    }
     if (m->lease)
         rc = keel_etcd_lease_free(m->lease, 1, err);
     if (rc == 0)
@@ -257,6 +348,8 @@ int keel_member_leave(keel_member *m, struct keel_error *err)
     free(m->id);
     free(m->address);
     free(m->key);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
     free(m);
     return rc;
 }

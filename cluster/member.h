@@ -18,10 +18,14 @@
  *
  * A node whose lease is lost must stop acting in its role at once (the
  * on_lost callback tells it), then call keel_member_rejoin(), which registers
- * again under a new lease with a new incarnation.
+ * again under a new lease with a new incarnation.  A node that may go on
+ * serving meanwhile (a server) lets keel_member_keep() do that instead: a
+ * thread that registers again every time the lease is lost, retrying every
+ * second for as long as etcd is away.
  *
- * Thread safety: a keel_member is used by one thread (the node's main loop);
- * keel_member_alive() may be called from any thread.
+ * Thread safety: a keel_member is used by one thread (the node's main loop,
+ * or its keeper once keel_member_keep() was called); keel_member_alive() may
+ * be called from any thread.
  */
 #ifndef KEEL_MEMBER_H
 #define KEEL_MEMBER_H
@@ -64,6 +68,16 @@ int keel_member_join(keel_etcd *c, const struct keel_member_opts *o, keel_member
  * the member is left without a lease; calling again is allowed.
  */
 int keel_member_rejoin(keel_member *m, struct keel_error *err);
+
+/*
+ * Keep the registration from now on: whenever the lease is lost (after
+ * opts->on_lost has run), a thread calls keel_member_rejoin() every second
+ * until it succeeds, however long etcd is away, then `on_rejoined` (may be
+ * NULL) with the new incarnation.  The thread ends in keel_member_leave().
+ * After this call only that thread rejoins; call it once, from the owner.
+ */
+void keel_member_keep(keel_member *m, void (*on_rejoined)(void *user, uint64_t incarnation),
+                      void *user);
 
 /* 1 while the registration's lease is held (see keel_etcd_lease_alive()). */
 int keel_member_alive(const keel_member *m);

@@ -746,6 +746,15 @@ static void on_view(void *user, keel_cview *v, const struct keel_etcd_watch_batc
 
 /* ---- start and stop ------------------------------------------------------------ */
 
+/* The member's keeper registered this server again after its lease was lost. */
+static void on_rejoined(void *user, uint64_t incarnation)
+{
+    struct srv *s = user;
+
+    KEEL_LOG_INFO("server %s registered again, incarnation %" PRIu64, s->config->node_id,
+                  incarnation);
+}
+
 int keel_server_run(const struct keel_config *config)
 {
     struct srv s;
@@ -816,6 +825,8 @@ int keel_server_run(const struct keel_config *config)
         KEEL_LOG_ERROR("%s", err.msg);
         goto free_etcd;
     }
+    /* The data path does not need etcd: serve on, and register again after an outage. */
+    keel_member_keep(s.member, on_rejoined, &s);
     if (keel_cview_start(s.etcd, s.cluster, on_view, &s, &s.view, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);
         goto leave;
