@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "keel/assign.h"
@@ -358,26 +359,31 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
         }
     if (n > 0)
         rc = keel_ulog_append(s->store, recs, n, &err);
-    if (rc != 0)
-        KEEL_LOG_ERROR("cannot commit %zu update-log record(s): %s", n, err.msg);
+    if (rc != 0) {
+        /*
+         * Fail-stop.  These updates are applied in memory but on no disk, so
+         * no acknowledgement may go out for them, nor for a retry of them
+         * (a retry is a duplicate in memory).  Nothing else is written on
+         * the way out either: the restarted server restores what the log
+         * holds, and the workers push again what was never acknowledged.
+         */
+        KEEL_LOG_ERROR("cannot commit %zu update-log record(s): %s; stopping now, without "
+                       "acknowledging them (fail-stop)",
+                       n, err.msg);
+        _exit(KEEL_EXIT_FAILURE);
+    }
     while (acks) {
         struct pending_ack *a = acks;
         struct keel_msg m;
 
         acks = a->next;
-        if (rc != 0) {
-            /* Not durable: the worker retries; the retry is a duplicate in memory but is
-             * logged then (its position is already applied), so nothing is lost. */
-            keel_conn_reply_error(a->conn, &a->req, rc, err.msg);
-        } else {
-            memset(&m, 0, sizeof(m));
-            m.hdr.type = KEEL_MSG_ACK;
-            m.u.ack.lsn = a->result.lsn;
-            m.u.ack.seq = a->seq;
-            m.u.ack.shard = a->shard;
-            m.u.ack.status = a->result.duplicate ? KEEL_ACK_DUPLICATE : KEEL_ACK_APPLIED;
-            keel_conn_reply(a->conn, &a->req, &m, NULL);
-        }
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = KEEL_MSG_ACK;
+        m.u.ack.lsn = a->result.lsn;
+        m.u.ack.seq = a->seq;
+        m.u.ack.shard = a->shard;
+        m.u.ack.status = a->result.duplicate ? KEEL_ACK_DUPLICATE : KEEL_ACK_APPLIED;
+        keel_conn_reply(a->conn, &a->req, &m, NULL);
         keel_conn_unref(a->conn);
         keel_ps_result_release(&a->result);
         free(a);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -144,6 +145,8 @@ static pid_t spawn_server(void)
     if (pid == 0) {
         int out = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
 
+        /* A file size limit then fails a write with EFBIG instead of killing the server. */
+        signal(SIGXFSZ, SIG_IGN);
         dup2(out, 1);
         dup2(out, 2);
         execl(exe, exe, "--config", ini, (char *)NULL);
@@ -482,5 +485,124 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     cr_assert_eq(rc, 0, "a dead worker still holds the others");
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_PULL_REPLY);
     keel_reply_free(r);
+    keel_client_free(c);
+}
+
+/* One PUSH, no retries: 0 with the reply, or -1 when the server did not answer. */
+static int push_once(struct keel_client *c, uint64_t seq, const float *grads, struct keel_reply **r)
+{
+    struct keel_msg m;
+    struct keel_error err;
+
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PUSH;
+    m.u.push.worker_id = keel_str_of("w1");
+    m.u.push.shard = 0;
+    m.u.push.seq = seq;
+    m.u.push.incarnation = 1;
+    m.u.push.clock = seq;
+    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    *r = NULL;
+    return keel_client_call(c, &m, 2000, r, &err) == 0 ? 0 : -1;
+}
+
+/* Whether the server process has ended; its wait status into *status. */
+static int server_ended(int *status)
+{
+    return waitpid(server_pid, status, WNOHANG) == server_pid;
+}
+
+Test(server, a_failed_log_commit_stops_the_server_before_any_ack)
+{
+    enum { MAX_PUSHES = 20000 };
+    static uint8_t acked[MAX_PUSHES + 1];
+    char addr[64], old[64], mdb[160], logp[128], line[512];
+    float grads[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct stat st;
+    struct rlimit lim;
+    uint64_t seq, first_unacked = 0, nacked = 0;
+    int status = 0, ended = 0, said = 0;
+    FILE *f;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.01f * (float)(i + 1);
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 1, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    acked[1] = 1;
+
+    /* The disk fills up: the store's file may grow by 64 KiB more, no further. */
+    snprintf(mdb, sizeof(mdb), "%s/s1/data.mdb", dir);
+    cr_assert_eq(stat(mdb, &st), 0);
+    lim.rlim_cur = lim.rlim_max = (rlim_t)st.st_size + (64 << 10);
+    cr_assert_eq(prlimit(server_pid, RLIMIT_FSIZE, &lim, NULL), 0, "prlimit: %s", strerror(errno));
+
+    /* Push until the log cannot grow: the server must stop rather than acknowledge. */
+    for (seq = 2; seq <= MAX_PUSHES && !ended; seq++) {
+        if (push_once(c, seq, grads, &r) == 0 && r->msg.hdr.type == KEEL_MSG_ACK) {
+            cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "push %llu",
+                         (unsigned long long)seq);
+            acked[seq] = 1;
+            nacked++;
+        } else if (first_unacked == 0) {
+            first_unacked = seq;
+        }
+        keel_reply_free(r);
+        ended = server_ended(&status);
+        if (first_unacked && !ended) {
+            /* The failed push's retry: a duplicate in memory, which must not be acked either. */
+            for (int i = 0; i < 100 && !ended; i++) {
+                if (push_once(c, first_unacked, grads, &r) == 0)
+                    cr_assert_neq(r->msg.hdr.type, KEEL_MSG_ACK,
+                                  "push %llu acknowledged after its log commit failed",
+                                  (unsigned long long)first_unacked);
+                keel_reply_free(r);
+                usleep(50000);
+                ended = server_ended(&status);
+            }
+            break;
+        }
+    }
+    cr_assert(first_unacked > 0, "%llu pushes were all acknowledged within the file size limit",
+              (unsigned long long)nacked);
+    cr_assert(nacked > 0, "no push was acknowledged before the limit");
+    cr_assert(ended, "the server did not stop after push %llu failed",
+              (unsigned long long)first_unacked);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the server ended with status %d",
+              status);
+    server_pid = 0;
+    path_of(logp, sizeof(logp), "s1.log");
+    f = fopen(logp, "r");
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f))
+        said |= strstr(line, "cannot commit") && strstr(line, "(fail-stop)");
+    fclose(f);
+    cr_assert(said, "the server did not log why it stopped");
+
+    /* Started again: every acknowledged push is there, the unacknowledged one is not. */
+    keel_client_free(c);
+    snprintf(old, sizeof(old), "%s", addr);
+    server_pid = spawn_server();
+    server_address(addr, sizeof(addr), old); /* once the dead server's lease has expired */
+    c = client_to(addr);
+    for (uint64_t q = 1; q < first_unacked; q++) {
+        if (!acked[q])
+            continue;
+        r = push(c, "w1", 0, q, q, grads);
+        cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "acknowledged push %llu was lost",
+                     (unsigned long long)q);
+        keel_reply_free(r);
+    }
+    r = push(c, "w1", 0, first_unacked, first_unacked, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED,
+                 "push %llu, never acknowledged, was applied before the crash",
+                 (unsigned long long)first_unacked);
+    keel_reply_free(r);
+    printf("file size limit hit after %llu acknowledged pushes; the server stopped itself\n",
+           (unsigned long long)nacked);
     keel_client_free(c);
 }
