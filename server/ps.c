@@ -7,6 +7,7 @@
  * writes and what a restore fills, so nothing is converted on the way in
  * or out.
  */
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -453,6 +454,31 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
     }
 done:
     worker_clock_set(ps, push->worker_id, push->clock + 1);
+    return 0;
+}
+
+int keel_ps_check_pull(const struct keel_ps *ps, uint32_t table_id, uint32_t row_width,
+                       uint32_t nkeys, uint64_t max_frame, struct keel_error *err)
+{
+    /* A reply's header and fixed fields, with room to spare; then 8 bytes a key, 4 a float. */
+    const uint64_t fixed = KEEL_PROTO_HEADER_SIZE + 64;
+    size_t i;
+
+    for (i = 0; i < ps->ntables && ps->tables[i].id != table_id; i++)
+        ;
+    if (i == ps->ntables)
+        return keel_err_set(err, KEEL_EINVAL, "job '%s' has no table %" PRIu32, ps->spec.name,
+                            table_id);
+    if (ps->tables[i].row_width != row_width)
+        return keel_err_set(err, KEEL_EINVAL,
+                            "table %" PRIu32 " of job '%s' has rows of %" PRIu32
+                            " floats, not %" PRIu32,
+                            table_id, ps->spec.name, ps->tables[i].row_width, row_width);
+    if (fixed + (uint64_t)nkeys * (8 + 4 * (uint64_t)row_width) > max_frame)
+        return keel_err_set(err, KEEL_EINVAL,
+                            "a reply of %" PRIu32 " rows of %" PRIu32
+                            " floats would not fit a frame of %" PRIu64 " bytes",
+                            nkeys, row_width, max_frame);
     return 0;
 }
 

@@ -107,6 +107,15 @@ int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, cons
  */
 
 /*
+ * Check a pull's peer-chosen sizes before anything is allocated for it:
+ * table `table_id` is one of the job's, `row_width` is its width, and the
+ * reply (nkeys keys and rows) fits a frame of `max_frame` bytes.
+ * KEEL_EINVAL naming what is wrong.
+ */
+int keel_ps_check_pull(const struct keel_ps *ps, uint32_t table_id, uint32_t row_width,
+                       uint32_t nkeys, uint64_t max_frame, struct keel_error *err);
+
+/*
  * Whether a pull for clock `clock` may be answered now: always under ASP;
  * under BSP and SSP(s) when every worker of the clock set has finished
  * clock - s - 1 (s = 0 for BSP), i.e. its clock is at least clock - s.

@@ -241,11 +241,18 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
                        struct keel_error *err)
 {
     const struct keel_msg_pull *p = &msg->u.pull;
+    int rc;
 
     pthread_mutex_lock(&s->lock);
     if (s->ps == NULL) {
         pthread_mutex_unlock(&s->lock);
         return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
+    }
+    /* Sizes first: nothing is allocated for rows the job does not have. */
+    if ((rc = keel_ps_check_pull(s->ps, p->data.table_id, p->data.row_width, p->data.nkeys,
+                                 s->config->max_frame_size, err)) != 0) {
+        pthread_mutex_unlock(&s->lock);
+        return rc;
     }
     /* The pull says where the worker is: that may free pulls parked for it. */
     keel_ps_pulled(s->ps, p->worker_id, p->clock);

@@ -606,3 +606,48 @@ Test(server, a_failed_log_commit_stops_the_server_before_any_ack)
            (unsigned long long)nacked);
     keel_client_free(c);
 }
+
+/* A PULL of rows the job does not have: refused, with nothing allocated for them. */
+static void expect_refused_pull(struct keel_client *c, uint32_t table_id, uint32_t width,
+                                uint32_t nkeys, const char *says)
+{
+    uint64_t *keys = calloc(nkeys, sizeof(*keys));
+    struct keel_msg m;
+    struct keel_reply *r = NULL;
+    struct keel_error err;
+
+    cr_assert_not_null(keys);
+    for (uint32_t i = 0; i < nkeys; i++)
+        keys[i] = ((uint64_t)table_id << 48) | i;
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PULL;
+    m.u.pull.worker_id = keel_str_of("w1");
+    m.u.pull.data = (struct keel_rows){table_id, width, nkeys, keys, NULL};
+    cr_assert_eq(keel_client_call(c, &m, 10000, &r, &err), 0, "no answer to the PULL: %s", err.msg);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a PULL of %u rows of width %u was answered",
+                 nkeys, width);
+    cr_assert_eq(r->msg.u.error.code, KEEL_EINVAL);
+    cr_assert(memmem(r->msg.u.error.message.ptr, r->msg.u.error.message.len, says, strlen(says)) !=
+                  NULL,
+              "refused with '%.*s'", (int)r->msg.u.error.message.len, r->msg.u.error.message.ptr);
+    keel_reply_free(r);
+    free(keys);
+}
+
+Test(server, a_pull_of_rows_the_job_lacks_is_refused_before_any_allocation)
+{
+    char addr[64];
+    float rows[15];
+    struct keel_client *c;
+    int status;
+
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    pull_rows(c, rows); /* the job is taken up */
+    /* 2^20 keys of 2^20 floats: a 4 TiB reply, asked for in an 8 MiB frame. */
+    expect_refused_pull(c, 1, 1u << 20, 1u << 20, "not 1048576");
+    expect_refused_pull(c, 9, 5, 3, "no table 9");
+    cr_assert_eq(waitpid(server_pid, &status, WNOHANG), 0, "the server died");
+    pull_rows(c, rows); /* and it still answers a real worker */
+    keel_client_free(c);
+}
