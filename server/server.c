@@ -197,6 +197,25 @@ static int redirect(struct srv *s, struct keel_conn *conn, const struct keel_fra
     return keel_conn_reply(conn, req, &m, NULL);
 }
 
+/*
+ * Fencing on the data path: a PUSH or PULL routed by an assignment older
+ * than the one this server applied is redirected with the current version,
+ * so a sender with a stale view never reaches a range through a server that
+ * is no longer its primary.  srv->lock held.  1 when redirected.
+ */
+static int stale_sender(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
+                        uint64_t version)
+{
+    char why[128];
+
+    if (version >= s->assign_version)
+        return 0;
+    snprintf(why, sizeof(why), "routed by assignment version %" PRIu64 ", this server has %" PRIu64,
+             version, s->assign_version);
+    redirect(s, conn, &msg->hdr, why);
+    return 1;
+}
+
 static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
                        struct keel_error *err)
 {
@@ -208,6 +227,11 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         pthread_mutex_unlock(&s->lock);
         free(a);
         return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
+    }
+    if (stale_sender(s, conn, msg, msg->u.push.assignment_version)) {
+        pthread_mutex_unlock(&s->lock);
+        free(a);
+        return 0;
     }
     rc = keel_ps_push(s->ps, &msg->u.push, &a->result, err);
     if (rc == KEEL_EREDIRECT) {
@@ -247,6 +271,10 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
     if (s->ps == NULL) {
         pthread_mutex_unlock(&s->lock);
         return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
+    }
+    if (stale_sender(s, conn, msg, p->assignment_version)) {
+        pthread_mutex_unlock(&s->lock);
+        return 0;
     }
     /* Sizes first: nothing is allocated for rows the job does not have. */
     if ((rc = keel_ps_check_pull(s->ps, p->data.table_id, p->data.row_width, p->data.nkeys,
@@ -526,6 +554,14 @@ static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
     keel_error_init(&err);
     if (keel_assign_decode(kv->value, kv->value_len, &a, &err) != 0) {
         KEEL_LOG_ERROR("ignoring a bad assignment in etcd: %s", err.msg);
+        return;
+    }
+    if (s->assign != NULL && keel_assign_version(a) <= s->assign_version) {
+        /* Versions only rise: an older table is a stale or forged write. */
+        KEEL_LOG_WARN("ignoring assignment version %" PRIu64 ": not above version %" PRIu64
+                      ", which this server applied",
+                      keel_assign_version(a), s->assign_version);
+        keel_assign_free(a);
         return;
     }
     keel_assign_free(s->assign);

@@ -286,11 +286,12 @@ static int rd_push(struct rd *r, struct keel_msg_push *m)
 
     if ((rc = rd_rows_head(r, &m->data, &m->shard)) != 0)
         return rc;
-    if ((rc = rd_need(r, 24, "push header")) != 0)
+    if ((rc = rd_need(r, 32, "push header")) != 0)
         return rc;
     m->incarnation = rd_u64(r);
     m->seq = rd_u64(r);
     m->clock = rd_u64(r);
+    m->assignment_version = rd_u64(r);
     if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->worker_id)) != 0)
         return rc;
     return rd_rows_data(r, &m->data, 1);
@@ -320,9 +321,10 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return rc;
         if (u32 != 0)
             return keel_err_set(r->err, KEEL_ERESERVED, "pull reserved field not zero");
-        if ((rc = rd_need(r, 8, "pull clock")) != 0)
+        if ((rc = rd_need(r, 16, "pull clock and assignment version")) != 0)
             return rc;
         m->u.pull.clock = rd_u64(r);
+        m->u.pull.assignment_version = rd_u64(r);
         if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->u.pull.worker_id)) != 0)
             return rc;
         return rd_rows_data(r, &m->u.pull.data, 0);
@@ -488,7 +490,7 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
     if ((rc = check_str(p->worker_id, KEEL_ID_MAX, "worker_id", err)) != 0 ||
         (rc = check_rows(&p->data, err)) != 0)
         return rc;
-    *size = 40 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
+    *size = 48 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
     return 0;
 }
 
@@ -498,6 +500,7 @@ static void wr_push(struct keel_buf *b, size_t body, const struct keel_msg_push 
     keel_buf_add_u64le(b, p->incarnation);
     keel_buf_add_u64le(b, p->seq);
     keel_buf_add_u64le(b, p->clock);
+    keel_buf_add_u64le(b, p->assignment_version);
     wr_str(b, body, p->worker_id);
     wr_rows_data(b, &p->data, 1);
 }
@@ -519,7 +522,7 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
     case KEEL_MSG_PULL:
         if ((rc = check_str(m->u.pull.worker_id, KEEL_ID_MAX, "worker_id", err)) != 0)
             return rc;
-        *size = 24 + str_size(m->u.pull.worker_id) +
+        *size = 32 + str_size(m->u.pull.worker_id) +
                 rows_bytes(m->u.pull.data.nkeys, m->u.pull.data.row_width, 0);
         return check_rows(&m->u.pull.data, err);
     case KEEL_MSG_PULL_REPLY:
@@ -604,6 +607,7 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
     case KEEL_MSG_PULL:
         wr_rows_head(out, &m->u.pull.data, 0);
         keel_buf_add_u64le(out, m->u.pull.clock);
+        keel_buf_add_u64le(out, m->u.pull.assignment_version);
         wr_str(out, body, m->u.pull.worker_id);
         wr_rows_data(out, &m->u.pull.data, 0);
         break;

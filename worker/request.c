@@ -185,6 +185,7 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         m.hdr.type = KEEL_MSG_PULL;
         m.u.pull.worker_id = keel_str_of(w->id);
         m.u.pull.clock = clock;
+        m.u.pull.assignment_version = w->route.version;
         m.u.pull.data = data;
     } else {
         const float *table = j->grads.table[p->table];
@@ -202,6 +203,7 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         pthread_mutex_unlock(&w->lock);
         m.u.push.seq = seq;
         m.u.push.clock = clock;
+        m.u.push.assignment_version = w->route.version;
         m.u.push.data = data;
     }
     pthread_mutex_lock(&x->lock);

@@ -122,13 +122,16 @@ struct keel_msg_push {
     uint64_t incarnation; /* worker's incarnation */
     uint64_t seq;         /* position in the shard: grows while the shard is processed */
     uint64_t clock;       /* worker's clock (BSP/SSP) */
+    /* The assignment version the sender routed by; a server refuses older ones. */
+    uint64_t assignment_version;
     struct keel_rows data;
 };
 
 struct keel_msg_pull {
     struct keel_str worker_id;
-    uint64_t clock;        /* the clock the worker is about to compute */
-    struct keel_rows data; /* rows is NULL: a pull carries keys only */
+    uint64_t clock;              /* the clock the worker is about to compute */
+    uint64_t assignment_version; /* the version the sender routed by; older ones are refused */
+    struct keel_rows data;       /* rows is NULL: a pull carries keys only */
 };
 
 struct keel_msg_pull_reply {

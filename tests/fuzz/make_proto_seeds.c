@@ -69,12 +69,14 @@ int main(int argc, char **argv)
             p->incarnation = 1;
             p->seq = 12;
             p->clock = 4;
+            p->assignment_version = 6;
             p->data = (struct keel_rows){1, 2, 3, keys, rows};
             break;
         }
         case KEEL_MSG_PULL:
             m.u.pull.worker_id = keel_str_of("w2");
             m.u.pull.clock = 5;
+            m.u.pull.assignment_version = 6;
             m.u.pull.data = (struct keel_rows){1, 2, 3, keys, NULL};
             break;
         case KEEL_MSG_PULL_REPLY:

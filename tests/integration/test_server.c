@@ -271,6 +271,7 @@ static struct keel_reply *push(struct keel_client *c, const char *worker, uint32
         m.u.push.seq = seq;
         m.u.push.incarnation = 1;
         m.u.push.clock = clock;
+        m.u.push.assignment_version = 1; /* write_job()'s */
         m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
         if (keel_client_call(c, &m, 10000, &r, &err) == 0) {
             if (r->msg.hdr.type == KEEL_MSG_ERROR && (r->msg.u.error.code == KEEL_EUNAVAILABLE ||
@@ -298,6 +299,7 @@ static struct keel_reply *pull(struct keel_client *c, const char *worker, uint64
     m.hdr.type = KEEL_MSG_PULL;
     m.u.pull.worker_id = keel_str_of(worker);
     m.u.pull.clock = clock;
+    m.u.pull.assignment_version = 1;
     m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
     *rc = keel_client_call(c, &m, timeout_ms, &r, &err);
     return r;
@@ -488,8 +490,12 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     keel_client_free(c);
 }
 
-/* One PUSH, no retries: 0 with the reply, or -1 when the server did not answer. */
-static int push_once(struct keel_client *c, uint64_t seq, const float *grads, struct keel_reply **r)
+/*
+ * One PUSH routed by assignment `version`, no retries: 0 with the reply, or
+ * -1 when the server did not answer.
+ */
+static int push_routed(struct keel_client *c, uint64_t seq, uint64_t version, const float *grads,
+                       struct keel_reply **r)
 {
     struct keel_msg m;
     struct keel_error err;
@@ -501,9 +507,16 @@ static int push_once(struct keel_client *c, uint64_t seq, const float *grads, st
     m.u.push.seq = seq;
     m.u.push.incarnation = 1;
     m.u.push.clock = seq;
+    m.u.push.assignment_version = version;
     m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
     *r = NULL;
     return keel_client_call(c, &m, 2000, r, &err) == 0 ? 0 : -1;
+}
+
+/* One PUSH routed by write_job()'s assignment, no retries. */
+static int push_once(struct keel_client *c, uint64_t seq, const float *grads, struct keel_reply **r)
+{
+    return push_routed(c, seq, 1, grads, r);
 }
 
 /* Whether the server process has ended; its wait status into *status. */
@@ -622,6 +635,7 @@ static void expect_refused_pull(struct keel_client *c, uint32_t table_id, uint32
     memset(&m, 0, sizeof(m));
     m.hdr.type = KEEL_MSG_PULL;
     m.u.pull.worker_id = keel_str_of("w1");
+    m.u.pull.assignment_version = 1;
     m.u.pull.data = (struct keel_rows){table_id, width, nkeys, keys, NULL};
     cr_assert_eq(keel_client_call(c, &m, 10000, &r, &err), 0, "no answer to the PULL: %s", err.msg);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a PULL of %u rows of width %u was answered",
@@ -649,5 +663,105 @@ Test(server, a_pull_of_rows_the_job_lacks_is_refused_before_any_allocation)
     expect_refused_pull(c, 9, 5, 3, "no table 9");
     cr_assert_eq(waitpid(server_pid, &status, WNOHANG), 0, "the server died");
     pull_rows(c, rows); /* and it still answers a real worker */
+    keel_client_free(c);
+}
+
+/* Assignment `version` in etcd: s1 holds every range, as in write_job(). */
+static void write_assignment(uint64_t version)
+{
+    const char *live[] = {"s1"};
+    struct keel_assign_stats stats;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+    keel_assign *a = keel_assign_new(1);
+
+    cr_assert_eq(keel_assign_update(a, live, 1, &stats, &err), 0, "%s", err.msg);
+    /* Each change of the replication bumps the version; with one server the sets stay. */
+    for (unsigned r = 2; keel_assign_version(a) < version; r = r == 2 ? 1 : 2)
+        cr_assert_eq(keel_assign_set_replication(a, r, &stats, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_assign_version(a), version);
+    keel_assign_encode(a, &b);
+    put("assignment", &b);
+    keel_assign_free(a);
+    keel_buf_release(&b);
+}
+
+/* PUSH `seq` routed by `version`: 0 when applied, 1 when redirected (*current: the server's). */
+static int push_answer(struct keel_client *c, uint64_t seq, uint64_t version, const float *grads,
+                       uint64_t *current)
+{
+    struct keel_reply *r;
+    int redirected = 0;
+
+    cr_assert_eq(push_routed(c, seq, version, grads, &r), 0, "no answer to PUSH %llu",
+                 (unsigned long long)seq);
+    if (r->msg.hdr.type == KEEL_MSG_ERROR) {
+        cr_assert_eq(r->msg.u.error.code, KEEL_EREDIRECT, "PUSH %llu: error %d",
+                     (unsigned long long)seq, r->msg.u.error.code);
+        *current = r->msg.u.error.assignment_version;
+        redirected = 1;
+    } else {
+        cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
+        cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "PUSH %llu", (unsigned long long)seq);
+    }
+    keel_reply_free(r);
+    return redirected;
+}
+
+Test(server, requests_routed_by_an_older_assignment_are_redirected)
+{
+    char addr[64], logp[128], line[512];
+    float grads[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct keel_msg m;
+    struct keel_error err;
+    uint64_t current = 0;
+    int ignored = 0;
+    FILE *f;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.01f;
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 1, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+
+    /* Version 2 in etcd: once the server has it, a sender routing by 1 is told of 2. */
+    write_assignment(2);
+    for (uint64_t seq = 2; current != 2; seq++) {
+        cr_assert(seq < 200, "the server never refused a PUSH routed by version 1");
+        if (push_answer(c, seq, 1, grads, &current) == 0)
+            usleep(20000); /* applied: the server has not seen version 2 yet */
+    }
+    cr_assert_eq(push_answer(c, 500, 2, grads, &current), 0, "a PUSH routed by version 2");
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PULL;
+    m.u.pull.worker_id = keel_str_of("w1");
+    m.u.pull.assignment_version = 1;
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
+    cr_assert(r->msg.hdr.type == KEEL_MSG_ERROR && r->msg.u.error.code == KEEL_EREDIRECT,
+              "a PULL routed by version 1 was answered with %s",
+              keel_msg_type_name(r->msg.hdr.type));
+    keel_reply_free(r);
+
+    /* An older table written afterwards is ignored: versions only rise. */
+    write_assignment(1);
+    path_of(logp, sizeof(logp), "s1.log");
+    for (int i = 0; i < 100 && !ignored; i++) {
+        f = fopen(logp, "r");
+        cr_assert_not_null(f);
+        while (fgets(line, sizeof(line), f))
+            ignored |= strstr(line, "ignoring assignment version 1: not above version 2") != NULL;
+        fclose(f);
+        if (!ignored)
+            usleep(50000);
+    }
+    cr_assert(ignored, "the server did not say it ignored the older assignment");
+    cr_assert_eq(push_answer(c, 501, 1, grads, &current), 1, "version 1 accepted again");
+    cr_assert_eq(current, 2);
+    cr_assert_eq(push_answer(c, 502, 2, grads, &current), 0);
     keel_client_free(c);
 }

@@ -763,12 +763,12 @@ Test(transport, version_mismatch_is_answered_with_a_clear_error)
 
     m.hdr.request_id = 5;
     keel_proto_encode(&b, &m, NULL);
-    b.buf[4] = 2;
+    b.buf[4] = KEEL_PROTO_VERSION + 1;
     cr_assert_eq(raw_exchange(b.buf, b.len, &reply, &out, &ssl, &fd, keel_listener_port(l)), 0);
     cr_assert_eq(out.u.error.code, KEEL_EVERSION);
     cr_assert_eq(out.hdr.request_id, 5);
     cr_assert(memmem(out.u.error.message.ptr, out.u.error.message.len,
-                     "unsupported protocol version 2", 30) != NULL);
+                     "unsupported protocol version 3", 30) != NULL);
     cr_assert_leq(SSL_read(ssl, &c, 1), 0, "connection not closed");
     raw_close(ssl, fd);
     keel_buf_release(&b);

@@ -36,6 +36,7 @@ static void fill_push(struct keel_msg_push *p)
     p->incarnation = 3;
     p->seq = (UINT64_C(1) << 32) | 17;
     p->clock = 12;
+    p->assignment_version = UINT64_C(0x0102030405060708);
     p->data.table_id = 2;
     p->data.row_width = 2;
     p->data.nkeys = 3;
@@ -86,7 +87,7 @@ Test(proto, header_is_32_bytes_little_endian)
 
     round_trip(&m, &b, &out);
     cr_assert_eq(memcmp(b.buf, "KEEL", 4), 0);
-    cr_assert_eq(b.buf[4], 1);
+    cr_assert_eq(b.buf[4], KEEL_PROTO_VERSION);
     cr_assert_eq(b.buf[5], KEEL_MSG_ACK);
     cr_assert_eq(b.buf[8], 0x88, "request id is little-endian");
     cr_assert_eq(b.buf[16], 42);
@@ -122,6 +123,7 @@ Test(proto, push_round_trips_and_points_into_frame)
     cr_assert_eq(out.u.push.incarnation, 3);
     cr_assert_eq(out.u.push.seq, m.u.push.seq);
     cr_assert_eq(out.u.push.clock, 12);
+    cr_assert_eq(out.u.push.assignment_version, UINT64_C(0x0102030405060708));
     assert_rows(&m.u.push.data, &out.u.push.data, 1);
     cr_assert((const unsigned char *)out.u.push.data.keys > b.buf &&
                   (const unsigned char *)out.u.push.data.keys < b.buf + b.len,
@@ -151,6 +153,7 @@ Test(proto, pull_round_trips_without_rows)
 
     m.u.pull.worker_id = keel_str_of("w1");
     m.u.pull.clock = 5;
+    m.u.pull.assignment_version = 77;
     m.u.pull.data.table_id = 1;
     m.u.pull.data.row_width = 2;
     m.u.pull.data.nkeys = 3;
@@ -158,6 +161,7 @@ Test(proto, pull_round_trips_without_rows)
     round_trip(&m, &b, &out);
     assert_str(out.u.pull.worker_id, "w1");
     cr_assert_eq(out.u.pull.clock, 5);
+    cr_assert_eq(out.u.pull.assignment_version, 77);
     assert_rows(&m.u.pull.data, &out.u.pull.data, 0);
     keel_buf_release(&b);
 }
@@ -298,8 +302,8 @@ Test(proto, decode_uses_only_its_frame_when_more_bytes_follow)
 /*
  * Malformed frames.  Each case starts from the same valid PUSH frame:
  *   header 0..31; body at 32: table_id@32 row_width@36 nkeys@40 shard@44
- *   incarnation@48 seq@56 clock@64 worker_id: len@72 "w1"@74 pad@76..79
- *   keys@80 (3 x 8) rows@104 (3 x 2 x 4) end@128
+ *   incarnation@48 seq@56 clock@64 assignment_version@72 worker_id: len@80
+ *   "w1"@82 pad@84..87 keys@88 (3 x 8) rows@112 (3 x 2 x 4) end@136
  * then writes `value` (little-endian, `width` bytes) at `offset`, changes the
  * available length by `len_delta`, and decodes with `max_frame` (0: 64 MiB).
  */
@@ -313,7 +317,7 @@ struct malformed {
     int expect;
 };
 
-#define PUSH_FRAME_LEN 128
+#define PUSH_FRAME_LEN 136
 
 ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
 {
@@ -321,13 +325,13 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"truncated header", 0, 0, 0, -(PUSH_FRAME_LEN - 20), 0, KEEL_ETRUNCATED},
         {"empty input", 0, 0, 0, -PUSH_FRAME_LEN, 0, KEEL_ETRUNCATED},
         {"wrong magic", 0, 4, 0x4C45454C, 0, 0, KEEL_EMAGIC},
-        {"version 2", 4, 1, 2, 0, 0, KEEL_EVERSION},
+        {"version 1 (before assignment versions)", 4, 1, 1, 0, 0, KEEL_EVERSION},
         {"unknown type", 5, 1, 99, 0, 0, KEEL_ETYPE},
         {"type zero", 5, 1, 0, 0, 0, KEEL_ETYPE},
         {"unknown flag", 6, 2, 0x8000, 0, 0, KEEL_EFLAGS},
         {"LAST flag on a PUSH", 6, 2, KEEL_FLAG_LAST, 0, 0, KEEL_EFLAGS},
         {"header reserved set", 28, 4, 1, 0, 0, KEEL_ERESERVED},
-        {"body length past the end", 24, 4, 96 + 8, 0, 0, KEEL_EBODYLEN},
+        {"body length past the end", 24, 4, 104 + 8, 0, 0, KEEL_EBODYLEN},
         {"body cut short", 0, 0, 0, -1, 0, KEEL_EBODYLEN},
         {"oversize frame", 24, 4, 1u << 20, 0, 4096, KEEL_EFRAMESIZE},
         {"body length 4 GiB", 24, 4, 0xFFFFFFFF, 0, 0, KEEL_EFRAMESIZE},
@@ -335,15 +339,15 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"key count overflows", 40, 4, 0xFFFFFFFF, 0, 0, KEEL_ECOUNT},
         {"key count one too many", 40, 4, 4, 0, 0, KEEL_ECOUNT},
         {"key count one too few", 40, 4, 2, 0, 0, KEEL_ETRAILING},
-        {"unsorted keys", 80, 8, 100, 0, 0, KEEL_EUNSORTED},
-        {"duplicate keys", 88, 8, 3, 0, 0, KEEL_EUNSORTED},
+        {"unsorted keys", 88, 8, 100, 0, 0, KEEL_EUNSORTED},
+        {"duplicate keys", 96, 8, 3, 0, 0, KEEL_EUNSORTED},
         {"zero-length rows", 36, 4, 0, 0, 0, KEEL_EROWWIDTH},
         {"row width too large", 36, 4, (1u << 20) + 1, 0, 0, KEEL_EROWWIDTH},
-        {"string longer than limit", 72, 2, 65, 0, 0, KEEL_ESTRING},
-        {"string past the body", 72, 2, 60, 0, 0, KEEL_ESHORTBODY},
-        {"string with NUL", 75, 1, 0, 0, 0, KEEL_ESTRING},
-        {"padding not zero", 77, 1, 0xAA, 0, 0, KEEL_EPADDING},
-        {"trailing bytes", 24, 4, 96 + 8, 8, 0, KEEL_ETRAILING},
+        {"string longer than limit", 80, 2, 65, 0, 0, KEEL_ESTRING},
+        {"string past the body", 80, 2, 60, 0, 0, KEEL_ESHORTBODY},
+        {"string with NUL", 83, 1, 0, 0, 0, KEEL_ESTRING},
+        {"padding not zero", 85, 1, 0xAA, 0, 0, KEEL_EPADDING},
+        {"trailing bytes", 24, 4, 104 + 8, 8, 0, KEEL_ETRAILING},
     };
     return cr_make_param_array(struct malformed, cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -407,7 +411,7 @@ Test(proto, version_mismatch_is_answered_with_a_clear_error)
     char text[256];
 
     valid_push_frame(&in);
-    in.buf[4] = 2;
+    in.buf[4] = 1;
     cr_assert_eq(keel_proto_header_decode(in.buf, in.len, MAXF, &h, NULL), KEEL_EVERSION);
     keel_proto_encode_reject(&reply, &h, KEEL_EVERSION, NULL);
     cr_assert_eq(keel_proto_decode(reply.buf, reply.len, MAXF, &out, NULL), 0);
@@ -417,7 +421,7 @@ Test(proto, version_mismatch_is_answered_with_a_clear_error)
     cr_assert_eq(out.hdr.request_id, UINT64_C(0x1122334455667788));
     cr_assert_eq(out.u.error.code, KEEL_EVERSION);
     snprintf(text, sizeof(text), "%.*s", (int)out.u.error.message.len, out.u.error.message.ptr);
-    cr_assert_str_eq(text, "unsupported protocol version 2: this node speaks version 1");
+    cr_assert_str_eq(text, "unsupported protocol version 1: this node speaks version 2");
     keel_buf_release(&in);
     keel_buf_release(&reply);
 }
