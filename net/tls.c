@@ -188,6 +188,18 @@ const struct keel_cert_identity *keel_tls_self(const struct keel_tls *t)
     return &t->self;
 }
 
+int keel_tls_check_self(const struct keel_tls *t, enum keel_role role, const char *id,
+                        struct keel_error *err)
+{
+    if (t->self.role != role || strcmp(t->self.id, id) != 0)
+        return keel_err_set(err, KEEL_ECONFIG,
+                            "[node] id is %s '%s' but the certificate names %s '%s' "
+                            "(keel://%s/%s): use the node's own certificate or its id",
+                            keel_role_name(role), id, keel_role_name(t->self.role), t->self.id,
+                            keel_role_name(t->self.role), t->self.id);
+    return 0;
+}
+
 SSL *keel_tls_ssl_new(struct keel_tls *t)
 {
     SSL *ssl;

@@ -57,6 +57,14 @@ int keel_tls_reload(struct keel_tls *tls, struct keel_error *err);
 const struct keel_cert_identity *keel_tls_self(const struct keel_tls *tls);
 
 /*
+ * Refuse to run as (role, id) with a certificate that names another node:
+ * KEEL_ECONFIG saying both, so a node never speaks under a name its
+ * certificate does not carry.
+ */
+int keel_tls_check_self(const struct keel_tls *tls, enum keel_role role, const char *id,
+                        struct keel_error *err);
+
+/*
  * A new SSL object from the current context, for one connection; the caller
  * frees it (SSL_free, or through the bufferevent that owns it).
  */

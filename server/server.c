@@ -352,11 +352,32 @@ static int handle_shard_read(struct srv *s, struct keel_conn *conn, const struct
     return rc;
 }
 
+/*
+ * The worker id in a PUSH or PULL names whose clock and position it moves:
+ * it must be the peer's own, as its certificate says.
+ */
+static int check_sender(const struct keel_cert_identity *peer, struct keel_str worker,
+                        const char *what, struct keel_error *err)
+{
+    if (worker.len != strlen(peer->id) || memcmp(worker.ptr, peer->id, worker.len) != 0)
+        return keel_err_set(err, KEEL_EPERM,
+                            "a %s as worker '%.*s' from keel://%s/%s: not its own id", what,
+                            (int)worker.len, worker.ptr, keel_role_name(peer->role), peer->id);
+    return 0;
+}
+
 static int handle(void *ctx, struct keel_conn *conn, const struct keel_cert_identity *peer,
                   const struct keel_msg *msg, struct keel_error *err)
 {
     struct srv *s = ctx;
+    int rc;
 
+    if (msg->hdr.type == KEEL_MSG_PUSH &&
+        (rc = check_sender(peer, msg->u.push.worker_id, "PUSH", err)) != 0)
+        return rc;
+    if (msg->hdr.type == KEEL_MSG_PULL &&
+        (rc = check_sender(peer, msg->u.pull.worker_id, "PULL", err)) != 0)
+        return rc;
     switch (msg->hdr.type) {
     case KEEL_MSG_PUSH:
         return handle_push(s, conn, msg, err);
@@ -842,6 +863,11 @@ int keel_server_run(const struct keel_config *config)
         KEEL_LOG_ERROR("%s", err.msg);
         rc = KEEL_EXIT_CONFIG;
         goto close_store;
+    }
+    if (keel_tls_check_self(s.tls, KEEL_ROLE_SERVER, config->node_id, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        rc = KEEL_EXIT_CONFIG;
+        goto free_tls;
     }
     keel_listener_options_of(config, &lo);
     lo.handler = handle;

@@ -71,6 +71,14 @@ static int check_str(struct keel_str s, uint32_t max, const char *field, struct 
     return 0;
 }
 
+/* A node id (worker_id, node_id): a string as above, and never empty. */
+static int check_id(struct keel_str s, const char *field, struct keel_error *err)
+{
+    if (s.len == 0)
+        return keel_err_set(err, KEEL_ESTRING, "%s: empty", field);
+    return check_str(s, KEEL_ID_MAX, field, err);
+}
+
 static int check_row_width(uint32_t width, struct keel_error *err)
 {
     if (width == 0 || width > KEEL_PROTO_MAX_ROW_WIDTH)
@@ -292,7 +300,8 @@ static int rd_push(struct rd *r, struct keel_msg_push *m)
     m->seq = rd_u64(r);
     m->clock = rd_u64(r);
     m->assignment_version = rd_u64(r);
-    if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->worker_id)) != 0)
+    if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->worker_id)) != 0 ||
+        (rc = check_id(m->worker_id, "worker_id", r->err)) != 0)
         return rc;
     return rd_rows_data(r, &m->data, 1);
 }
@@ -313,7 +322,9 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return keel_err_set(r->err, KEEL_EINVAL, "hello: role %u", m->u.hello.role);
         r->off = 8;
         m->u.hello.incarnation = rd_u64(r);
-        return rd_str(r, KEEL_ID_MAX, "node_id", &m->u.hello.node_id);
+        if ((rc = rd_str(r, KEEL_ID_MAX, "node_id", &m->u.hello.node_id)) != 0)
+            return rc;
+        return check_id(m->u.hello.node_id, "node_id", r->err);
     case KEEL_MSG_PUSH:
         return rd_push(r, &m->u.push);
     case KEEL_MSG_PULL:
@@ -325,7 +336,8 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return rc;
         m->u.pull.clock = rd_u64(r);
         m->u.pull.assignment_version = rd_u64(r);
-        if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->u.pull.worker_id)) != 0)
+        if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->u.pull.worker_id)) != 0 ||
+            (rc = check_id(m->u.pull.worker_id, "worker_id", r->err)) != 0)
             return rc;
         return rd_rows_data(r, &m->u.pull.data, 0);
     case KEEL_MSG_PULL_REPLY:
@@ -487,7 +499,7 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
 {
     int rc;
 
-    if ((rc = check_str(p->worker_id, KEEL_ID_MAX, "worker_id", err)) != 0 ||
+    if ((rc = check_id(p->worker_id, "worker_id", err)) != 0 ||
         (rc = check_rows(&p->data, err)) != 0)
         return rc;
     *size = 48 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
@@ -516,11 +528,11 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
         if (m->u.hello.role < KEEL_ROLE_COORDINATOR || m->u.hello.role > KEEL_ROLE_ADMIN)
             return keel_err_set(err, KEEL_EINVAL, "hello: role %u", m->u.hello.role);
         *size = 16 + str_size(m->u.hello.node_id);
-        return check_str(m->u.hello.node_id, KEEL_ID_MAX, "node_id", err);
+        return check_id(m->u.hello.node_id, "node_id", err);
     case KEEL_MSG_PUSH:
         return push_size(&m->u.push, size, err);
     case KEEL_MSG_PULL:
-        if ((rc = check_str(m->u.pull.worker_id, KEEL_ID_MAX, "worker_id", err)) != 0)
+        if ((rc = check_id(m->u.pull.worker_id, "worker_id", err)) != 0)
             return rc;
         *size = 32 + str_size(m->u.pull.worker_id) +
                 rows_bytes(m->u.pull.data.nkeys, m->u.pull.data.row_width, 0);

@@ -1058,6 +1058,11 @@ int keel_worker_run(const struct keel_config *config)
         rc = KEEL_EXIT_CONFIG;
         goto out;
     }
+    if (keel_tls_check_self(w->tls, KEEL_ROLE_WORKER, config->node_id, &err) != 0) {
+        KEEL_LOG_ERROR("%s", err.msg);
+        rc = KEEL_EXIT_CONFIG;
+        goto free_tls;
+    }
     keel_etcd_options_from_config(config, &eo);
     if (keel_etcd_new(&eo, &w->etcd, &err) != 0) {
         KEEL_LOG_ERROR("%s", err.msg);

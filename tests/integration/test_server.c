@@ -34,7 +34,7 @@ static char dir[64];
 static char endpoint[128];
 static pid_t etcd_pid, server_pid;
 static keel_etcd *etcd;
-static struct keel_tls *wtls;
+static struct keel_tls *wtls, *w2tls; /* workers w1 and w2 */
 
 static void path_of(char *out, size_t n, const char *name)
 {
@@ -215,6 +215,10 @@ static void setup(void)
     path_of(key, sizeof(key), "certs/worker-w1.key");
     f = (struct keel_tls_files){cacrt, crt, key, NULL};
     cr_assert_eq(keel_tls_new(&f, &wtls, &err), 0, "%s", err.msg);
+    path_of(crt, sizeof(crt), "certs/worker-w2.crt");
+    path_of(key, sizeof(key), "certs/worker-w2.key");
+    f = (struct keel_tls_files){cacrt, crt, key, NULL};
+    cr_assert_eq(keel_tls_new(&f, &w2tls, &err), 0, "%s", err.msg);
 }
 
 static void teardown(void)
@@ -227,6 +231,7 @@ static void teardown(void)
         waitpid(server_pid, &status, 0);
     }
     keel_tls_free(wtls);
+    keel_tls_free(w2tls);
     keel_etcd_free(etcd);
     if (etcd_pid > 0)
         kill(etcd_pid, SIGKILL);
@@ -240,7 +245,15 @@ TestSuite(server, .init = setup, .fini = teardown, .timeout = 120);
 static const uint64_t keys3[] = {(UINT64_C(1) << 48) | 0, (UINT64_C(1) << 48) | 1,
                                  (UINT64_C(1) << 48) | 2};
 
+static struct keel_client *client_with(const char *addr, struct keel_tls *tls);
+
+/* A connection as worker w1 (its certificate). */
 static struct keel_client *client_to(const char *addr)
+{
+    return client_with(addr, wtls);
+}
+
+static struct keel_client *client_with(const char *addr, struct keel_tls *tls)
 {
     struct keel_client_options o;
     struct keel_client *c;
@@ -251,7 +264,7 @@ static struct keel_client *client_to(const char *addr)
     o.expect_role = KEEL_ROLE_SERVER;
     o.backoff_min_ms = 20;
     o.backoff_max_ms = 200;
-    cr_assert_eq(keel_client_new(&o, wtls, &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_client_new(&o, tls, &c, &err), 0, "%s", err.msg);
     return c;
 }
 
@@ -460,7 +473,7 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
 {
     char addr[64];
     float grads[15] = {0};
-    struct keel_client *c;
+    struct keel_client *c, *c2;
     struct keel_reply *r;
     struct keel_error err;
     int64_t l1, l2;
@@ -472,10 +485,14 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     server_pid = spawn_server();
     server_address(addr, sizeof(addr), NULL);
     c = client_to(addr);
+    c2 = client_with(addr, w2tls);
     r = push(c, "w1", 0, 1, 0, grads); /* w1 finished clock 0; w2 has not */
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
     keel_reply_free(r);
-    r = push(c, "w2", 1, 1, 0, grads);
+    r = push(c2, "w2", 1, 1, 0, grads);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
     keel_reply_free(r);
+    keel_client_free(c2);
     r = push(c, "w1", 0, 2, 1, grads); /* w1 finished clock 1 too */
     keel_reply_free(r);
     /* w1 wants clock 2: BSP holds it until w2 finished clock 1. */
@@ -764,4 +781,84 @@ Test(server, requests_routed_by_an_older_assignment_are_redirected)
     cr_assert_eq(current, 2);
     cr_assert_eq(push_answer(c, 502, 2, grads, &current), 0);
     keel_client_free(c);
+}
+
+Test(server, a_worker_id_other_than_the_certificates_is_refused)
+{
+    char addr[64];
+    float grads[15] = {0}, rows[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct keel_msg m;
+    struct keel_error err;
+
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    pull_rows(c, rows);
+    /* w1's certificate, w2's name: neither a PUSH nor a PULL gets through. */
+    r = push(c, "w2", 1, UINT64_MAX, 0, grads);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a PUSH under another worker's id was answered");
+    cr_assert_eq(r->msg.u.error.code, KEEL_EPERM);
+    keel_reply_free(r);
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PULL;
+    m.u.pull.worker_id = keel_str_of("w2");
+    m.u.pull.clock = 7;
+    m.u.pull.assignment_version = 1;
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
+    cr_assert(r->msg.hdr.type == KEEL_MSG_ERROR && r->msg.u.error.code == KEEL_EPERM,
+              "a PULL under another worker's id was answered with %s",
+              keel_msg_type_name(r->msg.hdr.type));
+    keel_reply_free(r);
+    /* The forged seq = UINT64_MAX on shard 1 was not applied: w1's real push there is. */
+    r = push(c, "w1", 1, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "the forged push moved shard 1's position");
+    keel_reply_free(r);
+    keel_client_free(c);
+}
+
+Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
+{
+    char ini[128], exe[256], logp[128], line[512];
+    int status = 0, said = 0;
+    pid_t pid;
+    FILE *f;
+
+    path_of(ini, sizeof(ini), "s9.ini");
+    path_of(logp, sizeof(logp), "s9.log");
+    f = fopen(ini, "w");
+    cr_assert_not_null(f);
+    fprintf(f,
+            "[cluster]\nname = " CLUSTER "\netcd = %s\n[node]\nid = s9\ndata_dir = %s/s9\n"
+            "listen = 127.0.0.1:0\n[tls]\nca = %s/ca/ca.crt\ncert = %s/certs/server-s1.crt\n"
+            "key = %s/certs/server-s1.key\n",
+            endpoint, dir, dir, dir, dir);
+    fclose(f);
+    snprintf(exe, sizeof(exe), "%s/keel-server", KEEL_TEST_BINDIR);
+    pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int out = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+        dup2(out, 1);
+        dup2(out, 2);
+        execl(exe, exe, "--config", ini, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) != pid; i++)
+        usleep(50000);
+    if (!WIFEXITED(status)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        cr_assert_fail("keel-server ran as s9 with s1's certificate");
+    }
+    cr_assert_eq(WEXITSTATUS(status), 78, "exit status %d", WEXITSTATUS(status));
+    f = fopen(logp, "r");
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f))
+        said |=
+            strstr(line, "[node] id is server 's9' but the certificate names server 's1'") != NULL;
+    fclose(f);
+    cr_assert(said, "the server did not say why it refused to start");
 }

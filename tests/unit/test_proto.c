@@ -346,6 +346,7 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"string longer than limit", 80, 2, 65, 0, 0, KEEL_ESTRING},
         {"string past the body", 80, 2, 60, 0, 0, KEEL_ESHORTBODY},
         {"string with NUL", 83, 1, 0, 0, 0, KEEL_ESTRING},
+        {"empty worker id", 80, 4, 0, 0, 0, KEEL_ESTRING},
         {"padding not zero", 85, 1, 0xAA, 0, 0, KEEL_EPADDING},
         {"trailing bytes", 24, 4, 104 + 8, 8, 0, KEEL_ETRAILING},
     };
