@@ -103,6 +103,15 @@ int keel__net_take_frame(struct evbuffer *in, size_t max_frame, struct keel_buf 
 
 #define SOCKET_IO_MAX (256u << 10) /* bytes per read(2) or write(2) under TLS */
 
+/*
+ * libevent 2.1 makes the BIO method of its OpenSSL filters lazily, without a
+ * lock: two threads making their first filter at once each make one and
+ * one is leaked (seen by LeakSanitizer with two clients connecting at
+ * once).  Filters are made only when a connection starts, so they are made
+ * one at a time.
+ */
+static pthread_mutex_t filter_lock = PTHREAD_MUTEX_INITIALIZER;
+
 struct bufferevent *keel__tls_bufferevent(struct event_base *base, int fd, SSL *ssl, int accepting,
                                           struct bufferevent **under)
 {
@@ -116,8 +125,10 @@ struct bufferevent *keel__tls_bufferevent(struct event_base *base, int fd, SSL *
     }
     bufferevent_set_max_single_read(sock, SOCKET_IO_MAX);
     bufferevent_set_max_single_write(sock, SOCKET_IO_MAX);
+    pthread_mutex_lock(&filter_lock);
     tls = bufferevent_openssl_filter_new(
         base, sock, ssl, accepting ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING, opts);
+    pthread_mutex_unlock(&filter_lock);
     if (tls == NULL) {
         SSL_free(ssl);
         bufferevent_free(sock);
