@@ -875,11 +875,19 @@ static int npy_write(const char *path, const char *dtype, uint64_t rows, uint64_
     pre[6] = 1;
     pre[7] = 0;
     keel_store_u16le(pre + 8, (uint16_t)hlen);
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+    /*
+     * A new file of an unpredictable name (mkostemp: O_CREAT | O_EXCL), so a
+     * name planted in the directory, a symbolic link say, is never written
+     * through; renamed over `path` once complete.
+     */
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= sizeof(tmp))
         return keel_err_set(err, KEEL_EINVAL, "path '%s' is too long", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
-        return keel_err_set(err, -errno, "cannot create '%s': %s", tmp, strerror(errno));
+        return keel_err_set(err, -errno, "cannot create a file beside '%s': %s", path,
+                            strerror(errno));
+    if (fchmod(fd, 0644) != 0)
+        goto fail;
     bytes = keel_size_mul(keel_size_mul(rows, cols ? cols : 1), elem_size);
     if (write(fd, pre, sizeof(pre)) != (ssize_t)sizeof(pre) ||
         write(fd, header, hlen) != (ssize_t)hlen)

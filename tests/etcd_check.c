@@ -516,7 +516,7 @@ static int wait_done(struct campaign_job *j, unsigned ms)
 static int cmd_election(int argc, char **argv)
 {
     const char *name;
-    keel_etcd_lease *la, *lb;
+    keel_etcd_lease *la, *lb, *lc;
     struct keel_etcd_leader a;
     struct keel_etcd_kv kv;
     struct campaign_job jb = {0};
@@ -560,7 +560,14 @@ static int cmd_election(int argc, char **argv)
     printf("cancel took %llu ms\n", (unsigned long long)(now_ms() - t0));
     close(jb.cancel_fd);
 
-    /* B campaigns again; A resigns; B wins with a higher revision. */
+    /*
+     * B campaigns again; A resigns; B wins with a higher revision.  Under a
+     * new lease: etcd removes the canceled campaign's key (named by its
+     * lease) some time after the cancel, and would take a new key of the
+     * same name with it.
+     */
+    OK(keel_etcd_lease_new(client, 5, NULL, NULL, &lc, &err));
+    jb.lease = keel_etcd_lease_id(lc);
     jb.cancel_fd = -1;
     jb.done = 0;
     pthread_create(&th, NULL, campaign_thread, &jb);
@@ -590,6 +597,7 @@ static int cmd_election(int argc, char **argv)
     keel_etcd_leader_release(&a);
     OK(keel_etcd_lease_free(la, 1, &err));
     OK(keel_etcd_lease_free(lb, 1, &err));
+    OK(keel_etcd_lease_free(lc, 1, &err));
     printf("election ok\n");
     return 0;
 }

@@ -3,6 +3,7 @@
  * restore/prune, and the audit chain, on real LMDB stores.
  */
 #include <errno.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -477,4 +478,51 @@ Test(checkpoint, diff_export_restore_prune)
     cr_assert_str_eq(names.seen[3], "restored");
     cr_assert_str_eq(names.seen[4], "pruned");
     cr_assert_str_eq(names.seen[5], "verified");
+}
+
+/* Export writes new files of its own: a link planted where a temporary file once went is not
+ * followed. */
+Test(checkpoint, export_never_writes_through_a_planted_link)
+{
+    char out[160], path[240], victim[200], buf[16] = {0};
+    const char *names[] = {"table_1.npy.tmp", "table_1.keys.npy.tmp", "table_1.state.npy.tmp"};
+    struct stat st;
+    struct dirent *e;
+    DIR *d;
+    FILE *f;
+
+    write_range(1, 4, 1, 5);
+    cr_assert_eq(take(1), 1);
+    snprintf(out, sizeof(out), "%s/export-links", tmpdir);
+    cr_assert_eq(mkdir(out, 0755), 0);
+    snprintf(victim, sizeof(victim), "%s/victim", tmpdir);
+    f = fopen(victim, "w");
+    cr_assert_not_null(f);
+    fputs("untouched", f);
+    fclose(f);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", out, names[i]);
+        cr_assert_eq(symlink(victim, path), 0);
+    }
+    cr_assert_eq(keel_checkpoint_export(store, 1, out, &err), 0, "%s", err.msg);
+    f = fopen(victim, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    cr_assert_str_eq(buf, "untouched", "export wrote through a planted link");
+    snprintf(path, sizeof(path), "%s/table_1.npy", out);
+    cr_assert_eq(lstat(path, &st), 0);
+    cr_assert(S_ISREG(st.st_mode), "table_1.npy is not a regular file");
+    cr_assert_eq(st.st_mode & 0777, 0644);
+    /* Nothing left behind but the exports and the planted links. */
+    d = opendir(out);
+    cr_assert_not_null(d);
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        int npy = n > 4 && strcmp(e->d_name + n - 4, ".npy") == 0;
+        int planted = n > 4 && strcmp(e->d_name + n - 4, ".tmp") == 0;
+
+        cr_assert(e->d_name[0] == '.' || npy || planted, "left behind: %s", e->d_name);
+    }
+    closedir(d);
 }
