@@ -17,23 +17,8 @@ bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
 
-cluster=$srcdir/scripts/cluster.sh
-helper=$bindir/keel-test-train
-data=/usr/share/datasets/fashion-mnist
-. "$srcdir/tests/lib/procs.sh"
-dir=$tmp/c
-cleanup() {
-    [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
-    procs_cleanup
-}
-trap cleanup EXIT
+. "$srcdir/tests/lib/cluster_job.sh"
 
-if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
-    echo "SKIP: Fashion-MNIST is not installed in $data"
-    exit 0
-fi
-
-cl() { bash "$cluster" "$@"; }
 outage_s=30
 ttl_s=3
 
@@ -41,17 +26,6 @@ run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name
     --lease-ttl "${ttl_s}s"
 expect_status 0 "cluster up"
 cfg=$run_out
-kc() { "$bindir/keelctl" --config "$cfg" "$@"; }
-job_field() {
-    kc job show r1 --json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" 2>/dev/null
-}
-# done_batches: batches the shards' recorded positions are past, over every pass.
-done_batches() {
-    kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
-j = json.load(sys.stdin)
-print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
-}
 # incarnation ROLE ID: the incarnation in the member key, "" when absent.
 incarnation() {
     cl etcdctl --dir "$dir" get --print-value-only "/keel/t/members/$1/$2" 2>/dev/null |
@@ -106,24 +80,6 @@ fi
 # --- the stores: one push per batch, each shard at its end ----------------------------
 run cl down --dir "$dir"
 expect_status 0 "cluster down"
-seq_end=$("$helper" seq 2 150)
-rows=0
-for s in s1 s2; do
-    run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
-    expect_status 0 "dump the ranges of $s"
-    while read -r _ range _ lsn _ nrows rest; do
-        [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
-        rows=$((rows + nrows))
-        if [ "$lsn" = 1800 ]; then ok; else
-            fail "$s range $range: $lsn pushes applied, expected 1800 (one per batch)"
-        fi
-        for shard in 0 1 2 3; do
-            if grep -q "shard $shard seq $seq_end " <<<"$rest "; then ok; else
-                fail "$s range $range: shard $shard is not at the end of pass 2" "$rest"
-            fi
-        done
-    done <<<"$run_out"
-done
-[ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+check_stores 1800 2
 
 finish

@@ -25,40 +25,12 @@ bindir=$1
 srcdir=$2
 . "$srcdir/tests/lib/assert.sh"
 
-cluster=$srcdir/scripts/cluster.sh
-helper=$bindir/keel-test-train
-data=/usr/share/datasets/fashion-mnist
-. "$srcdir/tests/lib/procs.sh"
-dir=$tmp/c
-cleanup() {
-    [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
-    procs_cleanup
-}
-trap cleanup EXIT
-
-if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
-    echo "SKIP: Fashion-MNIST is not installed in $data"
-    exit 0
-fi
-
-cl() { bash "$cluster" "$@"; }
+. "$srcdir/tests/lib/cluster_job.sh"
 
 # --- a cluster and a job ---------------------------------------------------------------
 run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name t
 expect_status 0 "cluster up"
 cfg=$run_out
-kc() { "$bindir/keelctl" --config "$cfg" "$@"; }
-# job_field FIELD: a field of `keelctl job show r1 --json`.
-job_field() {
-    kc job show r1 --json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" 2>/dev/null
-}
-# done_batches: batches the shards' recorded positions are past, over every pass.
-done_batches() {
-    kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
-j = json.load(sys.stdin)
-print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
-}
 past_a_fifth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 240 ]; }
 
 sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 2/' \
@@ -161,25 +133,8 @@ fi
 # --- the stores: one push per batch, each shard at its end -----------------------------
 run cl down --dir "$dir"
 expect_status 0 "cluster down"
-seq_end=$("$helper" seq 1 150)
-rows=0
-for s in s1 s2; do
-    run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
-    expect_status 0 "dump the ranges of $s"
-    while read -r _ range _ lsn _ nrows rest; do
-        [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
-        rows=$((rows + nrows))
-        if [ "$lsn" = 1200 ]; then ok; else
-            fail "$s range $range: $lsn pushes applied, expected 1200 (one per batch)"
-        fi
-        for shard in 0 1 2 3; do
-            if grep -q "shard $shard seq $seq_end " <<<"$rest "; then ok; else
-                fail "$s range $range: shard $shard is not at the end of pass 1" "$rest"
-            fi
-        done
-    done <<<"$run_out"
-done
-[ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+check_stores 1200 1
+seq_end=$("$helper" seq 1 150) # the end of pass 1, for the replay below
 
 # --- the checkpoints: taken by each server when the job was done, signed, exported ---------
 # Each server checkpoints its own ranges (the job's final one labelled with its last

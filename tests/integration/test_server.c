@@ -122,22 +122,28 @@ static void write_job(const char *name, const char *consistency)
     keel_buf_release(&b);
 }
 
-static pid_t spawn_server(void)
+/*
+ * keel-server as node `id` with the certificate of server `cert`, logging to
+ * <id>.log in the test's directory.
+ */
+static pid_t spawn_server_as(const char *id, const char *cert)
 {
-    char ini[128], exe[256], logp[128];
+    char ini[128], exe[256], logp[128], name[32];
     FILE *f;
     pid_t pid;
 
-    path_of(ini, sizeof(ini), "s1.ini");
-    path_of(logp, sizeof(logp), "s1.log");
+    snprintf(name, sizeof(name), "%s.ini", id);
+    path_of(ini, sizeof(ini), name);
+    snprintf(name, sizeof(name), "%s.log", id);
+    path_of(logp, sizeof(logp), name);
     f = fopen(ini, "w");
     cr_assert_not_null(f);
     fprintf(f,
-            "[cluster]\nname = " CLUSTER "\netcd = %s\n[node]\nid = s1\ndata_dir = %s/s1\n"
-            "listen = 127.0.0.1:0\n[tls]\nca = %s/ca/ca.crt\ncert = %s/certs/server-s1.crt\n"
-            "key = %s/certs/server-s1.key\n[etcd]\nlease_ttl = 2s\n[server]\n"
+            "[cluster]\nname = " CLUSTER "\netcd = %s\n[node]\nid = %s\ndata_dir = %s/%s\n"
+            "listen = 127.0.0.1:0\n[tls]\nca = %s/ca/ca.crt\ncert = %s/certs/server-%s.crt\n"
+            "key = %s/certs/server-%s.key\n[etcd]\nlease_ttl = 2s\n[server]\n"
             "snapshot_interval = 500ms\n[log]\nlevel = debug\n",
-            endpoint, dir, dir, dir, dir);
+            endpoint, id, dir, id, dir, dir, cert, dir, cert);
     fclose(f);
     snprintf(exe, sizeof(exe), "%s/keel-server", KEEL_TEST_BINDIR);
     pid = fork();
@@ -153,6 +159,11 @@ static pid_t spawn_server(void)
         _exit(127);
     }
     return pid;
+}
+
+static pid_t spawn_server(void)
+{
+    return spawn_server_as("s1", "s1");
 }
 
 /*
@@ -820,32 +831,11 @@ Test(server, a_worker_id_other_than_the_certificates_is_refused)
 
 Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
 {
-    char ini[128], exe[256], logp[128], line[512];
+    char logp[128], line[512];
     int status = 0, said = 0;
-    pid_t pid;
+    pid_t pid = spawn_server_as("s9", "s1");
     FILE *f;
 
-    path_of(ini, sizeof(ini), "s9.ini");
-    path_of(logp, sizeof(logp), "s9.log");
-    f = fopen(ini, "w");
-    cr_assert_not_null(f);
-    fprintf(f,
-            "[cluster]\nname = " CLUSTER "\netcd = %s\n[node]\nid = s9\ndata_dir = %s/s9\n"
-            "listen = 127.0.0.1:0\n[tls]\nca = %s/ca/ca.crt\ncert = %s/certs/server-s1.crt\n"
-            "key = %s/certs/server-s1.key\n",
-            endpoint, dir, dir, dir, dir);
-    fclose(f);
-    snprintf(exe, sizeof(exe), "%s/keel-server", KEEL_TEST_BINDIR);
-    pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int out = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0644);
-
-        dup2(out, 1);
-        dup2(out, 2);
-        execl(exe, exe, "--config", ini, (char *)NULL);
-        _exit(127);
-    }
     for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) != pid; i++)
         usleep(50000);
     if (!WIFEXITED(status)) {
@@ -854,6 +844,7 @@ Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
         cr_assert_fail("keel-server ran as s9 with s1's certificate");
     }
     cr_assert_eq(WEXITSTATUS(status), 78, "exit status %d", WEXITSTATUS(status));
+    path_of(logp, sizeof(logp), "s9.log");
     f = fopen(logp, "r");
     cr_assert_not_null(f);
     while (fgets(line, sizeof(line), f))

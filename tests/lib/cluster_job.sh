@@ -1,0 +1,67 @@
+# cluster_job.sh - what the tests that train job r1 on a local cluster share.
+#
+# Source it after assert.sh with `bindir` and `srcdir` set.  It sources
+# procs.sh, skips the test (exit 0) when Fashion-MNIST is not installed, and
+# sets an EXIT trap that takes the cluster down.  It sets
+#   cluster, helper, dir   scripts/cluster.sh, keel-test-train, the cluster's directory
+# and gives
+#   cl ARGS...             scripts/cluster.sh
+#   kc ARGS...             keelctl with the cluster's configuration ($cfg, set by the test)
+#   job_field FIELD        a field of `keelctl job show r1 --json`
+#   done_batches           batches r1's shards' recorded positions are past, over
+#                          every pass (150 batches a pass: softmax, batch 100, 4 shards)
+#   check_stores PUSHES PASS
+#                          with the cluster down, read s1's and s2's stores as a
+#                          server restores them: every range holding rows applied
+#                          exactly PUSHES pushes and records every shard at the end
+#                          of pass PASS, and the two hold the model's 10 rows
+
+cluster=$srcdir/scripts/cluster.sh
+helper=$bindir/keel-test-train
+data=/usr/share/datasets/fashion-mnist
+. "$srcdir/tests/lib/procs.sh"
+dir=$tmp/c
+cleanup() {
+    [ -f "$dir/cluster.env" ] && bash "$cluster" down --dir "$dir" --timeout 5 >/dev/null 2>&1
+    procs_cleanup
+}
+trap cleanup EXIT
+
+if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
+    echo "SKIP: Fashion-MNIST is not installed in $data"
+    exit 0
+fi
+
+cl() { bash "$cluster" "$@"; }
+kc() { "$bindir/keelctl" --config "$cfg" "$@"; }
+job_field() {
+    kc job show r1 --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" 2>/dev/null
+}
+done_batches() {
+    kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
+j = json.load(sys.stdin)
+print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
+}
+
+check_stores() {
+    local pushes=$1 seq_end rows=0 s range lsn nrows rest shard
+    seq_end=$("$helper" seq "$2" 150)
+    for s in s1 s2; do
+        run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
+        expect_status 0 "dump the ranges of $s"
+        while read -r _ range _ lsn _ nrows rest; do
+            [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
+            rows=$((rows + nrows))
+            if [ "$lsn" = "$pushes" ]; then ok; else
+                fail "$s range $range: $lsn pushes applied, expected $pushes (one per batch)"
+            fi
+            for shard in 0 1 2 3; do
+                if grep -q "shard $shard seq $seq_end " <<<"$rest "; then ok; else
+                    fail "$s range $range: shard $shard is not at the end of pass $2" "$rest"
+                fi
+            done
+        done <<<"$run_out"
+    done
+    [ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+}
