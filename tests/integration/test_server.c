@@ -518,6 +518,23 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     keel_client_free(c);
 }
 
+/* Whether server `id`'s log has a line containing `text` (and `also`, when not NULL). */
+static int log_says(const char *id, const char *text, const char *also)
+{
+    char logp[128], name[32], line[512];
+    int said = 0;
+    FILE *f;
+
+    snprintf(name, sizeof(name), "%s.log", id);
+    path_of(logp, sizeof(logp), name);
+    f = fopen(logp, "r");
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f))
+        said |= strstr(line, text) != NULL && (also == NULL || strstr(line, also) != NULL);
+    fclose(f);
+    return said;
+}
+
 /*
  * One PUSH routed by assignment `version`, no retries: 0 with the reply, or
  * -1 when the server did not answer.
@@ -557,15 +574,14 @@ Test(server, a_failed_log_commit_stops_the_server_before_any_ack)
 {
     enum { MAX_PUSHES = 20000 };
     static uint8_t acked[MAX_PUSHES + 1];
-    char addr[64], old[64], mdb[160], logp[128], line[512];
+    char addr[64], old[64], mdb[160];
     float grads[15];
     struct keel_client *c;
     struct keel_reply *r;
     struct stat st;
     struct rlimit lim;
     uint64_t seq, first_unacked = 0, nacked = 0;
-    int status = 0, ended = 0, said = 0;
-    FILE *f;
+    int status = 0, ended = 0;
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.01f * (float)(i + 1);
@@ -616,13 +632,8 @@ Test(server, a_failed_log_commit_stops_the_server_before_any_ack)
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the server ended with status %d",
               status);
     server_pid = 0;
-    path_of(logp, sizeof(logp), "s1.log");
-    f = fopen(logp, "r");
-    cr_assert_not_null(f);
-    while (fgets(line, sizeof(line), f))
-        said |= strstr(line, "cannot commit") && strstr(line, "(fail-stop)");
-    fclose(f);
-    cr_assert(said, "the server did not log why it stopped");
+    cr_assert(log_says("s1", "cannot commit", "(fail-stop)"),
+              "the server did not log why it stopped");
 
     /* Started again: every acknowledged push is there, the unacknowledged one is not. */
     keel_client_free(c);
@@ -738,7 +749,7 @@ static int push_answer(struct keel_client *c, uint64_t seq, uint64_t version, co
 
 Test(server, requests_routed_by_an_older_assignment_are_redirected)
 {
-    char addr[64], logp[128], line[512];
+    char addr[64];
     float grads[15];
     struct keel_client *c;
     struct keel_reply *r;
@@ -746,7 +757,6 @@ Test(server, requests_routed_by_an_older_assignment_are_redirected)
     struct keel_error err;
     uint64_t current = 0;
     int ignored = 0;
-    FILE *f;
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.01f;
@@ -777,13 +787,8 @@ Test(server, requests_routed_by_an_older_assignment_are_redirected)
 
     /* An older table written afterwards is ignored: versions only rise. */
     write_assignment(1);
-    path_of(logp, sizeof(logp), "s1.log");
     for (int i = 0; i < 100 && !ignored; i++) {
-        f = fopen(logp, "r");
-        cr_assert_not_null(f);
-        while (fgets(line, sizeof(line), f))
-            ignored |= strstr(line, "ignoring assignment version 1: not above version 2") != NULL;
-        fclose(f);
+        ignored = log_says("s1", "ignoring assignment version 1: not above version 2", NULL);
         if (!ignored)
             usleep(50000);
     }
@@ -831,10 +836,8 @@ Test(server, a_worker_id_other_than_the_certificates_is_refused)
 
 Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
 {
-    char logp[128], line[512];
-    int status = 0, said = 0;
+    int status = 0;
     pid_t pid = spawn_server_as("s9", "s1");
-    FILE *f;
 
     for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) != pid; i++)
         usleep(50000);
@@ -844,12 +847,7 @@ Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
         cr_assert_fail("keel-server ran as s9 with s1's certificate");
     }
     cr_assert_eq(WEXITSTATUS(status), 78, "exit status %d", WEXITSTATUS(status));
-    path_of(logp, sizeof(logp), "s9.log");
-    f = fopen(logp, "r");
-    cr_assert_not_null(f);
-    while (fgets(line, sizeof(line), f))
-        said |=
-            strstr(line, "[node] id is server 's9' but the certificate names server 's1'") != NULL;
-    fclose(f);
-    cr_assert(said, "the server did not say why it refused to start");
+    cr_assert(
+        log_says("s9", "[node] id is server 's9' but the certificate names server 's1'", NULL),
+        "the server did not say why it refused to start");
 }
