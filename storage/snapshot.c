@@ -957,3 +957,321 @@ int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel
              range, snap->lsn, r.stats.replayed, r.stats.duplicates);
     return 0;
 }
+
+/* ---- the packed form (replication) -------------------------------------- */
+
+#define PACK_MAGIC    UINT32_C(0x4B50534B) /* 'K' 'S' 'P' 'K' */
+#define PACK_VERSION  1
+#define PACK_PREFIX   16
+#define PACK_LEN_SIZE 4
+
+/* Blocks of `nrows` rows of these widths, split as keel_snapshot_put() splits them. */
+static uint64_t blocks_of(uint64_t nrows, uint32_t width, uint32_t state_width)
+{
+    uint32_t per = keel__block_rows(width, state_width);
+
+    return nrows / per + (nrows % per != 0);
+}
+
+int keel_snapshot_pack(const struct keel_snapshot *snap, struct keel_buf *out,
+                       struct keel_error *err)
+{
+    struct keel__snap_head h = {0};
+    struct keel_buf head = KEEL_BUF_INIT;
+    XXH3_state_t *digest;
+    unsigned char entry[KEEL__SHARD_HEAD_SIZE + KEEL_ID_MAX];
+    uint64_t blocks = 0;
+    size_t total, headat;
+    int rc;
+
+    rc = keel_snapshot_check(snap, err);
+    if (rc != 0)
+        return rc;
+    KEEL_ALLOC_ARRAY(h.dir, snap->ntables);
+    total = PACK_PREFIX + KEEL__SNAP_HEAD_SIZE + snap->ntables * KEEL__SNAP_TABLE_SIZE;
+    for (size_t i = 0; i < snap->ntables; i++) {
+        const struct keel_snap_table *t = &snap->tables[i];
+        uint64_t nb = blocks_of(t->nrows, t->width, t->state_width);
+
+        blocks += nb;
+        if (blocks >= UINT32_MAX) {
+            free(h.dir);
+            return keel_err_set(err, KEEL_EINVAL, "snapshot of range %" PRIu32 " is too big",
+                                snap->range);
+        }
+        h.dir[i].table_id = t->table_id;
+        h.dir[i].width = t->width;
+        h.dir[i].state_width = t->state_width;
+        h.dir[i].nblocks = (uint32_t)nb;
+        h.dir[i].nrows = t->nrows;
+        h.nrows += t->nrows;
+        total = keel_size_add(total, keel_size_mul(nb, PACK_LEN_SIZE + KEEL__BLOCK_HEAD_SIZE));
+        total = keel_size_add(total,
+                              keel_size_mul(t->nrows, 8 + 4 * ((size_t)t->width + t->state_width)));
+    }
+    total = keel_size_add(total, keel_size_mul(snap->nshards, PACK_LEN_SIZE + sizeof(entry)));
+    h.range = snap->range;
+    h.ntables = (uint32_t)snap->ntables;
+    h.nblocks = (uint32_t)blocks;
+    h.nshards = (uint32_t)snap->nshards;
+    h.lsn = snap->lsn;
+    h.created_ns = snap->created_ns;
+
+    /* The prefix, room for the header (its digest is known at the end), blocks, shard entries. */
+    keel_buf_grow(out, total);
+    {
+        unsigned char *p = keel_buf_add_zero(out, PACK_PREFIX);
+        keel_store_u32le(p, PACK_MAGIC);
+        keel_store_u16le(p + 4, PACK_VERSION);
+        keel_store_u32le(p + 8,
+                         (uint32_t)(KEEL__SNAP_HEAD_SIZE + snap->ntables * KEEL__SNAP_TABLE_SIZE));
+    }
+    headat = out->len;
+    keel_buf_add_zero(out, KEEL__SNAP_HEAD_SIZE + snap->ntables * KEEL__SNAP_TABLE_SIZE);
+    digest = XXH3_createState();
+    XXH3_64bits_reset(digest);
+    for (size_t i = 0; i < snap->ntables; i++) {
+        const struct keel_snap_table *t = &snap->tables[i];
+        uint32_t per = keel__block_rows(t->width, t->state_width);
+
+        for (uint64_t r = 0; r < t->nrows; r += per) {
+            uint32_t count = t->nrows - r < per ? (uint32_t)(t->nrows - r) : per;
+            size_t size = keel__block_size(count, t->width, t->state_width);
+            unsigned char *p = keel_buf_add_zero(out, PACK_LEN_SIZE + size), sum[8];
+
+            keel_store_u32le(p, (uint32_t)size);
+            keel_store_u64le(sum, keel__block_fill(p + PACK_LEN_SIZE, t, r, count));
+            XXH3_64bits_update(digest, sum, sizeof(sum));
+        }
+    }
+    for (size_t i = 0; i < snap->nshards; i++) {
+        size_t n = keel__shard_encode(entry, sizeof(entry), &snap->shards[i]);
+        unsigned char len[PACK_LEN_SIZE];
+
+        keel_store_u32le(len, (uint32_t)n);
+        keel_buf_add(out, len, sizeof(len));
+        keel_buf_add(out, entry, n);
+        XXH3_64bits_update(digest, entry, 8);
+    }
+    h.digest = XXH3_64bits_digest(digest);
+    XXH3_freeState(digest);
+    keel__snap_head_encode(&head, &h);
+    memcpy(out->buf + headat, head.buf, head.len);
+    keel_buf_release(&head);
+    free(h.dir);
+    return 0;
+}
+
+/*
+ * A piece of a packed snapshot did not decode: report it as damage (checksum
+ * mismatches stay KEEL_ECHECKSUM, every other refusal is KEEL_ECORRUPT).
+ */
+static int unpack_fail(struct keel_error *err, int rc)
+{
+    rc = rc == KEEL_ECHECKSUM ? rc : KEEL_ECORRUPT;
+    if (err != NULL)
+        err->code = rc;
+    return rc;
+}
+
+/* The next length-prefixed piece at *off: its bytes and length. */
+static int unpack_piece(const unsigned char *p, size_t len, size_t *off, const char *what,
+                        uint32_t index, MDB_val *v, struct keel_error *err)
+{
+    uint32_t n;
+
+    if (len - *off < PACK_LEN_SIZE)
+        return keel_err_set(err, KEEL_ECORRUPT, "%s %" PRIu32 ": length cut off at byte %zu", what,
+                            index, *off);
+    n = keel_load_u32le(p + *off);
+    if (n > len - *off - PACK_LEN_SIZE)
+        return keel_err_set(err, KEEL_ECORRUPT,
+                            "%s %" PRIu32 " at byte %zu: %" PRIu32 " bytes, %zu are left", what,
+                            index, *off, n, len - *off - PACK_LEN_SIZE);
+    v->mv_data = (void *)(p + *off + PACK_LEN_SIZE);
+    v->mv_size = n;
+    *off += PACK_LEN_SIZE + (size_t)n;
+    return 0;
+}
+
+/* a + b, or UINT64_MAX when it overflows. */
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/*
+ * Check the header's claims against the `avail` bytes after it and the
+ * caller's bound, before anything is allocated.
+ */
+static int unpack_sizes(const struct keel__snap_head *h, size_t avail, uint64_t max_rows_bytes,
+                        struct keel_error *err)
+{
+    uint64_t need = 0, rows_bytes = 0;
+
+    for (uint32_t i = 0; i < h->ntables; i++) {
+        const struct keel__snap_dir *d = &h->dir[i];
+        uint64_t row = 8 + 4 * ((uint64_t)d->width + d->state_width);
+
+        if (d->nblocks != blocks_of(d->nrows, d->width, d->state_width))
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "header: table %" PRIu32 " has %" PRIu64 " rows in %" PRIu32
+                                " blocks, not as they are packed",
+                                d->table_id, d->nrows, d->nblocks);
+        if (d->nrows > avail / row)
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "header: table %" PRIu32 " claims %" PRIu64
+                                " rows, more than the %zu bytes present hold",
+                                d->table_id, d->nrows, avail);
+        rows_bytes = add_sat(rows_bytes, d->nrows * row);
+    }
+    need = add_sat(rows_bytes, (uint64_t)h->nblocks * (PACK_LEN_SIZE + KEEL__BLOCK_HEAD_SIZE));
+    need = add_sat(need, (uint64_t)h->nshards * (PACK_LEN_SIZE + KEEL__SHARD_HEAD_SIZE));
+    if (need > avail)
+        return keel_err_set(err, KEEL_ECORRUPT,
+                            "header claims at least %" PRIu64
+                            " bytes of blocks and shard entries, %zu are present",
+                            need, avail);
+    if (rows_bytes > max_rows_bytes)
+        return keel_err_set(err, KEEL_EINVAL,
+                            "%" PRIu64 " bytes of rows are more than the limit of %" PRIu64,
+                            rows_bytes, max_rows_bytes);
+    return 0;
+}
+
+/* Read the blocks, then the shard entries, at *off into the tables alloc_tables() made. */
+static int unpack_body(const unsigned char *p, size_t len, size_t *off,
+                       const struct keel__snap_head *h, struct keel_snapshot *snap,
+                       XXH3_state_t *digest, struct keel_error *err)
+{
+    uint32_t block = 0;
+    MDB_val v;
+    int rc;
+
+    for (uint32_t i = 0; i < h->ntables; i++) {
+        struct keel_snap_table *t = &snap->tables[i];
+        uint32_t per = keel__block_rows(t->width, t->state_width);
+
+        for (uint32_t j = 0; j < h->dir[i].nblocks; j++, block++) {
+            uint64_t before = t->nrows, left = h->dir[i].nrows - t->nrows;
+            uint64_t expect = left < per ? left : per;
+
+            rc = unpack_piece(p, len, off, "block", block, &v, err);
+            if (rc == 0)
+                rc = append_block(t, &h->dir[i], block, &v, digest, err);
+            if (rc != 0)
+                return unpack_fail(err, rc);
+            if (t->nrows - before != expect)
+                return keel_err_set(err, KEEL_ECORRUPT,
+                                    "block %" PRIu32 " holds %" PRIu64 " rows, not %" PRIu64
+                                    " as they are packed",
+                                    block, t->nrows - before, expect);
+        }
+        if (t->nrows != h->dir[i].nrows)
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "table %" PRIu32 " has %" PRIu64 " rows, the header says %" PRIu64,
+                                t->table_id, t->nrows, h->dir[i].nrows);
+    }
+    KEEL_ALLOC_ARRAY(snap->shards, h->nshards);
+    for (uint32_t i = 0; i < h->nshards; i++) {
+        struct keel_shard_pos *sp = &snap->shards[i];
+        unsigned char le[8];
+        uint64_t sum;
+
+        rc = unpack_piece(p, len, off, "shard entry", i, &v, err);
+        if (rc == 0)
+            rc = keel__shard_decode(v.mv_data, v.mv_size, sp, &sum, err);
+        if (rc != 0)
+            return unpack_fail(err, keel_err_prefix(err, rc, "shard entry %" PRIu32, i));
+        if (i > 0 && sp->shard <= sp[-1].shard)
+            return keel_err_set(err, KEEL_ECORRUPT,
+                                "shard entry %" PRIu32 ": shard %" PRIu32
+                                " does not follow shard %" PRIu32,
+                                i, sp->shard, sp[-1].shard);
+        snap->nshards++;
+        keel_store_u64le(le, sum);
+        XXH3_64bits_update(digest, le, sizeof(le));
+    }
+    if (*off != len)
+        return keel_err_set(err, KEEL_ECORRUPT, "%zu bytes after the last shard entry", len - *off);
+    return 0;
+}
+
+int keel_snapshot_unpack(const void *data, size_t len, uint64_t max_rows_bytes,
+                         struct keel_snapshot *snap, struct keel_error *err)
+{
+    const unsigned char *p = data;
+    struct keel__snap_head h;
+    XXH3_state_t *digest;
+    uint32_t hlen;
+    size_t off;
+    int rc;
+
+    memset(snap, 0, sizeof(*snap));
+    if (len < PACK_PREFIX)
+        return keel_err_set(err, KEEL_ECORRUPT, "packed snapshot of %zu bytes is too short", len);
+    if (keel_load_u32le(p) != PACK_MAGIC)
+        return keel_err_set(err, KEEL_ECORRUPT, "packed snapshot: bad magic");
+    if (keel_load_u16le(p + 4) != PACK_VERSION)
+        return keel_err_set(err, KEEL_ECORRUPT, "packed snapshot: unknown version %u",
+                            (unsigned)keel_load_u16le(p + 4));
+    if (keel_load_u16le(p + 6) != 0 || keel_load_u32le(p + 12) != 0)
+        return keel_err_set(err, KEEL_ECORRUPT, "packed snapshot: reserved bytes not zero");
+    hlen = keel_load_u32le(p + 8);
+    if (hlen > len - PACK_PREFIX)
+        return keel_err_set(err, KEEL_ECORRUPT,
+                            "packed snapshot: header of %" PRIu32 " bytes, %zu are left", hlen,
+                            len - PACK_PREFIX);
+    rc = keel__snap_head_decode(p + PACK_PREFIX, hlen, &h, err);
+    if (rc != 0)
+        return unpack_fail(err, keel_err_prefix(err, rc, "packed snapshot"));
+    off = PACK_PREFIX + (size_t)hlen;
+    rc = unpack_sizes(&h, len - off, max_rows_bytes, err);
+    if (rc != 0) {
+        free(h.dir);
+        return keel_err_prefix(err, rc, "packed snapshot of range %" PRIu32, h.range);
+    }
+    alloc_tables(snap, h.range, &h);
+    digest = XXH3_createState();
+    XXH3_64bits_reset(digest);
+    rc = unpack_body(p, len, &off, &h, snap, digest, err);
+    if (rc == 0 && XXH3_64bits_digest(digest) != h.digest)
+        rc = keel_err_set(err, KEEL_ECHECKSUM,
+                          "digest of blocks and shard entries does not match the header");
+    XXH3_freeState(digest);
+    if (rc != 0) {
+        keel_err_prefix(err, rc, "packed snapshot of range %" PRIu32, h.range);
+        keel_snapshot_release(snap);
+    }
+    free(h.dir);
+    return rc;
+}
+
+static int install_fn(keel_txn *txn, void *ctx, struct keel_error *err)
+{
+    struct write_ctx *w = ctx;
+    uint64_t dropped = 0;
+    int rc;
+
+    /* Every record of the range, also those past the snapshot (a divergent tail). */
+    rc = keel_ulog_truncate_txn(w->s, txn, w->snap->range, UINT64_MAX, &dropped, err);
+    if (rc == 0)
+        rc = keel_snapshot_put(w->s, txn, w->snap, err);
+    if (rc == 0 && dropped)
+        KEEL_LOG_DEBUG("install of range %" PRIu32 " at LSN %" PRIu64 ": %" PRIu64
+                       " log record(s) dropped",
+                       w->snap->range, w->snap->lsn, dropped);
+    return rc;
+}
+
+int keel_snapshot_install(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err)
+{
+    struct write_ctx w = {s, snap};
+    int rc = keel_snapshot_check(snap, err);
+
+    if (rc == 0)
+        rc = keel_store_write(s, install_fn, &w, err);
+    if (rc != 0)
+        return keel_err_prefix(err, rc, "install of range %" PRIu32, snap->range);
+    return 0;
+}

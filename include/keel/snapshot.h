@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "keel/buf.h"
 #include "keel/err.h"
 #include "keel/proto.h"
 #include "keel/store.h"
@@ -164,5 +165,49 @@ int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel
  * keel_snapshot_load or keel_restore), keeping the shards sorted.
  */
 struct keel_shard_pos *keel_snapshot_shard(struct keel_snapshot *snap, uint32_t shard);
+
+/*
+ * Primary-backup replication: a primary sends a backup a whole range as one
+ * opaque byte string (the "packed" form, docs/storage.md), which the backup
+ * checks and installs.  The packed form is the snapshot header, then the row
+ * blocks and shard entries, each with an explicit length: the same encoders
+ * and checksums as in the store, and every decodable string has exactly one
+ * encoding.
+ */
+
+/*
+ * Append `snap` (checked with the same rules as a write) to `out` as one
+ * self-contained, checksummed byte string: the range's "packed" form, sent
+ * to a backup.  created_ns is packed as it is (0 stays 0).  On error
+ * (KEEL_EINVAL) nothing is appended.
+ */
+int keel_snapshot_pack(const struct keel_snapshot *snap, struct keel_buf *out,
+                       struct keel_error *err);
+
+/*
+ * Decode `len` bytes from anywhere (the network: trusted in nothing, any
+ * alignment) into *snap (owned: release it).  Every length, count, width and
+ * checksum is checked against the bytes present (overflow-checked), keys must
+ * be strictly increasing within their table and carry its id, shards
+ * increasing, blocks split as keel_snapshot_pack() splits them, and no bytes
+ * may follow.  `max_rows_bytes` bounds what may be allocated for the rows
+ * (keys, rows and state, as keel_snapshot_info.bytes): a larger snapshot is
+ * refused with KEEL_EINVAL before anything is allocated (the table and shard
+ * arrays are bounded by the bytes present).  Damage is KEEL_ECORRUPT or
+ * KEEL_ECHECKSUM, naming what is wrong ("packed snapshot of range 3: block 2:
+ * block checksum mismatch"); *snap is zeroed on error.
+ */
+int keel_snapshot_unpack(const void *data, size_t len, uint64_t max_rows_bytes,
+                         struct keel_snapshot *snap, struct keel_error *err);
+
+/*
+ * Make `snap` the range's state in the store, in one durable transaction of
+ * its own: the range's previous snapshot and EVERY update-log record of the
+ * range (any LSN, also above snap->lsn: a backup's divergent tail) are
+ * deleted and `snap` written as its snapshot (checked as by
+ * keel_snapshot_write(); created_ns taken from the clock when 0).  A restore
+ * afterwards gives exactly `snap`.  Nothing changes on error.
+ */
+int keel_snapshot_install(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err);
 
 #endif
