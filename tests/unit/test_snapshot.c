@@ -467,3 +467,377 @@ Test(snapshot, a_new_owner_drops_the_previous_jobs_ranges_and_log)
     cr_assert_eq(keel_snapshot_claim(store, "", prev, sizeof(prev), &dropped, &err), KEEL_EINVAL);
     free_fixture(&f);
 }
+
+/* ---- the packed form and install (primary-backup replication) ---------- */
+
+/* Pack, unpack, compare every field (created_ns too), and pack again to the same bytes. */
+static void assert_round_trip(const struct keel_snapshot *snap, struct keel_buf *packed)
+{
+    struct keel_snapshot got;
+    struct keel_buf again = KEEL_BUF_INIT;
+
+    keel_buf_reset(packed);
+    cr_assert_eq(keel_snapshot_pack(snap, packed, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_unpack(packed->buf, packed->len, UINT64_MAX, &got, &err), 0, "%s",
+                 err.msg);
+    assert_same(snap, &got);
+    cr_assert_eq(got.created_ns, snap->created_ns);
+    cr_assert_eq(got.owned, 1);
+    cr_assert_eq(keel_snapshot_pack(&got, &again, &err), 0, "%s", err.msg);
+    cr_assert_eq(again.len, packed->len);
+    cr_assert_eq(memcmp(again.buf, packed->buf, again.len), 0);
+    keel_snapshot_release(&got);
+    keel_buf_release(&again);
+}
+
+Test(snapshot, packed_form_round_trips)
+{
+    struct fixture f;
+    struct keel_buf b = KEEL_BUF_INIT;
+
+    /* Two tables (one with optimizer state), several 1 MiB blocks, two shards. */
+    make_fixture(&f, 9, 77, 2000, 0.5f);
+    f.snap.created_ns = 1700000000123456789u;
+    f.shards[1].incarnation = UINT64_MAX;
+    f.shards[1].seq = (uint64_t)1 << 40;
+    snprintf(f.shards[1].worker_id, sizeof(f.shards[1].worker_id), "%064d", 7);
+    assert_round_trip(&f.snap, &b);
+    cr_assert_gt(b.len, 2 * KEEL_SNAPSHOT_BLOCK_BYTES);
+
+    /* Without optimizer state, one table, no shards, created_ns 0 kept as 0. */
+    f.snap.ntables = 1;
+    f.snap.tables = &f.tables[1];
+    f.snap.nshards = 0;
+    f.snap.created_ns = 0;
+    f.snap.lsn = UINT64_MAX;
+    assert_round_trip(&f.snap, &b);
+
+    /* A table without rows, and an empty range: no tables, no shards. */
+    struct keel_snap_table empty_table = {7, 4, 1, 0, NULL, NULL, f.tables[0].state};
+    f.snap.tables = &empty_table;
+    assert_round_trip(&f.snap, &b);
+    struct keel_snapshot empty = {.range = 12, .lsn = 3};
+    assert_round_trip(&empty, &b);
+    cr_assert_eq(b.len, 16 + 64);
+
+    /* Pack appends and checks as a write does. */
+    keel_buf_reset(&b);
+    keel_buf_add(&b, "xyz", 3);
+    make_fixture(&f, 1, 1, 3, 0);
+    cr_assert_eq(keel_snapshot_pack(&f.snap, &b, &err), 0, "%s", err.msg);
+    struct keel_snapshot got;
+    cr_assert_eq(memcmp(b.buf, "xyz", 3), 0);
+    cr_assert_eq(keel_snapshot_unpack(b.buf + 3, b.len - 3, UINT64_MAX, &got, &err), 0, "%s",
+                 err.msg);
+    assert_same(&f.snap, &got);
+    keel_snapshot_release(&got);
+    f.tables[0].keys[2] = f.tables[0].keys[1];
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_snapshot_pack(&f.snap, &b, &err), KEEL_EINVAL);
+    cr_assert_eq(b.len, 0);
+    free_fixture(&f);
+    keel_buf_release(&b);
+}
+
+/* A small snapshot with everything: two tables (one with state), two blocks of one, shards. */
+struct small {
+    uint64_t keys1[3], keys2[2];
+    float rows1[6], state1[3], rows2[2];
+    struct keel_snap_table tables[2];
+    struct keel_shard_pos shards[2];
+    struct keel_snapshot snap;
+};
+
+static void make_small(struct small *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (int i = 0; i < 3; i++) {
+        s->keys1[i] = (uint64_t)1 << 48 | (uint64_t)(2 * i + 1);
+        s->rows1[2 * i] = (float)i;
+        s->rows1[2 * i + 1] = -(float)i;
+        s->state1[i] = 0.25f * (float)i;
+    }
+    s->keys2[0] = (uint64_t)3 << 48 | 5;
+    s->keys2[1] = (uint64_t)3 << 48 | 6;
+    s->rows2[0] = 1.5f;
+    s->rows2[1] = 2.5f;
+    s->tables[0] = (struct keel_snap_table){1, 2, 1, 3, s->keys1, s->rows1, s->state1};
+    s->tables[1] = (struct keel_snap_table){3, 1, 0, 2, s->keys2, s->rows2, NULL};
+    s->shards[0] = (struct keel_shard_pos){2, 40, 3, "w1"};
+    s->shards[1] = (struct keel_shard_pos){6, 9, 1, "worker-2"};
+    s->snap = (struct keel_snapshot){.range = 4,
+                                     .lsn = 50,
+                                     .created_ns = 123,
+                                     .ntables = 2,
+                                     .tables = s->tables,
+                                     .nshards = 2,
+                                     .shards = s->shards};
+}
+
+static void assert_refused(const unsigned char *data, size_t len, const char *what, size_t at)
+{
+    struct keel_snapshot got;
+    int rc;
+
+    memset(&got, 0xAB, sizeof(got));
+    keel_error_init(&err);
+    rc = keel_snapshot_unpack(data, len, UINT64_MAX, &got, &err);
+    cr_assert(rc == KEEL_ECORRUPT || rc == KEEL_ECHECKSUM, "%s at %zu: %s (%s)", what, at,
+              keel_err_name(rc), err.msg);
+    cr_assert_neq(err.msg[0], '\0');
+    cr_assert_eq(got.tables, NULL);
+    cr_assert_eq(got.shards, NULL);
+    cr_assert_eq(got.ntables, 0);
+    cr_assert_eq(got.owned, 0);
+}
+
+Test(snapshot, every_truncation_flip_and_extra_byte_is_refused)
+{
+    struct small s;
+    struct keel_buf b = KEEL_BUF_INIT;
+    unsigned char *copy;
+
+    make_small(&s);
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &b, &err), 0, "%s", err.msg);
+    copy = keel_malloc(b.len + 8);
+    for (size_t n = 0; n < b.len; n++) {
+        memcpy(copy, b.buf, n);
+        assert_refused(copy, n, "truncated", n);
+    }
+    for (size_t i = 0; i < b.len; i++)
+        for (int bit = 0; bit < 8; bit++) {
+            memcpy(copy, b.buf, b.len);
+            copy[i] ^= (unsigned char)(1u << bit);
+            assert_refused(copy, b.len, "bit flipped", i);
+        }
+    for (size_t i = 0; i < b.len; i++) {
+        memcpy(copy, b.buf, b.len);
+        copy[i] = (unsigned char)~copy[i];
+        assert_refused(copy, b.len, "byte inverted", i);
+    }
+    memcpy(copy, b.buf, b.len);
+    copy[b.len] = 0;
+    assert_refused(copy, b.len + 1, "trailing byte", b.len);
+    cr_assert(strstr(err.msg, "1 bytes after the last shard entry") != NULL, "%s", err.msg);
+
+    /* The intact bytes, at an odd address, decode. */
+    struct keel_snapshot got;
+    memcpy(copy + 1, b.buf, b.len);
+    cr_assert_eq(keel_snapshot_unpack(copy + 1, b.len, UINT64_MAX, &got, &err), 0, "%s", err.msg);
+    assert_same(&s.snap, &got);
+    keel_snapshot_release(&got);
+    free(copy);
+    keel_buf_release(&b);
+}
+
+Test(snapshot, unpack_names_the_damage)
+{
+    struct small s;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_snapshot got;
+    size_t block0 = 16 + 64 + 2 * 24;
+
+    make_small(&s);
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &b, &err), 0, "%s", err.msg);
+    /* A row of the first block. */
+    b.buf[block0 + 4 + 24 + 3 * 8] ^= 0x10;
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &got, &err), KEEL_ECHECKSUM);
+    cr_assert(strstr(err.msg, "packed snapshot of range 4: block 0: block checksum mismatch") !=
+                  NULL,
+              "%s", err.msg);
+    b.buf[block0 + 4 + 24 + 3 * 8] ^= 0x10;
+    /* The first block's length. */
+    b.buf[block0] = 0xFF;
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &got, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "block 0 at byte 128: 255 bytes") != NULL, "%s", err.msg);
+    /* The magic. */
+    b.buf[0] = 'X';
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &got, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "bad magic") != NULL, "%s", err.msg);
+    keel_buf_release(&b);
+}
+
+Test(snapshot, unpack_refuses_what_breaks_the_rules_even_when_resealed)
+{
+    struct small s;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_snapshot got;
+
+    /* Keys out of order, shards out of order: pack refuses them, and so does unpack
+     * of bytes made with every checksum right (the store's encoders, bypassing the check). */
+    make_small(&s);
+    s.keys1[2] = s.keys1[1];
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &b, &err), KEEL_EINVAL);
+
+    /* Build the packed form by hand with the rule broken. */
+    make_small(&s);
+    s.keys2[1] = (uint64_t)2 << 48 | 9; /* of table 2, in table 3 */
+    struct keel__snap_dir dir[2] = {{1, 2, 1, 1, 3}, {3, 1, 0, 1, 2}};
+    struct keel__snap_head h = {4, 2, 2, 0, 50, 123, 5, 0, dir};
+    XXH3_state_t *d = XXH3_createState();
+    struct keel_buf head = KEEL_BUF_INIT;
+    unsigned char sum[8], len[4];
+    XXH3_64bits_reset(d);
+    keel_buf_add_zero(&b, 16);
+    keel_store_u32le(b.buf, 0x4B50534B);
+    keel_store_u16le(b.buf + 4, 1);
+    keel_store_u32le(b.buf + 8, 64 + 2 * 24);
+    size_t headat = b.len;
+    keel_buf_add_zero(&b, 64 + 2 * 24);
+    for (int i = 0; i < 2; i++) {
+        size_t size = keel__block_size((uint32_t)s.tables[i].nrows, s.tables[i].width,
+                                       s.tables[i].state_width);
+        keel_store_u32le(len, (uint32_t)size);
+        keel_buf_add(&b, len, 4);
+        keel_store_u64le(sum, keel__block_fill(keel_buf_add_zero(&b, size), &s.tables[i], 0,
+                                               (uint32_t)s.tables[i].nrows));
+        XXH3_64bits_update(d, sum, 8);
+    }
+    h.digest = XXH3_64bits_digest(d);
+    XXH3_freeState(d);
+    keel__snap_head_encode(&head, &h);
+    memcpy(b.buf + headat, head.buf, head.len);
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &got, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "block 1: key 0x0002000000000009 out of order or of another table") !=
+                  NULL,
+              "%s", err.msg);
+    cr_assert_eq(got.tables, NULL);
+
+    /* With the key right, the same construction decodes: the test builds real packed bytes. */
+    make_small(&s);
+    s.snap.nshards = 0;
+    struct keel_buf good = KEEL_BUF_INIT;
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &good, &err), 0, "%s", err.msg);
+    s.keys2[1] = (uint64_t)2 << 48 | 9;
+    cr_assert_eq(good.len, b.len);
+    keel_buf_release(&good);
+    keel_buf_release(&head);
+    keel_buf_release(&b);
+}
+
+Test(snapshot, unpack_refuses_more_rows_than_the_limit_before_allocating)
+{
+    struct fixture f;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_snapshot got;
+    /* Table 1: 2000 rows of 8 + 4 * 302 bytes; table 5: 10 rows of 8 + 12. */
+    uint64_t bytes = 2000 * (8 + 4 * 302) + 10 * (8 + 12);
+
+    make_fixture(&f, 6, 8, 2000, 1);
+    cr_assert_eq(keel_snapshot_pack(&f.snap, &b, &err), 0, "%s", err.msg);
+    memset(&got, 0xAB, sizeof(got));
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, bytes - 1, &got, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "packed snapshot of range 6: 2432200 bytes of rows are more than "
+                              "the limit of 2432199") != NULL,
+              "%s", err.msg);
+    cr_assert_eq(got.tables, NULL);
+    cr_assert_eq(got.owned, 0);
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, bytes, &got, &err), 0, "%s", err.msg);
+    assert_same(&f.snap, &got);
+    keel_snapshot_release(&got);
+
+    /* A header claiming more rows than the bytes present is damage, whatever the limit. */
+    struct small s;
+    make_small(&s);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &b, &err), 0, "%s", err.msg);
+    keel_store_u64le(b.buf + 16 + 64 + 16, (uint64_t)1 << 40); /* table 1's rows */
+    keel_store_u64le(b.buf + 16 + 48, ((uint64_t)1 << 40) + 2);
+    keel_store_u64le(b.buf + 16 + 8, XXH3_64bits(b.buf + 32, 64 + 48 - 16));
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &got, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "in 1 blocks, not as they are packed") != NULL, "%s", err.msg);
+    free_fixture(&f);
+    keel_buf_release(&b);
+}
+
+static int count_record(const struct keel_ulog_record *rec, void *ctx, struct keel_error *e)
+{
+    (void)rec;
+    (void)e;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+Test(snapshot, install_replaces_the_snapshot_and_every_log_record)
+{
+    struct fixture old;
+    struct small s;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_snapshot got, sent;
+    struct keel_restore_stats st;
+    struct keel_ulog_record r;
+    int n = 0;
+
+    /* The backup's state: a big snapshot at LSN 10 and log records 11..14. */
+    make_fixture(&old, 4, 10, 3000, 1);
+    cr_assert_eq(keel_snapshot_write(store, &old.snap, &err), 0, "%s", err.msg);
+    for (uint64_t lsn = 11; lsn <= 14; lsn++) {
+        r = push(4, lsn, 1, lsn, 1);
+        cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+    }
+    /* Another range's log is not touched. */
+    r = push(5, 3, 1, 3, 1);
+    cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+
+    /* The primary's state at LSN 12: below the tail (13, 14 diverge) and above the snapshot. */
+    make_small(&s);
+    s.snap.lsn = 12;
+    cr_assert_eq(keel_snapshot_pack(&s.snap, &b, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, UINT64_MAX, &sent, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_install(store, &sent, &err), 0, "%s", err.msg);
+    keel_snapshot_release(&sent);
+
+    cr_assert_eq(keel_ulog_read(store, 4, 0, count_record, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(n, 0, "%d log records left", n);
+    cr_assert_eq(keel_ulog_read(store, 5, 0, count_record, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(keel_restore(store, 4, &got, add_rows, NULL, &st, &err), 0, "%s", err.msg);
+    cr_assert_eq(st.replayed, 0);
+    cr_assert_eq(st.duplicates, 0);
+    cr_assert_eq(got.lsn, 12);
+    cr_assert_eq(got.created_ns, 123);
+    assert_same(&s.snap, &got);
+    keel_snapshot_release(&got);
+
+    /* No block of the old snapshot is left; the range's log goes on after the installed LSN. */
+    keel_txn *txn;
+    MDB_stat ms;
+    uint64_t last = 99;
+    cr_assert_eq(keel_store_read_begin(store, &txn, &err), 0);
+    mdb_stat(keel_txn_mdb(txn), keel_store_dbi(store, KEEL_DB_SNAP_ROWS), &ms);
+    cr_assert_eq(ms.ms_entries, 2, "blocks: %zu", ms.ms_entries);
+    mdb_stat(keel_txn_mdb(txn), keel_store_dbi(store, KEEL_DB_SHARD_POS), &ms);
+    cr_assert_eq(ms.ms_entries, 2);
+    cr_assert_eq(keel_ulog_last_lsn(store, txn, 4, &last, &err), 0);
+    cr_assert_eq(last, 0);
+    keel_store_read_end(store, txn);
+    r = push(4, 13, 1, 13, 1);
+    cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+
+    /* Installing an empty range at a lower LSN also drops records above it, and survives a reopen.
+     */
+    struct keel_snapshot empty = {.range = 4, .lsn = 2};
+    cr_assert_eq(keel_snapshot_install(store, &empty, &err), 0, "%s", err.msg);
+    keel_store_close(store);
+    cr_assert_eq(keel_store_open(&store, tmpdir, NULL, &err), 0, "%s", err.msg);
+    n = 0;
+    cr_assert_eq(keel_ulog_read(store, 4, 0, count_record, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(n, 0);
+    cr_assert_eq(keel_restore(store, 4, &got, add_rows, NULL, &st, &err), 0, "%s", err.msg);
+    cr_assert_eq(got.lsn, 2);
+    cr_assert_eq(got.ntables, 0);
+    cr_assert_eq(got.nshards, 0);
+    cr_assert_neq(got.created_ns, 0);
+    keel_snapshot_release(&got);
+
+    /* A snapshot that breaks the rules changes nothing. */
+    make_small(&s);
+    s.shards[1].shard = 1;
+    cr_assert_eq(keel_snapshot_install(store, &s.snap, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "install of range 4") != NULL, "%s", err.msg);
+    cr_assert_eq(keel_snapshot_read(store, 4, &got, &err), 0, "%s", err.msg);
+    cr_assert_eq(got.lsn, 2);
+    keel_snapshot_release(&got);
+    free_fixture(&old);
+    keel_buf_release(&b);
+}
