@@ -2,10 +2,12 @@
  * make_storage_seeds.c - write the seed corpora of the storage fuzz targets:
  * valid log records (fuzz_ulog), manifests (fuzz_manifest), and snapshot
  * headers, row blocks, shard entries and audit records (fuzz_snapshot),
- * each with the target's leading mode byte where it has one.
+ * and packed range snapshots (fuzz_snapshot_pack), each with the target's
+ * leading mode byte where it has one.
  *
  *   keel-make-storage-seeds FIXTURES_DIR
- * writes FIXTURES_DIR/{ulog,manifest,snapshot}-corpus/ (which must exist).
+ * writes FIXTURES_DIR/{ulog,manifest,snapshot,snapshot_pack}-corpus/ (which
+ * must exist).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -132,6 +134,33 @@ int main(int argc, char **argv)
     keel_buf_reset(&b);
     keel_audit_encode(&b, &a);
     rc |= write_seed(argv[1], "snapshot", "audit", 3, &b);
+
+    /* Packed snapshots (mode 0: as they are, 1: checksums recomputed): two
+     * tables, one with optimizer state, and two shards; one table, no
+     * shards; an empty range. */
+    static uint64_t keys4[2] = {(uint64_t)4 << 48 | 3, (uint64_t)4 << 48 | 8};
+    static float rows4[2] = {-0.25f, 1e30f};
+    struct keel_snap_table pt[2] = {{2, 2, 1, 3, keys, rows, state},
+                                    {4, 1, 0, 2, keys4, rows4, NULL}};
+    struct keel_snapshot ps = {5, 99, 1700000000000000000u, 2, pt, 2, sp, 0};
+    keel_buf_reset(&b);
+    if (keel_snapshot_pack(&ps, &b, &err) != 0) {
+        fprintf(stderr, "cannot pack a snapshot: %s\n", err.msg);
+        return 1;
+    }
+    rc |= write_seed(argv[1], "snapshot_pack", "packed", 0, &b);
+    rc |= write_seed(argv[1], "snapshot_pack", "packed-reseal", 1, &b);
+    ps.ntables = 1;
+    ps.tables = &pt[1];
+    ps.nshards = 0;
+    keel_buf_reset(&b);
+    keel_snapshot_pack(&ps, &b, &err);
+    rc |= write_seed(argv[1], "snapshot_pack", "one-table", 0, &b);
+    ps.ntables = 0;
+    keel_buf_reset(&b);
+    keel_snapshot_pack(&ps, &b, &err);
+    rc |= write_seed(argv[1], "snapshot_pack", "empty", 0, &b);
+    rc |= write_seed(argv[1], "snapshot_pack", "empty-reseal", 1, &b);
 
     keel_buf_release(&b);
     return rc;
