@@ -198,7 +198,8 @@ static void count_changes(const struct fo *w, struct keel_assign_stats *st)
 
 /*
  * Write the new sets back over the servers still in use (live or named by a
- * range), unless nothing changed.  Returns -1 when they are too many.
+ * range), unless nothing changed.  Errors: KEEL_EINVAL when those are more
+ * than a table lists; the table is then unchanged.
  */
 static int write_back(const struct fo *w, keel_assign *a, unsigned replication,
                       struct keel_assign_stats *st, struct keel_error *err)

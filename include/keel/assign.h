@@ -155,8 +155,10 @@ int keel_assign_leave(keel_assign *a, const char *id, struct keel_assign_stats *
 int keel_assign_set_replication(keel_assign *a, unsigned replication,
                                 struct keel_assign_stats *stats, struct keel_error *err);
 
-/* What a server reports holding: terms[r] is the term at which it holds a copy of range r taken
- * from that term's primary, 0 when none. */
+/*
+ * What a server reports holding: terms[r] is the term at which it holds a
+ * copy of range r taken from that term's primary, 0 when none.
+ */
 struct keel_assign_synced {
     const char *id;
     const uint64_t *terms; /* KEEL_PROTO_NRANGES entries */
