@@ -1,8 +1,8 @@
 /*
  * assign_table.h - the inside of a keel_assign, shared by the table's own
  * code (cluster/assignment.c: accessors and the JSON form) and the
- * coordinator's rebalancer (coordinator/assign.c), the only code that
- * changes a table's replica sets.
+ * coordinator's rebalancer and failover (coordinator/assign.c,
+ * coordinator/failover.c), the only code that changes a table's replica sets.
  */
 #ifndef KEEL_ASSIGN_TABLE_H
 #define KEEL_ASSIGN_TABLE_H
@@ -21,6 +21,8 @@ struct keel_assign {
     uint8_t count[KEEL_PROTO_NRANGES];
     uint16_t replica[KEEL_PROTO_NRANGES]
                     [KEEL_ASSIGN_MAX_REPLICATION]; /* indexes into servers; [0] is the primary */
+    uint64_t term[KEEL_PROTO_NRANGES];  /* version at which the primary was chosen; 0 if empty */
+    uint8_t insync[KEEL_PROTO_NRANGES]; /* leading replicas in sync: 1..count, 0 if empty */
 };
 
 /* The index of server `id` in a->servers, or -1. */
@@ -28,5 +30,12 @@ long keel_assign_find_server(const keel_assign *a, const char *id);
 
 /* Whether server index `s` is among the first `n` of `set`. */
 int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s);
+
+/*
+ * Check the live ids `live[0..nlive)` as keel_assign_update() documents
+ * (valid, distinct, at most KEEL_ASSIGN_MAX_SERVERS): returns a keel_malloc()ed
+ * copy of the pointers sorted by strcmp, or NULL with `err` set (KEEL_EINVAL).
+ */
+const char **keel_assign_sorted_ids(const char *const *live, size_t nlive, struct keel_error *err);
 
 #endif

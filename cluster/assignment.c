@@ -87,6 +87,16 @@ const char *keel_assign_primary(const keel_assign *a, unsigned range)
     return a->servers[a->replica[range][0]];
 }
 
+uint64_t keel_assign_term(const keel_assign *a, unsigned range)
+{
+    return range < NR ? a->term[range] : 0;
+}
+
+unsigned keel_assign_insync(const keel_assign *a, unsigned range)
+{
+    return range < NR ? a->insync[range] : 0;
+}
+
 long keel_assign_find_server(const keel_assign *a, const char *id)
 {
     size_t lo = 0, hi = a->nservers;
@@ -113,6 +123,41 @@ int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s)
     return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+const char **keel_assign_sorted_ids(const char *const *live, size_t nlive, struct keel_error *err)
+{
+    const char **ids;
+
+    if (nlive > KEEL_ASSIGN_MAX_SERVERS) {
+        keel_err_set(err, KEEL_EINVAL, "assignment: %zu servers, at most %d are supported", nlive,
+                     KEEL_ASSIGN_MAX_SERVERS);
+        return NULL;
+    }
+    ids = keel_calloc(nlive ? nlive : 1, sizeof(*ids));
+    for (size_t i = 0; i < nlive; i++) {
+        if (live[i] == NULL || !keel_id_valid(live[i])) {
+            keel_err_set(err, KEEL_EINVAL,
+                         "assignment: server id '%s' is not 1-%d of [A-Za-z0-9_-]",
+                         live[i] ? live[i] : "(null)", KEEL_ID_MAX);
+            free(ids);
+            return NULL;
+        }
+        ids[i] = live[i];
+    }
+    qsort(ids, nlive, sizeof(*ids), cmp_str);
+    for (size_t i = 1; i < nlive; i++)
+        if (strcmp(ids[i - 1], ids[i]) == 0) {
+            keel_err_set(err, KEEL_EINVAL, "assignment: server id '%s' is listed twice", ids[i]);
+            free(ids);
+            return NULL;
+        }
+    return ids;
+}
+
 int keel_assign_position(const keel_assign *a, unsigned range, const char *id)
 {
     long s = keel_assign_find_server(a, id);
@@ -123,6 +168,13 @@ int keel_assign_position(const keel_assign *a, unsigned range, const char *id)
         if (a->replica[range][i] == (uint16_t)s)
             return i;
     return -1;
+}
+
+int keel_assign_is_insync(const keel_assign *a, unsigned range, const char *id)
+{
+    int pos = keel_assign_position(a, range, id);
+
+    return pos >= 0 && (unsigned)pos < a->insync[range];
 }
 
 void keel_assign_load(const keel_assign *a, const char *id, unsigned *replicas, unsigned *primaries)
@@ -150,7 +202,7 @@ int keel_assign_equal(const keel_assign *a, const keel_assign *b)
         if (strcmp(a->servers[i], b->servers[i]) != 0)
             return 0;
     for (unsigned r = 0; r < NR; r++) {
-        if (a->count[r] != b->count[r])
+        if (a->count[r] != b->count[r] || a->insync[r] != b->insync[r] || a->term[r] != b->term[r])
             return 0;
         for (int i = 0; i < a->count[r]; i++)
             if (a->replica[r][i] != b->replica[r][i])
@@ -166,6 +218,7 @@ int keel_assign_equal(const keel_assign *a, const keel_assign *b)
 void keel_assign_encode(const keel_assign *a, struct keel_buf *out)
 {
     json_t *root = json_object(), *servers = json_array(), *ranges = json_array();
+    json_t *insync = json_array(), *terms = json_array();
     char *text;
 
     for (size_t i = 0; i < a->nservers; i++)
@@ -176,11 +229,15 @@ void keel_assign_encode(const keel_assign *a, struct keel_buf *out)
         for (unsigned k = 0; k < a->count[r]; k++)
             json_array_append_new(set, json_integer(a->replica[r][k]));
         json_array_append_new(ranges, set);
+        json_array_append_new(insync, json_integer(a->insync[r]));
+        json_array_append_new(terms, json_integer((json_int_t)a->term[r]));
     }
     json_object_set_new(root, "version", json_integer((json_int_t)a->version));
     json_object_set_new(root, "replication", json_integer(a->replication));
     json_object_set_new(root, "servers", servers);
     json_object_set_new(root, "ranges", ranges);
+    json_object_set_new(root, "insync", insync);
+    json_object_set_new(root, "terms", terms);
     text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     if (text == NULL) {
         fprintf(stderr, "keel: out of memory encoding the assignment\n");
@@ -204,12 +261,52 @@ static int bad(struct keel_error *err, const char *fmt, ...)
     return keel_err_set(err, KEEL_ECORRUPT, "assignment: %s", msg);
 }
 
+/*
+ * Range `r` of a table being decoded, whose servers are in: its replica set
+ * `set`, in-sync count `insync` and term `term`.
+ */
+static int decode_range(keel_assign *a, unsigned r, json_t *set, json_t *insync, json_t *term,
+                        struct keel_error *err)
+{
+    size_t n = json_is_array(set) ? json_array_size(set) : 0;
+    json_int_t in = json_is_integer(insync) ? json_integer_value(insync) : -1;
+    json_int_t t = json_is_integer(term) ? json_integer_value(term) : -1;
+
+    /* Sets may be shorter or longer than the replication while a job runs
+     * (keel_assign_failover()), but only a table without servers has empty ones. */
+    if (a->nservers == 0 && (!json_is_array(set) || n != 0))
+        return bad(err, "ranges[%u]: must be an empty array (the table has no server)", r);
+    if (a->nservers > 0 && (!json_is_array(set) || n < 1 || n > MAXR))
+        return bad(err, "ranges[%u]: must be an array of 1-%d server indexes", r, MAXR);
+    for (size_t k = 0; k < n; k++) {
+        json_t *x = json_array_get(set, k);
+        json_int_t v = json_is_integer(x) ? json_integer_value(x) : -1;
+
+        if (v < 0 || (size_t)v >= a->nservers)
+            return bad(err, "ranges[%u][%zu]: must be an index below the server count %zu", r, k,
+                       a->nservers);
+        if (keel_assign_in_set(a->replica[r], (unsigned)k, (uint16_t)v))
+            return bad(err, "ranges[%u][%zu]: server %lld is listed twice", r, k, (long long)v);
+        a->replica[r][k] = (uint16_t)v;
+    }
+    a->count[r] = (uint8_t)n;
+    if (n == 0 ? in != 0 : in < 1 || (size_t)in > n)
+        return bad(err, "insync[%u]: must be an integer %s", r,
+                   n == 0 ? "0 for an empty range" : "from 1 to the replica count");
+    a->insync[r] = (uint8_t)in;
+    if (t < 0 || (uint64_t)t > a->version || (n == 0 && t != 0))
+        return bad(err, "terms[%u]: must be an integer %s", r,
+                   n == 0 ? "0 for an empty range" : "from 0 to the version");
+    a->term[r] = (uint64_t)t;
+    return 0;
+}
+
 int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct keel_error *err)
 {
-    json_t *root, *version, *replication, *servers, *ranges;
+    json_t *root, *version, *replication, *servers, *ranges, *insync, *terms;
     json_error_t jerr;
     keel_assign *a = NULL;
-    size_t nservers, reff;
+    size_t nservers;
     int rc;
 
     *out = NULL;
@@ -226,8 +323,12 @@ int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct k
     replication = json_object_get(root, "replication");
     servers = json_object_get(root, "servers");
     ranges = json_object_get(root, "ranges");
-    if (!version || !replication || !servers || !ranges || json_object_size(root) != 4) {
-        rc = bad(err, "must be an object of exactly ranges, replication, servers and version");
+    insync = json_object_get(root, "insync");
+    terms = json_object_get(root, "terms");
+    if (!version || !replication || !servers || !ranges || !insync || !terms ||
+        json_object_size(root) != 6) {
+        rc = bad(err, "must be an object of exactly insync, ranges, replication, servers, terms "
+                      "and version");
         goto fail;
     }
     if (!json_is_integer(version) || json_integer_value(version) < 0) {
@@ -263,34 +364,23 @@ int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct k
         a->servers[i] = keel_strdup(json_string_value(s));
         a->nservers = i + 1;
     }
-    reff = a->replication < nservers ? a->replication : nservers;
     if (!json_is_array(ranges) || json_array_size(ranges) != NR) {
         rc = bad(err, "ranges: must be an array of %d replica sets", NR);
         goto fail;
     }
+    if (!json_is_array(insync) || json_array_size(insync) != NR) {
+        rc = bad(err, "insync: must be an array of %d counts", NR);
+        goto fail;
+    }
+    if (!json_is_array(terms) || json_array_size(terms) != NR) {
+        rc = bad(err, "terms: must be an array of %d versions", NR);
+        goto fail;
+    }
     for (unsigned r = 0; r < NR; r++) {
-        json_t *set = json_array_get(ranges, r);
-
-        if (!json_is_array(set) || json_array_size(set) != reff) {
-            rc = bad(err, "ranges[%u]: must be an array of %zu server indexes", r, reff);
+        rc = decode_range(a, r, json_array_get(ranges, r), json_array_get(insync, r),
+                          json_array_get(terms, r), err);
+        if (rc != 0)
             goto fail;
-        }
-        for (size_t k = 0; k < reff; k++) {
-            json_t *x = json_array_get(set, k);
-            json_int_t v = json_is_integer(x) ? json_integer_value(x) : -1;
-
-            if (v < 0 || (size_t)v >= nservers) {
-                rc = bad(err, "ranges[%u][%zu]: must be an index below the server count %zu", r, k,
-                         nservers);
-                goto fail;
-            }
-            if (keel_assign_in_set(a->replica[r], (unsigned)k, (uint16_t)v)) {
-                rc = bad(err, "ranges[%u][%zu]: server %lld is listed twice", r, k, (long long)v);
-                goto fail;
-            }
-            a->replica[r][k] = (uint16_t)v;
-        }
-        a->count[r] = (uint8_t)reff;
     }
     json_decref(root);
     *out = a;

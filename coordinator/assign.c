@@ -16,6 +16,9 @@
  *      load is within floor/ceil of the mean;
  *   5. balance primaries by role swaps inside replica sets (no data moves),
  *      along shortest chains found by breadth-first search.
+ * It runs while no job does, so there is no data to sync: every replica of
+ * the result is in sync, and a range whose primary changed starts a term.
+ * While a job runs, keel_assign_failover() (failover.c) changes the table.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +26,6 @@
 
 #include "alloc.h"
 #include "assign_table.h"
-#include "keel/id.h"
 #include "log.h"
 
 #define NR   KEEL_PROTO_NRANGES
@@ -550,45 +552,6 @@ out:
     free(order);
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/*
- * Check and sort the live ids: returns a keel_malloc()ed sorted copy of the
- * pointers, or NULL with `err` set.
- */
-static const char **sorted_ids(const char *const *live, size_t nlive, struct keel_error *err)
-{
-    const char **ids;
-
-    if (nlive > KEEL_ASSIGN_MAX_SERVERS) {
-        keel_err_set(err, KEEL_EINVAL, "assignment: %zu servers, at most %d are supported", nlive,
-                     KEEL_ASSIGN_MAX_SERVERS);
-        return NULL;
-    }
-    ids = keel_calloc(nlive ? nlive : 1, sizeof(*ids));
-    for (size_t i = 0; i < nlive; i++) {
-        if (live[i] == NULL || !keel_id_valid(live[i])) {
-            keel_err_set(err, KEEL_EINVAL,
-                         "assignment: server id '%s' is not 1-%d of [A-Za-z0-9_-]",
-                         live[i] ? live[i] : "(null)", KEEL_ID_MAX);
-            free(ids);
-            return NULL;
-        }
-        ids[i] = live[i];
-    }
-    qsort(ids, nlive, sizeof(*ids), cmp_str);
-    for (size_t i = 1; i < nlive; i++)
-        if (strcmp(ids[i - 1], ids[i]) == 0) {
-            keel_err_set(err, KEEL_EINVAL, "assignment: server id '%s' is listed twice", ids[i]);
-            free(ids);
-            return NULL;
-        }
-    return ids;
-}
-
 int keel_assign_update(keel_assign *a, const char *const *live, size_t nlive,
                        struct keel_assign_stats *stats, struct keel_error *err)
 {
@@ -600,7 +563,7 @@ int keel_assign_update(keel_assign *a, const char *const *live, size_t nlive,
     int changed;
 
     memset(&st, 0, sizeof(st));
-    ids = sorted_ids(live, nlive, err);
+    ids = keel_assign_sorted_ids(live, nlive, err);
     if (ids == NULL)
         return err ? err->code : KEEL_EINVAL;
 
@@ -670,7 +633,8 @@ int keel_assign_update(keel_assign *a, const char *const *live, size_t nlive,
             if (w->pcnt[r] > 0 && !w->alive[w->prev[r][0]] && w->cnt[r] > 0)
                 st.promoted++;
         }
-        if (w->cnt[r] != w->pcnt[r] ||
+        /* With no job running there is no data to sync: every replica is in sync. */
+        if (w->cnt[r] != w->pcnt[r] || a->insync[r] != w->cnt[r] ||
             memcmp(w->rep[r], w->prev[r], w->cnt[r] * sizeof(uint16_t)) != 0)
             changed = 1;
     }
@@ -689,9 +653,14 @@ int keel_assign_update(keel_assign *a, const char *const *live, size_t nlive,
                 servers[k++] = keel_strdup(w->ids[i]);
             }
         for (unsigned r = 0; r < NR; r++) {
-            a->count[r] = w->cnt[r];
+            a->count[r] = a->insync[r] = w->cnt[r];
             for (unsigned q = 0; q < w->cnt[r]; q++)
                 a->replica[r][q] = union_to_new[w->rep[r][q]];
+            /* A new primary starts a term; a primary that stays keeps its own. */
+            if (w->cnt[r] == 0)
+                a->term[r] = 0;
+            else if (w->pcnt[r] == 0 || w->rep[r][0] != w->prev[r][0])
+                a->term[r] = a->version + 1;
         }
         for (i = 0; i < a->nservers; i++)
             free(a->servers[i]);

@@ -7,8 +7,16 @@
  * its backups.  The coordinator's leader computes the table from the set of
  * live servers and stores it in etcd; servers and workers decode it.
  *
- * Invariants of every table these functions return or leave behind, with N
- * the number of servers in the table and r its replication:
+ * For replication each range also has a term, the table version at which
+ * its current primary was chosen (0 for an empty range), and an in-sync
+ * count: how many leading replicas of its set hold every update the primary
+ * acknowledged.  The primary is always in sync, so a non-empty range has
+ * 1..count of them; sets are ordered [primary, in-sync backups..., syncing
+ * backups...].
+ *
+ * Invariants of every table keel_assign_update() and its wrappers return or
+ * leave behind (not of keel_assign_failover()'s, see there), with N the
+ * number of servers in the table and r its replication:
  *  - every range has exactly min(r, N) replicas, all distinct, all in the
  *    table's server list (so with no server every range is empty, and with
  *    fewer servers than r every server holds every range);
@@ -20,6 +28,7 @@
  *    table's own server list.  After several servers left at once, promotion
  *    may pile primaries up; calling keel_assign_update() again with the same
  *    servers ("settling") restores the bound by role swaps alone;
+ *  - every replica is in sync (they run while no job does: no data yet);
  *  - the server list is sorted by id (strcmp) and holds no duplicate.
  *
  * What a change guarantees, comparing a range before and after one call of
@@ -37,8 +46,10 @@
  *    each range the leaver held (none when N falls below r), and moves other
  *    replicas only when the replica sets leave a survivor no other way to
  *    reach the balance floor (stats->placed says how many were placed);
+ *  - terms: a range whose primary is not the one before (or that was
+ *    empty) gets the new version as its term; the others keep theirs;
  *  - the version is incremented exactly when anything but the version
- *    changed (servers, replication or a replica set).
+ *    changed (servers, replication, a replica set or an in-sync count).
  * docs/coordinator.md explains the algorithm.
  *
  * A keel_assign is a plain value: not thread-safe, owned by one thread; it
@@ -101,6 +112,15 @@ const char *keel_assign_primary(const keel_assign *a, unsigned range);
 /* Position of server `id` in the replica set of `range` (0 = primary), or -1. */
 int keel_assign_position(const keel_assign *a, unsigned range, const char *id);
 
+/* The term of `range`: the version at which its primary was chosen (0 when empty). */
+uint64_t keel_assign_term(const keel_assign *a, unsigned range);
+
+/* How many leading replicas of `range` are in sync (0 when empty, else 1..count). */
+unsigned keel_assign_insync(const keel_assign *a, unsigned range);
+
+/* 1 when server `id` is among the in-sync replicas of `range`, else 0. */
+int keel_assign_is_insync(const keel_assign *a, unsigned range, const char *id);
+
 /* How many ranges server `id` holds, and of those how many as primary (0, 0 when unknown). */
 void keel_assign_load(const keel_assign *a, const char *id, unsigned *replicas,
                       unsigned *primaries);
@@ -136,22 +156,70 @@ int keel_assign_set_replication(keel_assign *a, unsigned replication,
                                 struct keel_assign_stats *stats, struct keel_error *err);
 
 /*
+ * What a server reports holding: terms[r] is the term at which it holds a
+ * copy of range r taken from that term's primary, 0 when none.
+ */
+struct keel_assign_synced {
+    const char *id;
+    const uint64_t *terms; /* KEEL_PROTO_NRANGES entries */
+};
+
+/*
+ * Change the table while a job runs, when servers hold data: nothing moves
+ * for balance, and no range is led by a replica that may lack acknowledged
+ * updates.  The new version V is the old one + 1, taken only if anything
+ * changed (stats->changed).  For every range:
+ *  - dead replicas (ids not in `live[0..nlive)`) are removed, keeping the
+ *    order; the in-sync count drops by the in-sync ones removed.  When the
+ *    primary died, the first live in-sync backup leads, with term V
+ *    (stats->promoted);
+ *  - when the primary and every in-sync backup are dead, the range waits for
+ *    one to return: its set, in-sync count and term stay as they are, and
+ *    its dead servers stay in the server list;
+ *  - otherwise the last replicas (syncing first, never the primary) are
+ *    dropped down to `replication`, and syncing backups appended up to
+ *    min(replication, nlive), each on the live server outside the set that
+ *    holds the fewest replicas (then primaries, then id order).  An empty
+ *    range's first replica leads, in sync, with term V;
+ *  - a syncing backup that `synced[0..nsynced)` reports holding at the
+ *    range's term (after promotion) joins the in-sync prefix, after the
+ *    replicas already there.
+ * The server list becomes the live servers plus those a waiting range
+ * names; the table's replication becomes `replication`.  The balance bounds
+ * and the replica count min(r, N) promised above do not hold for the tables
+ * this returns: sets may be short (too few live servers) or long (a waiting
+ * range after the replication fell), and loads follow failures.  `stats`
+ * may be NULL (placed counts syncing backups placed).  Errors: KEEL_EINVAL
+ * for a replication outside 1..KEEL_ASSIGN_MAX_REPLICATION, an id refused
+ * as by keel_assign_update(), or more than KEEL_ASSIGN_MAX_SERVERS servers
+ * to list; the table is then unchanged.
+ */
+int keel_assign_failover(keel_assign *a, unsigned replication, const char *const *live,
+                         size_t nlive, const struct keel_assign_synced *synced, size_t nsynced,
+                         struct keel_assign_stats *stats, struct keel_error *err);
+
+/*
  * Append the table's canonical JSON to `out`:
- *   {"ranges":[[0,2,1],...],"replication":3,"servers":["s1","s2","s3"],"version":7}
+ *   {"insync":[2,1,...],"ranges":[[0,2,1],...],"replication":3,
+ *    "servers":["s1","s2","s3"],"terms":[7,3,...],"version":7}
  * keys sorted, no whitespace; "ranges" has KEEL_PROTO_NRANGES arrays of
- * indexes into "servers", primary first.  The same table always gives the
- * same bytes.
+ * indexes into "servers", primary first; "insync" and "terms" have
+ * KEEL_PROTO_NRANGES integers, each range's in-sync count and term.  The same
+ * table always gives the same bytes.
  */
 void keel_assign_encode(const keel_assign *a, struct keel_buf *out);
 
 /*
  * Decode a table from `len` bytes of JSON at `data`, which may come from
- * anywhere: every field is checked (an object with exactly the four keys
+ * anywhere: every field is checked (an object with exactly the six keys
  * above; version an integer >= 0; replication 1..KEEL_ASSIGN_MAX_REPLICATION;
  * at most KEEL_ASSIGN_MAX_SERVERS distinct valid ids in increasing order;
- * exactly KEEL_PROTO_NRANGES replica sets, each of min(replication, servers)
- * distinct indexes below the server count; input at most KEEL_ASSIGN_MAX_JSON
- * bytes).  The balance bound is not required of a decoded table.
+ * exactly KEEL_PROTO_NRANGES replica sets, each of 1..KEEL_ASSIGN_MAX_REPLICATION
+ * distinct indexes below the server count, or empty when there is no server;
+ * in-sync counts 1..count, 0 for an empty set; terms at most the version, 0
+ * for an empty set; input at most KEEL_ASSIGN_MAX_JSON bytes).  Neither the
+ * balance bound nor min(replication, servers) replicas per range is required
+ * of a decoded table: keel_assign_failover() does not keep them.
  * On success *out is a new table the caller frees with keel_assign_free().
  * Errors: KEEL_ECORRUPT naming the field at fault ("assignment: ranges[17][1]:
  * index 9 is not below the server count 4"); *out is then NULL.

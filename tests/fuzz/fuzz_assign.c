@@ -6,8 +6,9 @@
  * bounds.  A table that decodes must encode to canonical JSON that decodes
  * to the same table and encodes to the same bytes again.  Then the table,
  * however unbalanced, is rebalanced over its own servers, and the result must
- * have min(r, N) distinct replicas per range and every load within
- * floor/ceil of the mean.
+ * have min(r, N) distinct replicas per range, every load within floor/ceil
+ * of the mean and every replica in sync.  A copy goes through a failover in
+ * which its first server died, and must still be a table that decodes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,46 @@
 #include <string.h>
 
 #include "keel/assign.h"
+
+/* In-sync counts and terms as every table has them; `all` when every replica must be in sync. */
+static void check_insync(const keel_assign *a, int all)
+{
+    for (unsigned rg = 0; rg < KEEL_PROTO_NRANGES; rg++) {
+        size_t c = keel_assign_replicas(a, rg, NULL, 0);
+        unsigned in = keel_assign_insync(a, rg);
+        uint64_t t = keel_assign_term(a, rg);
+
+        if (c == 0 ? in != 0 || t != 0
+                   : in < 1 || in > c || t > keel_assign_version(a) || (all && in != c)) {
+            fprintf(stderr, "range %u: %u of %zu in sync, term %llu\n", rg, in, c,
+                    (unsigned long long)t);
+            abort();
+        }
+    }
+}
+
+/* keel_assign_failover() with the first server dead must leave a table that decodes. */
+static void check_failover(keel_assign *a, const char **ids, size_t n)
+{
+    struct keel_buf out = KEEL_BUF_INIT;
+    struct keel_error err;
+    keel_assign *d = NULL;
+
+    keel_error_init(&err);
+    if (keel_assign_failover(a, keel_assign_replication(a), ids + (n > 0), n - (n > 0), NULL, 0,
+                             NULL, &err) != 0) {
+        fprintf(stderr, "failover of a decoded table failed: %s\n", err.msg);
+        abort();
+    }
+    check_insync(a, 0);
+    keel_assign_encode(a, &out);
+    if (keel_assign_decode(out.buf, out.len, &d, &err) != 0) {
+        fprintf(stderr, "a failover's table does not decode: %s\n", err.msg);
+        abort();
+    }
+    keel_assign_free(d);
+    keel_buf_release(&out);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -88,6 +129,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     check_balanced(a);
+    check_insync(a, 1);
+    check_failover(b, ids, n);
     free(ids);
     keel_assign_free(a);
     keel_assign_free(b);

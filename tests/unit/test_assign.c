@@ -266,6 +266,28 @@ static void check_version(const keel_assign *before, const keel_assign *after,
     }
 }
 
+/* After a rebalance every replica is in sync, and only a new primary starts a term. */
+static void check_terms(const keel_assign *before, const keel_assign *after, const char *ctx)
+{
+    for (unsigned rg = 0; rg < NR; rg++) {
+        const char *set[KEEL_ASSIGN_MAX_REPLICATION];
+        const char *pb = keel_assign_primary(before, rg), *pa = keel_assign_primary(after, rg);
+        size_t c = keel_assign_replicas(after, rg, set, KEEL_ASSIGN_MAX_REPLICATION);
+        uint64_t want = pa == NULL                     ? 0
+                        : pb == NULL || strcmp(pa, pb) ? keel_assign_version(after)
+                                                       : keel_assign_term(before, rg);
+
+        cr_assert_eq(keel_assign_insync(after, rg), c, "%s: range %u: %u of %zu in sync", ctx, rg,
+                     keel_assign_insync(after, rg), c);
+        for (size_t i = 0; i < c; i++)
+            cr_assert(keel_assign_is_insync(after, rg, set[i]), "%s: range %u: %s", ctx, rg,
+                      set[i]);
+        cr_assert_eq(keel_assign_term(after, rg), want,
+                     "%s: range %u: term %" PRIu64 ", want %" PRIu64, ctx, rg,
+                     keel_assign_term(after, rg), want);
+    }
+}
+
 static void check_roundtrip(const keel_assign *a, const char *ctx)
 {
     struct keel_buf b = KEEL_BUF_INIT, b2 = KEEL_BUF_INIT;
@@ -616,6 +638,7 @@ static void run_sequence(uint64_t seed, unsigned steps, struct seq_totals *tot)
         }
         check_table(a, &m, op != 1, ctx);
         check_version(before, a, &st, ctx);
+        check_terms(before, a, ctx);
         {
             struct change_counts cc =
                 check_change(before, a, &was, &m, join >= 0 || leave >= 0, ctx);
@@ -655,6 +678,7 @@ static void run_sequence(uint64_t seed, unsigned steps, struct seq_totals *tot)
             strncat(ctx, " (settling)", sizeof(ctx) - strlen(ctx) - 1);
             check_table(a, &m, 1, ctx);
             check_version(mid, a, &st, ctx);
+            check_terms(mid, a, ctx);
             check_change(mid, a, &m, &m, 0, ctx);
             cr_assert_eq(st.placed, 0, "%s: settling moved replicas", ctx);
             keel_assign_free(mid);
@@ -700,6 +724,34 @@ Test(assign, chains_of_old_replicas_restore_balance)
     cr_assert_eq(tot.steps, 100);
 }
 
+Test(assign, rebalancing_puts_every_replica_in_sync_and_new_primaries_in_a_new_term)
+{
+    static const char *const two[] = {"s1", "s2"};
+    keel_assign *a = keel_assign_new(2);
+    unsigned handed = 0;
+
+    cr_assert_eq(keel_assign_join(a, "s1", NULL, NULL), 0);
+    for (unsigned rg = 0; rg < NR; rg++) {
+        cr_assert_eq(keel_assign_term(a, rg), 1);
+        cr_assert_eq(keel_assign_insync(a, rg), 1);
+    }
+    cr_assert_eq(keel_assign_update(a, two, 2, NULL, NULL), 0);
+    cr_assert_eq(keel_assign_version(a), 2);
+    for (unsigned rg = 0; rg < NR; rg++) {
+        int to_s2 = strcmp(keel_assign_primary(a, rg), "s2") == 0;
+
+        cr_assert_eq(keel_assign_insync(a, rg), 2, "range %u", rg);
+        cr_assert(keel_assign_is_insync(a, rg, "s1") && keel_assign_is_insync(a, rg, "s2"));
+        cr_assert_eq(keel_assign_term(a, rg), to_s2 ? 2 : 1, "range %u", rg);
+        handed += to_s2;
+    }
+    cr_assert_geq(handed, NR / 2 - 1, "%u primaries handed to s2", handed);
+    cr_assert_eq(keel_assign_term(a, NR), 0);
+    cr_assert_eq(keel_assign_insync(a, NR), 0);
+    cr_assert_not(keel_assign_is_insync(a, 0, "s3"));
+    keel_assign_free(a);
+}
+
 /* ---- JSON --------------------------------------------------------------- */
 
 Test(assign, encoding_is_canonical_json)
@@ -709,9 +761,11 @@ Test(assign, encoding_is_canonical_json)
 
     cr_assert_eq(keel_assign_join(a, "s1", NULL, NULL), 0);
     keel_assign_encode(a, &b);
-    cr_assert(strncmp((char *)b.buf, "{\"ranges\":[[0],[0],", 19) == 0, "%s", b.buf);
-    cr_assert(strstr((char *)b.buf, "[0]],\"replication\":1,\"servers\":[\"s1\"],\"version\":1}"),
+    cr_assert(strncmp((char *)b.buf, "{\"insync\":[1,1,", 15) == 0, "%s", b.buf);
+    cr_assert(strstr((char *)b.buf, "1,1],\"ranges\":[[0],[0],"), "%s", b.buf);
+    cr_assert(strstr((char *)b.buf, "[0]],\"replication\":1,\"servers\":[\"s1\"],\"terms\":[1,1,"),
               "%s", b.buf);
+    cr_assert(strstr((char *)b.buf, "1,1],\"version\":1}"), "%s", b.buf);
     keel_buf_release(&b);
     keel_assign_free(a);
 }
@@ -725,17 +779,38 @@ static struct bad_json bad_json_cases[] = {
     {"", "not JSON"},
     {"[]", "not a JSON object"},
     {"{\"version\":1}", "exactly"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":1,\"x\":1}", "exactly"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":-1}", "version"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":\"1\"}", "version"},
-    {"{\"ranges\":[],\"replication\":0,\"servers\":[],\"version\":1}", "replication"},
-    {"{\"ranges\":[],\"replication\":6,\"servers\":[],\"version\":1}", "replication"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":{},\"version\":1}", "servers"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[\"a b\"],\"version\":1}", "servers[0]"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[\"b\",\"a\"],\"version\":1}", "servers[1]"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[\"a\",\"a\"],\"version\":1}", "servers[1]"},
-    {"{\"ranges\":[],\"replication\":1,\"servers\":[\"a\"],\"version\":1}", "ranges:"},
-    {"{\"ranges\":[],\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":1}", "not JSON"},
+    /* the form before in-sync counts and terms */
+    {"{\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":1}", "exactly"},
+    {"{\"insync\":[],\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":1}", "exactly"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":1,"
+     "\"x\":1}",
+     "exactly"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":-1}",
+     "version"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[],\"version\":"
+     "\"1\"}",
+     "version"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":0,\"servers\":[],\"version\":1}",
+     "replication"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":6,\"servers\":[],\"version\":1}",
+     "replication"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":{},\"version\":1}",
+     "servers"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[\"a "
+     "b\"],\"version\":1}",
+     "servers[0]"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[\"b\",\"a\"],"
+     "\"version\":1}",
+     "servers[1]"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[\"a\",\"a\"],"
+     "\"version\":1}",
+     "servers[1]"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"replication\":1,\"servers\":[\"a\"],\"version\":"
+     "1}",
+     "ranges:"},
+    {"{\"insync\":[],\"terms\":[],\"ranges\":[],\"ranges\":[],\"replication\":1,\"servers\":[],"
+     "\"version\":1}",
+     "not JSON"},
 };
 
 ParameterizedTestParameters(assign, decoder_refuses_bad_tables)
@@ -757,31 +832,35 @@ ParameterizedTest(struct bad_json *c, assign, decoder_refuses_bad_tables)
     cr_assert(strncmp(err.msg, "assignment: ", 12) == 0, "%s", err.msg);
 }
 
-/* Replace the replica set of range 7 in an encoded 3-server r=2 table. */
-static int decode_with_range7(const char *set, struct keel_error *err)
+/* Where the element of a JSON array that starts at `p` ends. */
+static const char *element_end(const char *p)
+{
+    return *p == '[' ? strchr(p, ']') + 1 : p + strcspn(p, ",]");
+}
+
+/*
+ * Replace element 7 of array `key` ("ranges", "insync" or "terms") in an
+ * encoded 3-server r=2 table of version 1 by `value`, and decode the result.
+ */
+static int decode_patched(const char *key, const char *value, struct keel_error *err)
 {
     static const char *const live[] = {"a", "b", "c"};
     keel_assign *a = keel_assign_new(2), *d = NULL;
     struct keel_buf b = KEEL_BUF_INIT, t = KEEL_BUF_INIT;
+    char pattern[32];
     const char *p;
-    int rc, depth = 0, idx = -1;
+    int rc;
 
     cr_assert_eq(keel_assign_update(a, live, 3, NULL, NULL), 0);
     keel_assign_encode(a, &b);
-    /* Find the 8th inner array after "ranges":[ */
-    p = strstr((char *)b.buf, "[[") + 1;
-    for (const char *q = p; *q; q++) {
-        if (*q == '[' && ++depth == 1 && ++idx == 7) {
-            const char *end = strchr(q, ']');
-
-            keel_buf_add(&t, b.buf, (size_t)(q - (char *)b.buf));
-            keel_buf_add_str(&t, set);
-            keel_buf_add_str(&t, end + 1);
-            break;
-        }
-        if (*q == ']')
-            depth--;
-    }
+    keel_buf_add(&b, "", 1);
+    snprintf(pattern, sizeof(pattern), "\"%s\":[", key);
+    p = strstr((char *)b.buf, pattern) + strlen(pattern);
+    for (int i = 0; i < 7; i++)
+        p = element_end(p) + 1;
+    keel_buf_add(&t, b.buf, (size_t)(p - (char *)b.buf));
+    keel_buf_add_str(&t, value);
+    keel_buf_add_str(&t, element_end(p));
     rc = keel_assign_decode(t.buf, t.len, &d, err);
     keel_assign_free(d);
     keel_assign_free(a);
@@ -795,14 +874,75 @@ Test(assign, decoder_checks_every_replica_set)
     struct keel_error err;
 
     keel_error_init(&err);
-    cr_assert_eq(decode_with_range7("[0,2]", &err), 0, "%s", err.msg);
-    cr_assert_eq(decode_with_range7("[0,3]", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "[0,2]", &err), 0, "%s", err.msg);
+    /* Longer than the replication: a range waiting after the replication fell. */
+    cr_assert_eq(decode_patched("ranges", "[0,2,1]", &err), 0, "%s", err.msg);
+    cr_assert_eq(decode_patched("ranges", "[0,3]", &err), KEEL_ECORRUPT);
     cr_assert(strstr(err.msg, "ranges[7][1]"), "%s", err.msg);
-    cr_assert_eq(decode_with_range7("[1,1]", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "[1,1]", &err), KEEL_ECORRUPT);
     cr_assert(strstr(err.msg, "listed twice"), "%s", err.msg);
-    cr_assert_eq(decode_with_range7("[1]", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "[]", &err), KEEL_ECORRUPT);
     cr_assert(strstr(err.msg, "ranges[7]:"), "%s", err.msg);
-    cr_assert_eq(decode_with_range7("[0,-1]", &err), KEEL_ECORRUPT);
-    cr_assert_eq(decode_with_range7("[0,1.0]", &err), KEEL_ECORRUPT);
-    cr_assert_eq(decode_with_range7("{}", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "[0,-1]", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "[0,1.0]", &err), KEEL_ECORRUPT);
+    cr_assert_eq(decode_patched("ranges", "{}", &err), KEEL_ECORRUPT);
+    /* Shorter than its in-sync count (2). */
+    cr_assert_eq(decode_patched("ranges", "[1]", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync[7]"), "%s", err.msg);
+}
+
+Test(assign, decoder_checks_insync_counts_and_terms)
+{
+    struct keel_error err;
+
+    keel_error_init(&err);
+    cr_assert_eq(decode_patched("insync", "1", &err), 0, "%s", err.msg);
+    cr_assert_eq(decode_patched("terms", "0", &err), 0, "%s", err.msg);
+    /* The primary is always in sync. */
+    cr_assert_eq(decode_patched("insync", "0", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync[7]"), "%s", err.msg);
+    cr_assert_eq(decode_patched("insync", "3", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync[7]"), "%s", err.msg);
+    cr_assert_eq(decode_patched("insync", "\"2\"", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync[7]"), "%s", err.msg);
+    cr_assert_eq(decode_patched("insync", "2,2", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync: must be an array of 256"), "%s", err.msg);
+    /* A term is a version the table had. */
+    cr_assert_eq(decode_patched("terms", "2", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "terms[7]"), "%s", err.msg);
+    cr_assert_eq(decode_patched("terms", "-1", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "terms[7]"), "%s", err.msg);
+    cr_assert_eq(decode_patched("terms", "1,1", &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "terms: must be an array of 256"), "%s", err.msg);
+}
+
+Test(assign, an_empty_range_has_no_insync_replica_and_term_0)
+{
+    static const char *const none[] = {"x"};
+    keel_assign *a = keel_assign_new(1);
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+    keel_assign *d = NULL;
+    char *p;
+
+    keel_error_init(&err);
+    cr_assert_eq(keel_assign_update(a, none, 1, NULL, NULL), 0);
+    cr_assert_eq(keel_assign_update(a, none, 0, NULL, NULL), 0);
+    cr_assert_eq(keel_assign_version(a), 2);
+    cr_assert_eq(keel_assign_insync(a, 0), 0);
+    cr_assert_eq(keel_assign_term(a, 0), 0);
+    check_roundtrip(a, "empty");
+    keel_assign_encode(a, &b);
+    keel_buf_add(&b, "", 1);
+    p = strstr((char *)b.buf, "\"insync\":[0") + 10;
+    *p = '1';
+    cr_assert_eq(keel_assign_decode(b.buf, b.len - 1, &d, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "insync[0]"), "%s", err.msg);
+    *p = '0';
+    p = strstr((char *)b.buf, "\"terms\":[0") + 9;
+    *p = '1';
+    cr_assert_eq(keel_assign_decode(b.buf, b.len - 1, &d, &err), KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "terms[0]"), "%s", err.msg);
+    keel_buf_release(&b);
+    keel_assign_free(a);
 }
