@@ -45,6 +45,8 @@ void keel_key_member(struct keel_buf *out, const char *cluster, const char *role
 void keel_key_election(struct keel_buf *out, const char *cluster);
 void keel_key_leader(struct keel_buf *out, const char *cluster);
 void keel_key_assignment(struct keel_buf *out, const char *cluster);
+/* replicas/<id>: what server `id` holds in sync (its own lease); id NULL: the prefix. */
+void keel_key_replicas(struct keel_buf *out, const char *cluster, const char *id);
 
 /* "/keel/<cluster>/jobs/<job>/", the prefix of every key of a job. */
 void keel_key_job_prefix(struct keel_buf *out, const char *cluster, const char *job);
@@ -68,6 +70,7 @@ enum keel_key_type {
     KEEL_KEY_CANDIDATE,    /* election/coordinator/<lease hex>: lease */
     KEEL_KEY_LEADER,       /* leader */
     KEEL_KEY_ASSIGNMENT,   /* assignment */
+    KEEL_KEY_REPLICAS,     /* replicas/<id>: id */
     KEEL_KEY_JOB_SPEC,     /* jobs/<job>/spec: job */
     KEEL_KEY_JOB_STATE,    /* jobs/<job>/state: job */
     KEEL_KEY_JOB_SHARD,    /* jobs/<job>/shards/<n>: job, num = n */

@@ -22,6 +22,7 @@
 #include "leader.h"
 #include "log.h"
 #include "keel/progress.h"
+#include "keel/replicas.h"
 
 /*
  * Shards written per transaction.  etcd allows 128 compares and 128
@@ -44,7 +45,6 @@ struct keel_leader {
     int64_t newest;              /* the newest revision read or written */
     int read_etcd;               /* the next tick reads etcd, not the view */
     struct server_seen *servers; /* live servers at the last assignment written or checked */
-    int frozen_logged;           /* said once that the assignment is frozen */
     int waiting_logged;          /* said once that the oldest pending job waits for a server */
     size_t nservers;
     int servers_known;         /* `servers` holds what the last tick saw */
@@ -592,11 +592,7 @@ static int write_assignment(keel_leader *l, keel_election *e, const keel_assign 
     return rc;
 }
 
-/*
- * Whether a job is running: its rows live on the primaries it started with.
- * Servers do not stream updates to backups yet, so a backup holds nothing to
- * promote, whatever the job's replication.
- */
+/* Whether a job is running: its rows live on the replicas it started with. */
 static int a_job_running(const struct keel_cstate *s)
 {
     for (size_t i = 0; i < s->njobs; i++)
@@ -606,17 +602,56 @@ static int a_job_running(const struct keel_cstate *s)
     return 0;
 }
 
+/* The live servers' replica reports, from the keys replicas/<id> of their current registration. */
+struct reports {
+    struct keel_replica_report *r;
+    struct keel_assign_synced *synced;
+    size_t n;
+};
+
+static void reports_read(const struct keel_cstate *s, const struct keel_member_info *srv,
+                         size_t nsrv, struct reports *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->r = keel_calloc(nsrv + 1, sizeof(*out->r));
+    out->synced = keel_calloc(nsrv + 1, sizeof(*out->synced));
+    for (size_t i = 0; i < s->kvs.n; i++) {
+        const struct keel_etcd_kv *kv = &s->kvs.kvs[i];
+        struct keel_key k;
+        size_t m;
+
+        if (keel_key_parse_rel(kv->key + strlen(s->prefix), &k) != KEEL_KEY_REPLICAS)
+            continue;
+        for (m = 0; m < nsrv && strcmp(srv[m].id, k.id) != 0; m++)
+            ;
+        if (m == nsrv ||
+            keel_replica_report_decode(kv->value, kv->value_len, &out->r[out->n], NULL) != 0 ||
+            out->r[out->n].incarnation != srv[m].incarnation)
+            continue; /* gone, unreadable, or from before a restart */
+        out->synced[out->n].id = srv[m].id;
+        out->synced[out->n].terms = out->r[out->n].terms;
+        out->n++;
+    }
+}
+
+static void reports_release(struct reports *r)
+{
+    free(r->r);
+    free(r->synced);
+}
+
 /*
  * Bring the assignment up to date with the live servers and `replication`,
  * writing every version that results (see leader.h for the steps).
  *
- * A range's rows live only on its primary (servers do not stream updates to
- * backups yet): moving the range, or promoting a backup, would start it again
- * from the initializer elsewhere and lose the job's updates.  So once a job
- * has started the assignment is frozen: a server that crashes keeps its
- * ranges, workers retry until it is back, and it restores them from its own
- * store (snapshot + update log).  A finished job's state no longer matters: a
- * new job claims the stores afresh (keel_snapshot_claim()).
+ * With no job running there is no data to keep: the rebalancer places and
+ * balances replicas freely.  While a job runs, replica sets change only by
+ * failover (keel_assign_failover()): a dead primary's range is led by an
+ * in-sync backup, new backups start out of sync and enter the in-sync set
+ * once their replica report shows the primary's copy at the range's term,
+ * and a range with no live in-sync replica waits for its primary.  A server
+ * that restarted (a new incarnation) lost its memory: it first leaves every
+ * range ("stay" excludes it), then joins again as a new replica.
  */
 static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
                            unsigned replication, struct keel_error *err)
@@ -626,16 +661,10 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     keel_assign *a = NULL, *before;
     size_t nlive, nstay = 0;
     int64_t mod = s->assignment ? s->assignment->mod_revision : 0;
+    int running = s->assignment != NULL && a_job_running(s);
+    struct reports rep;
     int rc = 0;
 
-    if (s->assignment != NULL && a_job_running(s)) {
-        if (!l->frozen_logged)
-            KEEL_LOG_INFO("a job has started: the assignment stays as it is while it runs "
-                          "(a range's rows live only on its primary)");
-        l->frozen_logged = 1;
-        return 0;
-    }
-    l->frozen_logged = 0;
     srv = keel_cstate_members(s, "server", &nlive);
     live = keel_calloc(nlive + 1, sizeof(*live));
     stay = keel_calloc(nlive + 1, sizeof(*stay));
@@ -650,11 +679,13 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         else
             stay[nstay++] = srv[i].id;
     }
+    reports_read(s, srv, nlive, &rep);
     if (s->assignment) {
         if (keel_assign_decode(s->assignment->value, s->assignment->value_len, &a, err) != 0) {
             KEEL_LOG_ERROR("the assignment in etcd is unreadable, computing a new one: %s",
                            err->msg);
             keel_error_init(err);
+            running = 0; /* nothing to fail over from */
         }
     }
     if (a == NULL)
@@ -663,18 +694,29 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     for (int step = 0; step < 4 && rc == 0; step++) {
         static const char *const why[] = {"replication", "servers changed",
                                           "restarted servers rejoined", "settled"};
+        static const char *const fwhy[] = {"failover", "restarted servers rejoined",
+                                           "backups in sync", NULL};
         struct keel_assign_stats st;
 
         memset(&st, 0, sizeof(st));
         before = keel_assign_clone(a);
-        if (step == 0 && keel_assign_replication(a) != replication)
+        if (running) {
+            if (fwhy[step] == NULL) {
+                keel_assign_free(before);
+                break;
+            }
+            rc = keel_assign_failover(a, replication, step == 0 ? stay : live,
+                                      step == 0 ? nstay : nlive, rep.synced, rep.n, &st, err);
+        } else if (step == 0 && keel_assign_replication(a) != replication) {
             rc = keel_assign_set_replication(a, replication, &st, err);
-        else if (step == 1)
+        } else if (step == 1) {
             rc = keel_assign_update(a, stay, nstay, &st, err);
-        else if (step >= 2)
+        } else if (step >= 2) {
             rc = keel_assign_update(a, live, nlive, &st, err);
+        }
         if (rc == 0 && st.changed)
-            rc = write_assignment(l, e, before, a, &st, why[step], &mod, err);
+            rc = write_assignment(l, e, before, a, &st, running ? fwhy[step] : why[step], &mod,
+                                  err);
         keel_assign_free(before);
     }
     if (rc == 1) {
@@ -691,6 +733,7 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     } else if (rc != KEEL_EEPOCH && rc != KEEL_EINDOUBT) {
         KEEL_LOG_WARN("assignment: %s", err->msg);
     }
+    reports_release(&rep);
     keel_assign_free(a);
     free(live);
     free(stay);
@@ -758,6 +801,7 @@ static int interesting(const keel_leader *l, const char *key)
 
     switch (keel_key_parse(key, l->cluster, &k)) {
     case KEEL_KEY_MEMBER:
+    case KEEL_KEY_REPLICAS: /* a backup may be in sync now */
     case KEEL_KEY_JOB_SPEC:
     case KEEL_KEY_JOB_STATE:
     case KEEL_KEY_JOB_PROGRESS:

@@ -8,7 +8,8 @@
 /* Indexed by enum keel_role; a bit per message type. */
 static const unsigned allowed[] = {
     [KEEL_ROLE_COORDINATOR] = BIT(KEEL_MSG_HELLO) | BIT(KEEL_MSG_ADMIN),
-    [KEEL_ROLE_SERVER] = BIT(KEEL_MSG_HELLO) | BIT(KEEL_MSG_REPLICATE) | BIT(KEEL_MSG_PULL) |
+    [KEEL_ROLE_SERVER] = BIT(KEEL_MSG_HELLO) | BIT(KEEL_MSG_REPLICATE) | BIT(KEEL_MSG_RANGE_COPY) |
+                         BIT(KEEL_MSG_PULL) |
                          BIT(KEEL_MSG_SHARD_READ),
     [KEEL_ROLE_WORKER] =
         BIT(KEEL_MSG_HELLO) | BIT(KEEL_MSG_PUSH) | BIT(KEEL_MSG_PULL) | BIT(KEEL_MSG_SHARD_READ),

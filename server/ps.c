@@ -23,6 +23,7 @@
 struct range_state {
     pthread_mutex_t lock;
     int held;
+    int primary; /* pushes and pulls are served; else a backup's copy, fed by REPLICATE */
     struct keel_snapshot snap;
 };
 
@@ -212,6 +213,7 @@ int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
         r->snap.nshards = nshards;
     }
     r->held = 1;
+    r->primary = 1;
 out:
     pthread_mutex_unlock(&r->lock);
     if (out != NULL)
@@ -236,7 +238,116 @@ void keel_ps_close_range(struct keel_ps *ps, unsigned range)
     pthread_mutex_lock(&r->lock);
     keel_snapshot_release(&r->snap);
     r->held = 0;
+    r->primary = 0;
     pthread_mutex_unlock(&r->lock);
+}
+
+int keel_ps_is_primary(struct keel_ps *ps, unsigned range)
+{
+    int primary;
+
+    pthread_mutex_lock(&ps->ranges[range].lock);
+    primary = ps->ranges[range].held && ps->ranges[range].primary;
+    pthread_mutex_unlock(&ps->ranges[range].lock);
+    return primary;
+}
+
+void keel_ps_set_primary(struct keel_ps *ps, unsigned range, int primary)
+{
+    pthread_mutex_lock(&ps->ranges[range].lock);
+    ps->ranges[range].primary = ps->ranges[range].held && primary;
+    pthread_mutex_unlock(&ps->ranges[range].lock);
+}
+
+/* Whether `snap` has the shape of this job's range `range` (tables, widths, keys). */
+static int check_copy(const struct keel_ps *ps, unsigned range, const struct keel_snapshot *snap,
+                      struct keel_error *err)
+{
+    if (snap->range != range || snap->ntables != ps->ntables)
+        return keel_err_set(err, KEEL_EINVAL, "copy of range %u: range %u with %zu tables, not "
+                            "%zu", range, snap->range, snap->ntables, ps->ntables);
+    for (size_t i = 0; i < ps->ntables; i++) {
+        const struct keel_snap_table *t = &snap->tables[i];
+
+        if (t->table_id != ps->tables[i].id || t->width != ps->tables[i].row_width ||
+            t->state_width != ps->state_width[i])
+            return keel_err_set(err, KEEL_EINVAL,
+                                "copy of range %u: table %" PRIu32 " is not the job's table %u "
+                                "of width %" PRIu32,
+                                range, t->table_id, ps->tables[i].id, ps->tables[i].row_width);
+        for (uint64_t k = 0; k < t->nrows; k++)
+            if (keel_range_of(t->keys[k]) != range || keel_key_row(t->keys[k]) >= ps->tables[i].rows)
+                return keel_err_set(err, KEEL_EINVAL, "copy of range %u: key %llu is not one of "
+                                    "its rows", range, (unsigned long long)t->keys[k]);
+    }
+    return 0;
+}
+
+int keel_ps_install(struct keel_ps *ps, unsigned range, struct keel_snapshot *snap,
+                    struct keel_error *err)
+{
+    struct range_state *r = &ps->ranges[range];
+    int rc;
+
+    if (range >= KEEL_PROTO_NRANGES || (rc = check_copy(ps, range, snap, err)) != 0)
+        return range >= KEEL_PROTO_NRANGES ? keel_err_set(err, KEEL_EINVAL, "range %u", range)
+                                           : rc;
+    pthread_mutex_lock(&r->lock);
+    keel_snapshot_release(&r->snap);
+    r->snap = *snap;
+    r->snap.owned = 1;
+    r->held = 1;
+    r->primary = 0;
+    pthread_mutex_unlock(&r->lock);
+    memset(snap, 0, sizeof(*snap));
+    return 0;
+}
+
+int keel_ps_replicate(struct keel_ps *ps, unsigned range, uint64_t lsn,
+                      const struct keel_msg_push *push, struct keel_error *err)
+{
+    const struct keel_rows *d = &push->data;
+    struct range_state *r;
+    struct keel_shard_pos *sp;
+    int rc = 0;
+
+    if (range >= KEEL_PROTO_NRANGES)
+        return keel_err_set(err, KEEL_EINVAL, "replicate: range %u", range);
+    for (uint32_t k = 0; k < d->nkeys; k++)
+        if (keel_range_of(d->keys[k]) != range)
+            return keel_err_set(err, KEEL_EINVAL, "replicate: key %llu is not in range %u",
+                                (unsigned long long)d->keys[k], range);
+    r = &ps->ranges[range];
+    pthread_mutex_lock(&r->lock);
+    if (!r->held || r->primary) {
+        rc = keel_err_set(err, KEEL_EEPOCH, "range %u is %s here", range,
+                          r->held ? "led" : "not copied");
+        goto out;
+    }
+    if (lsn <= r->snap.lsn) {
+        rc = 1; /* held already (a copy covered it) */
+        goto out;
+    }
+    if (lsn != r->snap.lsn + 1) {
+        rc = keel_err_set(err, KEEL_EUNAVAILABLE,
+                          "range %u: update %" PRIu64 " does not follow %" PRIu64 " held here",
+                          range, lsn, r->snap.lsn);
+        goto out;
+    }
+    sp = keel_snapshot_shard(&r->snap, push->shard);
+    if (sp->seq < push->seq) {
+        if ((rc = apply_rows(ps, &r->snap, push, err)) != 0)
+            goto out;
+        sp = keel_snapshot_shard(&r->snap, push->shard);
+        sp->seq = push->seq;
+        sp->incarnation = push->incarnation;
+        snprintf(sp->worker_id, sizeof(sp->worker_id), "%.*s", (int)push->worker_id.len,
+                 push->worker_id.ptr);
+    }
+    r->snap.lsn = lsn;
+out:
+    pthread_mutex_unlock(&r->lock);
+    return rc;
 }
 
 void keel_ps_result_release(struct keel_ps_result *r)
@@ -400,8 +511,8 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         unsigned range = keel_range_of(keys[i]);
 
         pthread_mutex_lock(&ps->ranges[range].lock);
-        if (!ps->ranges[range].held && rc == 0)
-            rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+        if (!ps->ranges[range].primary && rc == 0)
+            rc = keel_err_set(err, KEEL_EREDIRECT, "range %u is not led here", range);
         while (i < d->nkeys && keel_range_of(keys[i]) == range)
             i++;
     }
@@ -492,9 +603,9 @@ int keel_ps_pull(struct keel_ps *ps, uint32_t table_id, uint32_t row_width, cons
         int64_t at;
 
         pthread_mutex_lock(&r->lock);
-        if (!r->held) {
+        if (!r->primary) {
             pthread_mutex_unlock(&r->lock);
-            return keel_err_set(err, KEEL_EREDIRECT, "range %u is not held here", range);
+            return keel_err_set(err, KEEL_EREDIRECT, "range %u is not led here", range);
         }
         t = keel_snapshot_table(&r->snap, table_id);
         at = t && t->width == row_width ? keel_snap_table_find(t, keys[k]) : -1;

@@ -55,6 +55,37 @@ int keel_ps_holds(struct keel_ps *ps, unsigned range);
 /* Drop a range (it moved to another server). */
 void keel_ps_close_range(struct keel_ps *ps, unsigned range);
 
+/*
+ * Replication.  A held range is either led here (its primary: pushes and
+ * pulls are served; keel_ps_open_range() opens ranges so) or a backup's copy
+ * (only REPLICATE changes it; pushes and pulls are redirected).
+ */
+int keel_ps_is_primary(struct keel_ps *ps, unsigned range);
+
+/* Lead a held range from now on (promotion), or stop leading it. */
+void keel_ps_set_primary(struct keel_ps *ps, unsigned range, int primary);
+
+/*
+ * Make `snap` (owned, e.g. from keel_snapshot_unpack()) the range's state as
+ * a backup's copy, replacing whatever was held: it must have the job's tables
+ * with their widths, and only keys of the range (KEEL_EINVAL otherwise, and
+ * nothing changes).  On success the arrays belong to the range and *snap is
+ * zeroed.
+ */
+int keel_ps_install(struct keel_ps *ps, unsigned range, struct keel_snapshot *snap,
+                    struct keel_error *err);
+
+/*
+ * Apply the primary's update `lsn` of a backup's range: `push` is the part of
+ * a push in `range` with its position id in push->shard (as logged).  It must
+ * follow the range's LSN (KEEL_EUNAVAILABLE for a gap); at or below it, 1 and
+ * nothing changes (a copy covered it).  The same exactly-once rule as a push
+ * applies, so the copy's rows stay equal to the primary's.  KEEL_EEPOCH when
+ * the range is not a backup's copy here.
+ */
+int keel_ps_replicate(struct keel_ps *ps, unsigned range, uint64_t lsn,
+                      const struct keel_msg_push *push, struct keel_error *err);
+
 /* What a push did in one range, for the update log. */
 struct keel_ps_applied {
     uint32_t range;

@@ -1145,7 +1145,7 @@ static int unpack_body(const unsigned char *p, size_t len, size_t *off,
                        XXH3_state_t *digest, struct keel_error *err)
 {
     uint32_t block = 0;
-    MDB_val v;
+    MDB_val v = {0, NULL};
     int rc;
 
     for (uint32_t i = 0; i < h->ntables; i++) {

@@ -371,16 +371,30 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
                                 m->u.error.code);
         return rd_str(r, KEEL_PROTO_MAX_MESSAGE, "message", &m->u.error.message);
     case KEEL_MSG_REPLICATE:
-        if ((rc = rd_need(r, 16, "replicate")) != 0)
+        if ((rc = rd_need(r, 24, "replicate")) != 0)
             return rc;
         m->u.replicate.range = rd_u32(r);
         if ((rc = rd_reserved32(r, "replicate reserved field")) != 0)
             return rc;
+        m->u.replicate.term = rd_u64(r);
         m->u.replicate.lsn = rd_u64(r);
         if (m->u.replicate.range >= KEEL_PROTO_NRANGES)
             return keel_err_set(r->err, KEEL_EINVAL, "replicate: range %" PRIu32 " not below %d",
                                 m->u.replicate.range, KEEL_PROTO_NRANGES);
         return rd_push(r, &m->u.replicate.push);
+    case KEEL_MSG_RANGE_COPY:
+        if ((rc = rd_need(r, 16, "range copy")) != 0)
+            return rc;
+        m->u.range_copy.range = rd_u32(r);
+        if ((rc = rd_reserved32(r, "range copy reserved field")) != 0)
+            return rc;
+        m->u.range_copy.term = rd_u64(r);
+        if (m->u.range_copy.range >= KEEL_PROTO_NRANGES)
+            return keel_err_set(r->err, KEEL_EINVAL, "range copy: range %" PRIu32 " not below %d",
+                                m->u.range_copy.range, KEEL_PROTO_NRANGES);
+        m->u.range_copy.payload = keel_view_make(r->p + r->off, r->len - r->off);
+        r->off = r->len;
+        return 0;
     case KEEL_MSG_SHARD_READ:
         if ((rc = rd_need(r, 16, "shard read")) != 0)
             return rc;
@@ -557,7 +571,13 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
                                 m->u.replicate.range, KEEL_PROTO_NRANGES);
         if ((rc = push_size(&m->u.replicate.push, size, err)) != 0)
             return rc;
-        *size += 16;
+        *size += 24;
+        return 0;
+    case KEEL_MSG_RANGE_COPY:
+        if (m->u.range_copy.range >= KEEL_PROTO_NRANGES)
+            return keel_err_set(err, KEEL_EINVAL, "range copy: range %" PRIu32 " not below %d",
+                                m->u.range_copy.range, KEEL_PROTO_NRANGES);
+        *size = 16 + m->u.range_copy.payload.len;
         return 0;
     case KEEL_MSG_SHARD_READ:
         *size = 16 + str_size(m->u.shard_read.dataset);
@@ -643,8 +663,15 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
     case KEEL_MSG_REPLICATE:
         keel_buf_add_u32le(out, m->u.replicate.range);
         keel_buf_add_u32le(out, 0);
+        keel_buf_add_u64le(out, m->u.replicate.term);
         keel_buf_add_u64le(out, m->u.replicate.lsn);
         wr_push(out, body, &m->u.replicate.push);
+        break;
+    case KEEL_MSG_RANGE_COPY:
+        keel_buf_add_u32le(out, m->u.range_copy.range);
+        keel_buf_add_u32le(out, 0);
+        keel_buf_add_u64le(out, m->u.range_copy.term);
+        keel_buf_add(out, m->u.range_copy.payload.data, m->u.range_copy.payload.len);
         break;
     case KEEL_MSG_SHARD_READ:
         keel_buf_add_u32le(out, m->u.shard_read.shard);

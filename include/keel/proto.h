@@ -55,7 +55,8 @@
     X(REPLICATE, 7)                                                                                \
     X(SHARD_READ, 8)                                                                               \
     X(SHARD_DATA, 9)                                                                               \
-    X(ADMIN, 10)
+    X(ADMIN, 10)                                                                                   \
+    X(RANGE_COPY, 11)
 
 enum keel_msg_type {
 #define KEEL__MSG_ENUM(name, value) KEEL_MSG_##name = value,
@@ -63,7 +64,7 @@ enum keel_msg_type {
 #undef KEEL__MSG_ENUM
 };
 
-#define KEEL_MSG_TYPE_MAX 10
+#define KEEL_MSG_TYPE_MAX 11
 
 /* Header flags; any other bit, or LAST on a type other than SHARD_DATA, is refused (KEEL_EFLAGS).
  */
@@ -152,10 +153,29 @@ struct keel_msg_error {
     struct keel_str message;
 };
 
+/*
+ * A primary's update of one range, forwarded to a backup: the part of a push
+ * in `range`, as the primary applied it (its shard is the position id), with
+ * the LSN it gave it and the range's term (the assignment version at which
+ * the sender was chosen as the range's primary).  A backup refuses a term
+ * older than the one it knows, and an LSN that does not follow its own.
+ */
 struct keel_msg_replicate {
     uint32_t range;
+    uint64_t term;
     uint64_t lsn;
     struct keel_msg_push push;
+};
+
+/*
+ * A primary's copy of a whole range, sent to a backup before any REPLICATE
+ * that follows it: the payload is the range's packed snapshot
+ * (keel_snapshot_pack(): rows, optimizer state, exactly-once positions, LSN).
+ */
+struct keel_msg_range_copy {
+    uint32_t range;
+    uint64_t term;
+    struct keel_view payload;
 };
 
 struct keel_msg_shard_read {
@@ -189,6 +209,7 @@ struct keel_msg {
         struct keel_msg_ack ack;
         struct keel_msg_error error;
         struct keel_msg_replicate replicate;
+        struct keel_msg_range_copy range_copy;
         struct keel_msg_shard_read shard_read;
         struct keel_msg_shard_data shard_data;
         struct keel_msg_admin admin;

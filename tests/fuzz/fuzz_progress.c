@@ -1,6 +1,7 @@
 /*
  * fuzz_progress.c - libFuzzer target for the decoders of a worker's progress
- * and evaluation reports (keel/progress.h), which read JSON from etcd.
+ * and evaluation reports (keel/progress.h) and of a server's replica report
+ * (keel/replicas.h), which read JSON from etcd.
  *
  * The input goes to both decoders.  What decodes must encode to JSON that
  * decodes again and encodes to the same bytes; what is refused must say why
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "keel/progress.h"
+#include "keel/replicas.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -29,6 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct keel_buf a = KEEL_BUF_INIT, b = KEEL_BUF_INIT;
     struct keel_progress p, p2;
     struct keel_eval e, e2;
+    static struct keel_replica_report r, r2;
     struct keel_error err;
 
     keel_error_init(&err);
@@ -55,6 +58,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         keel_eval_encode(&e2, &b);
         same(&a, &b, "eval");
     } else if (err.msg[0] == '\0' || e.worker[0] != '\0') {
+        abort();
+    }
+    keel_buf_reset(&a);
+    keel_buf_reset(&b);
+    keel_error_init(&err);
+    if (keel_replica_report_decode(data, size, &r, &err) == 0) {
+        keel_replica_report_encode(&r, &a);
+        if (keel_replica_report_decode(a.buf, a.len, &r2, &err) != 0) {
+            fprintf(stderr, "re-decoding a replica report failed: %s\n", err.msg);
+            abort();
+        }
+        keel_replica_report_encode(&r2, &b);
+        same(&a, &b, "replicas");
+    } else if (err.msg[0] == '\0' || r.incarnation != 0) {
         abort();
     }
     keel_buf_release(&a);

@@ -106,6 +106,11 @@ int main(int argc, char **argv)
             m.u.shard_data.offsets = offsets;
             m.u.shard_data.data = (const unsigned char *)"helloabcd";
             break;
+        case KEEL_MSG_RANGE_COPY:
+            m.u.range_copy.range = 7;
+            m.u.range_copy.term = 3;
+            m.u.range_copy.payload = keel_view_make("packed range", 12);
+            break;
         case KEEL_MSG_ADMIN:
             m.u.admin.op = 1;
             m.u.admin.payload = keel_view_make("{\"op\":\"status\"}", 15);

@@ -10,11 +10,13 @@
 #   job_field FIELD        a field of `keelctl job show r1 --json`
 #   done_batches           batches r1's shards' recorded positions are past, over
 #                          every pass (150 batches a pass: softmax, batch 100, 4 shards)
-#   check_stores PUSHES PASS
-#                          with the cluster down, read s1's and s2's stores as a
-#                          server restores them: every range holding rows applied
-#                          exactly PUSHES pushes and records every shard at the end
-#                          of pass PASS, and the two hold the model's 10 rows
+#   check_stores PUSHES PASS [SERVERS ROWS]
+#                          with the cluster down, read the stores of SERVERS (default
+#                          "s1 s2") as a server restores them: every range holding rows
+#                          applied exactly PUSHES pushes and records every shard at the
+#                          end of pass PASS, and together they hold ROWS rows (default
+#                          10: the model once); then every range held by more than one
+#                          of them has the same digest (rows and optimizer state) on each
 
 cluster=$srcdir/scripts/cluster.sh
 helper=$bindir/keel-test-train
@@ -45,9 +47,11 @@ print(sum(s["pass"] * 150 + s["batch"] for s in j["shard_leases"]))' 2>/dev/null
 }
 
 check_stores() {
-    local pushes=$1 seq_end rows=0 s range lsn nrows rest shard
+    local pushes=$1 seq_end rows=0 s range lsn nrows rest shard digest
+    local servers=${3:-s1 s2} want_rows=${4:-10}
+    declare -A digests=()
     seq_end=$("$helper" seq "$2" 150)
-    for s in s1 s2; do
+    for s in $servers; do
         run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
         expect_status 0 "dump the ranges of $s"
         while read -r _ range _ lsn _ nrows rest; do
@@ -61,7 +65,17 @@ check_stores() {
                     fail "$s range $range: shard $shard is not at the end of pass $2" "$rest"
                 fi
             done
+            digest=${rest##* digest }
+            if [ -z "${digests[$range]:-}" ]; then
+                digests[$range]=$digest
+            elif [ "${digests[$range]}" = "$digest" ]; then
+                ok
+            else
+                fail "range $range: $s's copy differs from another replica's" \
+                    "${digests[$range]} vs $digest"
+            fi
         done <<<"$run_out"
     done
-    [ "$rows" = 10 ] && ok || fail "the servers hold $rows rows of the model, expected 10"
+    [ "$rows" = "$want_rows" ] && ok ||
+        fail "the servers hold $rows rows of the model, expected $want_rows"
 }

@@ -223,10 +223,12 @@ Test(proto, replicate_round_trips_with_nested_push)
     struct keel_buf b;
 
     m.u.replicate.range = 255;
+    m.u.replicate.term = 42;
     m.u.replicate.lsn = 123456789;
     fill_push(&m.u.replicate.push);
     round_trip(&m, &b, &out);
     cr_assert_eq(out.u.replicate.range, 255);
+    cr_assert_eq(out.u.replicate.term, 42);
     cr_assert_eq(out.u.replicate.lsn, 123456789);
     assert_str(out.u.replicate.push.worker_id, "worker-7");
     cr_assert_eq(out.u.replicate.push.seq, m.u.replicate.push.seq);
@@ -270,6 +272,29 @@ Test(proto, shard_data_round_trips)
     cr_assert_eq(out.u.shard_data.total, 13);
     cr_assert_eq(memcmp(out.u.shard_data.offsets, offsets, sizeof(offsets)), 0);
     cr_assert_eq(memcmp(out.u.shard_data.data, "abcdefgh", 8), 0);
+    keel_buf_release(&b);
+}
+
+Test(proto, range_copy_round_trips_and_refuses_a_range_past_255)
+{
+    struct keel_msg m = make(KEEL_MSG_RANGE_COPY), out;
+    struct keel_buf b;
+    struct keel_error err;
+
+    m.u.range_copy.range = 17;
+    m.u.range_copy.term = 9;
+    m.u.range_copy.payload = keel_view_make("packed", 6);
+    round_trip(&m, &b, &out);
+    cr_assert_eq(out.u.range_copy.range, 17);
+    cr_assert_eq(out.u.range_copy.term, 9);
+    cr_assert_eq(out.u.range_copy.payload.len, 6);
+    cr_assert_eq(memcmp(out.u.range_copy.payload.data, "packed", 6), 0);
+    keel_buf_release(&b);
+
+    b = (struct keel_buf)KEEL_BUF_INIT;
+    m.u.range_copy.range = 256;
+    keel_error_init(&err);
+    cr_assert_eq(keel_proto_encode(&b, &m, &err), KEEL_EINVAL);
     keel_buf_release(&b);
 }
 
@@ -422,7 +447,7 @@ Test(proto, version_mismatch_is_answered_with_a_clear_error)
     cr_assert_eq(out.hdr.request_id, UINT64_C(0x1122334455667788));
     cr_assert_eq(out.u.error.code, KEEL_EVERSION);
     snprintf(text, sizeof(text), "%.*s", (int)out.u.error.message.len, out.u.error.message.ptr);
-    cr_assert_str_eq(text, "unsupported protocol version 1: this node speaks version 2");
+    cr_assert_str_eq(text, "unsupported protocol version 1: this node speaks version 3");
     keel_buf_release(&in);
     keel_buf_release(&reply);
 }

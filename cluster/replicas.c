@@ -1,0 +1,82 @@
+/*
+ * replicas.c - the JSON of a server's replica report (keel/replicas.h).
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "json.h"
+#include "keel/replicas.h"
+
+void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out)
+{
+    json_t *root = json_object(), *ranges = json_array();
+
+    json_object_set_new(root, "incarnation", json_integer((json_int_t)r->incarnation));
+    for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++) {
+        if (r->terms[i] == 0)
+            continue;
+        json_array_append_new(ranges, json_pack("[I,I,I]", (json_int_t)i, (json_int_t)r->terms[i],
+                                                (json_int_t)r->lsns[i]));
+    }
+    json_object_set_new(root, "ranges", ranges);
+    keel__json_dump_record(root, out);
+}
+
+/* A JSON integer in [lo, INT64_MAX]. */
+static int get_int(json_t *v, uint64_t lo, uint64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        (uint64_t)json_integer_value(v) < lo)
+        return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
+                               struct keel_error *err)
+{
+    static const char *const keys[] = {"incarnation", "ranges", NULL};
+    json_t *root, *ranges, *e;
+    size_t i;
+    long prev = -1;
+    int rc = 0;
+
+    memset(r, 0, sizeof(*r));
+    if ((root = keel__json_load_record(data, len, KEEL_REPLICAS_MAX_JSON, "replicas", keys, 1,
+                                       err)) == NULL)
+        return KEEL_ECORRUPT;
+    if ((rc = keel__json_get_uint(root, "replicas", "incarnation", INT64_MAX, &r->incarnation,
+                                  err)) != 0)
+        goto out;
+    ranges = json_object_get(root, "ranges");
+    if (!json_is_array(ranges) || json_array_size(ranges) > KEEL_PROTO_NRANGES) {
+        rc = keel__json_corrupt(err, "replicas", "ranges: must be an array of at most %d entries",
+                                KEEL_PROTO_NRANGES);
+        goto out;
+    }
+    json_array_foreach(ranges, i, e)
+    {
+        uint64_t range, term, lsn;
+
+        if (!json_is_array(e) || json_array_size(e) != 3 ||
+            get_int(json_array_get(e, 0), 0, &range) != 0 || range >= KEEL_PROTO_NRANGES ||
+            (long)range <= prev || get_int(json_array_get(e, 1), 1, &term) != 0 ||
+            get_int(json_array_get(e, 2), 0, &lsn) != 0) {
+            rc = keel__json_corrupt(err, "replicas",
+                                    "ranges[%zu]: must be [range, term, lsn] with ranges "
+                                    "increasing below %d and a term of at least 1",
+                                    i, KEEL_PROTO_NRANGES);
+            goto out;
+        }
+        prev = (long)range;
+        r->terms[range] = term;
+        r->lsns[range] = lsn;
+    }
+out:
+    if (rc != 0)
+        memset(r, 0, sizeof(*r));
+    json_decref(root);
+    return rc;
+}

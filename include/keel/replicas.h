@@ -1,0 +1,43 @@
+/*
+ * replicas.h - what a server reports holding, in etcd at replicas/<id>
+ * (under the server's member lease): for each range it holds, the term at
+ * which it holds it and its LSN there.
+ *
+ * A primary reports the ranges it leads at their term; a backup reports a
+ * range once it has installed the primary's copy of it (RANGE_COPY) at that
+ * term.  The coordinator's leader reads the reports to move a syncing backup
+ * into a range's in-sync set (keel_assign_failover()); keelctl status shows
+ * each backup's lag from them.
+ *
+ * JSON: {"incarnation":7,"ranges":[[range,term,lsn],...]}, ranges increasing.
+ */
+#ifndef KEEL_REPLICAS_H
+#define KEEL_REPLICAS_H
+
+#include <stdint.h>
+
+#include "keel/buf.h"
+#include "keel/err.h"
+#include "keel/proto.h" /* KEEL_PROTO_NRANGES */
+
+#define KEEL_REPLICAS_MAX_JSON (64u << 10)
+
+struct keel_replica_report {
+    uint64_t incarnation;                /* of the reporting server's registration */
+    uint64_t terms[KEEL_PROTO_NRANGES];  /* 0: the range is not held */
+    uint64_t lsns[KEEL_PROTO_NRANGES];   /* LSN at the last report */
+};
+
+/* The canonical JSON of `r` (only ranges with a term). */
+void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out);
+
+/*
+ * Decode a report from anywhere: an object with exactly the two keys; at most
+ * KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing, terms
+ * at least 1, integers within int64.  KEEL_ECORRUPT naming the field; *r is
+ * zeroed on error.
+ */
+int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
+                               struct keel_error *err);
+
+#endif
