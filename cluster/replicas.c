@@ -27,8 +27,7 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
 /* A JSON integer in [lo, INT64_MAX]. */
 static int get_int(json_t *v, uint64_t lo, uint64_t *out)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        (uint64_t)json_integer_value(v) < lo)
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < lo)
         return -1;
     *out = (uint64_t)json_integer_value(v);
     return 0;

@@ -715,8 +715,8 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
             rc = keel_assign_update(a, live, nlive, &st, err);
         }
         if (rc == 0 && st.changed)
-            rc = write_assignment(l, e, before, a, &st, running ? fwhy[step] : why[step], &mod,
-                                  err);
+            rc =
+                write_assignment(l, e, before, a, &st, running ? fwhy[step] : why[step], &mod, err);
         keel_assign_free(before);
     }
     if (rc == 1) {

@@ -264,8 +264,10 @@ static int check_copy(const struct keel_ps *ps, unsigned range, const struct kee
                       struct keel_error *err)
 {
     if (snap->range != range || snap->ntables != ps->ntables)
-        return keel_err_set(err, KEEL_EINVAL, "copy of range %u: range %u with %zu tables, not "
-                            "%zu", range, snap->range, snap->ntables, ps->ntables);
+        return keel_err_set(err, KEEL_EINVAL,
+                            "copy of range %u: range %u with %zu tables, not "
+                            "%zu",
+                            range, snap->range, snap->ntables, ps->ntables);
     for (size_t i = 0; i < ps->ntables; i++) {
         const struct keel_snap_table *t = &snap->tables[i];
 
@@ -276,9 +278,12 @@ static int check_copy(const struct keel_ps *ps, unsigned range, const struct kee
                                 "of width %" PRIu32,
                                 range, t->table_id, ps->tables[i].id, ps->tables[i].row_width);
         for (uint64_t k = 0; k < t->nrows; k++)
-            if (keel_range_of(t->keys[k]) != range || keel_key_row(t->keys[k]) >= ps->tables[i].rows)
-                return keel_err_set(err, KEEL_EINVAL, "copy of range %u: key %llu is not one of "
-                                    "its rows", range, (unsigned long long)t->keys[k]);
+            if (keel_range_of(t->keys[k]) != range ||
+                keel_key_row(t->keys[k]) >= ps->tables[i].rows)
+                return keel_err_set(err, KEEL_EINVAL,
+                                    "copy of range %u: key %llu is not one of "
+                                    "its rows",
+                                    range, (unsigned long long)t->keys[k]);
     }
     return 0;
 }
@@ -290,8 +295,7 @@ int keel_ps_install(struct keel_ps *ps, unsigned range, struct keel_snapshot *sn
     int rc;
 
     if (range >= KEEL_PROTO_NRANGES || (rc = check_copy(ps, range, snap, err)) != 0)
-        return range >= KEEL_PROTO_NRANGES ? keel_err_set(err, KEEL_EINVAL, "range %u", range)
-                                           : rc;
+        return range >= KEEL_PROTO_NRANGES ? keel_err_set(err, KEEL_EINVAL, "range %u", range) : rc;
     pthread_mutex_lock(&r->lock);
     keel_snapshot_release(&r->snap);
     r->snap = *snap;

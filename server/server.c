@@ -168,7 +168,7 @@ struct srv {
     int report_dirty;
     uint64_t report_at;          /* monotonic ms of the last report written */
     pthread_mutex_t report_lock; /* held while a report is written: s->member stays */
-    char **workers; /* live worker ids, as the view has them */
+    char **workers;              /* live worker ids, as the view has them */
     size_t nworkers;
     struct open_dataset *datasets;
     size_t ndatasets;
@@ -659,8 +659,8 @@ static int check_stream(struct srv *s, const struct keel_cert_identity *peer, un
                             term, known);
     if (term > known)
         return keel_err_set(err, KEEL_EUNAVAILABLE,
-                            "range %u: term %" PRIu64 " is not known here yet (%" PRIu64 ")",
-                            range, term, known);
+                            "range %u: term %" PRIu64 " is not known here yet (%" PRIu64 ")", range,
+                            term, known);
     primary = keel_assign_primary(s->assign, range);
     if (primary == NULL || strcmp(primary, peer->id) != 0 ||
         keel_assign_position(s->assign, range, s->config->node_id) <= 0)
@@ -696,7 +696,8 @@ static int handle_replicate(struct srv *s, struct keel_conn *conn,
                  m->push.worker_id.ptr);
         KEEL_ALLOC_ARRAY(a->result.applied, 1);
         KEEL_ALLOC_ARRAY(a->result.owner, d->nkeys ? d->nkeys : 1);
-        a->result.owner_rows = keel_malloc(keel_size_mul(keel_size_mul(d->nkeys, d->row_width), 4) + 4);
+        a->result.owner_rows =
+            keel_malloc(keel_size_mul(keel_size_mul(d->nkeys, d->row_width), 4) + 4);
         memcpy(a->result.owner, d->keys, (size_t)d->nkeys * 8);
         memcpy(a->result.owner_rows, d->rows, (size_t)d->nkeys * d->row_width * 4);
         ap = &a->result.applied[0];
@@ -724,8 +725,8 @@ static int handle_range_copy(struct srv *s, struct keel_conn *conn,
     int rc;
 
     /* Two decodes: one copy for memory now, one for the store in log order. */
-    if ((rc = keel_snapshot_unpack(m->payload.data, m->payload.len, s->config->max_frame_size,
-                                   &mem, err)) != 0)
+    if ((rc = keel_snapshot_unpack(m->payload.data, m->payload.len, s->config->max_frame_size, &mem,
+                                   err)) != 0)
         return keel_err_prefix(err, rc, "copy of range %u from %s", m->range, peer->id);
     if (mem.range != m->range) {
         keel_snapshot_release(&mem);
@@ -747,8 +748,8 @@ static int handle_range_copy(struct srv *s, struct keel_conn *conn,
     a->term = m->term;
     a->copy = disk;
     s->installs[m->range]++;
-    KEEL_LOG_DEBUG("range %u: copy at LSN %" PRIu64 ", term %" PRIu64 " from %s", m->range,
-                   a->lsn, m->term, peer->id);
+    KEEL_LOG_DEBUG("range %u: copy at LSN %" PRIu64 ", term %" PRIu64 " from %s", m->range, a->lsn,
+                   m->term, peer->id);
     queue_pending(s, a, conn, &msg->hdr);
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -1294,8 +1295,8 @@ static void *sender_main(void *arg)
             if (cl == NULL) {
                 stream_failed(s, c, "no connection");
                 free(c);
-            } else if (keel_client_send(cl, &o->msg, s->config->request_timeout_ms,
-                                        on_backup_reply, c, &err) != 0) {
+            } else if (keel_client_send(cl, &o->msg, s->config->request_timeout_ms, on_backup_reply,
+                                        c, &err) != 0) {
                 stream_failed(s, c, err.msg);
                 free(c);
             }
@@ -1674,19 +1675,18 @@ int keel_server_run(const struct keel_config *config)
 
     keel_cview_stop(s.view);
     s.view = NULL;
-leave:
-    {
-        keel_member *m;
+leave : {
+    keel_member *m;
 
-        /* No report is being written once s.member is NULL under report_lock. */
-        pthread_mutex_lock(&s.report_lock);
-        pthread_mutex_lock(&s.lock);
-        m = s.member;
-        s.member = NULL;
-        pthread_mutex_unlock(&s.lock);
-        pthread_mutex_unlock(&s.report_lock);
-        keel_member_leave(m, NULL);
-    }
+    /* No report is being written once s.member is NULL under report_lock. */
+    pthread_mutex_lock(&s.report_lock);
+    pthread_mutex_lock(&s.lock);
+    m = s.member;
+    s.member = NULL;
+    pthread_mutex_unlock(&s.lock);
+    pthread_mutex_unlock(&s.report_lock);
+    keel_member_leave(m, NULL);
+}
 free_etcd:
     keel_etcd_free(s.etcd);
 stop_listener:

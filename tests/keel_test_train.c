@@ -168,7 +168,8 @@ static int cmd_shard(int argc, char **argv)
     return 0;
 }
 
-/* SHA-256 (hex, 16 digits shown) of a range's keys, rows and optimizer state: replicas compare equal. */
+/* SHA-256 (hex, 16 digits shown) of a range's keys, rows and optimizer state: replicas compare
+ * equal. */
 static const char *range_digest(const struct keel_snapshot *snap)
 {
     static char hex[KEEL_SHA256_SIZE * 2 + 1];

@@ -123,6 +123,15 @@ static void on_reply(void *arg, int rc, struct keel_reply *reply, const struct k
     int last;
 
     pthread_mutex_lock(&x->lock);
+    if (c->answered) { /* given up on (the route moved away from its server): dropped */
+        last = --x->refs == 0;
+        pthread_mutex_unlock(&x->lock);
+        if (reply)
+            keel_reply_free(reply);
+        if (last)
+            xchg_free(x);
+        return;
+    }
     c->rc = rc;
     c->reply = reply;
     if (rc != 0)
@@ -136,9 +145,48 @@ static void on_reply(void *arg, int rc, struct keel_reply *reply, const struct k
         xchg_free(x);
 }
 
-/* Wait for every reply; with `abandon`, give up when the worker is stopping. */
-static int xchg_wait(struct wk *w, struct xchg *x, int abandon)
+/* Whether server `id` leads some range in the worker's route. */
+static int routed_to(const struct wk *w, const char *id)
 {
+    for (size_t k = 0; k < w->route.nprimaries; k++)
+        if (strcmp(w->route.primaries[k], id) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * Give up on the unanswered requests to servers that lead nothing in the
+ * current route (x->lock held): a stalled or deposed server may hold them
+ * until the request time-out, while its ranges are led elsewhere already.
+ * They fail with KEEL_EUNAVAILABLE and are sent again by the new route; a
+ * push sent twice is applied once (its data position).
+ */
+static void drop_moved(struct wk *w, struct xchg *x, const struct part *parts)
+{
+    for (size_t i = 0; i < x->ncalls; i++) {
+        struct call *c = &x->calls[i];
+
+        if (c->answered || routed_to(w, parts[i].g.server))
+            continue;
+        c->rc = KEEL_EUNAVAILABLE;
+        snprintf(c->msg, sizeof(c->msg),
+                 "no answer, and it leads no range since assignment "
+                 "version %" PRIu64,
+                 w->route.version);
+        c->answered = 1;
+        x->waiting--;
+    }
+}
+
+/*
+ * Wait for every reply; with `abandon`, give up when the worker is stopping.
+ * Every second without every reply, the route is brought up to date from
+ * the watch, and requests to servers it no longer uses are given up on.
+ */
+static int xchg_wait(struct wk *w, struct xchg *x, const struct part *parts, int abandon)
+{
+    uint64_t check = keel_clock_mono_ms() + 1000;
+
     pthread_mutex_lock(&x->lock);
     while (x->waiting > 0) {
         if (abandon && atomic_load(&w->stopping)) {
@@ -147,6 +195,16 @@ static int xchg_wait(struct wk *w, struct xchg *x, int abandon)
             return KEEL_ECANCELED;
         }
         keel_cond_timedwait_ms(&x->cond, &x->lock, 100);
+        if (x->waiting > 0 && keel_clock_mono_ms() >= check) {
+            int changed;
+
+            pthread_mutex_unlock(&x->lock); /* replies go on arriving meanwhile */
+            changed = wk_refresh_route(w, 0, NULL);
+            pthread_mutex_lock(&x->lock);
+            if (changed > 0)
+                drop_moved(w, x, parts);
+            check = keel_clock_mono_ms() + 1000;
+        }
     }
     pthread_mutex_unlock(&x->lock);
     return 0;
@@ -324,7 +382,7 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
 
         for (size_t i = 0; i < nparts; i++)
             send_part(w, x, &parts[i], &x->calls[i], kind, clock, shard, seq);
-        if (xchg_wait(w, x, kind == X_PULL) != 0) {
+        if (xchg_wait(w, x, parts, kind == X_PULL) != 0) {
             parts_free(parts, nparts);
             return keel_err_set(err, KEEL_ECANCELED, "stopping");
         }

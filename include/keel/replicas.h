@@ -23,9 +23,9 @@
 #define KEEL_REPLICAS_MAX_JSON (64u << 10)
 
 struct keel_replica_report {
-    uint64_t incarnation;                /* of the reporting server's registration */
-    uint64_t terms[KEEL_PROTO_NRANGES];  /* 0: the range is not held */
-    uint64_t lsns[KEEL_PROTO_NRANGES];   /* LSN at the last report */
+    uint64_t incarnation;               /* of the reporting server's registration */
+    uint64_t terms[KEEL_PROTO_NRANGES]; /* 0: the range is not held */
+    uint64_t lsns[KEEL_PROTO_NRANGES];  /* LSN at the last report */
 };
 
 /* The canonical JSON of `r` (only ranges with a term). */
