@@ -17,7 +17,7 @@ for bin in keel-coordinator keel-server keel-worker keelctl; do
 
     run "$exe" --version
     expect_status 0 "$bin --version"
-    expect_out "^$bin [0-9]+\.[0-9]+\.[0-9]+ \(protocol 2\)$" "$bin --version"
+    expect_out "^$bin [0-9]+\.[0-9]+\.[0-9]+ \(protocol 3\)$" "$bin --version"
 
     run "$exe" --bogus
     expect_status 64 "$bin --bogus"
