@@ -554,3 +554,94 @@ Test(ps, the_model_in_one_process_is_what_the_servers_hold)
     }
     keel_model_params_release(&local);
 }
+
+/*
+ * A backup fed by a primary: a packed copy of each range installed, then the
+ * primary's updates replayed at their LSNs.  The backup's rows and positions
+ * equal the primary's; a gap, a stale LSN and a push to a backup's copy are
+ * refused or ignored as ps.h says; promotion makes the copy serve pushes.
+ */
+Test(ps, a_backup_fed_copies_and_updates_holds_what_the_primary_holds)
+{
+    float grads[15], mine[15], theirs[15];
+    struct keel_ps *backup;
+    struct keel_ps_result res;
+    struct keel_error err;
+    struct keel_msg_push p;
+    unsigned range = keel_range_of(keys3[0]);
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = (float)(i % 7) * 0.05f - 0.1f;
+    cr_assert_eq(keel_ps_new(&spec, &backup, &err), 0, "%s", err.msg);
+    open_all(NULL);
+    p = push_of(0, 1, grads);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    keel_ps_result_release(&res);
+    /* The copy: every range, packed and unpacked as it crosses the wire. */
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        struct keel_snapshot snap, got;
+        struct keel_buf b = KEEL_BUF_INIT;
+
+        cr_assert_eq(keel_ps_snapshot(ps, r, &snap, &err), 0, "%s", err.msg);
+        cr_assert_eq(keel_snapshot_pack(&snap, &b, &err), 0, "%s", err.msg);
+        cr_assert_eq(keel_snapshot_unpack(b.buf, b.len, 1 << 20, &got, &err), 0, "%s", err.msg);
+        cr_assert_eq(keel_ps_install(backup, r, &got, &err), 0, "%s", err.msg);
+        keel_snapshot_release(&snap);
+        keel_buf_release(&b);
+    }
+    cr_assert_not(keel_ps_is_primary(backup, range));
+    /* A backup's copy serves no push. */
+    cr_assert_eq(keel_ps_push(backup, &p, &res, &err), KEEL_EREDIRECT);
+    /* Two more updates at the primary, replayed in order at the backup. */
+    for (uint64_t seq = 2; seq <= 3; seq++) {
+        p = push_of(0, seq, grads);
+        cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+        for (size_t i = 0; i < res.napplied; i++) {
+            const struct keel_ps_applied *a = &res.applied[i];
+
+            if (seq == 3) /* a gap first: LSN + 1 is missing */
+                cr_assert_eq(keel_ps_replicate(backup, a->range, a->lsn + 1, &a->push, &err),
+                             KEEL_EUNAVAILABLE);
+            cr_assert_eq(keel_ps_replicate(backup, a->range, a->lsn, &a->push, &err), 0, "%s",
+                         err.msg);
+            /* Again: held already, nothing changes. */
+            cr_assert_eq(keel_ps_replicate(backup, a->range, a->lsn, &a->push, &err), 1);
+            cr_assert_eq(keel_ps_lsn(backup, a->range), keel_ps_lsn(ps, a->range));
+        }
+        keel_ps_result_release(&res);
+    }
+    /* Promoted, the backup serves the same rows, and the next push at both gives the same. */
+    keel_ps_set_primary(backup, range, 1);
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        keel_ps_set_primary(backup, r, 1);
+    pull3(mine);
+    cr_assert_eq(keel_ps_pull(backup, 1, 5, keys3, 3, theirs, &err), 0, "%s", err.msg);
+    cr_assert_eq(memcmp(mine, theirs, sizeof(mine)), 0);
+    p = push_of(0, 3, grads); /* a retry of what both hold: a duplicate at both */
+    cr_assert_eq(keel_ps_push(backup, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert(res.duplicate);
+    keel_ps_result_release(&res);
+    /* A replicated update to a range the server leads is refused (fencing). */
+    p = push_of(1, 1, grads);
+    cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_ps_replicate(backup, res.applied[0].range, res.applied[0].lsn,
+                                   &res.applied[0].push, &err),
+                 KEEL_EEPOCH);
+    keel_ps_result_release(&res);
+    keel_ps_free(backup);
+}
+
+Test(ps, a_copy_of_another_shape_is_refused)
+{
+    struct keel_snapshot snap;
+    struct keel_error err;
+    unsigned range = keel_range_of(keys3[0]);
+
+    open_all(NULL);
+    cr_assert_eq(keel_ps_snapshot(ps, range, &snap, &err), 0, "%s", err.msg);
+    snap.tables[0].width = 4; /* not the job's table */
+    cr_assert_eq(keel_ps_install(ps, (range + 1) % KEEL_PROTO_NRANGES, &snap, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_ps_install(ps, range, &snap, &err), KEEL_EINVAL);
+    snap.tables[0].width = 5;
+    keel_snapshot_release(&snap);
+}
