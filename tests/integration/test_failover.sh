@@ -4,17 +4,21 @@
 #
 # A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 3 servers, 2
 # workers, lease TTL 3 s, Fashion-MNIST in 4 shards) trains softmax
-# regression (BSP, SGD, batch 100, 12 epochs) with `replication = 2`.
+# regression (BSP, SGD, batch 100, 16 epochs) with `replication = 2`.
 #  1. Once every range has an in-sync backup, the server that leads the
 #     most ranges holding rows is SIGKILLed and never started again: its
 #     backups are promoted, and the job's recorded progress moves on within
 #     10 s (the lease TTL plus the leader's reaction).
 #  2. Later another server is SIGSTOPped for 10 s (past the TTL: its lease
 #     expires and its ranges are led by their backups), then SIGCONTed: it
-#     registers again and rejoins as a backup, copying what it lacks.
+#     registers again, rejoins as a backup, copying what it lacks, and once
+#     in sync leads half the ranges again (role swaps).
+#  3. That server is SIGKILLed, its data directory removed (a lost disk) and
+#     it is started again empty (the dataset imported anew): it copies every
+#     range from its primary and is in sync, leading its share, again.
 #  3. The job finishes above 0.75 test accuracy; read from the two survivors'
 #     stores, every range holding rows applied exactly one push per batch
-#     (12 epochs x 4 shards x 150 = 7200) and records every shard at the end
+#     (16 epochs x 4 shards x 150 = 9600) and records every shard at the end
 #     of the last pass, and both replicas of each range have the same rows
 #     and optimizer state.  An update acknowledged by the stalled server
 #     after its ranges moved, and not held by the new primary, would show as
@@ -32,7 +36,7 @@ run cl up --dir "$dir" --bin "$bindir" --servers 3 --workers 2 --shards 4 --name
 expect_status 0 "cluster up"
 cfg=$run_out
 
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 12/' \
+sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 16/' \
     -e 's/^replication = .*/replication = 2/' \
     "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
 grep -q '^replication = 2$' "$tmp/job.ini" || fail "could not set the job's replication"
@@ -71,7 +75,7 @@ t0=$(now_ms)
 moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 20))" ]; }
 if wait_for 30 moved; then
     took=$(($(now_ms) - t0))
-    echo "server $victim SIGKILLed at $at of 7200 batches and left down; progress again after $took ms (lease TTL ${ttl_s} s)"
+    echo "server $victim SIGKILLed at $at of 9600 batches and left down; progress again after $took ms (lease TTL ${ttl_s} s)"
     [ "$took" -le 10000 ] && ok || fail "progress took $took ms after the SIGKILL, more than 10 s"
 else
     fail "no progress after $victim's SIGKILL" "$(kc job show r1 2>&1 | tail -n 12)"
@@ -93,25 +97,58 @@ at=$(done_batches)
 sleep 10
 moved_alone() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 20))" ]; }
 n=$(done_batches)
-[ "${n:-0}" -lt 7200 ] || fail "the job was done before $stalled was woken up: make it longer"
+[ "${n:-0}" -lt 9600 ] || fail "the job was done before $stalled was woken up: make it longer"
 if moved_alone; then
     echo "progress while $stalled was stopped: $at -> $n batches"
     ok
 else
     fail "no progress while $stalled was stopped" "$(kc job show r1 2>&1 | tail -n 12)"
 fi
-kill -CONT "$pid"
+# Past its TTL the stalled server's ranges are led by the other survivor.
 leads_all() { [ "$(assignment_py "all(a['servers'][r[0]] == '$other' for r in a['ranges'])")" = True ]; }
 if leads_all; then ok; else
-    fail "$other does not lead every range after $stalled's lease expired" "$(assignment_py 'a')"
+    fail "$other does not lead every range while $stalled is stopped" "$(assignment_py 'a')"
 fi
-rejoined() { all_in_sync; }
+kill -CONT "$pid"
+# primaries_shared: each live server leads its share (128 of 256) again.
+primaries_shared() {
+    [ "$(assignment_py "sorted(sum(a['servers'][r[0]] == s for r in a['ranges']) for s in ('$stalled', '$other'))")" = "[128, 128]" ]
+}
+rejoined() { all_in_sync && primaries_shared; }
 if wait_for 60 rejoined; then
-    echo "$stalled rejoined as an in-sync backup of every range"
+    echo "$stalled rejoined as an in-sync backup of every range and leads half of them again"
     ok
 else
-    fail "$stalled did not rejoin in sync" "$(assignment_py 'a')"
+    fail "$stalled did not rejoin in sync, leading its share" "$(assignment_py 'a')"
 fi
+
+# --- 3. a server's disk lost: it starts empty and copies every range ------------------
+n=$(done_batches)
+[ "${n:-0}" -lt 8000 ] || fail "the job is nearly done before the disk loss: make it longer"
+v0=$(assignment_py 'a["version"]')
+run cl kill --dir "$dir" server "$stalled"
+expect_status 0 "SIGKILL server $stalled"
+rm -rf "$dir/data/server-$stalled"
+. "$dir/cluster.env"
+for split in train test; do
+    [ "$split" = train ] && name=$KEEL_DATASET || name=$KEEL_TEST_DATASET
+    [ "$split" = train ] && p=train || p=t10k
+    run "$bindir/keelctl" dataset import -q --store "$dir/data/server-$stalled" --name "$name" \
+        --format idx --shards "$KEEL_SHARDS" --split "$split" \
+        "$data/$p-images-idx3-ubyte.gz" "$data/$p-labels-idx1-ubyte.gz"
+    expect_status 0 "import the $split set into $stalled's new, empty store"
+done
+run cl start --dir "$dir" server "$stalled"
+expect_status 0 "start $stalled again on an empty data directory"
+t0=$(now_ms)
+caught_up() { [ "$(assignment_py 'a["version"]')" -gt "$v0" ] && all_in_sync && primaries_shared; }
+if wait_for 60 caught_up; then
+    echo "$stalled, its data directory removed, copied every range and leads its share again $(($(now_ms) - t0)) ms after its start"
+    ok
+else
+    fail "$stalled did not catch up after losing its disk" "$(assignment_py 'a')"
+fi
+grep -q "stopping now" "$dir/logs/server-$other.log" && fail "$other stopped" || ok
 
 # --- 3. the job finishes; the survivors hold every update once, identically -------------
 state_done() { [ "$(job_field state)" = done ]; }
@@ -121,11 +158,11 @@ fi
 acc=$(kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
 c = json.load(sys.stdin)["accuracy_curve"]
 print("%.4f" % c[-1]["accuracy"] if c else "0")')
-echo "test accuracy after 12 epochs through a dead and a stalled server: $acc"
+echo "test accuracy after 16 epochs through a dead and a stalled server: $acc"
 if python3 -c "import sys; sys.exit(0 if float('${acc:-0}') > 0.75 else 1)"; then ok; else
     fail "test accuracy '$acc' is not above 0.75"
 fi
 run cl down --dir "$dir"
 expect_status 0 "cluster down"
-check_stores 7200 11 "$survivors" 20
+check_stores 9600 15 "$survivors" 20
 finish
