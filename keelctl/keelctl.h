@@ -25,6 +25,7 @@
 
 #include <stdio.h>
 
+#include "keel/assign.h"
 #include "keel/config.h"
 #include "keel/cstate.h"
 #include "etcd.h"
@@ -82,6 +83,17 @@ json_t *keelctl_job_json(const struct keel_cstate_job *j);
 
 /* The same as a table with a header line, one job per line (cmd_job.c). */
 void keelctl_job_rows(const struct keel_cstate *s, FILE *out);
+
+/*
+ * `keelctl status` from a cluster state read at one revision (cmd_status.c):
+ * `a` is its decoded assignment (NULL when absent or unreadable, then
+ * `assign_error` says why, or is NULL when there is none).  The JSON's
+ * reference is the caller's; the text goes to `out`.
+ */
+json_t *keelctl_status_json(const struct keel_config *config, const struct keel_cstate *s,
+                            const keel_assign *a, const char *assign_error);
+void keelctl_status_text(const struct keel_config *config, const struct keel_cstate *s,
+                         const keel_assign *a, const char *assign_error, FILE *out);
 
 /* "4.2s", "3m07s", "2h05m", "3d04h"; "-" for a negative age. */
 void keelctl_format_age(int64_t ms, char *out, size_t n);

@@ -280,6 +280,10 @@ r = s["assignment"]["replication"]
 for x in s["ranges"]:
     assert x["primary"] in ("s1", "s3") and len(x["backups"]) == min(r, 2) - 1, x
     assert x["primary"] not in x["backups"], x
+    assert x["in_sync"] + x["syncing"] == x["backups"], x
+    assert x["term"] >= 1 and x["lsn"] is None, x  # stand-in servers write no replica report
+for x in s["servers"]:
+    assert x["lag"] is None and x["syncing"] >= 0, x
 assert sum(x["primaries"] for x in s["servers"]) == 256
 jobs = {j["name"]: j["state"] for j in s["jobs"]}
 assert jobs == {"j1": "done", "j2": "stopped"}, jobs
@@ -289,7 +293,10 @@ expect_out '^status ok$' "status --json has leader, epoch, members, ranges and j
 run kc status
 expect_out '^leader +c1, epoch [0-9]+, address 127\.0\.0\.1:7010' "status: leader and epoch"
 expect_out '^  server +s1 +127\.0\.0\.1:7100 ' "status: members by role with address"
-expect_out '^  s3 +[0-9]+ +[0-9]+$' "status: primaries and backups per server"
+expect_out '^  s3 +[0-9]+ +[0-9]+ +[0-9]+ +(-|[0-9]+)$' \
+    "status: primaries, backups, syncing backups and lag per server"
+expect_out '^(ranges +256, consecutive ranges alike on one line|ranges +every range has only its primary \(no backup\))$' \
+    "status: the ranges section"
 
 # --- a standby takes over and carries on ------------------------------------------
 start_coordinator c2

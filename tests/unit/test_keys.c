@@ -39,6 +39,10 @@ Test(keys, builders)
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/leader");
     keel_key_assignment(&b, "c1");
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/assignment");
+    keel_key_replicas(&b, "c1", NULL);
+    cr_assert_str_eq(keel_key_str(&b), "/keel/c1/replicas/");
+    keel_key_replicas(&b, "c1", "s_1");
+    cr_assert_str_eq(keel_key_str(&b), "/keel/c1/replicas/s_1");
     keel_key_job_prefix(&b, "c1", "j1");
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/jobs/j1/");
     keel_key_job_spec(&b, "c1", "j1");
@@ -67,6 +71,14 @@ Test(keys, round_trips)
     round_trip(&b, KEEL_KEY_LEADER);
     keel_key_assignment(&b, "c1");
     round_trip(&b, KEEL_KEY_ASSIGNMENT);
+    keel_key_replicas(&b, "c1", "s-1");
+    k = round_trip(&b, KEEL_KEY_REPLICAS);
+    cr_assert_str_eq(k.id, "s-1");
+    cr_assert_eq(k.role[0], '\0');
+    cr_assert_eq(k.job[0], '\0');
+    keel_key_replicas(&b, "c1", ID64);
+    k = round_trip(&b, KEEL_KEY_REPLICAS);
+    cr_assert_str_eq(k.id, ID64);
     keel_key_election(&b, "c1");
     keel_buf_add_str(&b, "/694d7f2a3b1c0e5f");
     k = round_trip(&b, KEEL_KEY_CANDIDATE);
@@ -120,6 +132,17 @@ static const char *const rejected[] = {
     "/keel/c1/members/server/s.1",
     "/keel/c1/members/server/" ID64 "a",
     "/keel/c1/members/" ID64 "a/s1",
+    /* replica reports: replicas/<id> and nothing else */
+    "/keel/c1/replicas",
+    "/keel/c1/replicas/",
+    "/keel/c1/replicas//s1",
+    "/keel/c1/replicas/s1/",
+    "/keel/c1/replicas/s1/x",
+    "/keel/c1/replicas/s.1",
+    "/keel/c1/replicas/s 1",
+    "/keel/c1/replicas/" ID64 "a",
+    "/keel/c1/replica/s1",
+    "/keel/c2/replicas/s1",
     /* election candidates */
     "/keel/c1/election/coordinator",
     "/keel/c1/election/coordinator/",

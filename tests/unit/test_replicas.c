@@ -1,0 +1,148 @@
+/*
+ * test_replicas.c - a server's replica report (keel/replicas.h): its JSON
+ * round trip and the decoder's refusals of untrusted input.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "keel/replicas.h"
+
+/* 1 when every byte of `r` is zero. */
+static int zeroed(const struct keel_replica_report *r)
+{
+    static const struct keel_replica_report zero;
+
+    return memcmp(r, &zero, sizeof(*r)) == 0;
+}
+
+static int decode_str(const char *json, struct keel_replica_report *r, struct keel_error *err)
+{
+    keel_error_init(err);
+    return keel_replica_report_decode(json, strlen(json), r, err);
+}
+
+Test(replicas, round_trip)
+{
+    struct keel_replica_report r, back;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+
+    memset(&r, 0, sizeof(r));
+    r.incarnation = 7;
+    r.terms[0] = 1;
+    r.lsns[0] = 0; /* held, nothing applied yet */
+    r.terms[17] = 3;
+    r.lsns[17] = 42;
+    r.terms[255] = INT64_MAX;
+    r.lsns[255] = INT64_MAX;
+    keel_replica_report_encode(&r, &b);
+    memset(&back, 0x55, sizeof(back));
+    keel_error_init(&err);
+    cr_assert_eq(keel_replica_report_decode(b.buf, b.len, &back, &err), 0, "%s", err.msg);
+    cr_assert_eq(memcmp(&r, &back, sizeof(r)), 0, "the report survives its JSON");
+
+    /* The canonical form is stable: encoding the decoded report gives the same bytes. */
+    {
+        struct keel_buf b2 = KEEL_BUF_INIT;
+
+        keel_replica_report_encode(&back, &b2);
+        cr_assert_eq(b2.len, b.len);
+        cr_assert_eq(memcmp(b2.buf, b.buf, b.len), 0);
+        keel_buf_release(&b2);
+    }
+    keel_buf_release(&b);
+}
+
+Test(replicas, empty_and_hand_written)
+{
+    struct keel_replica_report r;
+    struct keel_error err;
+
+    cr_assert_eq(decode_str("{\"incarnation\":0,\"ranges\":[]}", &r, &err), 0, "%s", err.msg);
+    cr_assert(zeroed(&r));
+    cr_assert_eq(decode_str("{\"ranges\":[[2,5,0],[9,1,77]],\"incarnation\":12}", &r, &err), 0,
+                 "%s", err.msg);
+    cr_assert_eq(r.incarnation, 12);
+    cr_assert_eq(r.terms[2], 5);
+    cr_assert_eq(r.lsns[2], 0);
+    cr_assert_eq(r.terms[9], 1);
+    cr_assert_eq(r.lsns[9], 77);
+    cr_assert_eq(r.terms[3], 0, "a range not listed is not held");
+}
+
+/* Inputs the decoder must refuse, each with why. */
+static const char *const refused[][2] = {
+    {"{\"incarnation\":1,\"ranges\":[[256,1,0]]}", "range 256"},
+    {"{\"incarnation\":1,\"ranges\":[[0,1,0],[300,1,0]]}", "range past 255 after a good one"},
+    {"{\"incarnation\":1,\"ranges\":[[3,1,0],[3,1,0]]}", "a range listed twice"},
+    {"{\"incarnation\":1,\"ranges\":[[4,1,0],[3,1,0]]}", "ranges decreasing"},
+    {"{\"incarnation\":1,\"ranges\":[[3,0,0]]}", "term 0"},
+    {"{\"incarnation\":-1,\"ranges\":[]}", "negative incarnation"},
+    {"{\"incarnation\":1,\"ranges\":[[-1,1,0]]}", "negative range"},
+    {"{\"incarnation\":1,\"ranges\":[[0,-1,0]]}", "negative term"},
+    {"{\"incarnation\":1,\"ranges\":[[0,1,-5]]}", "negative lsn"},
+    {"{\"incarnation\":9223372036854775808,\"ranges\":[]}", "incarnation past int64"},
+    {"{\"incarnation\":1,\"ranges\":[[0,1,1.5]]}", "a fractional lsn"},
+    {"{\"incarnation\":1,\"ranges\":[[0,\"1\",0]]}", "a term as a string"},
+    {"{\"ranges\":[]}", "incarnation missing"},
+    {"{\"incarnation\":1}", "ranges missing"},
+    {"{\"incarnation\":1,\"ranges\":[],\"lag\":0}", "an extra key"},
+    {"{\"incarnation\":1,\"incarnation\":2,\"ranges\":[]}", "a duplicate key"},
+    {"{\"incarnation\":1,\"ranges\":[7]}", "an entry that is not an array"},
+    {"{\"incarnation\":1,\"ranges\":[{\"range\":0}]}", "an entry that is an object"},
+    {"{\"incarnation\":1,\"ranges\":[[0,1]]}", "an entry of two numbers"},
+    {"{\"incarnation\":1,\"ranges\":[[0,1,0,0]]}", "an entry of four numbers"},
+    {"{\"incarnation\":1,\"ranges\":{}}", "ranges not an array"},
+    {"[]", "not an object"},
+    {"{\"incarnation\":1,\"ranges\":[]", "truncated"},
+    {"", "empty"},
+};
+
+Test(replicas, refusals)
+{
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        struct keel_replica_report r;
+        struct keel_error err;
+
+        memset(&r, 0x55, sizeof(r));
+        cr_expect_eq(decode_str(refused[i][0], &r, &err), KEEL_ECORRUPT, "%s: %s", refused[i][1],
+                     refused[i][0]);
+        cr_expect_eq(err.code, KEEL_ECORRUPT, "%s", refused[i][1]);
+        cr_expect_neq(err.msg[0], '\0', "%s: the error says why", refused[i][1]);
+        cr_expect(zeroed(&r), "%s: *r zeroed on error", refused[i][1]);
+    }
+}
+
+Test(replicas, error_names_the_entry)
+{
+    struct keel_replica_report r;
+    struct keel_error err;
+
+    cr_assert_eq(decode_str("{\"incarnation\":1,\"ranges\":[[0,1,0],[1,0,0]]}", &r, &err),
+                 KEEL_ECORRUPT);
+    cr_assert(strstr(err.msg, "ranges[1]") != NULL, "%s", err.msg);
+}
+
+Test(replicas, too_big)
+{
+    const char *head = "{\"incarnation\":1,\"ranges\":[]}";
+    size_t len = KEEL_REPLICAS_MAX_JSON + 1;
+    char *big = malloc(len);
+    struct keel_replica_report r;
+    struct keel_error err;
+
+    cr_assert_not_null(big);
+    /* Valid JSON padded with spaces to one byte past the limit. */
+    memset(big, ' ', len);
+    memcpy(big, head, strlen(head));
+    memset(&r, 0x55, sizeof(r));
+    keel_error_init(&err);
+    cr_assert_eq(keel_replica_report_decode(big, len, &r, &err), KEEL_ECORRUPT);
+    cr_assert(zeroed(&r));
+    /* At the limit it is accepted. */
+    cr_assert_eq(keel_replica_report_decode(big, len - 1, &r, &err), 0, "%s", err.msg);
+    cr_assert_eq(r.incarnation, 1);
+    free(big);
+}
