@@ -134,11 +134,12 @@ expect_status 0 "the leader logs each assignment version"
 
 # --- a server's lease expires while j1 runs: only in-sync copies are promoted --------
 # These servers are registrations without a process behind them: none ever
-# reports holding a copy of a range (replicas/<id>), so every backup placed
-# for j1 stays out of sync.  When s2's lease expires, a range s2 led has no
-# in-sync backup to promote: it keeps s2 as its primary and waits for it
-# (promoting a backup that holds nothing would lose j1's updates); a range
-# s2 backed drops it and gets another out-of-sync backup.
+# reports holding a copy of a range (replicas/<id>), so a backup placed out
+# of sync stays so (backups placed before j1 held any data start in sync).
+# When s2's lease expires, a range s2 led with an in-sync backup is led by
+# it in a new term; one without keeps s2 as its primary and waits for it
+# (promoting a backup that may lack acknowledged updates would lose them);
+# a range s2 backed drops it and gets another, out-of-sync backup.
 get assignment >"$tmp/assign1.json"
 kill -KILL "${pid[s2]}"
 unset "pid[s2]"
@@ -148,21 +149,28 @@ failed_over() {
     get assignment | python3 -c 'import json,sys
 before = json.load(open(sys.argv[1])); a = json.load(sys.stdin)
 assert a["version"] > before["version"], "no new version"
-s2 = a["servers"].index("s2")
-for r, (old, new) in enumerate(zip(before["ranges"], a["ranges"])):
-    led = before["servers"][old[0]] == "s2"
-    if led:   # waits for s2: the same set, term and in-sync count
-        assert [a["servers"][i] for i in new] == [before["servers"][i] for i in old], r
-        assert a["terms"][r] == before["terms"][r] and a["insync"][r] == 1, r
-    else:     # s2 left its backups; the primary stays
-        assert s2 not in new and len(new) == 2, (r, new)
-        assert a["servers"][new[0]] == before["servers"][old[0]], r
-        assert a["insync"][r] == 1, r
-' "$tmp/assign1.json" 2>/dev/null
+ids = lambda t, r: [t["servers"][i] for i in t["ranges"][r]]
+waiting = 0
+for r in range(256):
+    old, new = ids(before, r), ids(a, r)
+    assert "s2" not in new[1:], (r, new)
+    if old[0] == "s2" and before["insync"][r] == 1:
+        # no in-sync backup: waits for s2, the same set, term and in-sync count
+        assert new == old and a["terms"][r] == before["terms"][r] and a["insync"][r] == 1, r
+        waiting += 1
+    elif old[0] == "s2":
+        # its first in-sync backup leads, in a new term
+        assert new[0] == old[1] and a["terms"][r] == a["version"], (r, old, new)
+    else:
+        # s2 left its backups; the primary stays, no new backup is in sync
+        assert new[0] == old[0] and len(new) == 2, (r, new)
+        assert a["insync"][r] == (2 if "s2" not in old else 1), (r, old, new)
+assert ("s2" in a["servers"]) == (waiting > 0), "s2 listed only for waiting ranges"
+' "$tmp/assign1.json" 2>"$tmp/failover.err"
 }
 if wait_for 10 failed_over; then ok; else
     fail "the assignment did not follow s2's death as the failover rules say" \
-        "$(get assignment | head -c 300)"
+        "$(tail -n 3 "$tmp/failover.err"; get assignment | head -c 300)"
 fi
 run grep -E "assignment version [0-9]+ \(failover\)" "$tmp/c1.log"
 expect_status 0 "the leader logs the failover version"
