@@ -304,53 +304,42 @@ c = collections.Counter(a["servers"][r[0]] for r in a["ranges"] if r)
 order = sorted(c, key=lambda s: (-c[s], a["servers"].index(s)))
 print(a.get("version", "?"), " ".join("%s:%d" % (s, c[s]) for s in order))' 2>/dev/null
 }
-# The background watchers below poll etcd every 0.2 s after a kill at T0 (ms)
-# and write KEY=VALUE lines to FILE: each time is in ms from T0.  They give up
-# after 300 s.  EX0 is the job's examples just before the kill.
-#
-# watch_server FILE ID T0 EX0: primary_ms (no range has ID as primary;
-# also version, the assignment's), progress_ms (examples > EX0; also examples).
-watch_server() {
-    local f=$1 id=$2 t0=$3 ex0=$4 prim='' prog='' now a ex
-    while :; do
-        now=$(now_ms)
-        if [ -z "$prim" ]; then
-            a=$(assignment_primaries)
-            if [ -n "$a" ] && [[ " ${a#* } " != *" $id:"* ]]; then
-                prim=$((now - t0))
-                printf 'primary_ms=%s\nversion=%s\nprimaries=%s\n' "$prim" "${a%% *}" "${a#* }" >>"$f"
-            fi
-        fi
-        if [ -z "$prog" ]; then
-            ex=$(examples_now)
-            if [ -n "$ex" ] && ((ex > ex0)); then
-                prog=$((now - t0))
-                printf 'progress_ms=%s\nexamples=%s\n' "$prog" "$ex" >>"$f"
-            fi
-        fi
-        { [ -n "$prim" ] && [ -n "$prog" ]; } && break
-        ((now - t0 > 300000)) && { echo "gave_up=1" >>"$f"; break; }
-        sleep 0.2
-    done
+# watch FILE T0 EX0 EVENT ARG: a background watcher.  It polls etcd every
+# 0.2 s after a kill at T0 (ms) and writes KEY=VALUE lines to FILE, times in
+# ms from T0, and gives up after 300 s.  EX0 is the job's examples done just
+# before the kill.
+#   event_ms     EVENT ARG first held (server_gone ID: no range has server ID
+#                as primary; leader_is ID: coordinator ID holds the leader key)
+#   moved_ms     the examples done first went past EX0 (batches the workers
+#                finished before the kill count too)
+#   resumed_ms   the examples done first went past their value when the
+#                event was seen: training went on after the failover
+# event_note has what the event check saw (server_gone: the assignment).
+server_gone() {
+    local a
+    a=$(assignment_primaries)
+    [ -n "$a" ] && [[ " ${a#* } " != *" $1:"* ]] || return 1
+    note="assignment version ${a%% *}: ${a#* }"
 }
-# watch_leader FILE OTHER T0 EX0: leader_ms (coordinator OTHER holds the
-# leader key), progress_ms (examples > EX0).
-watch_leader() {
-    local f=$1 other=$2 t0=$3 ex0=$4 led='' prog='' now ex
+leader_is() { note='' && [ "$(cl_leader)" = "$1" ]; }
+watch() {
+    local f=$1 t0=$2 ex0=$3 event=$4 arg=$5 now ex ev='' moved='' resumed='' ex_ev='' note=''
     while :; do
         now=$(now_ms)
-        if [ -z "$led" ] && [ "$(cl_leader)" = "$other" ]; then
-            led=$((now - t0))
-            printf 'leader_ms=%s\n' "$led" >>"$f"
+        ex=$(examples_now)
+        if [ -z "$moved" ] && [ -n "$ex" ] && ((ex > ex0)); then
+            moved=$((now - t0))
+            printf 'moved_ms=%s\n' "$moved" >>"$f"
         fi
-        if [ -z "$prog" ]; then
-            ex=$(examples_now)
-            if [ -n "$ex" ] && ((ex > ex0)); then
-                prog=$((now - t0))
-                printf 'progress_ms=%s\nexamples=%s\n' "$prog" "$ex" >>"$f"
-            fi
+        if [ -n "$ev" ] && [ -z "$resumed" ] && [ -n "$ex" ] && ((ex > ex_ev)); then
+            resumed=$((now - t0))
+            printf 'resumed_ms=%s\n' "$resumed" >>"$f"
         fi
-        { [ -n "$led" ] && [ -n "$prog" ]; } && break
+        if [ -z "$ev" ] && [ -n "$ex" ] && "$event" "$arg"; then
+            ev=$(($(now_ms) - t0)) ex_ev=$ex
+            printf 'event_ms=%s\nevent_note=%s\n' "$ev" "$note" >>"$f"
+        fi
+        [ -n "$moved" ] && [ -n "$resumed" ] && break
         ((now - t0 > 300000)) && { echo "gave_up=1" >>"$f"; break; }
         sleep 0.2
     done
@@ -424,7 +413,7 @@ while :; do
         bash "$cluster" kill --dir "$dir" server "$srv_id" 2>&1 | sed 's/^cluster.sh: /    !! /'
         t0=$(now_ms)
         srv_killed=$SECONDS
-        watch_server "$fdir/server" "$srv_id" "$t0" "$ex0" &
+        watch "$fdir/server" "$t0" "$ex0" server_gone "$srv_id" &
         watchers+=($!)
     fi
 
@@ -438,7 +427,7 @@ while :; do
         bash "$cluster" kill --dir "$dir" coordinator "$crd_id" 2>&1 | sed 's/^cluster.sh: /    !! /'
         t0=$(now_ms)
         crd_killed=$SECONDS
-        watch_leader "$fdir/coordinator" "$other" "$t0" "$ex0" &
+        watch "$fdir/coordinator" "$t0" "$ex0" leader_is "$other" &
         watchers+=($!)
         sleep 5
         bash "$cluster" start --dir "$dir" coordinator "$crd_id" 2>&1 | sed 's/^cluster.sh: /    !! /' ||
@@ -497,16 +486,17 @@ if [ -n "$srv_note" ]; then
     nfaults=$((nfaults + 1))
     f=$fdir/server
     info "fault $nfaults: $srv_note"
-    info "       its ranges had other primaries after $(ms "$(fault_val "$f" primary_ms)")$(
-        [ -n "$(fault_val "$f" version)" ] && echo " (assignment version $(fault_val "$f" version): $(fault_val "$f" primaries))")"
-    info "       the job's progress moved past its value at the kill after $(ms "$(fault_val "$f" progress_ms)")"
+    info "       no range had $srv_id as primary after $(ms "$(fault_val "$f" event_ms)")$(
+        [ -n "$(fault_val "$f" event_note)" ] && echo " ($(fault_val "$f" event_note))")"
+    info "       training moved on past its progress at that point after $(ms "$(fault_val "$f" resumed_ms)") from the kill"
+    info "       (past its progress at the kill after $(ms "$(fault_val "$f" moved_ms)"): batches finished before the kill, reported late)"
 fi
 if [ -n "$crd_note" ]; then
     nfaults=$((nfaults + 1))
     f=$fdir/coordinator
     info "fault $nfaults: $crd_note"
-    info "       coordinator $crd_other held the leader key after $(ms "$(fault_val "$f" leader_ms)")"
-    info "       the job's progress moved past its value at the kill after $(ms "$(fault_val "$f" progress_ms)")"
+    info "       coordinator $crd_other held the leader key after $(ms "$(fault_val "$f" event_ms)")"
+    info "       the job's progress moved past its value at the kill after $(ms "$(fault_val "$f" moved_ms)"), and past its value when $crd_other led after $(ms "$(fault_val "$f" resumed_ms)") from the kill"
 fi
 if [ -n "$kill_note" ]; then
     nfaults=$((nfaults + 1))
