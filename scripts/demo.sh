@@ -534,7 +534,7 @@ for log in "$dir"/logs/server-*.log; do
 done
 info "checkpoints at the end: $(IFS=','; echo "${ckpt_notes[*]}" | sed 's/,/, /g')"
 if [ "$keep" = 1 ]; then
-    info "  inspect them with: $bin/keelctl checkpoint list|verify|export --store $dir/data/server-s1 --key $dir/certs/cluster.key"
+    info "  inspect them with: $bin/keelctl checkpoint list|verify|export --store $dir/data/server-$([ "$srv_id" = s1 ] && echo s2 || echo s1) --key $dir/certs/cluster.key"
 fi
 if "$bin/keelctl" job --help >/dev/null 2>&1; then
     "$bin/keelctl" --config "$cfg" job show "$job" 2>&1 | sed 's/^/    | /'
