@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# demo.sh - Keel's main job: a local cluster trains an MLP on Fashion-MNIST and
-# survives a worker killed with SIGKILL half way.
+# demo.sh - Keel's main job: a local cluster with replication 2 trains an MLP
+# on Fashion-MNIST and survives three faults: a server, the leading coordinator
+# and a worker, each killed with SIGKILL while the job runs.
 #
 # Installs the Debian packages (scripts/install-deps), builds (Release, build/),
 # starts etcd, 2 coordinators, 3 servers and 2 workers on loopback in a
-# temporary directory (scripts/cluster.sh), submits examples/fashion-mnist-mlp.ini,
-# shows progress, kills worker w1 half way and starts it again, and ends with
-# a summary.  Every process it started is stopped at the end, on failure and
+# temporary directory (scripts/cluster.sh up --replication 2), submits
+# examples/fashion-mnist-mlp.ini with replication = 2 and shows progress.  At a
+# quarter of the job's examples it kills the server that is primary of the
+# most key ranges and leaves it down; at three eighths the leading coordinator,
+# started again 5 s later; at one half worker w1, started again 2 s later.  For
+# each fault it measures, from the kill, how long until the server's ranges
+# had other primaries (the assignment in etcd) or the other coordinator held
+# the leader key, and until the job's progress moved past its value at the
+# kill.  The summary names each fault with those times, the final test
+# accuracy (the demo fails below 0.88, or --min-accuracy) and that the job
+# finished.  Every process it started is stopped at the end, on failure and
 # on Ctrl-C.  See docs/cluster.md.
 set -u
 set -o pipefail
@@ -20,29 +29,40 @@ usage() {
     cat <<'EOF'
 usage: scripts/demo.sh [OPTIONS]
 Build Keel, start a local cluster (etcd, 2 coordinators, 3 servers, 2
-workers) in a temporary directory, train the MLP of
-examples/fashion-mnist-mlp.ini on Fashion-MNIST, kill worker w1 with SIGKILL
-half way and start it again, and print a summary (test accuracy, time,
-examples/s, the fault and that the job finished).
+workers, replication 2) in a temporary directory, train the MLP of
+examples/fashion-mnist-mlp.ini on Fashion-MNIST with replication = 2, and
+kill with SIGKILL, at fixed fractions of the job's examples:
+  1/4  the server that is primary of the most key ranges (left down)
+  3/8  the leading coordinator (started again 5 s later)
+  1/2  worker w1 (started again 2 s later)
+Print a summary: each fault with the ms from the kill until the server's
+ranges had other primaries / the other coordinator led, and until the job's
+progress moved on; the worker's shard resumed; the final test accuracy,
+time, examples/s and that the job finished.
 
   --epochs N       train N epochs instead of the example's 10
   --job FILE       submit FILE instead of examples/fashion-mnist-mlp.ini
   --shards N       import the dataset in N shards (default 4: 2 per worker)
   --no-build       skip installing packages and building: use build/bin as is
   --bin DIR        use the binaries in DIR (implies --no-build)
-  --no-fault       do not kill a worker
+  --no-fault       kill nothing (same as --faults none)
+  --faults LIST    the faults to inject, comma-separated, of server,
+                   coordinator, worker (default all three); none for none
+  --min-accuracy A fail when the final test accuracy is below A (default 0.88)
   --keep           keep the cluster directory (logs, data) at the end
   --dir DIR        put the cluster in DIR (new or empty) instead of a temporary one
   --timeout MIN    give the job MIN minutes to finish (default 30)
   -h, --help       show this help
 
-Exit status: 0 the job finished, 1 a failure (the message names it),
+Exit status: 0 the job finished with the accuracy asked for, 1 a failure
+(the message names it: a stalled or failed job, accuracy too low, ...),
 69 a part of Keel the demo needs is not there yet, 130 interrupted.
 EOF
 }
 
 bin=$top/build/bin
-epochs='' job_file=$top/examples/fashion-mnist-mlp.ini build=1 fault=1 keep=0 dir='' limit_min=30
+epochs='' job_file=$top/examples/fashion-mnist-mlp.ini build=1 keep=0 dir='' limit_min=30
+faults=server,coordinator,worker min_acc=0.88
 shard_opt=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -57,7 +77,16 @@ while [ $# -gt 0 ]; do
         ;;
     --no-build) build=0 ;;
     --bin) bin=${2:-} build=0 && shift ;;
-    --no-fault) fault=0 ;;
+    --no-fault) faults=none ;;
+    --faults)
+        [[ ${2:-} =~ ^(none|(server|coordinator|worker)(,(server|coordinator|worker))*)$ ]] ||
+            { cl_say "--faults: expected none or a list of server,coordinator,worker; got '${2:-}'"; exit 64; }
+        faults=$2 && shift
+        ;;
+    --min-accuracy)
+        [[ ${2:-} =~ ^(0(\.[0-9]+)?|1(\.0*)?)$ ]] || { cl_say "--min-accuracy: expected 0-1, got '${2:-}'"; exit 64; }
+        min_acc=$2 && shift
+        ;;
     --keep) keep=1 ;;
     --dir) dir=${2:-} && shift ;;
     --timeout)
@@ -70,6 +99,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -f "$job_file" ] || { cl_say "no job file '$job_file'"; exit 64; }
+want_fault() { [[ ,$faults, == *,$1,* ]]; }
 [ -d "$bin" ] && bin=$(cd "$bin" && pwd -P)
 
 cluster=$top/scripts/cluster.sh
@@ -85,10 +115,13 @@ elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 # ---- stopping everything, however the demo ends ------------------------------------
 
 finished=0
+watchers=() # PIDs of the background fault watchers (section 4)
 # shellcheck disable=SC2317 # trap handlers
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    local w
+    for w in "${watchers[@]}"; do kill "$w" 2>/dev/null; done
     # A failure keeps the files to look into; success, an interruption or a
     # missing piece (69) has nothing to show beyond what was printed.
     local remove=()
@@ -156,7 +189,7 @@ absent=()
 
 # ---- 2. the cluster ----------------------------------------------------------------------
 
-step "starting a local cluster: etcd, 2 coordinators, 3 servers, 2 workers"
+step "starting a local cluster: etcd, 2 coordinators, 3 servers, 2 workers, replication 2"
 if [ -z "$dir" ]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-demo.XXXXXX") || fail "cannot make a temporary directory"
     made_dir=1
@@ -166,7 +199,7 @@ elif [ -e "$dir/cluster.env" ]; then
 fi
 ours=1
 bash "$cluster" up --dir "$dir" --bin "$bin" --coordinators 2 --servers 3 --workers 2 \
-    --replication 1 --dataset fashion-mnist "${shard_opt[@]}" 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
+    --replication 2 --dataset fashion-mnist "${shard_opt[@]}" 2>&1 >/dev/null | sed 's/^cluster.sh: /    /' ||
     fail "the local cluster did not start (see the messages above; logs in $dir/logs)"
 dir=$(cd "$dir" && pwd -P)
 cfg=$dir/keelctl.ini
@@ -252,11 +285,82 @@ done
 train_start=$SECONDS
 info "job $job is ${P[state]:-}"
 
-# ---- 4. training, with a worker killed half way -----------------------------------------
+# ---- 4. training, with a server, the leading coordinator and a worker killed --------------
 
-step "training (progress every 5 s; worker w1 is killed half way)"
+now_ms() { date +%s%3N; }
+# examples_now: the job's examples done (cl_job_progress), or nothing.
+examples_now() {
+    cl_job_progress "$bin/keelctl" "$cfg" "$job" "$epochs" "$batch" "$records" 2>/dev/null |
+        sed -n 's/^examples=//p'
+}
+# assignment_primaries: "VERSION ID:COUNT ID:COUNT ..." from the assignment in
+# etcd: each server id and how many ranges it is primary of, most first.
+assignment_primaries() {
+    cl_etcdctl get --print-value-only "/keel/$KEEL_CLUSTER_NAME/assignment" 2>/dev/null |
+        python3 -c '
+import collections, json, sys
+a = json.loads(sys.stdin.read())
+c = collections.Counter(a["servers"][r[0]] for r in a["ranges"] if r)
+order = sorted(c, key=lambda s: (-c[s], a["servers"].index(s)))
+print(a.get("version", "?"), " ".join("%s:%d" % (s, c[s]) for s in order))' 2>/dev/null
+}
+# watch FILE T0 EX0 EVENT ARG: a background watcher.  It polls etcd every
+# 0.2 s after a kill at T0 (ms) and writes KEY=VALUE lines to FILE, times in
+# ms from T0, and gives up after 300 s.  EX0 is the job's examples done just
+# before the kill.
+#   event_ms     EVENT ARG first held (server_gone ID: no range has server ID
+#                as primary; leader_is ID: coordinator ID holds the leader key)
+#   moved_ms     the examples done first went past EX0 (batches the workers
+#                finished before the kill count too)
+#   resumed_ms   the examples done first went past their value when the
+#                event was seen: training went on after the failover
+# event_note has what the event check saw (server_gone: the assignment).
+server_gone() {
+    local a
+    a=$(assignment_primaries)
+    [ -n "$a" ] && [[ " ${a#* } " != *" $1:"* ]] || return 1
+    note="assignment version ${a%% *}: ${a#* }"
+}
+leader_is() { note='' && [ "$(cl_leader)" = "$1" ]; }
+watch() {
+    local f=$1 t0=$2 ex0=$3 event=$4 arg=$5 now ex ev='' moved='' resumed='' ex_ev='' note=''
+    while :; do
+        now=$(now_ms)
+        ex=$(examples_now)
+        if [ -z "$moved" ] && [ -n "$ex" ] && ((ex > ex0)); then
+            moved=$((now - t0))
+            printf 'moved_ms=%s\n' "$moved" >>"$f"
+        fi
+        if [ -n "$ev" ] && [ -z "$resumed" ] && [ -n "$ex" ] && ((ex > ex_ev)); then
+            resumed=$((now - t0))
+            printf 'resumed_ms=%s\n' "$resumed" >>"$f"
+        fi
+        if [ -z "$ev" ] && [ -n "$ex" ] && "$event" "$arg"; then
+            ev=$(($(now_ms) - t0)) ex_ev=$ex
+            printf 'event_ms=%s\nevent_note=%s\n' "$ev" "$note" >>"$f"
+        fi
+        [ -n "$moved" ] && [ -n "$resumed" ] && break
+        ((now - t0 > 300000)) && { echo "gave_up=1" >>"$f"; break; }
+        sleep 0.2
+    done
+}
+# fault_val FILE KEY: a watcher's value, or nothing.
+fault_val() { sed -n "s/^$2=//p" "$1" 2>/dev/null | head -n 1; }
+fdir=$dir/faults
+mkdir -p "$fdir" || fail "cannot make $fdir"
+
+plan=()
+want_fault server && plan+=("at 1/4 the server primary of the most ranges (left down)")
+want_fault coordinator && plan+=("at 3/8 the leading coordinator (restarted)")
+want_fault worker && plan+=("at 1/2 worker w1 (restarted)")
+if ((${#plan[@]})); then
+    step "training (progress every 5 s; SIGKILL $(IFS=';'; echo "${plan[*]}" | sed 's/;/; /g'))"
+else
+    step "training (progress every 5 s; no faults)"
+fi
 printf '    %-8s %-10s %-11s %-10s %-9s %s\n' time epoch examples/s test-loss test-acc shards
 last_ex=0 last_t=$SECONDS moved_t=$SECONDS killed='' kill_note='' resume_note='' kill_shard=''
+srv_killed='' srv_note='' srv_id='' crd_killed='' crd_note='' crd_id=''
 limit=$((limit_min * 60))
 poll_failures=0
 while :; do
@@ -298,8 +402,42 @@ while :; do
     failed | stopped) fail "the job is ${P[state]:-}: ${P[reason]:-}" ;;
     esac
 
+    # A quarter: SIGKILL the server that is primary of the most ranges; it stays down.
+    if want_fault server && [ -z "$srv_killed" ] && ((ex * 4 >= ${P[total]:-0} && ${P[total]:-0} > 0)); then
+        a=$(assignment_primaries)
+        [ -n "$a" ] || fail "cannot read the assignment (/keel/$KEEL_CLUSTER_NAME/assignment) from etcd"
+        top_srv=${a#* } top_srv=${top_srv%% *}
+        srv_id=${top_srv%:*}
+        ex0=$(examples_now) && [ -n "$ex0" ] || ex0=$ex
+        srv_note="server $srv_id (primary of ${top_srv#*:} ranges, assignment version ${a%% *}: ${a#* }) killed with SIGKILL at epoch $(epoch_of "$ex0" "${P[total]:-0}") and left down"
+        bash "$cluster" kill --dir "$dir" server "$srv_id" 2>&1 | sed 's/^cluster.sh: /    !! /'
+        t0=$(now_ms)
+        srv_killed=$SECONDS
+        watch "$fdir/server" "$t0" "$ex0" server_gone "$srv_id" &
+        watchers+=($!)
+    fi
+
+    # Three eighths: SIGKILL the leading coordinator, start it again 5 s later.
+    if want_fault coordinator && [ -z "$crd_killed" ] && ((ex * 8 >= ${P[total]:-0} * 3 && ${P[total]:-0} > 0)); then
+        crd_id=$(cl_leader)
+        [ -n "$crd_id" ] || fail "no coordinator leads (/keel/$KEEL_CLUSTER_NAME/leader)"
+        other=$(awk -v me="$crd_id" '$1 == "coordinator" && $2 != me {print $2; exit}' "$dir/nodes")
+        ex0=$(examples_now) && [ -n "$ex0" ] || ex0=$ex
+        crd_note="coordinator $crd_id (the leader) killed with SIGKILL at epoch $(epoch_of "$ex0" "${P[total]:-0}")"
+        bash "$cluster" kill --dir "$dir" coordinator "$crd_id" 2>&1 | sed 's/^cluster.sh: /    !! /'
+        t0=$(now_ms)
+        crd_killed=$SECONDS
+        watch "$fdir/coordinator" "$t0" "$ex0" leader_is "$other" &
+        watchers+=($!)
+        sleep 5
+        bash "$cluster" start --dir "$dir" coordinator "$crd_id" 2>&1 | sed 's/^cluster.sh: /    !! /' ||
+            fail "coordinator $crd_id did not start again (see $dir/logs/coordinator-$crd_id.log)"
+        crd_note+="; started again $((SECONDS - crd_killed)) s later"
+        crd_other=$other
+    fi
+
     # Half way: SIGKILL w1, note its shard and position, start it again.
-    if [ "$fault" = 1 ] && [ -z "$killed" ] && ((ex * 2 >= ${P[total]:-0} && ${P[total]:-0} > 0)); then
+    if want_fault worker && [ -z "$killed" ] && ((ex * 2 >= ${P[total]:-0} && ${P[total]:-0} > 0)); then
         for ((n = 0; n < KEEL_SHARDS; n++)); do
             read -r owner pass b <<<"${P[shard.$n]:-- 0 0}"
             [ "$owner" = w1 ] && kill_shard=$n kill_pos="$pass $b"
@@ -331,24 +469,52 @@ total=${P[total]:-0}
 info "job $job: ${P[state]:-} ($epochs epochs of $(ini model) on ${total} training examples, $KEEL_SHARDS shards, 2 workers, 3 servers, replication $KEEL_REPLICATION)"
 eval_pass=${P[eval.pass]:--1}
 if [ "$eval_pass" -ge 0 ]; then
-    reached=$(python3 -c "print('reached' if ${P[eval.accuracy]} >= 0.88 else 'not reached')")
-    info "final test accuracy: ${P[eval.accuracy]} after epoch $((eval_pass + 1)) (test loss ${P[eval.loss]}, ${P[eval.examples]:-?} test images; target 0.88: $reached)"
+    reached=$(python3 -c "print('reached' if ${P[eval.accuracy]} >= $min_acc else 'not reached')")
+    info "final test accuracy: ${P[eval.accuracy]} after epoch $((eval_pass + 1)) (test loss ${P[eval.loss]}, ${P[eval.examples]:-?} test images; target $min_acc: $reached)"
 else
     info "final test accuracy: none reported (no key under ${prefix}eval/)"
 fi
 info "wall time: $(elapsed "$train_time") of training; $(elapsed $((SECONDS - demo_start))) for the whole demo"
 info "examples/s: $((total / (train_time > 0 ? train_time : 1))) on average"
+# The watchers have normally long finished; give a late one a moment.
+for w in "${watchers[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$w" 2>/dev/null || break; sleep 0.2; done
+done
+ms() { if [ -n "$1" ]; then printf "%'d ms" "$1"; else printf 'not seen within 300 s'; fi; }
+nfaults=0
+if [ -n "$srv_note" ]; then
+    nfaults=$((nfaults + 1))
+    f=$fdir/server
+    info "fault $nfaults: $srv_note"
+    info "       no range had $srv_id as primary after $(ms "$(fault_val "$f" event_ms)")$(
+        [ -n "$(fault_val "$f" event_note)" ] && echo " ($(fault_val "$f" event_note))")"
+    info "       training moved on past its progress at that point after $(ms "$(fault_val "$f" resumed_ms)") from the kill"
+    info "       (past its progress at the kill after $(ms "$(fault_val "$f" moved_ms)"): batches finished before the kill, reported late)"
+fi
+if [ -n "$crd_note" ]; then
+    nfaults=$((nfaults + 1))
+    f=$fdir/coordinator
+    info "fault $nfaults: $crd_note"
+    info "       coordinator $crd_other held the leader key after $(ms "$(fault_val "$f" event_ms)")"
+    info "       the job's progress moved past its value at the kill after $(ms "$(fault_val "$f" moved_ms)"), and past its value when $crd_other led after $(ms "$(fault_val "$f" resumed_ms)") from the kill"
+fi
 if [ -n "$kill_note" ]; then
-    info "fault: $kill_note"
+    nfaults=$((nfaults + 1))
+    info "fault $nfaults: $kill_note"
     info "       ${resume_note:-the shard w1 held was finished without a visible resume in the 5 s samples}"
-else
-    info "fault: none (--no-fault)"
+fi
+if [ "$nfaults" = 0 ]; then
+    info "faults: none ($([ "$faults" = none ] && echo "--no-fault" || echo "the job ended before any fault's turn"))"
 fi
 info "the job finished: state '${P[state]:-}' in etcd"
 # Each server checkpoints its ranges when the job is done (signed with the cluster key).
 ckpt_notes=()
 for log in "$dir"/logs/server-*.log; do
     s=${log##*/server-} s=${s%.log} line=''
+    if [ "$s" = "$srv_id" ]; then
+        ckpt_notes+=("$s down (killed)")
+        continue
+    fi
     for ((i = 0; i < 30; i++)); do
         line=$(grep -o "job $job: checkpoint [0-9]* at clock [0-9]* (the job is done)" "$log" | tail -n 1)
         [ -n "$line" ] && break
@@ -368,10 +534,14 @@ for log in "$dir"/logs/server-*.log; do
 done
 info "checkpoints at the end: $(IFS=','; echo "${ckpt_notes[*]}" | sed 's/,/, /g')"
 if [ "$keep" = 1 ]; then
-    info "  inspect them with: $bin/keelctl checkpoint list|verify|export --store $dir/data/server-s1 --key $dir/certs/cluster.key"
+    info "  inspect them with: $bin/keelctl checkpoint list|verify|export --store $dir/data/server-$([ "$srv_id" = s1 ] && echo s2 || echo s1) --key $dir/certs/cluster.key"
 fi
 if "$bin/keelctl" job --help >/dev/null 2>&1; then
     "$bin/keelctl" --config "$cfg" job show "$job" 2>&1 | sed 's/^/    | /'
 fi
 [ "$eval_pass" -ge 0 ] || missing "test accuracy reports (keel-worker writes no ${prefix}eval/<pass>/<worker>)"
+if ! python3 -c "import sys; sys.exit(0 if ${P[eval.accuracy]} >= $min_acc else 1)"; then
+    finished=0 # keep the cluster's files to look into
+    fail "the final test accuracy ${P[eval.accuracy]} is below $min_acc"
+fi
 exit 0

@@ -180,7 +180,8 @@ leads() {
 
 # ---- 1. the demo's job: ssp:2, a worker SIGKILLed half way ------------------------------
 t0=$SECONDS
-run "$srcdir/scripts/demo.sh" --bin "$bindir" --epochs 1 --timeout 8 --dir "$tmp/ssp"
+run "$srcdir/scripts/demo.sh" --bin "$bindir" --epochs 1 --timeout 8 --dir "$tmp/ssp" \
+    --faults worker --min-accuracy 0.80
 expect_status 0 "the demo's job finishes"
 expect_out "the job finished: state 'done' in etcd" "the job is done"
 expect_out "killed worker w1 .* with SIGKILL" "a worker was killed"
@@ -221,7 +222,7 @@ method = zeros
 EOF
 t0=$SECONDS
 run "$srcdir/scripts/demo.sh" --bin "$bindir" --job "$tmp/bsp.ini" --shards 2 --no-fault \
-    --timeout 5 --dir "$tmp/bsp"
+    --min-accuracy 0 --timeout 5 --dir "$tmp/bsp"
 expect_status 0 "the BSP job finishes"
 expect_out "the job finished: state 'done' in etcd" "the BSP job is done"
 expect_out "progress +2/2 shards done" "both shards were finished"
