@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# test_replica_loss.sh BINDIR SRCDIR - every replica of some ranges killed at
+# once: those ranges wait, nothing is lost, and the job finishes once the
+# servers are back.
+#
+# A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 3 servers, 2
+# workers, lease TTL 3 s, Fashion-MNIST in 4 shards) trains softmax
+# regression (BSP, SGD, batch 100, 8 epochs) with `replication = 2`.  Once
+# every range has an in-sync backup, two of the three servers are SIGKILLed
+# together: every range they both held lost its whole replica set.  Checks:
+#  - past the lease TTL, a range with a live in-sync replica is led by it,
+#    and a range whose every in-sync replica is dead keeps its replica set
+#    and waits (it is never handed to a server that does not hold it); the
+#    job stays running;
+#  - both servers are started again from their stores: the waiting ranges
+#    are led again (from the store of a replica that was in sync: a backup
+#    logs an update before it confirms it, so that store holds every
+#    acknowledged update), and the job finishes;
+#  - in the assignment at the job's end, every in-sync replica of every
+#    range holding rows, read from its store, applied exactly one push per
+#    batch (8 x 4 x 150 = 4800) and holds the same rows as the others.
+set -u
+bindir=$1
+srcdir=$2
+. "$srcdir/tests/lib/assert.sh"
+
+. "$srcdir/tests/lib/cluster_job.sh"
+
+ttl_s=3
+run cl up --dir "$dir" --bin "$bindir" --servers 3 --workers 2 --shards 4 --name t \
+    --lease-ttl "${ttl_s}s"
+expect_status 0 "cluster up"
+cfg=$run_out
+
+sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 8/' \
+    -e 's/^replication = .*/replication = 2/' \
+    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
+grep -q '^replication = 2$' "$tmp/job.ini" || fail "could not set the job's replication"
+run kc job submit "$tmp/job.ini"
+expect_status 0 "submit r1"
+
+assignment_py() {
+    cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment 2>/dev/null |
+        python3 -c 'import json,sys
+a = json.load(sys.stdin)
+print(eval(sys.argv[1]))' "$1" 2>/dev/null
+}
+all_in_sync() {
+    [ "$(assignment_py 'all(len(r) == 2 and i == 2 for r, i in zip(a["ranges"], a["insync"]))')" = True ]
+}
+if wait_for 60 all_in_sync; then ok; else fail "the ranges did not all get an in-sync backup"; fi
+past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 480 ]; }
+if wait_for 120 past_a_tenth; then ok; else
+    fail "r1 did not get a tenth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
+fi
+
+# --- two of three servers SIGKILLed together ---------------------------------------------
+cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment >"$tmp/before.json"
+run cl kill --dir "$dir" server s1
+expect_status 0 "SIGKILL server s1"
+run cl kill --dir "$dir" server s2
+expect_status 0 "SIGKILL server s2"
+lost=$(python3 -c 'import json,sys
+a = json.load(open(sys.argv[1]))
+print(sum(set(a["servers"][i] for i in r) <= {"s1", "s2"} for r in a["ranges"]))' "$tmp/before.json")
+echo "s1 and s2 SIGKILLed at $(done_batches) of 4800 batches: $lost ranges lost every replica"
+[ "${lost:-0}" -gt 0 ] && ok || fail "no range had both its replicas on s1 and s2"
+# Past the TTL: ranges with s3 in sync are led by s3; the others wait as they were.
+failed_over() {
+    [ "$(cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment 2>/dev/null | python3 -c 'import json,sys
+b = json.load(open(sys.argv[1])); a = json.load(sys.stdin)
+ids = lambda t, r: [t["servers"][i] for i in t["ranges"][r]]
+ok = a["version"] > b["version"]
+for r in range(256):
+    old, new = ids(b, r), ids(a, r)
+    if "s3" in old[:b["insync"][r]]:
+        ok = ok and new[0] == "s3"
+    else:
+        ok = ok and new == old and a["terms"][r] == b["terms"][r]
+print(ok)' "$tmp/before.json" 2>/dev/null)" = True ]
+}
+if wait_for 20 failed_over; then ok; else
+    fail "the assignment did not fail over as the rules say" "$(assignment_py 'a' | head -c 400)"
+fi
+sleep 5
+[ "$(job_field state)" = running ] && ok || fail "r1 is '$(job_field state)', not running, with ranges waiting"
+
+# --- both started again from their stores: the waiting ranges are led again -------------
+for s in s1 s2; do
+    run cl start --dir "$dir" server "$s"
+    expect_status 0 "start server $s again"
+done
+t0=$(now_ms)
+at=$(done_batches)
+moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 20))" ]; }
+if wait_for 60 moved; then
+    echo "training moved again $(($(now_ms) - t0)) ms after s1 and s2 were started again"
+    ok
+else
+    fail "no progress after s1 and s2 came back" "$(kc job show r1 2>&1 | tail -n 12)"
+fi
+restored() { grep -qE "restored from the store" "$dir/logs/server-s1.log" "$dir/logs/server-s2.log"; }
+if wait_for 30 restored; then ok; else
+    fail "neither s1 nor s2 says it restored ranges from its store" "$(grep -h opened "$dir"/logs/server-s[12].log)"
+fi
+state_done() { [ "$(job_field state)" = done ]; }
+if wait_for 400 state_done; then ok; else
+    fail "r1 did not finish" "$(kc job show r1 2>&1 | tail -n 15)"
+fi
+save_final_assignment
+run cl down --dir "$dir"
+expect_status 0 "cluster down"
+check_replicas 4800 7
+finish
