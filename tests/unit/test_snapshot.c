@@ -108,6 +108,8 @@ static void assert_same(const struct keel_snapshot *a, const struct keel_snapsho
         cr_assert_eq(x->width, y->width);
         cr_assert_eq(x->state_width, y->state_width);
         cr_assert_eq(x->nrows, y->nrows);
+        if (x->nrows == 0)
+            continue; /* an empty table may have no arrays at all */
         cr_assert_eq(memcmp(x->keys, y->keys, x->nrows * 8), 0);
         cr_assert_eq(memcmp(x->rows, y->rows, x->nrows * x->width * 4), 0);
         if (x->state_width)
