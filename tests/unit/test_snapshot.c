@@ -525,6 +525,7 @@ Test(snapshot, packed_form_round_trips)
     /* Pack appends and checks as a write does. */
     keel_buf_reset(&b);
     keel_buf_add(&b, "xyz", 3);
+    free_fixture(&f);
     make_fixture(&f, 1, 1, 3, 0);
     cr_assert_eq(keel_snapshot_pack(&f.snap, &b, &err), 0, "%s", err.msg);
     struct keel_snapshot got;
