@@ -11,9 +11,13 @@
 
 void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out)
 {
-    json_t *root = json_object(), *ranges = json_array();
+    json_t *root = json_object(), *ranges = json_array(), *lost = json_array();
 
     json_object_set_new(root, "incarnation", json_integer((json_int_t)r->incarnation));
+    for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++)
+        if (r->lost[i])
+            json_array_append_new(lost, json_integer((json_int_t)i));
+    json_object_set_new(root, "lost", lost);
     for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++) {
         if (r->terms[i] == 0)
             continue;
@@ -36,8 +40,8 @@ static int get_int(json_t *v, uint64_t lo, uint64_t *out)
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
                                struct keel_error *err)
 {
-    static const char *const keys[] = {"incarnation", "ranges", NULL};
-    json_t *root, *ranges, *e;
+    static const char *const keys[] = {"incarnation", "lost", "ranges", NULL};
+    json_t *root, *ranges, *lost, *e;
     size_t i;
     long prev = -1;
     int rc = 0;
@@ -49,6 +53,26 @@ int keel_replica_report_decode(const void *data, size_t len, struct keel_replica
     if ((rc = keel__json_get_uint(root, "replicas", "incarnation", INT64_MAX, &r->incarnation,
                                   err)) != 0)
         goto out;
+    lost = json_object_get(root, "lost");
+    if (!json_is_array(lost) || json_array_size(lost) > KEEL_PROTO_NRANGES) {
+        rc = keel__json_corrupt(err, "replicas", "lost: must be an array of at most %d ranges",
+                                KEEL_PROTO_NRANGES);
+        goto out;
+    }
+    json_array_foreach(lost, i, e)
+    {
+        uint64_t range;
+
+        if (get_int(e, 0, &range) != 0 || range >= KEEL_PROTO_NRANGES || (long)range <= prev) {
+            rc = keel__json_corrupt(err, "replicas",
+                                    "lost[%zu]: must be a range below %d, the list increasing", i,
+                                    KEEL_PROTO_NRANGES);
+            goto out;
+        }
+        prev = (long)range;
+        r->lost[range] = 1;
+    }
+    prev = -1;
     ranges = json_object_get(root, "ranges");
     if (!json_is_array(ranges) || json_array_size(ranges) > KEEL_PROTO_NRANGES) {
         rc = keel__json_corrupt(err, "replicas", "ranges: must be an array of at most %d entries",

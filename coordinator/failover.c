@@ -68,6 +68,40 @@ static void drop_dead(struct fo *w, unsigned r)
     w->insync[r] = (uint8_t)in;
 }
 
+/* Whether server `s` reports holding none of range `r`'s state. */
+static int reports_lost(const struct keel_assign_synced *synced, const long *sidx, size_t nsynced,
+                        unsigned r, uint16_t s)
+{
+    for (size_t j = 0; j < nsynced; j++)
+        if (sidx[j] == (long)s && synced[j].lost != NULL && synced[j].lost[r])
+            return 1;
+    return 0;
+}
+
+/*
+ * Step 0: an in-sync replica that lost the range's state (a wiped store) is
+ * in sync no more; it goes first among the syncing backups.  The next
+ * in-sync replica leads, live or not (a dead one makes the range wait for
+ * it).  The last in-sync replica is left alone: the range is lost for good,
+ * and the caller fails the job (keel_assign_lost()).
+ */
+static void demote_lost(struct fo *w, unsigned r, const struct keel_assign_synced *synced,
+                        const long *sidx, size_t nsynced)
+{
+    for (unsigned i = 0; i < w->insync[r] && w->insync[r] > 1;) {
+        uint16_t s = w->rep[r][i];
+
+        if (!reports_lost(synced, sidx, nsynced, r, s)) {
+            i++;
+            continue;
+        }
+        memmove(&w->rep[r][i], &w->rep[r][i + 1], (w->insync[r] - 1 - i) * sizeof(uint16_t));
+        w->rep[r][--w->insync[r]] = s;
+        if (i == 0)
+            w->term[r] = w->version;
+    }
+}
+
 /* Step b, down: drop the last replicas (syncing ones first, never the primary). */
 static void trim(struct fo *w, unsigned r, unsigned replication)
 {
@@ -341,8 +375,10 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
     for (size_t j = 0; j < nsynced; j++)
         sidx[j] = union_index(w, synced[j].id);
 
-    for (unsigned r = 0; r < NR; r++)
+    for (unsigned r = 0; r < NR; r++) {
+        demote_lost(w, r, synced, sidx, nsynced);
         drop_dead(w, r);
+    }
     /* Loads count every set, waiting ones too, before any is trimmed or filled. */
     for (unsigned r = 0; r < NR; r++)
         for (unsigned k = 0; k < w->cnt[r]; k++) {
@@ -374,4 +410,22 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
     free(w);
     free(ids);
     return rc;
+}
+
+int keel_assign_lost(const keel_assign *a, unsigned range, const struct keel_assign_synced *synced,
+                     size_t nsynced)
+{
+    if (range >= NR || a->insync[range] == 0)
+        return 0;
+    for (unsigned i = 0; i < a->insync[range]; i++) {
+        const char *id = a->servers[a->replica[range][i]];
+        size_t j;
+
+        for (j = 0; j < nsynced; j++)
+            if (strcmp(synced[j].id, id) == 0 && synced[j].lost != NULL && synced[j].lost[range])
+                break;
+        if (j == nsynced)
+            return 0;
+    }
+    return 1;
 }

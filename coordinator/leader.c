@@ -630,6 +630,7 @@ static void reports_read(const struct keel_cstate *s, const struct keel_member_i
             continue; /* gone, unreadable, or from before a restart */
         out->synced[out->n].id = srv[m].id;
         out->synced[out->n].terms = out->r[out->n].terms;
+        out->synced[out->n].lost = out->r[out->n].lost;
         out->n++;
     }
 }
@@ -653,9 +654,46 @@ static void reports_release(struct reports *r)
  * that restarted (a new incarnation) lost its memory: it first leaves every
  * range ("stay" excludes it), then joins again as a new replica.
  */
-static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
-                           unsigned replication, struct keel_error *err)
+/*
+ * Fail the running job `j` if a range lost its state for good: every
+ * in-sync replica reports holding none of it (keel_assign_lost()).  1 when
+ * it was failed (or that write's outcome is unknown), 0 when nothing is
+ * lost.
+ */
+static int fail_lost(keel_leader *l, keel_election *e, const struct keel_cstate_job *j,
+                     const keel_assign *a, const struct reports *rep, int *rc,
+                     struct keel_error *err)
 {
+    struct keel_buf why = KEEL_BUF_INIT;
+    unsigned n = 0;
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        if (keel_assign_lost(a, r, rep->synced, rep->n)) {
+            keel_buf_addf(&why, "%s%u", n ? ", " : "", r);
+            n++;
+        }
+    if (n == 0) {
+        keel_buf_release(&why);
+        return 0;
+    }
+    {
+        char reason[512];
+
+        snprintf(reason, sizeof(reason),
+                 "range%s %.300s lost: no replica holds %s state (the servers that led %s "
+                 "came back without it, and no other replica was in sync)",
+                 n == 1 ? "" : "s", (const char *)why.buf, n == 1 ? "its" : "their",
+                 n == 1 ? "it" : "them");
+        *rc = fail_job(l, e, j, reason, err);
+    }
+    keel_buf_release(&why);
+    return 1;
+}
+
+static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
+                           const struct keel_cstate_job *job, struct keel_error *err)
+{
+    unsigned replication = job ? job->spec.replication : 1;
     const struct keel_member_info *srv;
     const char **live, **stay;
     keel_assign *a = NULL, *before;
@@ -690,6 +728,8 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     }
     if (a == NULL)
         a = keel_assign_new(replication);
+    if (running && job != NULL && fail_lost(l, e, job, a, &rep, &rc, err))
+        goto out;
     /* Each step: from a copy, so the log can say what changed. */
     for (int step = 0; step < 4 && rc == 0; step++) {
         static const char *const why[] = {"replication", "servers changed",
@@ -733,6 +773,7 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
     } else if (rc != KEEL_EEPOCH && rc != KEEL_EINDOUBT) {
         KEEL_LOG_WARN("assignment: %s", err->msg);
     }
+out:
     reports_release(&rep);
     keel_assign_free(a);
     free(live);
@@ -784,7 +825,7 @@ static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
         int arc;
 
         keel_error_init(&aerr);
-        arc = assignment_tick(l, e, &s, running ? running->spec.replication : 1, &aerr);
+        arc = assignment_tick(l, e, &s, running, &aerr);
         if (arc == KEEL_EEPOCH) {
             *err = aerr;
             rc = arc;

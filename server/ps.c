@@ -742,6 +742,18 @@ int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *o
     return 0;
 }
 
+uint64_t keel_ps_rows(struct keel_ps *ps, unsigned range)
+{
+    struct range_state *r = &ps->ranges[range];
+    uint64_t n = 0;
+
+    pthread_mutex_lock(&r->lock);
+    for (size_t t = 0; r->held && t < r->snap.ntables; t++)
+        n += r->snap.tables[t].nrows;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
 uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range)
 {
     uint64_t lsn;

@@ -179,6 +179,9 @@ uint64_t keel_ps_min_clock(struct keel_ps *ps);
 int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *out,
                      struct keel_error *err);
 
+/* The rows a held range has, over every table (0 when not held). */
+uint64_t keel_ps_rows(struct keel_ps *ps, unsigned range);
+
 /* The range's current LSN. */
 uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range);
 

@@ -165,6 +165,7 @@ struct srv {
     struct peer *peers;
     size_t npeers;
     struct keel_replica_report report; /* what this server holds, for etcd */
+    int store_had_job; /* the store held this job's ranges before it was taken up here */
     int report_dirty;
     uint64_t report_at;          /* monotonic ms of the last report written */
     pthread_mutex_t report_lock; /* held while a report is written: s->member stays */
@@ -411,6 +412,37 @@ static void release_waiting(struct srv *s)
 
 /* ---- ranges follow the assignment (srv->lock held) ------------------------ */
 
+static int shard_moved(void *user, const struct keel_etcd_kv *kv)
+{
+    struct srv *s = user;
+    struct keel_shard sh;
+    struct keel_key k;
+
+    return keel_key_parse(kv->key, s->cluster, &k) == KEEL_KEY_JOB_SHARD &&
+           keel_shard_decode(kv->value, kv->value_len, s->spec.epochs, &sh, NULL) == 0 &&
+           (sh.pass > 0 || sh.batch > 0);
+}
+
+/*
+ * Whether range `r`, just opened from the initializer because the store had
+ * nothing of it, must not be: it has rows, the job has trained (a shard has
+ * moved), and this store did not hold the job's ranges before (it is new or
+ * was wiped).  Its updates would then be lost silently.
+ */
+static int state_lost(struct srv *s, unsigned r)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    int trained;
+
+    if (s->store_had_job || keel_ps_rows(s->ps, r) == 0)
+        return 0;
+    keel_key_job_prefix(&prefix, s->cluster, s->job);
+    keel_buf_add_str(&prefix, "shards/");
+    trained = keel_cview_each(s->view, keel_key_str(&prefix), shard_moved, s) != 0;
+    keel_buf_release(&prefix);
+    return trained;
+}
+
 static void apply_assignment(struct srv *s)
 {
     struct keel_error err;
@@ -437,6 +469,18 @@ static void apply_assignment(struct srv *s)
                     s->nstreams[r] = 0;
                     continue;
                 }
+                if (st.lsn == 0 && state_lost(s, r)) {
+                    keel_ps_close_range(s->ps, r);
+                    s->nstreams[r] = 0;
+                    if (!s->report.lost[r])
+                        KEEL_LOG_ERROR("job %s: told to lead range %u, but this server's store "
+                                       "holds none of its state and the job has trained: not "
+                                       "starting it from its initializer (a lost disk?)",
+                                       s->job, r);
+                    s->report_dirty |= !s->report.lost[r];
+                    s->report.lost[r] = 1;
+                    continue;
+                }
                 opened++;
                 if (st.lsn > 0) {
                     restored++;
@@ -453,6 +497,8 @@ static void apply_assignment(struct srv *s)
             continue;
         }
         s->nstreams[r] = 0;
+        s->report_dirty |= s->report.lost[r];
+        s->report.lost[r] = 0;
         if (pos > 0) {
             /* A backup: its copy comes from the primary (RANGE_COPY). */
             if (held && keel_ps_is_primary(s->ps, r)) {
@@ -1408,6 +1454,8 @@ static int claim_store(struct srv *s, const char *job, struct keel_error *err)
 
     keel_jobspec_digest_hex(&s->spec, digest);
     snprintf(owner, sizeof(owner), "%s sha256:%s", job, digest);
+    s->store_had_job =
+        keel_snapshot_owner(s->store, prev, sizeof(prev), NULL) == 0 && strcmp(prev, owner) == 0;
     rc = keel_snapshot_claim(s->store, owner, prev, sizeof(prev), &dropped, err);
     if (rc == 0 && prev[0] != '\0')
         KEEL_LOG_WARN("job %s: the store held the parameters of '%s'; dropped its snapshots and "
@@ -1439,6 +1487,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
             s->job[0] = '\0';
             memset(s->nstreams, 0, sizeof(s->nstreams));
             memset(s->report.terms, 0, sizeof(s->report.terms));
+            memset(s->report.lost, 0, sizeof(s->report.lost));
             s->report_dirty = 1;
             release_parked(s);
             release_waiting(s); /* each is told the job ended (no range is led) */
@@ -1473,6 +1522,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     KEEL_LOG_INFO("serving job %s", job);
     memset(s->nstreams, 0, sizeof(s->nstreams));
     memset(s->report.terms, 0, sizeof(s->report.terms));
+    memset(s->report.lost, 0, sizeof(s->report.lost));
     s->report_dirty = 1;
     s->ckpt_clock = 0;
     s->ckpt_next = 0;

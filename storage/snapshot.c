@@ -574,6 +574,38 @@ int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t pre
     return rc;
 }
 
+struct owner_read {
+    keel_store *s;
+    char *out;
+    size_t len;
+};
+
+static int owner_fn(keel_txn *txn, void *ctx, struct keel_error *err)
+{
+    struct owner_read *o = ctx;
+    MDB_val v;
+    int rc;
+
+    rc = keel_store_get(o->s, txn, KEEL_DB_META, OWNER_KEY, strlen(OWNER_KEY), &v, err);
+    if (rc == 0) {
+        size_t m = v.mv_size < o->len - 1 ? v.mv_size : o->len - 1;
+
+        memcpy(o->out, v.mv_data, m);
+        o->out[m] = '\0';
+    }
+    return rc;
+}
+
+int keel_snapshot_owner(keel_store *s, char *out, size_t len, struct keel_error *err)
+{
+    struct owner_read o = {s, out, len};
+
+    if (len == 0)
+        return keel_err_set(err, KEEL_EINVAL, "no room for the range owner");
+    out[0] = '\0';
+    return keel_store_read(s, owner_fn, &o, err);
+}
+
 /* ---- reading ---------------------------------------------------------- */
 
 static int read_head(keel_store *s, keel_txn *txn, uint32_t range, struct keel__snap_head *h,

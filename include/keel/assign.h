@@ -161,7 +161,9 @@ int keel_assign_set_replication(keel_assign *a, unsigned replication,
  */
 struct keel_assign_synced {
     const char *id;
-    const uint64_t *terms; /* KEEL_PROTO_NRANGES entries */
+    const uint64_t *terms;     /* KEEL_PROTO_NRANGES entries */
+    const unsigned char *lost; /* KEEL_PROTO_NRANGES flags, or NULL: told to lead the range,
+                                  the server holds none of its state */
 };
 
 /*
@@ -169,6 +171,11 @@ struct keel_assign_synced {
  * for balance, and no range is led by a replica that may lack acknowledged
  * updates.  The new version V is the old one + 1, taken only if anything
  * changed (stats->changed).  For every range:
+ *  - an in-sync replica that `synced` reports as having lost the range's
+ *    state leaves the in-sync prefix (first among the syncing backups), so
+ *    that the range is led by another in-sync replica, live or not (term V
+ *    when the primary changes) - unless it is the only one: the caller
+ *    fails the job then (keel_assign_lost());
  *  - dead replicas (ids not in `live[0..nlive)`) are removed, keeping the
  *    order; the in-sync count drops by the in-sync ones removed.  When the
  *    primary died, the first live in-sync backup leads, with term V
@@ -198,6 +205,13 @@ struct keel_assign_synced {
  * as by keel_assign_update(), or more than KEEL_ASSIGN_MAX_SERVERS servers
  * to list; the table is then unchanged.
  */
+/*
+ * Whether range `range` lost its state for good: every replica of its in-sync
+ * prefix is reported in `synced` as holding none of it.
+ */
+int keel_assign_lost(const keel_assign *a, unsigned range, const struct keel_assign_synced *synced,
+                     size_t nsynced);
+
 int keel_assign_failover(keel_assign *a, unsigned replication, const char *const *live,
                          size_t nlive, const struct keel_assign_synced *synced, size_t nsynced,
                          struct keel_assign_stats *stats, struct keel_error *err);

@@ -9,7 +9,14 @@
  * into a range's in-sync set (keel_assign_failover()); keelctl status shows
  * each backup's lag from them.
  *
- * JSON: {"incarnation":7,"ranges":[[range,term,lsn],...]}, ranges increasing.
+ * A server also reports the ranges it was told to lead but could not: its
+ * store holds none of their state while the job has trained (a lost disk),
+ * and starting them from the initializer would lose every update silently.
+ * The leader then takes the server out of those ranges' in-sync sets, or,
+ * when no other replica is in sync, fails the job naming them.
+ *
+ * JSON: {"incarnation":7,"lost":[range,...],"ranges":[[range,term,lsn],...]},
+ * ranges increasing in both lists.
  */
 #ifndef KEEL_REPLICAS_H
 #define KEEL_REPLICAS_H
@@ -23,18 +30,19 @@
 #define KEEL_REPLICAS_MAX_JSON (64u << 10)
 
 struct keel_replica_report {
-    uint64_t incarnation;               /* of the reporting server's registration */
-    uint64_t terms[KEEL_PROTO_NRANGES]; /* 0: the range is not held */
-    uint64_t lsns[KEEL_PROTO_NRANGES];  /* LSN at the last report */
+    uint64_t incarnation;                   /* of the reporting server's registration */
+    uint64_t terms[KEEL_PROTO_NRANGES];     /* 0: the range is not held */
+    uint64_t lsns[KEEL_PROTO_NRANGES];      /* LSN at the last report */
+    unsigned char lost[KEEL_PROTO_NRANGES]; /* 1: told to lead it, holds none of its state */
 };
 
 /* The canonical JSON of `r` (only ranges with a term). */
 void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out);
 
 /*
- * Decode a report from anywhere: an object with exactly the two keys; at most
- * KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing, terms
- * at least 1, integers within int64.  KEEL_ECORRUPT naming the field; *r is
+ * Decode a report from anywhere: an object with exactly the three keys; at
+ * most KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing
+ * in each list, terms at least 1, integers within int64.  KEEL_ECORRUPT naming the field; *r is
  * zeroed on error.
  */
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,

@@ -129,6 +129,12 @@ int keel_snapshot_claim(keel_store *s, const char *owner, char *prev, size_t pre
                         unsigned *dropped, struct keel_error *err);
 
 /*
+ * The owner recorded in the store (NUL-terminated, cut to len), in a read
+ * transaction of its own; KEEL_ENOTFOUND (and "") when none is.
+ */
+int keel_snapshot_owner(keel_store *s, char *out, size_t len, struct keel_error *err);
+
+/*
  * Find `key` in a table: its row index, or -1.  Binary search.
  */
 int64_t keel_snap_table_find(const struct keel_snap_table *t, uint64_t key);

@@ -247,7 +247,7 @@ Test(failover, a_backup_reporting_the_current_term_joins_the_insync_replicas)
     static const struct range_spec except[] = {{0, "abc", 1, 4}, {1, "abc", 1, 4}};
     keel_assign *a = table(6, 3, "abc", (struct range_spec){0, "abc", 3, 2}, except, 2);
     uint64_t c_terms[NR] = {0}, b_terms[NR] = {0};
-    struct keel_assign_synced synced[] = {{"c", c_terms}, {"b", b_terms}};
+    struct keel_assign_synced synced[] = {{"c", c_terms, NULL}, {"b", b_terms, NULL}};
     struct keel_assign_stats st;
 
     /* Stale reports change nothing. */
@@ -281,7 +281,7 @@ Test(failover, a_promotion_is_checked_against_the_new_term)
     static const struct range_spec except[] = {{0, "abc", 2, 4}};
     keel_assign *a = table(6, 3, "abc", (struct range_spec){0, "abc", 3, 2}, except, 1);
     uint64_t c_terms[NR] = {0};
-    struct keel_assign_synced synced[] = {{"c", c_terms}};
+    struct keel_assign_synced synced[] = {{"c", c_terms, NULL}};
     struct keel_assign_stats st;
 
     /* c holds range 0 as of term 4, but a died: b leads in term 7, c must copy again. */
@@ -421,7 +421,7 @@ Test(failover, primaries_are_balanced_by_swaps_with_in_sync_backups)
     /* s2 reports a copy of every range at its term: in sync, then half the ranges swap. */
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
         terms[r] = keel_assign_term(a, r);
-    synced[0] = (struct keel_assign_synced){"s2", terms};
+    synced[0] = (struct keel_assign_synced){"s2", terms, NULL};
     cr_assert_eq(keel_assign_failover(a, 2, live, 2, synced, 1, &st, &err), 0, "%s", err.msg);
     cr_assert(st.changed);
     cr_assert_eq(st.placed, 0, "a swap moves no data");
@@ -445,5 +445,42 @@ Test(failover, primaries_are_balanced_by_swaps_with_in_sync_backups)
         cr_assert_not(st.changed);
         cr_assert_eq(keel_assign_version(a), v);
     }
+    keel_assign_free(a);
+}
+
+/*
+ * A primary that came back without a range's state (a wiped store) and says
+ * so: with another in-sync replica it leaves the in-sync prefix and that one
+ * leads (even a dead one: the range then waits for it); as the only in-sync
+ * replica, the range is lost for good (keel_assign_lost()) and left alone.
+ */
+Test(failover, a_replica_that_lost_its_state_leaves_the_insync_set)
+{
+    static const struct range_spec except[] = {{5, "ab", 2, 2}, {6, "ac", 1, 2}};
+    keel_assign *a = table(4, 2, "abc", (struct range_spec){0, "bc", 2, 2}, except, 2);
+    uint64_t a_terms[NR] = {0};
+    unsigned char a_lost[NR] = {0};
+    struct keel_assign_synced synced[] = {{"a", a_terms, a_lost}};
+    struct keel_assign_stats st;
+
+    a_lost[5] = a_lost[6] = 1;
+    /* Range 6 has no other in-sync replica: its state is gone. */
+    cr_assert(keel_assign_lost(a, 6, synced, 1));
+    cr_assert_not(keel_assign_lost(a, 5, synced, 1), "b is in sync and did not say so");
+    cr_assert_not(keel_assign_lost(a, 7, synced, 1), "a holds no part of range 7");
+    /* b is dead: range 5 is led by b, in a new term, and waits for it; a syncs again. */
+    failover(a, 2, "ac", synced, 1, &st);
+    cr_assert_str_eq(set_of(a, 5), "ba");
+    cr_assert_eq(keel_assign_insync(a, 5), 1);
+    cr_assert_eq(keel_assign_term(a, 5), keel_assign_version(a));
+    cr_assert_not(keel_assign_is_insync(a, 5, "a"));
+    /* Range 6 is left as it was: the leader fails the job instead. */
+    cr_assert_str_eq(set_of(a, 6), "ac");
+    cr_assert_eq(keel_assign_insync(a, 6), 1);
+    cr_assert_eq(keel_assign_term(a, 6), 2);
+    /* Without a lost report nothing of this happens. */
+    a_lost[5] = 0;
+    cr_assert_not(keel_assign_lost(a, 5, synced, 1));
+    check_roundtrip(a);
     keel_assign_free(a);
 }

@@ -37,6 +37,8 @@ Test(replicas, round_trip)
     r.lsns[17] = 42;
     r.terms[255] = INT64_MAX;
     r.lsns[255] = INT64_MAX;
+    r.lost[3] = 1; /* told to lead it, holds none of its state */
+    r.lost[200] = 1;
     keel_replica_report_encode(&r, &b);
     memset(&back, 0x55, sizeof(back));
     keel_error_init(&err);
@@ -60,10 +62,12 @@ Test(replicas, empty_and_hand_written)
     struct keel_replica_report r;
     struct keel_error err;
 
-    cr_assert_eq(decode_str("{\"incarnation\":0,\"ranges\":[]}", &r, &err), 0, "%s", err.msg);
+    cr_assert_eq(decode_str("{\"incarnation\":0,\"lost\":[],\"ranges\":[]}", &r, &err), 0, "%s",
+                 err.msg);
     cr_assert(zeroed(&r));
-    cr_assert_eq(decode_str("{\"ranges\":[[2,5,0],[9,1,77]],\"incarnation\":12}", &r, &err), 0,
-                 "%s", err.msg);
+    cr_assert_eq(
+        decode_str("{\"lost\":[],\"ranges\":[[2,5,0],[9,1,77]],\"incarnation\":12}", &r, &err), 0,
+        "%s", err.msg);
     cr_assert_eq(r.incarnation, 12);
     cr_assert_eq(r.terms[2], 5);
     cr_assert_eq(r.lsns[2], 0);
@@ -74,29 +78,35 @@ Test(replicas, empty_and_hand_written)
 
 /* Inputs the decoder must refuse, each with why. */
 static const char *const refused[][2] = {
-    {"{\"incarnation\":1,\"ranges\":[[256,1,0]]}", "range 256"},
-    {"{\"incarnation\":1,\"ranges\":[[0,1,0],[300,1,0]]}", "range past 255 after a good one"},
-    {"{\"incarnation\":1,\"ranges\":[[3,1,0],[3,1,0]]}", "a range listed twice"},
-    {"{\"incarnation\":1,\"ranges\":[[4,1,0],[3,1,0]]}", "ranges decreasing"},
-    {"{\"incarnation\":1,\"ranges\":[[3,0,0]]}", "term 0"},
-    {"{\"incarnation\":-1,\"ranges\":[]}", "negative incarnation"},
-    {"{\"incarnation\":1,\"ranges\":[[-1,1,0]]}", "negative range"},
-    {"{\"incarnation\":1,\"ranges\":[[0,-1,0]]}", "negative term"},
-    {"{\"incarnation\":1,\"ranges\":[[0,1,-5]]}", "negative lsn"},
-    {"{\"incarnation\":9223372036854775808,\"ranges\":[]}", "incarnation past int64"},
-    {"{\"incarnation\":1,\"ranges\":[[0,1,1.5]]}", "a fractional lsn"},
-    {"{\"incarnation\":1,\"ranges\":[[0,\"1\",0]]}", "a term as a string"},
-    {"{\"ranges\":[]}", "incarnation missing"},
-    {"{\"incarnation\":1}", "ranges missing"},
-    {"{\"incarnation\":1,\"ranges\":[],\"lag\":0}", "an extra key"},
-    {"{\"incarnation\":1,\"incarnation\":2,\"ranges\":[]}", "a duplicate key"},
-    {"{\"incarnation\":1,\"ranges\":[7]}", "an entry that is not an array"},
-    {"{\"incarnation\":1,\"ranges\":[{\"range\":0}]}", "an entry that is an object"},
-    {"{\"incarnation\":1,\"ranges\":[[0,1]]}", "an entry of two numbers"},
-    {"{\"incarnation\":1,\"ranges\":[[0,1,0,0]]}", "an entry of four numbers"},
-    {"{\"incarnation\":1,\"ranges\":{}}", "ranges not an array"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[256,1,0]]}", "range 256"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0],[300,1,0]]}",
+     "range past 255 after a good one"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[3,1,0],[3,1,0]]}", "a range listed twice"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[4,1,0],[3,1,0]]}", "ranges decreasing"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[3,0,0]]}", "term 0"},
+    {"{\"incarnation\":-1,\"lost\":[],\"ranges\":[]}", "negative incarnation"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[-1,1,0]]}", "negative range"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,-1,0]]}", "negative term"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,-5]]}", "negative lsn"},
+    {"{\"incarnation\":9223372036854775808,\"lost\":[],\"ranges\":[]}", "incarnation past int64"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,1.5]]}", "a fractional lsn"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,\"1\",0]]}", "a term as a string"},
+    {"{\"lost\":[],\"ranges\":[]}", "incarnation missing"},
+    {"{\"incarnation\":1,\"lost\":[]}", "ranges missing"},
+    {"{\"incarnation\":1,\"ranges\":[]}", "lost missing"},
+    {"{\"incarnation\":1,\"lost\":[256],\"ranges\":[]}", "a lost range past 255"},
+    {"{\"incarnation\":1,\"lost\":[4,3],\"ranges\":[]}", "lost ranges decreasing"},
+    {"{\"incarnation\":1,\"lost\":[[4]],\"ranges\":[]}", "a lost entry that is not a number"},
+    {"{\"incarnation\":1,\"lost\":{},\"ranges\":[]}", "lost not an array"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"lag\":0}", "an extra key"},
+    {"{\"incarnation\":1,\"incarnation\":2,\"lost\":[],\"ranges\":[]}", "a duplicate key"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[7]}", "an entry that is not an array"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[{\"range\":0}]}", "an entry that is an object"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1]]}", "an entry of two numbers"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,0]]}", "an entry of four numbers"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":{}}", "ranges not an array"},
     {"[]", "not an object"},
-    {"{\"incarnation\":1,\"ranges\":[]", "truncated"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[]", "truncated"},
     {"", "empty"},
 };
 
@@ -120,14 +130,15 @@ Test(replicas, error_names_the_entry)
     struct keel_replica_report r;
     struct keel_error err;
 
-    cr_assert_eq(decode_str("{\"incarnation\":1,\"ranges\":[[0,1,0],[1,0,0]]}", &r, &err),
-                 KEEL_ECORRUPT);
+    cr_assert_eq(
+        decode_str("{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0],[1,0,0]]}", &r, &err),
+        KEEL_ECORRUPT);
     cr_assert(strstr(err.msg, "ranges[1]") != NULL, "%s", err.msg);
 }
 
 Test(replicas, too_big)
 {
-    const char *head = "{\"incarnation\":1,\"ranges\":[]}";
+    const char *head = "{\"incarnation\":1,\"lost\":[],\"ranges\":[]}";
     size_t len = KEEL_REPLICAS_MAX_JSON + 1;
     char *big = malloc(len);
     struct keel_replica_report r;

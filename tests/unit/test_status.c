@@ -130,7 +130,8 @@ static void cluster(struct keel_cstate *s)
         snprintf(key, sizeof(key), "/keel/t/replicas/%s", SRV[i]);
         add(&kvs, key, (const char *)b.buf, 40 + i);
     }
-    add(&kvs, "/keel/t/replicas/s9", "{\"incarnation\":1,\"ranges\":[]}", 50); /* no such server */
+    add(&kvs, "/keel/t/replicas/s9", "{\"incarnation\":1,\"lost\":[],\"ranges\":[]}",
+        50); /* no such server */
     keel_buf_release(&b);
     keel_cstate_parse(s, "t", &kvs);
 }
