@@ -167,9 +167,11 @@ struct srv {
     struct keel_replica_report report; /* what this server holds, for etcd */
     int store_had_job; /* the store held this job's ranges before it was taken up here */
     int report_dirty;
-    uint64_t report_at;          /* monotonic ms of the last report written */
-    pthread_mutex_t report_lock; /* held while a report is written: s->member stays */
-    char **workers;              /* live worker ids, as the view has them */
+    uint64_t report_at;              /* monotonic ms of the last report written */
+    pthread_mutex_t report_lock;     /* held while a report is written: s->member stays */
+    char **workers;                  /* live worker ids, as the view has them */
+    char (*leases)[KEEL_ID_MAX + 1]; /* the running job's shards' owners ("": free), by shard */
+    uint32_t nleases;                /* 0: no lease of the job is known (no coordinator) */
     size_t nworkers;
     struct open_dataset *datasets;
     size_t ndatasets;
@@ -632,6 +634,30 @@ static void queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn
     pthread_cond_signal(&s->wake);
 }
 
+/*
+ * A push moves its shard's exactly-once position: only the worker the shard
+ * is leased to may send one (the worker id is the certificate's, checked in
+ * handle()).  The view may lag behind a lease just granted, so the refusal
+ * is one to retry (KEEL_EUNAVAILABLE).  No check while etcd holds no lease
+ * of the job (a server used without a coordinator).  srv->lock held.
+ */
+static int check_lease(struct srv *s, const struct keel_msg_push *p, struct keel_error *err)
+{
+    if (s->nleases == 0)
+        return 0;
+    if (p->shard >= s->nleases)
+        return keel_err_set(err, KEEL_EINVAL, "job %s has %" PRIu32 " shards, not shard %" PRIu32,
+                            s->job, s->nleases, p->shard);
+    if (p->worker_id.len != strlen(s->leases[p->shard]) ||
+        memcmp(p->worker_id.ptr, s->leases[p->shard], p->worker_id.len) != 0)
+        return keel_err_set(err, KEEL_EUNAVAILABLE,
+                            "shard %" PRIu32 " is leased to '%s', not to '%.*s', as far as this "
+                            "server knows",
+                            p->shard, s->leases[p->shard][0] ? s->leases[p->shard] : "nobody",
+                            (int)p->worker_id.len, p->worker_id.ptr);
+    return 0;
+}
+
 static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_msg *msg,
                        struct keel_error *err)
 {
@@ -648,6 +674,11 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         pthread_mutex_unlock(&s->lock);
         free(a);
         return 0;
+    }
+    if ((rc = check_lease(s, &msg->u.push, err)) != 0) {
+        pthread_mutex_unlock(&s->lock);
+        free(a);
+        return rc;
     }
     rc = keel_ps_push(s->ps, &msg->u.push, &a->result, err);
     if (rc == KEEL_EREDIRECT) {
@@ -1403,6 +1434,8 @@ static int add_owner(void *user, const struct keel_etcd_kv *kv)
     if (keel_shard_decode(kv->value, kv->value_len, o->s->spec.epochs, &sh, NULL) != 0 ||
         sh.owner[0] == '\0')
         return 0;
+    if (k.num < o->s->nleases)
+        snprintf(o->s->leases[k.num], KEEL_ID_MAX + 1, "%s", sh.owner);
     for (i = 0; i < o->n && strcmp(o->ids[i], sh.owner) != 0; i++)
         ;
     if (i == o->n) {
@@ -1427,8 +1460,13 @@ static void set_owners(struct srv *s)
         return;
     keel_key_job_prefix(&prefix, s->cluster, s->job);
     keel_buf_add_str(&prefix, "shards/");
+    s->nleases = s->spec.shards;
+    KEEL_REALLOC_ARRAY(s->leases, s->nleases ? s->nleases : 1);
+    memset(s->leases, 0, (size_t)s->nleases * sizeof(s->leases[0]));
     keel_cview_each(s->view, keel_key_str(&prefix), add_owner, &o);
     keel_buf_release(&prefix);
+    if (o.seen == 0)
+        s->nleases = 0; /* no lease of the job in etcd: a server used without a coordinator */
     if (o.seen > 0) {
         KEEL_ALLOC_ARRAY(ids, o.n + 1);
         for (size_t i = 0; i < o.n; i++)
@@ -1489,6 +1527,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
             memset(s->report.terms, 0, sizeof(s->report.terms));
             memset(s->report.lost, 0, sizeof(s->report.lost));
             s->report_dirty = 1;
+            s->nleases = 0;
             release_parked(s);
             release_waiting(s); /* each is told the job ended (no range is led) */
         }
@@ -1756,6 +1795,7 @@ stop_listener:
     free(s.datasets);
     workers_clear(&s);
     free(s.workers);
+    free(s.leases);
 free_tls:
     keel_tls_free(s.tls);
 close_store:

@@ -5,6 +5,7 @@
  * checks what survives.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -850,4 +851,80 @@ Test(server, refuses_to_start_under_an_id_its_certificate_does_not_name)
     cr_assert(
         log_says("s9", "[node] id is server 's9' but the certificate names server 's1'", NULL),
         "the server did not say why it refused to start");
+}
+
+/* Shard `n` of job `job` leased to `owner` ("" for free), as the coordinator's leader writes it. */
+static void write_lease(const char *job, uint32_t n, const char *owner)
+{
+    struct keel_shard sh;
+    struct keel_buf b = KEEL_BUF_INIT;
+    char key[128];
+
+    memset(&sh, 0, sizeof(sh));
+    snprintf(sh.owner, sizeof(sh.owner), "%s", owner);
+    sh.incarnation = owner[0] ? 1 : 0;
+    keel_shard_encode(&sh, &b);
+    snprintf(key, sizeof(key), "jobs/%s/shards/%" PRIu32, job, n);
+    put(key, &b);
+    keel_buf_release(&b);
+}
+
+/*
+ * Once etcd holds the job's shard leases, a push for a shard leased to
+ * another worker is refused (to be retried, as the server's view may lag a
+ * new lease) and changes nothing; when the lease comes to the worker its
+ * push is applied.
+ */
+Test(server, a_push_for_a_shard_leased_to_another_worker_is_refused)
+{
+    char addr[64];
+    float grads[15], before[15], after[15];
+    struct keel_client *c;
+    struct keel_reply *r = NULL;
+    struct keel_msg m;
+    struct keel_error err;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.25f;
+    write_job("j1", "asp");
+    write_lease("j1", 0, "w1");
+    write_lease("j1", 1, "w2");
+    c = start_server(addr, sizeof(addr));
+    pull_rows(c, before);
+    r = push(c, "w1", 0, 1, 0, grads); /* its own shard: applied */
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
+    keel_reply_free(r);
+    pull_rows(c, before);
+    /* Shard 1 is w2's: w1's push there is refused, however often it asks. */
+    memset(&m, 0, sizeof(m));
+    m.hdr.type = KEEL_MSG_PUSH;
+    m.u.push.worker_id = keel_str_of("w1");
+    m.u.push.shard = 1;
+    m.u.push.seq = 5;
+    m.u.push.incarnation = 1;
+    m.u.push.assignment_version = 1;
+    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
+        cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a push for w2's shard was answered");
+        cr_assert_eq(r->msg.u.error.code, KEEL_EUNAVAILABLE);
+        cr_assert(memmem(r->msg.u.error.message.ptr, r->msg.u.error.message.len, "leased to 'w2'",
+                         14) != NULL,
+                  "%.*s", (int)r->msg.u.error.message.len, r->msg.u.error.message.ptr);
+        keel_reply_free(r);
+    }
+    /* A shard the job does not have. */
+    m.u.push.shard = 7;
+    cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
+    cr_assert(r->msg.hdr.type == KEEL_MSG_ERROR && r->msg.u.error.code == KEEL_EINVAL);
+    keel_reply_free(r);
+    pull_rows(c, after);
+    cr_assert_eq(memcmp(before, after, sizeof(before)), 0, "a refused push changed rows");
+    /* The lease moves to w1: its push is applied (push() retries while the view catches up). */
+    write_lease("j1", 1, "w1");
+    r = push(c, "w1", 1, 5, 0, grads);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    keel_client_free(c);
 }
