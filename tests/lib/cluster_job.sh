@@ -19,14 +19,15 @@
 #                          of them has the same digest (rows and optimizer state) on each
 #   save_final_assignment  with the cluster up and r1 done: the assignment as it was when
 #                          r1's state became done (etcd's history at that revision),
-#                          into $tmp/final-assignment.json
+#                          into $tmp/final-assignment.json (scripts/lib/final-assignment.sh)
 #   check_replicas PUSHES PASS
 #                          with the cluster down, after save_final_assignment: every
 #                          in-sync replica of every range holding rows, in that
 #                          assignment, read from its server's store as a server restores
-#                          it, applied exactly PUSHES pushes, records every shard at the
-#                          end of pass PASS, and has the same digest as the range's other
-#                          replicas; and the model's 10 rows are all held
+#                          it (scripts/lib/check_replicas.py), applied exactly PUSHES
+#                          pushes, records every shard at the end of pass PASS, and has
+#                          the same digest as the range's other replicas; and the
+#                          model's 10 rows are all held
 
 cluster=$srcdir/scripts/cluster.sh
 helper=$bindir/keel-test-train
@@ -91,64 +92,16 @@ check_stores() {
 }
 
 save_final_assignment() {
-    local rev
-    rev=$(cl etcdctl --dir "$dir" get /keel/t/jobs/r1/state -w json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["kvs"][0]["mod_revision"])' 2>/dev/null)
-    if [ -z "$rev" ]; then
-        fail "cannot read the revision at which r1 was done"
-        return
-    fi
-    cl etcdctl --dir "$dir" get /keel/t/assignment --rev="$rev" --print-value-only \
-        >"$tmp/final-assignment.json" 2>/dev/null && [ -s "$tmp/final-assignment.json" ] && ok ||
-        fail "cannot read the assignment at revision $rev"
+    run bash "$srcdir/scripts/lib/final-assignment.sh" "$dir" r1 "$tmp/final-assignment.json"
+    expect_status 0 "read the assignment at the revision at which r1 was done"
 }
 
 check_replicas() {
-    local pushes=$1 seq_end s range lsn nrows rest shard
-    local -A line=()
-    seq_end=$("$helper" seq "$2" 150)
-    for s in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["servers"]))' \
-        "$tmp/final-assignment.json"); do
-        [ -d "$dir/data/server-$s" ] || continue
-        run "$helper" dump --store "$dir/data/server-$s" --spec "$tmp/job.ini"
-        expect_status 0 "dump the ranges of $s"
-        while read -r _ range _ lsn _ nrows rest; do
-            [ -n "${nrows:-}" ] && [ "$nrows" -gt 0 ] || continue
-            line[$s/$range]="$lsn $nrows ${rest##* digest } $rest"
-        done <<<"$run_out"
-    done
-    run python3 - "$tmp/final-assignment.json" "$pushes" "$seq_end" <<PY
-import json, sys
-a = json.load(open(sys.argv[1])); pushes, seq_end = sys.argv[2], sys.argv[3]
-held = {}
-for kv in """$(for k in "${!line[@]}"; do printf '%s %s\n' "$k" "${line[$k]}"; done)""".strip().splitlines():
-    key, lsn, nrows, digest, rest = kv.split(" ", 4)
-    held[key] = (lsn, int(nrows), digest, " " + rest + " ")
-bad, rows, checked = [], 0, 0
-for r, (reps, insync) in enumerate(zip(a["ranges"], a["insync"])):
-    ids = [a["servers"][i] for i in reps[:insync]]
-    copies = [(s, held.get(s + "/" + str(r))) for s in ids]
-    found = [(s, c) for s, c in copies if c is not None]
-    if not found:
-        continue  # a range without rows of the model: no push touched it
-    rows += found[0][1][1]
-    for s, c in copies:
-        checked += 1
-        if c is None:
-            bad.append("range %d: in-sync replica %s holds none of its rows" % (r, s)); continue
-        if c[0] != pushes:
-            bad.append("range %d on %s: %s pushes applied, expected %s" % (r, s, c[0], pushes))
-        for shard in range(4):
-            if " shard %d seq %s " % (shard, seq_end) not in c[3]:
-                bad.append("range %d on %s: shard %d is not at the end of the last pass" % (r, s, shard))
-        if c[2] != found[0][1][2]:
-            bad.append("range %d: %s's copy differs from %s's" % (r, s, found[0][0]))
-print("%d in-sync copies of the ranges holding rows checked, %d rows" % (checked, rows))
-if rows != 10:
-    bad.append("the in-sync replicas hold %d rows of the model, expected 10" % rows)
-print("\n".join(bad))
-sys.exit(1 if bad else 0)
-PY
+    local seq_end
+    seq_end=$(( ($2 << 32) | 150 ))
+    run python3 "$srcdir/scripts/lib/check_replicas.py" --helper "$helper" --data "$dir/data" \
+        --assignment "$tmp/final-assignment.json" --spec "$tmp/job.ini" --pushes "$1" \
+        --seq-end "$seq_end,$seq_end,$seq_end,$seq_end" --rows 10
     expect_status 0 "every in-sync replica at the job's end holds every push once, identically"
     echo "${run_out%%$'\n'*}"
 }
