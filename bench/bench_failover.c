@@ -163,6 +163,14 @@ static int64_t json_int(json_t *o, const char *key)
     return json_is_integer(j) ? (int64_t)json_integer_value(j) : -1;
 }
 
+/* The job's path, relative to the source tree when it is in it. */
+static const char *job_name(const char *job)
+{
+    size_t n = strlen(KEEL_SOURCE_DIR);
+
+    return strncmp(job, KEEL_SOURCE_DIR "/", n + 1) == 0 ? job + n + 1 : job;
+}
+
 /* ---- recovery ------------------------------------------------------------------------- */
 
 static int measure_failover(struct keel_bench *b, const struct options *o, const char *bin)
@@ -233,7 +241,7 @@ static int measure_failover(struct keel_bench *b, const struct options *o, const
     keel_bench_note(b,
                     "failover: %zu SIGKILLs of the busiest primary (%s), 3 servers, replication 2,"
                     " %u worker(s), %s; lease TTL %.0f s (the baseline of the failover rows)",
-                    json_array_size(list), victims, o->fo_workers, o->job, ttl_s);
+                    json_array_size(list), victims, o->fo_workers, job_name(o->job), ttl_s);
     keel_bench_note(b,
                     "failover: kill to first acknowledged push at a promoted primary: %zu of %zu"
                     " measured, median %.2f s, max %.2f s; kill to promotion median %.2f s,"
@@ -322,7 +330,7 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
                         "rate: %s, %" PRIu32 " epoch(s) of %" PRIu64 " records, 3 servers,"
                         " %u worker(s), no faults; in process %.0f examples/s (the baseline of"
                         " the keel_rN_examples_s rows)",
-                        o->job, local.epochs, local.records, o->workers, base);
+                        job_name(o->job), local.epochs, local.records, o->workers, base);
         for (unsigned r = 1; r <= NREPL; r++) {
             const struct train_run *k = &runs[r - 1];
 

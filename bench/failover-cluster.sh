@@ -28,8 +28,8 @@
 #
 # K is the wall-clock time (Unix ms) just before `cluster.sh kill` ran (C ms,
 # which include its checks before the signal: K is early by at most that);
-# P the earliest promotion among the survivors' logged first acknowledgements
-# (their time minus the delay they log), A the earliest of those
+# P the earliest promotion at or after K among the survivors' logged first
+# acknowledgements (their time minus the delay they log), A the earliest of those
 # acknowledgements (0 when none came within the wait), and Y when every range
 # was in sync again, with even shares of primaries, after the restart (0 when
 # that did not happen within the wait).  Progress goes to stderr.
@@ -217,15 +217,17 @@ wait_for "$wait_s" settled || fail "the ranges did not all get in-sync replicas 
 n0=$(batches)
 wait_for "$wait_s" moving_since "$((${n0:-0} + 20))" || fail "the job does not move"
 
-# The first acknowledgements after promotions logged since `since` (Unix ms) by
-# the servers in $@, earliest first: "ACK_MS PROMOTED_MS SERVER RANGE".
+# The first acknowledgements logged by the servers in $@ for promotions at or
+# after `since` (Unix ms), earliest first: "ACK_MS PROMOTED_MS SERVER RANGE".
+# (A range promoted before, by a swap that balances primaries, and first
+# pushed to after the kill is not the kill's doing.)
 first_acks() {
     local since=$1 id
     shift
     for id in "$@"; do
         sed -n 's/.*range \([0-9]*\): first push acknowledged as primary \([0-9]*\) ms after promotion, at \([0-9]*\) ms since the epoch.*/\3 \2 \1/p' \
             "$cdir/logs/server-$id.log" 2>/dev/null |
-            awk -v since="$since" -v id="$id" '$1 >= since { printf "%.0f %.0f %s %d\n", $1, $1 - $2, id, $3 }'
+            awk -v since="$since" -v id="$id" '$1 - $2 >= since { printf "%.0f %.0f %s %d\n", $1, $1 - $2, id, $3 }'
     done | sort -n
 }
 
