@@ -13,8 +13,9 @@
  * noticed when its lease expires, so the ratio is the recovery in TTLs.
  *
  * Training rate (train_runs.h, the code path of keel-bench-train): the same
- * job, without faults, on 3 servers with replication 1, 2 and 3, against the
- * same training in this process without the network.  Rows
+ * job, without faults, on 3 servers with replication 1, 2 and 3 (rounds of
+ * the three in turn, medians), against the same training in this process
+ * without the network.  Rows
  * keel_rN_examples_s have the in-process rate as their baseline;
  * keel_rN_vs_r1_examples_s have replication 1's, so their ratio is the
  * fraction of replication 1's rate that replication N keeps.
@@ -41,6 +42,7 @@
 
 #define MAX_KILLS 100
 #define NREPL     3
+#define MAX_RUNS  9
 
 struct options {
     unsigned kills;   /* 0: 10, 3 with --quick */
@@ -48,6 +50,7 @@ struct options {
     unsigned workers; /* of the rate runs */
     unsigned fo_workers;
     unsigned limit_s; /* 0: the default for the mode */
+    unsigned runs;    /* rounds of the rate runs; 0: 3, 1 with --quick */
     const char *job;
     int failover_only, rate_only;
 };
@@ -55,6 +58,8 @@ struct options {
 static const char options_help[] =
     "  --kills N          SIGKILLs of a primary (default 10; 3 with --quick)\n"
     "  --epochs N         epochs of each training-rate run (default: the job's; 1 with"
+    " --quick)\n"
+    "  --runs N           rounds of training-rate runs, 1-9: medians (default 3; 1 with"
     " --quick)\n"
     "  --workers N        workers of the training-rate runs (default 1)\n"
     "  --failover-workers N  workers training during the kills (default 2)\n"
@@ -99,6 +104,9 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
             return -1;
     } else if (strcmp(opt, "--epochs") == 0) {
         if (parse_uint(opt, val, 1, 1000, &o->epochs) != 0)
+            return -1;
+    } else if (strcmp(opt, "--runs") == 0) {
+        if (parse_uint(opt, val, 1, MAX_RUNS, &o->runs) != 0)
             return -1;
     } else if (strcmp(opt, "--workers") == 0) {
         if (parse_uint(opt, val, 1, 8, &o->workers) != 0)
@@ -287,11 +295,12 @@ out:
 
 static int measure_rate(struct keel_bench *b, const struct options *o, const char *bin)
 {
+    unsigned nruns = o->runs ? o->runs : b->quick ? 1 : 3, done = 0;
     struct train_setup s;
-    struct train_run local, runs[NREPL];
+    struct train_run local, runs[MAX_RUNS][NREPL];
     struct keel_error err = {0};
     const char *data = getenv("KEEL_FASHION_MNIST_DIR");
-    double base, rate[NREPL];
+    double base, rate[NREPL], v[MAX_RUNS], max;
     char name[64];
     int rc = 0;
 
@@ -310,15 +319,23 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
         fprintf(stderr, "keel-bench-failover: in process: %s\n", err.msg);
         return -1;
     }
-    for (unsigned r = 1; r <= NREPL && rc == 0; r++) {
-        s.replication = r;
-        if ((rc = train_on_cluster(&s, o->workers, &runs[r - 1], &err)) != 0)
-            fprintf(stderr, "keel-bench-failover: replication %u: %s\n", r, err.msg);
+    /* Rounds of replication 1, 2, 3 in turn, so that a change of load during
+     * the benchmark affects them alike. */
+    for (done = 0; done < nruns && rc == 0; done++) {
+        if (nruns > 1)
+            fprintf(stderr, "keel-bench-failover: round %u of %u\n", done + 1, nruns);
+        for (unsigned r = 1; r <= NREPL && rc == 0; r++) {
+            s.replication = r;
+            if ((rc = train_on_cluster(&s, o->workers, &runs[done][r - 1], &err)) != 0)
+                fprintf(stderr, "keel-bench-failover: replication %u: %s\n", r, err.msg);
+        }
     }
     if (rc == 0) {
         base = train_examples_per_s(&local);
         for (unsigned r = 1; r <= NREPL; r++) {
-            rate[r - 1] = train_examples_per_s(&runs[r - 1]);
+            for (unsigned i = 0; i < nruns; i++)
+                v[i] = train_examples_per_s(&runs[i][r - 1]);
+            median_max(v, nruns, &rate[r - 1], &max);
             snprintf(name, sizeof(name), "keel_r%u_examples_s", r);
             keel_bench_record(b, name, rate[r - 1], "ex/s", base);
         }
@@ -328,19 +345,27 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
         }
         keel_bench_note(b,
                         "rate: %s, %" PRIu32 " epoch(s) of %" PRIu64 " records, 3 servers,"
-                        " %u worker(s), no faults; in process %.0f examples/s (the baseline of"
-                        " the keel_rN_examples_s rows)",
-                        job_name(o->job), local.epochs, local.records, o->workers, base);
+                        " %u worker(s), no faults, %u round(s)%s; in process %.0f examples/s"
+                        " (the baseline of the keel_rN_examples_s rows)",
+                        job_name(o->job), local.epochs, local.records, o->workers, nruns,
+                        nruns > 1 ? " (medians)" : "", base);
         for (unsigned r = 1; r <= NREPL; r++) {
-            const struct train_run *k = &runs[r - 1];
+            char line[256];
+            size_t len = 0;
 
+            for (unsigned i = 0; i < nruns && len < sizeof(line); i++) {
+                const struct train_run *k = &runs[i][r - 1];
+
+                len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f%s",
+                                        i ? ", " : "", train_examples_per_s(k),
+                                        k->finished ? "" : " (stopped at the time limit)");
+            }
             keel_bench_note(b,
-                            "rate: replication %u: %.0f examples/s over %.1f s%s, final test"
+                            "rate: replication %u: examples/s of each round %s; final test"
                             " accuracy %.4f (in process %.4f); cluster start-up %.0f s, not"
                             " counted",
-                            r, rate[r - 1], k->seconds,
-                            k->finished ? "" : " (stopped at the time limit)",
-                            train_final_accuracy(k), train_final_accuracy(&local), k->startup_s);
+                            r, line, train_final_accuracy(&runs[0][r - 1]),
+                            train_final_accuracy(&local), runs[0][r - 1].startup_s);
         }
         keel_bench_note(b,
                         "rate: replication 2 keeps %.3f of replication 1's rate (%.0f%% slower);"
@@ -348,14 +373,16 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
                         rate[1] / rate[0], 100.0 * (1.0 - rate[1] / rate[0]));
     }
     train_run_release(&local);
-    for (unsigned r = 0; r < NREPL; r++)
-        train_run_release(&runs[r]);
+    for (unsigned i = 0; i < MAX_RUNS; i++)
+        for (unsigned r = 0; r < NREPL; r++)
+            train_run_release(&runs[i][r]);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
-    struct options o = {0, 0, 1, 2, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-softmax.ini", 0, 0};
+    struct options o = {0, 0, 1, 2, 0, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-softmax.ini", 0,
+                        0};
     struct keel_bench_opts opts = {options_help, parse_option, &o};
     struct keel_bench b;
     char bin[PATH_MAX];
