@@ -78,8 +78,8 @@ static int parse_uint(const char *opt, const char *text, unsigned lo, unsigned h
     n = text ? strtoul(text, &end, 10) : 0;
     if (text == NULL || errno != 0 || end == text || *end != '\0' || text[0] == '-' || n < lo ||
         n > hi) {
-        fprintf(stderr, "keel-bench-failover: %s: expected a number from %u to %u, got '%s'\n",
-                opt, lo, hi, text ? text : "");
+        fprintf(stderr, "keel-bench-failover: %s: expected a number from %u to %u, got '%s'\n", opt,
+                lo, hi, text ? text : "");
         return -1;
     }
     *v = (unsigned)n;
@@ -185,14 +185,22 @@ static int measure_failover(struct keel_bench *b, const struct options *o, const
 {
     unsigned kills = o->kills ? o->kills : b->quick ? 3 : 10;
     char nk[16], nw[16];
-    char *argv[] = {"/bin/bash", KEEL_SOURCE_DIR "/bench/failover-cluster.sh",
-                    "--bin",     (char *)bin,
-                    "--job",     (char *)o->job,
-                    "--kills",   nk,
-                    "--workers", nw,
-                    "--servers", "3",
-                    "--replication", "2",
-                    "--lease-ttl", "3",
+    char *argv[] = {"/bin/bash",
+                    KEEL_SOURCE_DIR "/bench/failover-cluster.sh",
+                    "--bin",
+                    (char *)bin,
+                    "--job",
+                    (char *)o->job,
+                    "--kills",
+                    nk,
+                    "--workers",
+                    nw,
+                    "--servers",
+                    "3",
+                    "--replication",
+                    "2",
+                    "--lease-ttl",
+                    "3",
                     NULL};
     struct keel_buf text;
     json_t *root = NULL, *list;
@@ -356,8 +364,8 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
             for (unsigned i = 0; i < nruns && len < sizeof(line); i++) {
                 const struct train_run *k = &runs[i][r - 1];
 
-                len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f%s",
-                                        i ? ", " : "", train_examples_per_s(k),
+                len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%.0f%s", i ? ", " : "",
+                                        train_examples_per_s(k),
                                         k->finished ? "" : " (stopped at the time limit)");
             }
             keel_bench_note(b,
@@ -381,8 +389,8 @@ static int measure_rate(struct keel_bench *b, const struct options *o, const cha
 
 int main(int argc, char **argv)
 {
-    struct options o = {0, 0, 1, 2, 0, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-softmax.ini", 0,
-                        0};
+    struct options o = {0, 0, 1, 2, 0, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-softmax.ini",
+                        0, 0};
     struct keel_bench_opts opts = {options_help, parse_option, &o};
     struct keel_bench b;
     char bin[PATH_MAX];
@@ -397,7 +405,8 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     if (o.failover_only && o.rate_only) {
-        fprintf(stderr, "keel-bench-failover: --failover-only and --rate-only exclude each other\n");
+        fprintf(stderr,
+                "keel-bench-failover: --failover-only and --rate-only exclude each other\n");
         return 64;
     }
     keel_log_set_level(KEEL_LOG_LEVEL_WARN);

@@ -88,8 +88,10 @@ fi
 [[ $kills =~ ^[1-9][0-9]?$|^100$ ]] || { cl_say "--kills: expected 1-100, got '$kills'"; exit 64; }
 [[ $servers =~ ^[2-8]$ ]] || { cl_say "--servers: expected 2-8, got '$servers'"; exit 64; }
 [[ $workers =~ ^[1-8]$ ]] || { cl_say "--workers: expected 1-8, got '$workers'"; exit 64; }
-[[ $replication =~ ^[2-5]$ ]] && ((replication <= servers)) ||
-    { cl_say "--replication: expected 2-$servers, got '$replication'"; exit 64; }
+if ! [[ $replication =~ ^[2-5]$ ]] || ((replication > servers)); then
+    cl_say "--replication: expected 2-$servers, got '$replication'"
+    exit 64
+fi
 [[ $ttl =~ ^[1-9][0-9]?$ ]] || { cl_say "--lease-ttl: expected 1-99 seconds, got '$ttl'"; exit 64; }
 [[ $wait_s =~ ^[1-9][0-9]{0,3}$ ]] || { cl_say "--wait: expected seconds, got '$wait_s'"; exit 64; }
 bin=$(cd "$bin" && pwd -P)
@@ -153,8 +155,9 @@ sed -e 's/^epochs *=.*/epochs = 1000/' -e "s/^replication *=.*/replication = $re
     "$job_file" >"$spec" || fail "cannot copy $job_file"
 grep -q "^replication = $replication\$" "$spec" ||
     sed -i "s/^\[job\]\$/[job]\nreplication = $replication/" "$spec"
-grep -q "^replication = $replication\$" "$spec" && grep -q '^epochs = 1000$' "$spec" ||
+if ! grep -q "^replication = $replication\$" "$spec" || ! grep -q '^epochs = 1000$' "$spec"; then
     fail "cannot set the epochs and replication in $spec"
+fi
 "$bin/keelctl" --config "$cdir/keelctl.ini" job submit "$spec" >"$tmp/submit.log" 2>&1 || {
     cat "$tmp/submit.log" >&2
     fail "keelctl job submit failed"

@@ -79,8 +79,10 @@ fi
 [[ $servers =~ ^[1-8]$ ]] || { cl_say "--servers: expected 1-8, got '$servers'"; exit 64; }
 [ -z "$epochs" ] || [[ $epochs =~ ^[1-9][0-9]{0,3}$ ]] ||
     { cl_say "--epochs: expected 1-9999, got '$epochs'"; exit 64; }
-[ -z "$replication_opt" ] || [[ $replication_opt =~ ^[1-5]$ ]] && ((${replication_opt:-1} <= servers)) ||
-    { cl_say "--replication: expected 1-$servers, got '$replication_opt'"; exit 64; }
+if [ -n "$replication_opt" ] && { ! [[ $replication_opt =~ ^[1-5]$ ]] || ((replication_opt > servers)); }; then
+    cl_say "--replication: expected 1-$servers, got '$replication_opt'"
+    exit 64
+fi
 [[ $limit =~ ^[1-9][0-9]{0,5}$ ]] || { cl_say "--limit: expected seconds, got '$limit'"; exit 64; }
 bin=$(cd "$bin" && pwd -P)
 [ -n "$label" ] || label="keel, $workers worker(s)"
