@@ -43,6 +43,7 @@ object on stdout.  Used by keel-bench-train; see bench/README.md.
   --workers N      workers, 1-8
   --servers S      servers, 1-8 (default 2)
   --epochs E       train E epochs instead of the job's
+  --replication R  ask for R replicas of each range instead of the job's
   --limit SECONDS  stop following the job after SECONDS of training
                    (default 900); the run is then reported unfinished
   --label TEXT     how progress lines name this run (default "keel, N worker(s)")
@@ -53,7 +54,7 @@ failed (the cluster's files are then kept and named), 64 usage error.
 EOF
 }
 
-bin='' job_file='' workers='' servers=2 epochs='' limit=900 label=''
+bin='' job_file='' workers='' servers=2 epochs='' replication_opt='' limit=900 label=''
 while [ $# -gt 0 ]; do
     case $1 in
     --bin) bin=${2:-} && shift ;;
@@ -61,6 +62,7 @@ while [ $# -gt 0 ]; do
     --workers) workers=${2:-} && shift ;;
     --servers) servers=${2:-} && shift ;;
     --epochs) epochs=${2:-} && shift ;;
+    --replication) replication_opt=${2:-} && shift ;;
     --limit) limit=${2:-} && shift ;;
     --label) label=${2:-} && shift ;;
     -h | --help) usage && exit 0 ;;
@@ -77,6 +79,10 @@ fi
 [[ $servers =~ ^[1-8]$ ]] || { cl_say "--servers: expected 1-8, got '$servers'"; exit 64; }
 [ -z "$epochs" ] || [[ $epochs =~ ^[1-9][0-9]{0,3}$ ]] ||
     { cl_say "--epochs: expected 1-9999, got '$epochs'"; exit 64; }
+if [ -n "$replication_opt" ] && { ! [[ $replication_opt =~ ^[1-5]$ ]] || ((replication_opt > servers)); }; then
+    cl_say "--replication: expected 1-$servers, got '$replication_opt'"
+    exit 64
+fi
 [[ $limit =~ ^[1-9][0-9]{0,5}$ ]] || { cl_say "--limit: expected seconds, got '$limit'"; exit 64; }
 bin=$(cd "$bin" && pwd -P)
 [ -n "$label" ] || label="keel, $workers worker(s)"
@@ -121,6 +127,7 @@ now_ms() { date +%s%3N; }
 job=$(ini name) shards=$(ini shards) replication=$(ini replication) batch=$(ini batch_size)
 [ -n "$job" ] || fail "$job_file has no [job] name"
 shards=${shards:-1} replication=${replication:-1} batch=${batch:-64}
+[ -z "$replication_opt" ] || replication=$replication_opt
 [ -n "$epochs" ] || epochs=$(ini epochs)
 epochs=${epochs:-1}
 
@@ -148,6 +155,10 @@ cp "$job_file" "$spec" || fail "cannot copy $job_file"
 sed -i "s/^epochs *=.*/epochs = $epochs/" "$spec"
 grep -q "^epochs = $epochs\$" "$spec" || sed -i "s/^\[job\]\$/[job]\nepochs = $epochs/" "$spec"
 grep -q "^epochs = $epochs\$" "$spec" || fail "cannot set epochs = $epochs in $spec"
+sed -i "s/^replication *=.*/replication = $replication/" "$spec"
+grep -q "^replication = $replication\$" "$spec" ||
+    sed -i "s/^\[job\]\$/[job]\nreplication = $replication/" "$spec"
+grep -q "^replication = $replication\$" "$spec" || fail "cannot set replication = $replication in $spec"
 
 prefix=/keel/$KEEL_CLUSTER_NAME/jobs/$job
 

@@ -385,8 +385,7 @@ out:
 
 /* ---- on a cluster -------------------------------------------------------------------- */
 
-/* Run argv with stdout into `out`; returns the exit status, or -1 (errno) when it could not. */
-static int run_capture(char *const argv[], struct keel_buf *out)
+int train_run_capture(char *const argv[], struct keel_buf *out)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -510,7 +509,7 @@ out:
 int train_on_cluster(const struct train_setup *s, unsigned workers, struct train_run *out,
                      struct keel_error *err)
 {
-    char nw[16], ns[16], ne[16], nl[16], label[64];
+    char nw[16], ns[16], ne[16], nl[16], nr[16], label[64];
     char *argv[] = {"/bin/bash", (char *)s->script,
                     "--bin",     (char *)s->bin_dir,
                     "--job",     (char *)s->job,
@@ -518,8 +517,10 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
                     "--servers", ns,
                     "--limit",   nl,
                     "--label",   label,
-                    "--epochs",  ne,
+                    NULL,        NULL, /* --epochs E */
+                    NULL,        NULL, /* --replication R */
                     NULL};
+    size_t argc = 14;
     struct keel_buf text;
     int status, rc;
 
@@ -528,11 +529,22 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
     snprintf(ns, sizeof(ns), "%u", s->servers);
     snprintf(nl, sizeof(nl), "%u", s->limit_s);
     snprintf(ne, sizeof(ne), "%" PRIu32, s->epochs);
-    snprintf(label, sizeof(label), "keel, %u worker%s", workers, workers == 1 ? "" : "s");
-    if (s->epochs == 0)
-        argv[14] = NULL; /* the job's own epochs */
+    snprintf(nr, sizeof(nr), "%u", s->replication);
+    if (s->replication > 0)
+        snprintf(label, sizeof(label), "keel, %u worker%s, replication %u", workers,
+                 workers == 1 ? "" : "s", s->replication);
+    else
+        snprintf(label, sizeof(label), "keel, %u worker%s", workers, workers == 1 ? "" : "s");
+    if (s->epochs > 0) { /* else the job's own epochs */
+        argv[argc++] = "--epochs";
+        argv[argc++] = ne;
+    }
+    if (s->replication > 0) { /* else the job's own replication */
+        argv[argc++] = "--replication";
+        argv[argc++] = nr;
+    }
     keel_buf_init(&text, 0);
-    status = run_capture(argv, &text);
+    status = train_run_capture(argv, &text);
     if (status < 0)
         rc = keel_err_set(err, -errno, "cannot run '%s': %s", s->script, strerror(errno));
     else if (status != 0)

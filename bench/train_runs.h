@@ -48,6 +48,7 @@ struct train_setup {
     const char *bin_dir;  /* keel-server, keel-worker, keel-coordinator, keelctl */
     const char *script;   /* bench/train-cluster.sh */
     unsigned servers;     /* of the cluster */
+    unsigned replication; /* replicas of each range the cluster's job asks for; 0: the job's */
     unsigned limit_s;     /* stop following a cluster's job after this many seconds */
     unsigned local_reps;  /* in-process trainings per call, 1..TRAIN_MAX_LOCAL_REPS */
 };
@@ -79,6 +80,16 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
                      struct keel_error *err);
 
 void train_run_release(struct train_run *r);
+
+struct keel_buf;
+
+/*
+ * Run argv (argv[0] a path) with its stdout into `out` and its stderr
+ * passed on, this process ignoring SIGINT and SIGTERM meanwhile (the child
+ * handles them, and stops what it started).  Returns the exit status
+ * (128 + N when killed by signal N), or -1 (errno) when it could not run.
+ */
+int train_run_capture(char *const argv[], struct keel_buf *out);
 
 /* Seconds until the first evaluation at or above `target`, or NaN when none reached it. */
 double train_time_to(const struct train_run *r, double target);

@@ -166,6 +166,9 @@ struct srv {
     size_t npeers;
     struct keel_replica_report report; /* what this server holds, for etcd */
     int store_had_job; /* the store held this job's ranges before it was taken up here */
+    /* wall ms when this server was promoted to lead the range, until its
+     * first push there is acknowledged (logged once); 0: none pending */
+    int64_t promoted_ms[KEEL_PROTO_NRANGES];
     int report_dirty;
     uint64_t report_at;              /* monotonic ms of the last report written */
     pthread_mutex_t report_lock;     /* held while a report is written: s->member stays */
@@ -385,6 +388,28 @@ static int push_ready(struct srv *s, const struct pending_ack *a, unsigned *late
     return 1;
 }
 
+/*
+ * Log, once per promotion, the first push acknowledged in a range this
+ * server was promoted to lead: how long the range went without one after
+ * the promotion, and the wall-clock time of the acknowledgement (for
+ * measuring a failover from the outside).
+ */
+static void note_first_ack(struct srv *s, const struct pending_ack *a)
+{
+    for (size_t i = 0; i < a->nwaits; i++) {
+        unsigned r = a->waits[i].range;
+        int64_t now;
+
+        if (s->promoted_ms[r] == 0)
+            continue;
+        now = keel_clock_wall_ms();
+        KEEL_LOG_INFO("range %u: first push acknowledged as primary %" PRId64
+                      " ms after promotion, at %" PRId64 " ms since the epoch",
+                      r, now - s->promoted_ms[r], now);
+        s->promoted_ms[r] = 0;
+    }
+}
+
 /* Answer every logged push whose backups all have it. */
 static void release_waiting(struct srv *s)
 {
@@ -402,6 +427,7 @@ static void release_waiting(struct srv *s)
         *p = a->next;
         if (ready > 0) {
             send_ack(a, a->result.lsn, a->result.duplicate);
+            note_first_ack(s, a);
         } else {
             char why[96];
 
@@ -490,6 +516,7 @@ static void apply_assignment(struct srv *s)
                 }
             } else if (!keel_ps_is_primary(s->ps, r)) {
                 keel_ps_set_primary(s->ps, r, 1);
+                s->promoted_ms[r] = keel_clock_wall_ms();
                 promoted++;
             }
             if (s->report.terms[r] != term)
@@ -501,6 +528,7 @@ static void apply_assignment(struct srv *s)
         s->nstreams[r] = 0;
         s->report_dirty |= s->report.lost[r];
         s->report.lost[r] = 0;
+        s->promoted_ms[r] = 0;
         if (pos > 0) {
             /* A backup: its copy comes from the primary (RANGE_COPY). */
             if (held && keel_ps_is_primary(s->ps, r)) {
