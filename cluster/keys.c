@@ -54,6 +54,14 @@ void keel_key_replicas(struct keel_buf *out, const char *cluster, const char *id
         keel_buf_add_str(out, id);
 }
 
+void keel_key_suspect(struct keel_buf *out, const char *cluster, const char *id)
+{
+    keel_key_prefix(out, cluster);
+    keel_buf_add_str(out, "suspects/");
+    if (id != NULL)
+        keel_buf_add_str(out, id);
+}
+
 void keel_key_job_prefix(struct keel_buf *out, const char *cluster, const char *job)
 {
     keel_key_prefix(out, cluster);
@@ -209,6 +217,9 @@ enum keel_key_type keel_key_parse_rel(const char *rel, struct keel_key *out)
         if (parse_id(rel + 8, '/', out->role, &end) == 0 &&
             parse_id(end + 1, '\0', out->id, &end) == 0)
             return out->type = KEEL_KEY_MEMBER;
+    } else if (strncmp(rel, "suspects/", 9) == 0) {
+        if (parse_id(rel + 9, '\0', out->id, &end) == 0)
+            return out->type = KEEL_KEY_SUSPECT;
     } else if (strncmp(rel, "replicas/", 9) == 0) {
         if (parse_id(rel + 9, '\0', out->id, &end) == 0)
             return out->type = KEEL_KEY_REPLICAS;

@@ -47,6 +47,8 @@ void keel_key_leader(struct keel_buf *out, const char *cluster);
 void keel_key_assignment(struct keel_buf *out, const char *cluster);
 /* replicas/<id>: what server `id` holds in sync (its own lease); id NULL: the prefix. */
 void keel_key_replicas(struct keel_buf *out, const char *cluster, const char *id);
+/* suspects/<id>: a worker saw server `id` refuse connections (its own lease); NULL: the prefix. */
+void keel_key_suspect(struct keel_buf *out, const char *cluster, const char *id);
 
 /* "/keel/<cluster>/jobs/<job>/", the prefix of every key of a job. */
 void keel_key_job_prefix(struct keel_buf *out, const char *cluster, const char *job);
@@ -71,6 +73,7 @@ enum keel_key_type {
     KEEL_KEY_LEADER,       /* leader */
     KEEL_KEY_ASSIGNMENT,   /* assignment */
     KEEL_KEY_REPLICAS,     /* replicas/<id>: id */
+    KEEL_KEY_SUSPECT,      /* suspects/<id>: id */
     KEEL_KEY_JOB_SPEC,     /* jobs/<job>/spec: job */
     KEEL_KEY_JOB_STATE,    /* jobs/<job>/state: job */
     KEEL_KEY_JOB_SHARD,    /* jobs/<job>/shards/<n>: job, num = n */

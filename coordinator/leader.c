@@ -21,6 +21,7 @@
 #include "keys.h"
 #include "leader.h"
 #include "log.h"
+#include "probe.h"
 #include "keel/progress.h"
 #include "keel/replicas.h"
 
@@ -806,6 +807,45 @@ static int read_state(keel_leader *l, struct keel_cstate *s, struct keel_error *
     return rc;
 }
 
+/*
+ * Act on the workers' reports of servers that did not answer
+ * (suspects/<id>, probe.h): a registered server whose address refuses a
+ * connection has no process listening any more, so its lease is revoked now
+ * and its ranges fail over on the next tick rather than after the lease's
+ * TTL.  Each report is deleted once looked at.  Errors are only logged: the
+ * lease expires in any case.
+ */
+static void check_suspects(keel_leader *l, const struct keel_cstate *s)
+{
+    const struct keel_member_info *srv;
+    size_t nsrv;
+
+    srv = keel_cstate_members(s, "server", &nsrv);
+    for (size_t i = 0; i < s->kvs.n; i++) {
+        const struct keel_etcd_kv *kv = &s->kvs.kvs[i];
+        struct keel_error err;
+        struct keel_key k;
+        size_t m;
+
+        if (keel_key_parse_rel(kv->key + strlen(s->prefix), &k) != KEEL_KEY_SUSPECT)
+            continue;
+        keel_error_init(&err);
+        for (m = 0; m < nsrv && strcmp(srv[m].id, k.id) != 0; m++)
+            ;
+        if (m < nsrv && srv[m].address[0] != '\0' && keel_probe_refused(srv[m].address, 300)) {
+            KEEL_LOG_INFO("server '%s' refuses connections at %s (reported by %.*s): revoking "
+                          "its lease %llx so that its ranges fail over now",
+                          k.id, srv[m].address, (int)kv->value_len, (const char *)kv->value,
+                          (unsigned long long)srv[m].lease);
+            if (keel_etcd_revoke(l->etcd, srv[m].lease, &err) != 0 && err.code != KEEL_ENOTFOUND)
+                KEEL_LOG_WARN("cannot revoke the lease of server '%s': %s", k.id, err.msg);
+            keel_error_init(&err);
+        }
+        if (keel_etcd_delete(l->etcd, kv->key, 0, NULL, NULL, &err) != 0)
+            KEEL_LOG_DEBUG("cannot delete %s: %s", kv->key, err.msg);
+    }
+}
+
 static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
 {
     const struct keel_cstate_job *running;
@@ -817,6 +857,7 @@ static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
         keel_cstate_release(&s);
         return rc;
     }
+    check_suspects(l, &s);
     rc = jobs_tick(l, e, &s, &running, err);
     if (rc == KEEL_EINDOUBT)
         rc = 0; /* logged; the next tick reads back what happened */
@@ -843,6 +884,7 @@ static int interesting(const keel_leader *l, const char *key)
     switch (keel_key_parse(key, l->cluster, &k)) {
     case KEEL_KEY_MEMBER:
     case KEEL_KEY_REPLICAS: /* a backup may be in sync now */
+    case KEEL_KEY_SUSPECT:  /* a server may be gone */
     case KEEL_KEY_JOB_SPEC:
     case KEEL_KEY_JOB_STATE:
     case KEEL_KEY_JOB_PROGRESS:

@@ -431,6 +431,12 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
                 break;
             }
             snprintf(problem, sizeof(problem), "server %s: %s", p->g.server, why);
+            if (c->rc != 0) { /* no answer at all: is the server still there? */
+                struct keel_client *cl = wk_conn_of(w, p->g.server);
+
+                if (cl == NULL || !keel_client_connected(cl))
+                    wk_suspect(w, p->g.server);
+            }
             failed[nfailed++] = *p;
             p->g.keys = NULL;
             p->g.rows = NULL;

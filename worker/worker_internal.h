@@ -38,6 +38,7 @@ struct wk_conn {
     char id[KEEL_ID_MAX + 1];
     char address[128];
     struct keel_client *client;
+    uint64_t suspected_ms; /* monotonic ms of the last suspects/<id> written */
 };
 
 /*
@@ -128,6 +129,13 @@ size_t wk_servers(struct wk *w, char (**ids)[KEEL_ID_MAX + 1]);
  * use and remade when the address changes; NULL when it is not registered.
  */
 struct keel_client *wk_conn_of(struct wk *w, const char *id);
+
+/*
+ * Server `id` did not answer and is not connected: write suspects/<id>
+ * under this worker's lease (at most once a second per server), so that the
+ * coordinator's leader checks it at once rather than after its lease TTL.
+ */
+void wk_suspect(struct wk *w, const char *id);
 
 /*
  * Bring w->assign and w->route up to date with the assignment in etcd (the

@@ -8,7 +8,8 @@
 #  1. Once every range has an in-sync backup, the server that leads the
 #     most ranges holding rows is SIGKILLed and never started again: its
 #     backups are promoted, and the job's recorded progress moves on within
-#     10 s (the lease TTL plus the leader's reaction).
+#     10 s.  The workers report the server as not answering, the leader finds
+#     its port closed and revokes its lease at once (before the TTL).
 #  2. Later another server is SIGSTOPped for 10 s (past the TTL: its lease
 #     expires and its ranges are led by their backups), then SIGCONTed: it
 #     registers again, rejoins as a backup, copying what it lacks, and once
@@ -81,8 +82,17 @@ else
     fail "no progress after $victim's SIGKILL" "$(kc job show r1 2>&1 | tail -n 12)"
 fi
 promoted() { [ "$(assignment_py "'$victim' not in a['servers']")" = True ]; }
-if wait_for 30 promoted; then ok; else
+if wait_for 30 promoted; then
+    echo "$victim left the assignment $(($(now_ms) - t0)) ms after its SIGKILL"
+    ok
+else
     fail "$victim is still in the assignment" "$(assignment_py 'a')"
+fi
+# The workers reported it, the leader found its port closed and revoked its lease at once.
+revoked() { grep -q "server '$victim' refuses connections .*revoking its lease" "$dir"/logs/coordinator-*.log; }
+if wait_for 10 revoked; then ok; else
+    fail "the leader did not revoke the dead server's lease on the workers' report" \
+        "$(grep -h "suspect\|refuses" "$dir"/logs/*.log | tail -n 5)"
 fi
 survivors=$(for s in s1 s2 s3; do [ "$s" = "$victim" ] || printf '%s ' "$s"; done)
 survivors=${survivors% }
