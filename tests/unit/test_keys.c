@@ -43,6 +43,10 @@ Test(keys, builders)
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/replicas/");
     keel_key_replicas(&b, "c1", "s_1");
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/replicas/s_1");
+    keel_key_suspect(&b, "c1", NULL);
+    cr_assert_str_eq(keel_key_str(&b), "/keel/c1/suspects/");
+    keel_key_suspect(&b, "c1", "s_1");
+    cr_assert_str_eq(keel_key_str(&b), "/keel/c1/suspects/s_1");
     keel_key_job_prefix(&b, "c1", "j1");
     cr_assert_str_eq(keel_key_str(&b), "/keel/c1/jobs/j1/");
     keel_key_job_spec(&b, "c1", "j1");
@@ -79,6 +83,9 @@ Test(keys, round_trips)
     keel_key_replicas(&b, "c1", ID64);
     k = round_trip(&b, KEEL_KEY_REPLICAS);
     cr_assert_str_eq(k.id, ID64);
+    keel_key_suspect(&b, "c1", "s-2");
+    k = round_trip(&b, KEEL_KEY_SUSPECT);
+    cr_assert_str_eq(k.id, "s-2");
     keel_key_election(&b, "c1");
     keel_buf_add_str(&b, "/694d7f2a3b1c0e5f");
     k = round_trip(&b, KEEL_KEY_CANDIDATE);
@@ -143,6 +150,12 @@ static const char *const rejected[] = {
     "/keel/c1/replicas/" ID64 "a",
     "/keel/c1/replica/s1",
     "/keel/c2/replicas/s1",
+    /* suspects: suspects/<id> and nothing else */
+    "/keel/c1/suspects",
+    "/keel/c1/suspects/",
+    "/keel/c1/suspects/s1/",
+    "/keel/c1/suspects/s.1",
+    "/keel/c1/suspects/" ID64 "a",
     /* election candidates */
     "/keel/c1/election/coordinator",
     "/keel/c1/election/coordinator/",
