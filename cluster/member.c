@@ -411,6 +411,21 @@ int keel_member_decode(const void *value, size_t len, struct keel_member_info *o
     return rc;
 }
 
+int keel_member_suspect(keel_member *m, keel_etcd *c, const char *cluster, const char *id,
+                        const char *by, struct keel_error *err)
+{
+    struct keel_buf key = KEEL_BUF_INIT;
+    int64_t lease = keel_member_lease(m);
+    int rc;
+
+    if (lease == 0)
+        return 0;
+    keel_key_suspect(&key, cluster, id);
+    rc = keel_etcd_put(c, keel_key_str(&key), by, strlen(by), lease, NULL, err);
+    keel_buf_release(&key);
+    return rc;
+}
+
 int keel_member_list(keel_etcd *c, const char *cluster, const char *role,
                      struct keel_member_info **out, size_t *n, struct keel_error *err)
 {

@@ -111,6 +111,14 @@ int keel_member_decode(const void *value, size_t len, struct keel_member_info *o
  * keel_member_list_free().  A value that does not decode is skipped with a
  * warning in the log.
  */
+/*
+ * Report server `id` as not answering (suspects/<id>, value `by`, under
+ * member `m`'s lease), for the coordinator's leader to probe at once.
+ * Nothing while `m` holds no lease.  Errors: the etcd client's.
+ */
+int keel_member_suspect(keel_member *m, keel_etcd *c, const char *cluster, const char *id,
+                        const char *by, struct keel_error *err);
+
 int keel_member_list(keel_etcd *c, const char *cluster, const char *role,
                      struct keel_member_info **out, size_t *n, struct keel_error *err);
 

@@ -6,7 +6,8 @@
  * on_view(); the storage thread commits the update log in groups, sends the
  * ACKs that waited for it, writes snapshots and takes the job's checkpoints
  * every checkpoint_interval clocks (and one when the job ends, on the watch
- * thread).
+ * thread); the sender thread streams ranges to their backups (replica.c,
+ * which also holds a backup's side and the replica report).
  * srv->lock guards the job (ps, spec), the assignment and the queues; the
  * ranges themselves are guarded inside struct keel_ps.
  */
@@ -41,402 +42,7 @@
 #include "keel/replicas.h"
 #include "keel/ulog.h"
 #include "server.h"
-
-/* What a pending acknowledgement answers. */
-enum ack_kind {
-    ACK_PUSH,      /* a worker's push to a primary */
-    ACK_REPLICATE, /* a primary's update, on a backup */
-    ACK_COPY,      /* a primary's copy of a range, on a backup */
-};
-
-/* A range a push touched, and the LSN every in-sync backup must have before it is acknowledged. */
-struct range_wait {
-    uint32_t range;
-    uint64_t lsn;
-};
-
-/*
- * A request applied in memory, waiting for its log records to be committed
- * (the storage thread) and, for a push, for every in-sync backup of the
- * ranges it touched to confirm it (release_waiting()).
- */
-struct pending_ack {
-    struct pending_ack *next;
-    enum ack_kind kind;
-    struct keel_conn *conn;
-    struct keel_frame_header req;
-    struct keel_ps_result result;
-    char worker[KEEL_ID_MAX + 1]; /* the push's worker id: the frame is not kept */
-    uint64_t seq;
-    uint32_t shard;
-    struct range_wait *waits; /* ACK_PUSH */
-    size_t nwaits;
-    uint64_t lsn;              /* ACK_REPLICATE, ACK_COPY: echoed in the ACK */
-    uint64_t term;             /* ACK_COPY: the term the copy was taken at */
-    struct keel_snapshot copy; /* ACK_COPY: installed in the store in log order */
-};
-
-#define MAX_BACKUPS (KEEL_ASSIGN_MAX_REPLICATION - 1)
-
-/*
- * A primary's stream of one range to one backup: a RANGE_COPY first, then
- * every update in LSN order.  A failure (a lost connection, a refusal) starts
- * it again with a new copy; replies to an older start (gen) are ignored.
- */
-enum stream_state {
-    STREAM_COPY,    /* a copy must be sent */
-    STREAM_COPYING, /* the copy is on its way; updates follow it */
-    STREAM_LIVE,    /* the backup installed the copy */
-};
-
-struct stream {
-    char backup[KEEL_ID_MAX + 1];
-    uint64_t term;
-    enum stream_state state;
-    uint64_t acked;    /* the backup has every update of this start up to this LSN */
-    uint64_t gen;      /* bumped at every start */
-    uint64_t retry_at; /* monotonic ms: no copy before, after a failure */
-    unsigned failures; /* in a row, for the log */
-};
-
-/* A message for a backup, queued in the order it must be sent. */
-struct outgoing {
-    struct outgoing *next;
-    char backup[KEEL_ID_MAX + 1];
-    uint32_t range;
-    uint64_t gen, lsn;
-    struct keel_msg msg;
-    struct keel_buf payload; /* RANGE_COPY: the packed range */
-    uint64_t *keys;          /* REPLICATE: the update's keys, rows and worker id */
-    float *rows;
-    char worker[KEEL_ID_MAX + 1];
-};
-
-/* A connection to another server (sender thread only). */
-struct peer {
-    char id[KEEL_ID_MAX + 1];
-    char address[128];
-    struct keel_client *client;
-};
-
-/* A pull waiting for the slowest worker (BSP/SSP). */
-struct parked_pull {
-    struct parked_pull *next;
-    struct keel_conn *conn;
-    struct keel_frame_header req;
-    uint32_t table_id, row_width, nkeys;
-    uint64_t clock;
-    uint64_t *keys;
-};
-
-struct open_dataset {
-    char name[KEEL_ID_MAX + 1];
-    keel_dataset *ds;
-};
-
-struct srv {
-    const struct keel_config *config;
-    const char *cluster;
-    keel_store *store;
-    struct keel_tls *tls;
-    struct keel_listener *listener;
-    keel_etcd *etcd;
-    keel_member *member;
-    keel_cview *view; /* the cluster's keys, kept up to date by a watch */
-
-    pthread_mutex_t lock;
-    pthread_cond_t wake; /* the storage thread: work or stop */
-    int stopping;
-    struct keel_ps *ps; /* the running job's ranges, NULL when none */
-    struct keel_jobspec spec;
-    char job[KEEL_ID_MAX + 1];
-    keel_assign *assign;
-    uint64_t assign_version;
-    struct pending_ack *acks, **acks_tail; /* applied, to be logged */
-    struct pending_ack *waiting;           /* pushes logged, waiting for backups */
-    struct parked_pull *parked;
-    /* replication */
-    struct stream streams[KEEL_PROTO_NRANGES][MAX_BACKUPS];
-    uint8_t nstreams[KEEL_PROTO_NRANGES];
-    unsigned installs[KEEL_PROTO_NRANGES]; /* copies received and not yet in the store */
-    struct outgoing *out, **out_tail;
-    pthread_cond_t out_wake; /* the sender thread: messages or stop */
-    pthread_t sender_tid;
-    struct peer *peers;
-    size_t npeers;
-    struct keel_replica_report report; /* what this server holds, for etcd */
-    int store_had_job; /* the store held this job's ranges before it was taken up here */
-    /* wall ms when this server was promoted to lead the range, until its
-     * first push there is acknowledged (logged once); 0: none pending */
-    int64_t promoted_ms[KEEL_PROTO_NRANGES];
-    int report_dirty;
-    uint64_t report_at;              /* monotonic ms of the last report written */
-    pthread_mutex_t report_lock;     /* held while a report is written: s->member stays */
-    char **workers;                  /* live worker ids, as the view has them */
-    char (*leases)[KEEL_ID_MAX + 1]; /* the running job's shards' owners ("": free), by shard */
-    uint32_t nleases;                /* 0: no lease of the job is known (no coordinator) */
-    size_t nworkers;
-    struct open_dataset *datasets;
-    size_t ndatasets;
-    pthread_t storage_tid;
-    /* checkpoints */
-    struct keel_ckpt_key ckpt_key; /* loaded from [server] checkpoint_key */
-    int ckpt_keyed;                /* a key was configured and loaded */
-    uint64_t ckpt_next;            /* the job's clock of the next checkpoint; 0: none */
-    uint64_t ckpt_clock;           /* the highest slowest-worker clock seen */
-};
-
-/* ---- streams to backups (srv->lock held) ------------------------------------ */
-
-static struct stream *stream_find(struct srv *s, unsigned range, const char *backup)
-{
-    for (unsigned i = 0; i < s->nstreams[range]; i++)
-        if (strcmp(s->streams[range][i].backup, backup) == 0)
-            return &s->streams[range][i];
-    return NULL;
-}
-
-/* Start `st` again: a fresh copy goes first, no sooner than `delay_ms` from now. */
-static void stream_restart(struct stream *st, uint64_t delay_ms)
-{
-    st->state = STREAM_COPY;
-    st->acked = 0;
-    st->gen++;
-    st->retry_at = keel_clock_mono_ms() + delay_ms;
-}
-
-/* The streams of `range` become one per backup in `backups`, at `term`. */
-static void streams_set(struct srv *s, unsigned range, const char *const *backups, size_t n,
-                        uint64_t term)
-{
-    struct stream kept[MAX_BACKUPS];
-    unsigned nkept = 0;
-
-    for (size_t i = 0; i < n && nkept < MAX_BACKUPS; i++) {
-        struct stream *st = stream_find(s, range, backups[i]);
-
-        if (st != NULL) {
-            kept[nkept] = *st;
-        } else {
-            memset(&kept[nkept], 0, sizeof(kept[0]));
-            snprintf(kept[nkept].backup, sizeof(kept[0].backup), "%s", backups[i]);
-            kept[nkept].term = term;
-            stream_restart(&kept[nkept], 0);
-        }
-        if (kept[nkept].term != term) {
-            kept[nkept].term = term;
-            stream_restart(&kept[nkept], 0);
-        }
-        nkept++;
-    }
-    memcpy(s->streams[range], kept, nkept * sizeof(kept[0]));
-    s->nstreams[range] = (uint8_t)nkept;
-}
-
-static void outgoing_free(struct outgoing *o)
-{
-    keel_buf_release(&o->payload);
-    free(o->keys);
-    free(o->rows);
-    free(o);
-}
-
-static void send_later(struct srv *s, struct outgoing *o)
-{
-    *s->out_tail = o;
-    s->out_tail = &o->next;
-    pthread_cond_signal(&s->out_wake);
-}
-
-/* Queue a copy of every range whose stream needs one (and may have it now). */
-static void start_copies(struct srv *s)
-{
-    uint64_t now = keel_clock_mono_ms();
-    struct keel_error err;
-
-    if (s->ps == NULL)
-        return;
-    keel_error_init(&err);
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
-        for (unsigned i = 0; i < s->nstreams[r]; i++) {
-            struct stream *st = &s->streams[r][i];
-            struct keel_snapshot snap;
-            struct outgoing *o;
-
-            if (st->state != STREAM_COPY || st->retry_at > now || !keel_ps_is_primary(s->ps, r))
-                continue;
-            if (keel_ps_snapshot(s->ps, r, &snap, &err) != 0)
-                continue;
-            o = keel_calloc(1, sizeof(*o));
-            keel_buf_init(&o->payload, 0);
-            if (keel_snapshot_pack(&snap, &o->payload, &err) != 0) {
-                KEEL_LOG_ERROR("range %u: cannot pack a copy for %s: %s", r, st->backup, err.msg);
-                keel_snapshot_release(&snap);
-                outgoing_free(o);
-                stream_restart(st, 1000);
-                continue;
-            }
-            st->state = STREAM_COPYING;
-            st->gen++;
-            snprintf(o->backup, sizeof(o->backup), "%s", st->backup);
-            o->range = r;
-            o->gen = st->gen;
-            o->lsn = snap.lsn;
-            o->msg.hdr.type = KEEL_MSG_RANGE_COPY;
-            o->msg.u.range_copy.range = r;
-            o->msg.u.range_copy.term = st->term;
-            o->msg.u.range_copy.payload = keel_view_make(o->payload.buf, o->payload.len);
-            keel_snapshot_release(&snap);
-            send_later(s, o);
-        }
-    }
-}
-
-/* Queue update `a` (applied here as primary) for every backup streaming its range. */
-static void replicate(struct srv *s, const struct keel_ps_applied *a, const char *worker)
-{
-    const struct keel_rows *d = &a->push.data;
-
-    for (unsigned i = 0; i < s->nstreams[a->range]; i++) {
-        struct stream *st = &s->streams[a->range][i];
-        struct outgoing *o;
-
-        if (st->state == STREAM_COPY)
-            continue; /* the copy to come covers it */
-        o = keel_calloc(1, sizeof(*o));
-        keel_buf_init(&o->payload, 0);
-        snprintf(o->backup, sizeof(o->backup), "%s", st->backup);
-        snprintf(o->worker, sizeof(o->worker), "%s", worker);
-        o->range = a->range;
-        o->gen = st->gen;
-        o->lsn = a->lsn;
-        KEEL_ALLOC_ARRAY(o->keys, d->nkeys ? d->nkeys : 1);
-        o->rows = keel_malloc(keel_size_mul(keel_size_mul(d->nkeys, d->row_width), 4) + 4);
-        memcpy(o->keys, d->keys, (size_t)d->nkeys * 8);
-        memcpy(o->rows, d->rows, (size_t)d->nkeys * d->row_width * 4);
-        o->msg.hdr.type = KEEL_MSG_REPLICATE;
-        o->msg.u.replicate.range = a->range;
-        o->msg.u.replicate.term = st->term;
-        o->msg.u.replicate.lsn = a->lsn;
-        o->msg.u.replicate.push = a->push;
-        o->msg.u.replicate.push.worker_id = keel_str_of(o->worker);
-        o->msg.u.replicate.push.data.keys = o->keys;
-        o->msg.u.replicate.push.data.rows = o->rows;
-        send_later(s, o);
-    }
-}
-
-/* ---- acknowledgements that wait for backups (srv->lock held) ------------------ */
-
-static void pending_free(struct pending_ack *a)
-{
-    if (a->conn)
-        keel_conn_unref(a->conn);
-    keel_ps_result_release(&a->result);
-    keel_snapshot_release(&a->copy);
-    free(a->waits);
-    free(a);
-}
-
-static void send_ack(struct pending_ack *a, uint64_t lsn, int duplicate)
-{
-    struct keel_msg m;
-
-    memset(&m, 0, sizeof(m));
-    m.hdr.type = KEEL_MSG_ACK;
-    m.u.ack.lsn = lsn;
-    m.u.ack.seq = a->seq;
-    m.u.ack.shard = a->shard;
-    m.u.ack.status = duplicate ? KEEL_ACK_DUPLICATE : KEEL_ACK_APPLIED;
-    keel_conn_reply(a->conn, &a->req, &m, NULL);
-}
-
-static int redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
-                    const char *why);
-
-/*
- * Whether push `a` may be acknowledged: 1 when every in-sync backup of every
- * range it touched has confirmed the range's updates up to its wait LSN, 0
- * while one has not, -1 when this server no longer leads one of the ranges
- * (the push must go to the new primary, which answers a duplicate if it has it).
- */
-static int push_ready(struct srv *s, const struct pending_ack *a, unsigned *late_range)
-{
-    for (size_t i = 0; i < a->nwaits; i++) {
-        unsigned r = a->waits[i].range;
-        const char *ids[KEEL_ASSIGN_MAX_REPLICATION];
-        unsigned insync;
-        uint64_t term;
-
-        if (s->ps == NULL || s->assign == NULL || !keel_ps_is_primary(s->ps, r)) {
-            *late_range = r;
-            return -1;
-        }
-        keel_assign_replicas(s->assign, r, ids, KEEL_ASSIGN_MAX_REPLICATION);
-        insync = keel_assign_insync(s->assign, r);
-        term = keel_assign_term(s->assign, r);
-        for (unsigned k = 1; k < insync; k++) {
-            const struct stream *st = stream_find(s, r, ids[k]);
-
-            if (st == NULL || st->term != term || st->state != STREAM_LIVE ||
-                st->acked < a->waits[i].lsn) {
-                *late_range = r;
-                return 0;
-            }
-        }
-    }
-    return 1;
-}
-
-/*
- * Log, once per promotion, the first push acknowledged in a range this
- * server was promoted to lead: how long the range went without one after
- * the promotion, and the wall-clock time of the acknowledgement (for
- * measuring a failover from the outside).
- */
-static void note_first_ack(struct srv *s, const struct pending_ack *a)
-{
-    for (size_t i = 0; i < a->nwaits; i++) {
-        unsigned r = a->waits[i].range;
-        int64_t now;
-
-        if (s->promoted_ms[r] == 0)
-            continue;
-        now = keel_clock_wall_ms();
-        KEEL_LOG_INFO("range %u: first push acknowledged as primary %" PRId64
-                      " ms after promotion, at %" PRId64 " ms since the epoch",
-                      r, now - s->promoted_ms[r], now);
-        s->promoted_ms[r] = 0;
-    }
-}
-
-/* Answer every logged push whose backups all have it. */
-static void release_waiting(struct srv *s)
-{
-    struct pending_ack **p = &s->waiting;
-
-    while (*p) {
-        struct pending_ack *a = *p;
-        unsigned range = 0;
-        int ready = push_ready(s, a, &range);
-
-        if (ready == 0) {
-            p = &a->next;
-            continue;
-        }
-        *p = a->next;
-        if (ready > 0) {
-            send_ack(a, a->result.lsn, a->result.duplicate);
-            note_first_ack(s, a);
-        } else {
-            char why[96];
-
-            snprintf(why, sizeof(why), "range %u is no longer led here", range);
-            redirect(s, a->conn, &a->req, why);
-        }
-        pending_free(a);
-    }
-}
+#include "server_int.h"
 
 /* ---- ranges follow the assignment (srv->lock held) ------------------------ */
 
@@ -522,7 +128,7 @@ static void apply_assignment(struct srv *s)
             if (s->report.terms[r] != term)
                 s->report_dirty = 1;
             s->report.terms[r] = term;
-            streams_set(s, r, ids + 1, n - 1, term);
+            repl_streams_set(s, r, ids + 1, n - 1, term);
             continue;
         }
         s->nstreams[r] = 0;
@@ -550,8 +156,8 @@ static void apply_assignment(struct srv *s)
                       "store, %" PRIu64 " log record(s) replayed), promoted %u, demoted %u, "
                       "closed %u",
                       s->assign_version, opened, restored, replayed, promoted, demoted, closed);
-    start_copies(s);
-    release_waiting(s);
+    repl_start_copies(s);
+    repl_release_waiting(s);
 }
 
 /* ---- parked pulls ------------------------------------------------------------ */
@@ -602,8 +208,8 @@ static void release_parked(struct srv *s)
 
 /* ---- requests (I/O threads) -------------------------------------------------- */
 
-static int redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
-                    const char *why)
+int srv_redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
+                 const char *why)
 {
     struct keel_msg m;
 
@@ -630,7 +236,7 @@ static int stale_sender(struct srv *s, struct keel_conn *conn, const struct keel
         return 0;
     snprintf(why, sizeof(why), "routed by assignment version %" PRIu64 ", this server has %" PRIu64,
              version, s->assign_version);
-    redirect(s, conn, &msg->hdr, why);
+    srv_redirect(s, conn, &msg->hdr, why);
     return 1;
 }
 
@@ -651,8 +257,8 @@ static void push_waits(struct srv *s, const struct keel_msg_push *push, struct p
     }
 }
 
-static void queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *conn,
-                          const struct keel_frame_header *req)
+void srv_queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *conn,
+                       const struct keel_frame_header *req)
 {
     keel_conn_ref(conn);
     a->conn = conn;
@@ -712,7 +318,7 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
     if (rc == KEEL_EREDIRECT) {
         keel_ps_result_release(&a->result);
         free(a);
-        redirect(s, conn, &msg->hdr, err->msg);
+        srv_redirect(s, conn, &msg->hdr, err->msg);
         pthread_mutex_unlock(&s->lock);
         return 0;
     }
@@ -733,129 +339,11 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
     a->shard = msg->u.push.shard;
     for (size_t i = 0; i < a->result.napplied; i++) {
         a->result.applied[i].push.worker_id = keel_str_of(a->worker);
-        replicate(s, &a->result.applied[i], a->worker);
+        repl_forward(s, &a->result.applied[i], a->worker);
     }
     push_waits(s, &msg->u.push, a);
-    queue_pending(s, a, conn, &msg->hdr);
+    srv_queue_pending(s, a, conn, &msg->hdr);
     release_parked(s); /* this push may have moved the slowest clock */
-    pthread_mutex_unlock(&s->lock);
-    return 0;
-}
-
-/*
- * Fencing of the replication stream: a REPLICATE or RANGE_COPY must come from
- * the range's primary at the range's term as this server knows them, to a
- * backup of it.  An older term is refused for good (KEEL_EEPOCH: a deposed
- * primary gets no confirmation); a newer one only until this server has
- * caught up with the assignment (KEEL_EUNAVAILABLE).  srv->lock held.
- */
-static int check_stream(struct srv *s, const struct keel_cert_identity *peer, unsigned range,
-                        uint64_t term, struct keel_error *err)
-{
-    uint64_t known;
-    const char *primary;
-
-    if (s->ps == NULL || s->assign == NULL)
-        return keel_err_set(err, KEEL_EUNAVAILABLE, "no job is running on this server");
-    known = keel_assign_term(s->assign, range);
-    if (term < known)
-        return keel_err_set(err, KEEL_EEPOCH,
-                            "range %u: term %" PRIu64 " is older than its term %" PRIu64, range,
-                            term, known);
-    if (term > known)
-        return keel_err_set(err, KEEL_EUNAVAILABLE,
-                            "range %u: term %" PRIu64 " is not known here yet (%" PRIu64 ")", range,
-                            term, known);
-    primary = keel_assign_primary(s->assign, range);
-    if (primary == NULL || strcmp(primary, peer->id) != 0 ||
-        keel_assign_position(s->assign, range, s->config->node_id) <= 0)
-        return keel_err_set(err, KEEL_EEPOCH,
-                            "range %u at term %" PRIu64 ": %s is not its primary, or this server "
-                            "not its backup",
-                            range, term, peer->id);
-    return 0;
-}
-
-static int handle_replicate(struct srv *s, struct keel_conn *conn,
-                            const struct keel_cert_identity *peer, const struct keel_msg *msg,
-                            struct keel_error *err)
-{
-    const struct keel_msg_replicate *m = &msg->u.replicate;
-    const struct keel_rows *d = &m->push.data;
-    struct pending_ack *a;
-    int rc;
-
-    pthread_mutex_lock(&s->lock);
-    if ((rc = check_stream(s, peer, m->range, m->term, err)) != 0 ||
-        (rc = keel_ps_replicate(s->ps, m->range, m->lsn, &m->push, err)) < 0) {
-        pthread_mutex_unlock(&s->lock);
-        return rc;
-    }
-    a = keel_calloc(1, sizeof(*a));
-    a->kind = ACK_REPLICATE;
-    a->lsn = m->lsn;
-    if (rc == 0) { /* applied: log it as the primary did */
-        struct keel_ps_applied *ap;
-
-        snprintf(a->worker, sizeof(a->worker), "%.*s", (int)m->push.worker_id.len,
-                 m->push.worker_id.ptr);
-        KEEL_ALLOC_ARRAY(a->result.applied, 1);
-        KEEL_ALLOC_ARRAY(a->result.owner, d->nkeys ? d->nkeys : 1);
-        a->result.owner_rows =
-            keel_malloc(keel_size_mul(keel_size_mul(d->nkeys, d->row_width), 4) + 4);
-        memcpy(a->result.owner, d->keys, (size_t)d->nkeys * 8);
-        memcpy(a->result.owner_rows, d->rows, (size_t)d->nkeys * d->row_width * 4);
-        ap = &a->result.applied[0];
-        ap->range = m->range;
-        ap->lsn = m->lsn;
-        ap->push = m->push;
-        ap->push.worker_id = keel_str_of(a->worker);
-        ap->push.data.keys = a->result.owner;
-        ap->push.data.rows = a->result.owner_rows;
-        a->result.napplied = 1;
-        a->result.lsn = m->lsn;
-    }
-    queue_pending(s, a, conn, &msg->hdr);
-    pthread_mutex_unlock(&s->lock);
-    return 0;
-}
-
-static int handle_range_copy(struct srv *s, struct keel_conn *conn,
-                             const struct keel_cert_identity *peer, const struct keel_msg *msg,
-                             struct keel_error *err)
-{
-    const struct keel_msg_range_copy *m = &msg->u.range_copy;
-    struct keel_snapshot mem, disk;
-    struct pending_ack *a;
-    int rc;
-
-    /* Two decodes: one copy for memory now, one for the store in log order. */
-    if ((rc = keel_snapshot_unpack(m->payload.data, m->payload.len, s->config->max_frame_size, &mem,
-                                   err)) != 0)
-        return keel_err_prefix(err, rc, "copy of range %u from %s", m->range, peer->id);
-    if (mem.range != m->range) {
-        keel_snapshot_release(&mem);
-        return keel_err_set(err, KEEL_EINVAL, "a copy of range %" PRIu32 " sent as range %u",
-                            mem.range, m->range);
-    }
-    keel_snapshot_unpack(m->payload.data, m->payload.len, s->config->max_frame_size, &disk, NULL);
-    pthread_mutex_lock(&s->lock);
-    if ((rc = check_stream(s, peer, m->range, m->term, err)) != 0 ||
-        (rc = keel_ps_install(s->ps, m->range, &mem, err)) != 0) {
-        pthread_mutex_unlock(&s->lock);
-        keel_snapshot_release(&mem);
-        keel_snapshot_release(&disk);
-        return rc;
-    }
-    a = keel_calloc(1, sizeof(*a));
-    a->kind = ACK_COPY;
-    a->lsn = disk.lsn;
-    a->term = m->term;
-    a->copy = disk;
-    s->installs[m->range]++;
-    KEEL_LOG_DEBUG("range %u: copy at LSN %" PRIu64 ", term %" PRIu64 " from %s", m->range, a->lsn,
-                   m->term, peer->id);
-    queue_pending(s, a, conn, &msg->hdr);
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -985,9 +473,9 @@ static int handle(void *ctx, struct keel_conn *conn, const struct keel_cert_iden
     case KEEL_MSG_SHARD_READ:
         return handle_shard_read(s, conn, msg, err);
     case KEEL_MSG_REPLICATE:
-        return handle_replicate(s, conn, peer, msg, err);
+        return repl_handle_replicate(s, conn, peer, msg, err);
     case KEEL_MSG_RANGE_COPY:
-        return handle_range_copy(s, conn, peer, msg, err);
+        return repl_handle_range_copy(s, conn, peer, msg, err);
     default:
         return keel_err_set(err, KEEL_ENOTIMPL, "keel-server does not serve %s",
                             keel_msg_type_name(msg->hdr.type));
@@ -1073,15 +561,15 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
                 s->report.terms[a->copy.range] = a->term;
                 s->report_dirty = 1;
             }
-            send_ack(a, a->lsn, 0);
+            repl_send_ack(a, a->lsn, 0);
             break;
         case ACK_REPLICATE:
-            send_ack(a, a->lsn, 0);
+            repl_send_ack(a, a->lsn, 0);
             break;
         }
-        pending_free(a);
+        repl_pending_free(a);
     }
-    release_waiting(s);
+    repl_release_waiting(s);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1169,45 +657,6 @@ static void checkpoint_if_due(struct srv *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-/*
- * Write what this server holds to replicas/<id> under its lease: when it
- * changed, and every 2 s for the LSNs (the backups' lag in keelctl status).
- */
-static void write_report(struct srv *s)
-{
-    struct keel_buf key = KEEL_BUF_INIT, val = KEEL_BUF_INIT;
-    struct keel_error err;
-    uint64_t now = keel_clock_mono_ms();
-    int64_t lease;
-
-    pthread_mutex_lock(&s->report_lock);
-    pthread_mutex_lock(&s->lock);
-    if (s->member == NULL || (!s->report_dirty && (s->ps == NULL || now - s->report_at < 2000)) ||
-        (lease = keel_member_lease(s->member)) == 0) {
-        pthread_mutex_unlock(&s->lock);
-        pthread_mutex_unlock(&s->report_lock);
-        return;
-    }
-    s->report.incarnation = keel_member_incarnation(s->member);
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
-        s->report.lsns[r] = s->ps != NULL && s->report.terms[r] ? keel_ps_lsn(s->ps, r) : 0;
-    keel_replica_report_encode(&s->report, &val);
-    s->report_dirty = 0;
-    s->report_at = now;
-    pthread_mutex_unlock(&s->lock);
-    keel_error_init(&err);
-    keel_key_replicas(&key, s->cluster, s->config->node_id);
-    if (keel_etcd_put(s->etcd, keel_key_str(&key), val.buf, val.len, lease, NULL, &err) != 0) {
-        KEEL_LOG_DEBUG("cannot write the replica report: %s", err.msg);
-        pthread_mutex_lock(&s->lock);
-        s->report_dirty = 1;
-        pthread_mutex_unlock(&s->lock);
-    }
-    pthread_mutex_unlock(&s->report_lock);
-    keel_buf_release(&key);
-    keel_buf_release(&val);
-}
-
 static void *storage_main(void *arg)
 {
     struct srv *s = arg;
@@ -1236,10 +685,11 @@ static void *storage_main(void *arg)
         if (acks)
             commit_and_ack(s, acks);
         pthread_mutex_lock(&s->lock);
-        start_copies(s);    /* streams that failed, once their delay has passed */
-        release_waiting(s); /* backups that confirmed meanwhile */
+        repl_start_copies(s);    /* streams that failed, once their delay has passed */
+        repl_release_waiting(s); /* backups that confirmed meanwhile */
         pthread_mutex_unlock(&s->lock);
-        write_report(s);
+        repl_write_report(s);
+        repl_report_suspects(s);
         checkpoint_if_due(s);
         if (stopping || keel_clock_mono_ms() >= next_snapshot) {
             snapshot_all(s);
@@ -1248,171 +698,6 @@ static void *storage_main(void *arg)
         if (stopping)
             return NULL;
     }
-}
-
-/* ---- sender thread: the streams to backups ----------------------------------- */
-
-/* What a reply from a backup is about. */
-struct stream_call {
-    struct srv *s;
-    char backup[KEEL_ID_MAX + 1];
-    uint32_t range;
-    uint64_t gen, lsn;
-    int copy;
-};
-
-/* A stream's message failed: start it again with a copy, a little later. */
-static void stream_failed(struct srv *s, const struct stream_call *c, const char *why)
-{
-    struct stream *st;
-
-    pthread_mutex_lock(&s->lock);
-    st = stream_find(s, c->range, c->backup);
-    if (st != NULL && st->gen == c->gen) {
-        if (st->failures++ % 20 == 0)
-            KEEL_LOG_WARN("range %" PRIu32 ": streaming to backup %s failed (%s); sending a "
-                          "fresh copy",
-                          c->range, c->backup, why);
-        stream_restart(st, st->failures > 3 ? 500 : 50);
-    }
-    pthread_mutex_unlock(&s->lock);
-}
-
-static void on_backup_reply(void *arg, int rc, struct keel_reply *reply,
-                            const struct keel_error *err)
-{
-    struct stream_call *c = arg;
-    struct srv *s = c->s;
-    char why[KEEL_ERROR_MSG_MAX + 32];
-
-    if (rc == 0 && reply->msg.hdr.type == KEEL_MSG_ACK) {
-        struct stream *st;
-
-        pthread_mutex_lock(&s->lock);
-        st = stream_find(s, c->range, c->backup);
-        if (st != NULL && st->gen == c->gen) {
-            if (c->copy)
-                st->state = STREAM_LIVE;
-            if (c->lsn > st->acked)
-                st->acked = c->lsn;
-            st->failures = 0;
-            pthread_cond_signal(&s->wake);
-        }
-        pthread_mutex_unlock(&s->lock);
-    } else {
-        if (rc == 0 && reply->msg.hdr.type == KEEL_MSG_ERROR)
-            snprintf(why, sizeof(why), "%s: %.*s", keel_err_name(reply->msg.u.error.code),
-                     (int)reply->msg.u.error.message.len, reply->msg.u.error.message.ptr);
-        else
-            snprintf(why, sizeof(why), "%s", rc == 0 ? "an unexpected reply" : err->msg);
-        stream_failed(s, c, why);
-    }
-    if (reply)
-        keel_reply_free(reply);
-    free(c);
-}
-
-/* The address server `id` registered, from the view; 0 or -1. */
-static int address_of(struct srv *s, const char *id, char *out, size_t outlen)
-{
-    struct keel_buf key = KEEL_BUF_INIT, value;
-    struct keel_member_info info;
-    int rc = -1;
-
-    keel_buf_init(&value, 0);
-    keel_key_member(&key, s->cluster, "server", id);
-    if (s->view != NULL && keel_cview_get(s->view, keel_key_str(&key), &value, NULL) == 0 &&
-        keel_member_decode(value.buf, value.len, &info, NULL) == 0) {
-        snprintf(out, outlen, "%s", info.address);
-        keel_member_info_release(&info);
-        rc = 0;
-    }
-    keel_buf_release(&key);
-    keel_buf_release(&value);
-    return rc;
-}
-
-/* A connection to backup `id` at the address it registered, or NULL. */
-static struct keel_client *peer_client(struct srv *s, const char *id)
-{
-    struct keel_client_options o;
-    struct keel_error err;
-    struct peer *p = NULL;
-    char address[sizeof(p->address)];
-
-    if (address_of(s, id, address, sizeof(address)) != 0)
-        return NULL;
-    for (size_t i = 0; i < s->npeers; i++)
-        if (strcmp(s->peers[i].id, id) == 0)
-            p = &s->peers[i];
-    if (p != NULL && p->client != NULL && strcmp(p->address, address) == 0)
-        return p->client;
-    if (p == NULL) {
-        KEEL_REALLOC_ARRAY(s->peers, s->npeers + 1);
-        p = &s->peers[s->npeers++];
-        memset(p, 0, sizeof(*p));
-        snprintf(p->id, sizeof(p->id), "%s", id);
-    }
-    keel_client_free(p->client);
-    p->client = NULL;
-    snprintf(p->address, sizeof(p->address), "%s", address);
-    keel_error_init(&err);
-    keel_client_options_default(&o);
-    o.address = p->address;
-    o.expect_role = KEEL_ROLE_SERVER;
-    o.max_frame_size = s->config->max_frame_size;
-    if (keel_client_new(&o, s->tls, &p->client, &err) != 0) {
-        KEEL_LOG_WARN("backup %s at %s: %s", id, p->address, err.msg);
-        p->client = NULL;
-    }
-    return p->client;
-}
-
-static void *sender_main(void *arg)
-{
-    struct srv *s = arg;
-
-    for (;;) {
-        struct outgoing *o;
-
-        pthread_mutex_lock(&s->lock);
-        while (s->out == NULL && !s->stopping)
-            pthread_cond_wait(&s->out_wake, &s->lock);
-        o = s->out;
-        s->out = NULL;
-        s->out_tail = &s->out;
-        pthread_mutex_unlock(&s->lock);
-        if (o == NULL)
-            break; /* stopping, and nothing left to send */
-        while (o) {
-            struct outgoing *next = o->next;
-            struct stream_call *c = keel_calloc(1, sizeof(*c));
-            struct keel_client *cl = peer_client(s, o->backup);
-            struct keel_error err;
-
-            c->s = s;
-            snprintf(c->backup, sizeof(c->backup), "%s", o->backup);
-            c->range = o->range;
-            c->gen = o->gen;
-            c->lsn = o->lsn;
-            c->copy = o->msg.hdr.type == KEEL_MSG_RANGE_COPY;
-            keel_error_init(&err);
-            if (cl == NULL) {
-                stream_failed(s, c, "no connection");
-                free(c);
-            } else if (keel_client_send(cl, &o->msg, s->config->request_timeout_ms, on_backup_reply,
-                                        c, &err) != 0) {
-                stream_failed(s, c, err.msg);
-                free(c);
-            }
-            outgoing_free(o);
-            o = next;
-        }
-    }
-    for (size_t i = 0; i < s->npeers; i++)
-        keel_client_free(s->peers[i].client);
-    free(s->peers);
-    return NULL;
 }
 
 /* ---- etcd: assignment, jobs, workers (watch thread) --------------------------- */
@@ -1557,7 +842,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
             s->report_dirty = 1;
             s->nleases = 0;
             release_parked(s);
-            release_waiting(s); /* each is told the job ended (no range is led) */
+            repl_release_waiting(s); /* each is told the job ended (no range is led) */
         }
         return;
     }
@@ -1747,7 +1032,7 @@ int keel_server_run(const struct keel_config *config)
         goto free_tls;
     }
     pthread_create(&s.storage_tid, NULL, storage_main, &s);
-    pthread_create(&s.sender_tid, NULL, sender_main, &s);
+    pthread_create(&s.sender_tid, NULL, repl_sender_main, &s);
 
     keel_etcd_options_from_config(config, &eo);
     if (keel_etcd_new(&eo, &s.etcd, &err) != 0) {

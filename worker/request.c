@@ -179,13 +179,36 @@ static void drop_moved(struct wk *w, struct xchg *x, const struct part *parts)
 }
 
 /*
+ * Report the servers that unanswered requests wait for while their client is
+ * not connected (a crashed server: its port is closed), so that the leader
+ * checks them now (wk_suspect()).  Training thread; x->lock not held.
+ */
+static void suspect_silent(struct wk *w, struct xchg *x, const struct part *parts)
+{
+    for (size_t i = 0; i < x->ncalls; i++) {
+        struct keel_client *cl;
+        int answered;
+
+        pthread_mutex_lock(&x->lock);
+        answered = x->calls[i].answered;
+        pthread_mutex_unlock(&x->lock);
+        if (answered)
+            continue;
+        cl = wk_conn_of(w, parts[i].g.server);
+        if (cl != NULL && !keel_client_connected(cl))
+            wk_suspect(w, parts[i].g.server);
+    }
+}
+
+/*
  * Wait for every reply; with `abandon`, give up when the worker is stopping.
- * Every second without every reply, the route is brought up to date from
- * the watch, and requests to servers it no longer uses are given up on.
+ * Every half second without every reply, the servers still silent and not
+ * connected are reported, the route is brought up to date from the watch,
+ * and requests to servers it no longer uses are given up on.
  */
 static int xchg_wait(struct wk *w, struct xchg *x, const struct part *parts, int abandon)
 {
-    uint64_t check = keel_clock_mono_ms() + 1000;
+    uint64_t check = keel_clock_mono_ms() + 500;
 
     pthread_mutex_lock(&x->lock);
     while (x->waiting > 0) {
@@ -199,11 +222,12 @@ static int xchg_wait(struct wk *w, struct xchg *x, const struct part *parts, int
             int changed;
 
             pthread_mutex_unlock(&x->lock); /* replies go on arriving meanwhile */
+            suspect_silent(w, x, parts);
             changed = wk_refresh_route(w, 0, NULL);
             pthread_mutex_lock(&x->lock);
             if (changed > 0)
                 drop_moved(w, x, parts);
-            check = keel_clock_mono_ms() + 1000;
+            check = keel_clock_mono_ms() + 500;
         }
     }
     pthread_mutex_unlock(&x->lock);

@@ -168,26 +168,22 @@ struct keel_client *wk_conn_of(struct wk *w, const char *id)
 
 void wk_suspect(struct wk *w, const char *id)
 {
-    struct keel_buf key = KEEL_BUF_INIT;
     struct keel_error err;
     struct wk_conn *c = NULL;
     uint64_t now = keel_clock_mono_ms();
-    int64_t lease;
 
     for (size_t i = 0; i < w->nconns; i++)
         if (strcmp(w->conns[i].id, id) == 0)
             c = &w->conns[i];
-    if (c == NULL || now - c->suspected_ms < 1000 || (lease = keel_member_lease(w->member)) == 0)
+    if (c == NULL || now - c->suspected_ms < 1000)
         return;
     c->suspected_ms = now;
     keel_error_init(&err);
-    keel_key_suspect(&key, w->cluster, id);
-    if (keel_etcd_put(w->etcd, keel_key_str(&key), w->id, strlen(w->id), lease, NULL, &err) != 0)
+    if (keel_member_suspect(w->member, w->etcd, w->cluster, id, w->id, &err) != 0)
         KEEL_LOG_DEBUG("cannot report server %s as suspect: %s", id, err.msg);
     else
         KEEL_LOG_INFO("server %s is not connected and did not answer: reported it to the leader",
                       id);
-    keel_buf_release(&key);
 }
 
 int wk_refresh_route(struct wk *w, int fresh, struct keel_error *err)
