@@ -92,7 +92,7 @@ fi
 revoked() { grep -q "server '$victim' refuses connections .*revoking its lease" "$dir"/logs/coordinator-*.log; }
 if wait_for 10 revoked; then ok; else
     fail "the leader did not revoke the dead server's lease on the workers' report" \
-        "$(grep -h "suspect\|refuses" "$dir"/logs/*.log | tail -n 5)"
+        "$(grep -h "did not answer\|refuses" "$dir"/logs/*.log | tail -n 5)"
 fi
 survivors=$(for s in s1 s2 s3; do [ "$s" = "$victim" ] || printf '%s ' "$s"; done)
 survivors=${survivors% }
