@@ -25,9 +25,6 @@ struct keel_assign {
     uint8_t insync[KEEL_PROTO_NRANGES]; /* leading replicas in sync: 1..count, 0 if empty */
 };
 
-/* The index of server `id` in a->servers, or -1. */
-long keel_assign_find_server(const keel_assign *a, const char *id);
-
 /* Whether server index `s` is among the first `n` of `set`. */
 int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s);
 

@@ -99,20 +99,7 @@ unsigned keel_assign_insync(const keel_assign *a, unsigned range)
 
 long keel_assign_find_server(const keel_assign *a, const char *id)
 {
-    size_t lo = 0, hi = a->nservers;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(a->servers[mid], id);
-
-        if (c == 0)
-            return (long)mid;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
+    return keel_id_find((const char *const *)a->servers, a->nservers, id);
 }
 
 int keel_assign_in_set(const uint16_t *set, unsigned n, uint16_t s)

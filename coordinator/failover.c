@@ -16,6 +16,7 @@
 
 #include "alloc.h"
 #include "assign_table.h"
+#include "keel/id.h"
 
 #define NR   KEEL_PROTO_NRANGES
 #define MAXR KEEL_ASSIGN_MAX_REPLICATION
@@ -212,25 +213,6 @@ static void balance_primaries(struct fo *w, unsigned nlive, unsigned want)
     }
 }
 
-/* The index of `id` in the sorted union, or -1. */
-static long union_index(const struct fo *w, const char *id)
-{
-    size_t lo = 0, hi = w->n;
-
-    while (id != NULL && lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(w->ids[mid], id);
-
-        if (c == 0)
-            return (long)mid;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
-}
-
 /* Merge the table's servers and the sorted live ids into w; `old_to_union` maps the former. */
 static void merge_servers(struct fo *w, const keel_assign *a, const char **ids, size_t nlive,
                           uint16_t *old_to_union)
@@ -373,7 +355,7 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
     }
     sidx = keel_calloc(nsynced + 1, sizeof(long));
     for (size_t j = 0; j < nsynced; j++)
-        sidx[j] = union_index(w, synced[j].id);
+        sidx[j] = keel_id_find(w->ids, w->n, synced[j].id);
 
     for (unsigned r = 0; r < NR; r++) {
         demote_lost(w, r, synced, sidx, nsynced);

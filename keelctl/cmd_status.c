@@ -88,25 +88,6 @@ struct reports {
     unsigned char *ok;             /* ok[i]: r[i] holds server i's current report */
 };
 
-/* Index of server `id` in the table, or -1. */
-static long server_index(const keel_assign *a, const char *id)
-{
-    size_t lo = 0, hi = keel_assign_server_count(a);
-
-    while (lo < hi) { /* the server list is sorted by strcmp */
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(keel_assign_server(a, mid), id);
-
-        if (c == 0)
-            return (long)mid;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
-}
-
 static void reports_read(const struct keel_cstate *s, const keel_assign *a, struct reports *out)
 {
     size_t nsrv, n = keel_assign_server_count(a);
@@ -123,7 +104,7 @@ static void reports_read(const struct keel_cstate *s, const keel_assign *a, stru
         size_t m;
 
         if (keel_key_parse_rel(keel_cstate_rel(s, kv), &k) != KEEL_KEY_REPLICAS ||
-            (x = server_index(a, k.id)) < 0)
+            (x = keel_assign_find_server(a, k.id)) < 0)
             continue;
         for (m = 0; m < nsrv && strcmp(srv[m].id, k.id) != 0; m++)
             ;
@@ -144,7 +125,7 @@ static void reports_release(struct reports *r)
 /* The current report of server `id`, or NULL. */
 static const struct keel_replica_report *report_of(const struct reports *rep, const char *id)
 {
-    long x = server_index(rep->a, id);
+    long x = keel_assign_find_server(rep->a, id);
 
     return x >= 0 && rep->ok[x] ? &rep->r[x] : NULL;
 }

@@ -109,6 +109,9 @@ size_t keel_assign_replicas(const keel_assign *a, unsigned range, const char **i
 /* The primary of `range`, or NULL when the table has no server. */
 const char *keel_assign_primary(const keel_assign *a, unsigned range);
 
+/* The index of server `id` in the table's server list (keel_assign_server()), or -1. */
+long keel_assign_find_server(const keel_assign *a, const char *id);
+
 /* Position of server `id` in the replica set of `range` (0 = primary), or -1. */
 int keel_assign_position(const keel_assign *a, unsigned range, const char *id);
 

@@ -9,6 +9,7 @@
 #define KEEL_ID_H
 
 #include <stddef.h>
+#include <string.h>
 
 #define KEEL_ID_MAX 64
 
@@ -27,6 +28,25 @@ static inline int keel_id_valid(const char *s)
             return 0;
     }
     return n > 0;
+}
+
+/* The index of `id` in `sorted[0..n)` (ids in strcmp order), or -1.  Binary search. */
+static inline long keel_id_find(const char *const *sorted, size_t n, const char *id)
+{
+    size_t lo = 0, hi = n;
+
+    while (id != NULL && lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(sorted[mid], id);
+
+        if (c == 0)
+            return (long)mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
 }
 
 #endif

@@ -21,17 +21,7 @@ srcdir=$2
 
 . "$srcdir/tests/lib/cluster_job.sh"
 
-run cl up --dir "$dir" --bin "$bindir" --servers 3 --workers 2 --coordinators 2 --shards 4 \
-    --name t --lease-ttl 3s --replication 2
-expect_status 0 "cluster up"
-cfg=$run_out
-
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 36/' \
-    -e 's/^replication = .*/replication = 2/' \
-    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
-grep -q '^replication = 2$' "$tmp/job.ini" || fail "could not set the job's replication"
-run kc job submit "$tmp/job.ini"
-expect_status 0 "submit r1"
+up_and_submit 3 36 2
 running() { [ "$(job_field state)" = running ]; }
 if wait_for 30 running; then ok; else fail "r1 is not running" "$(kc job show r1 2>&1 | tail -n 12)"; fi
 

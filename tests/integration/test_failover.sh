@@ -32,31 +32,8 @@ srcdir=$2
 . "$srcdir/tests/lib/cluster_job.sh"
 
 ttl_s=3
-run cl up --dir "$dir" --bin "$bindir" --servers 3 --workers 2 --shards 4 --name t \
-    --lease-ttl "${ttl_s}s"
-expect_status 0 "cluster up"
-cfg=$run_out
+up_and_submit 3 16 2
 
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 16/' \
-    -e 's/^replication = .*/replication = 2/' \
-    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
-grep -q '^replication = 2$' "$tmp/job.ini" || fail "could not set the job's replication"
-sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
-    fail "the example's batch size is no longer 100: the counts below assume it"
-run kc job submit "$tmp/job.ini"
-expect_status 0 "submit r1"
-
-# assignment_py EXPR: EXPR over the assignment `a` in etcd (JSON), printed.
-assignment_py() {
-    cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment 2>/dev/null |
-        python3 -c 'import json,sys
-a = json.load(sys.stdin)
-print(eval(sys.argv[1]))' "$1" 2>/dev/null
-}
-# Every range with two replicas, both in sync.
-all_in_sync() {
-    [ "$(assignment_py 'all(len(r) == 2 and i == 2 for r, i in zip(a["ranges"], a["insync"]))')" = True ]
-}
 if wait_for 60 all_in_sync; then ok; else
     fail "the ranges did not all get an in-sync backup" "$(cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment | head -c 600)"
 fi
@@ -139,15 +116,7 @@ v0=$(assignment_py 'a["version"]')
 run cl kill --dir "$dir" server "$stalled"
 expect_status 0 "SIGKILL server $stalled"
 rm -rf "$dir/data/server-$stalled"
-. "$dir/cluster.env"
-for split in train test; do
-    [ "$split" = train ] && name=$KEEL_DATASET || name=$KEEL_TEST_DATASET
-    [ "$split" = train ] && p=train || p=t10k
-    run "$bindir/keelctl" dataset import -q --store "$dir/data/server-$stalled" --name "$name" \
-        --format idx --shards "$KEEL_SHARDS" --split "$split" \
-        "$data/$p-images-idx3-ubyte.gz" "$data/$p-labels-idx1-ubyte.gz"
-    expect_status 0 "import the $split set into $stalled's new, empty store"
-done
+reimport "$stalled"
 run cl start --dir "$dir" server "$stalled"
 expect_status 0 "start $stalled again on an empty data directory"
 t0=$(now_ms)

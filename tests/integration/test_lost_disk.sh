@@ -17,14 +17,7 @@ srcdir=$2
 
 . "$srcdir/tests/lib/cluster_job.sh"
 
-run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name t --lease-ttl 3s
-expect_status 0 "cluster up"
-cfg=$run_out
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 8/' \
-    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
-grep -q '^replication = 1$' "$tmp/job.ini" || fail "the example no longer asks for replication 1"
-run kc job submit "$tmp/job.ini"
-expect_status 0 "submit r1"
+up_and_submit 2 8 1
 past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 480 ]; }
 if wait_for 120 past_a_tenth; then ok; else
     fail "r1 did not get a tenth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
@@ -35,14 +28,7 @@ cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment >"$tmp/assignm
 run cl kill --dir "$dir" server s1
 expect_status 0 "SIGKILL server s1"
 rm -rf "$dir/data/server-s1"
-. "$dir/cluster.env"
-for split in train test; do
-    [ "$split" = train ] && name=$KEEL_DATASET p=train || name=$KEEL_TEST_DATASET p=t10k
-    run "$bindir/keelctl" dataset import -q --store "$dir/data/server-s1" --name "$name" \
-        --format idx --shards "$KEEL_SHARDS" --split "$split" \
-        "$data/$p-images-idx3-ubyte.gz" "$data/$p-labels-idx1-ubyte.gz"
-    expect_status 0 "import the $split set into s1's new, empty store"
-done
+reimport s1
 run cl start --dir "$dir" server s1
 expect_status 0 "start s1 again on an empty data directory"
 t0=$(now_ms)

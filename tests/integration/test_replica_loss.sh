@@ -26,28 +26,8 @@ srcdir=$2
 
 . "$srcdir/tests/lib/cluster_job.sh"
 
-ttl_s=3
-run cl up --dir "$dir" --bin "$bindir" --servers 3 --workers 2 --shards 4 --name t \
-    --lease-ttl "${ttl_s}s"
-expect_status 0 "cluster up"
-cfg=$run_out
+up_and_submit 3 8 2
 
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 8/' \
-    -e 's/^replication = .*/replication = 2/' \
-    "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
-grep -q '^replication = 2$' "$tmp/job.ini" || fail "could not set the job's replication"
-run kc job submit "$tmp/job.ini"
-expect_status 0 "submit r1"
-
-assignment_py() {
-    cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment 2>/dev/null |
-        python3 -c 'import json,sys
-a = json.load(sys.stdin)
-print(eval(sys.argv[1]))' "$1" 2>/dev/null
-}
-all_in_sync() {
-    [ "$(assignment_py 'all(len(r) == 2 and i == 2 for r, i in zip(a["ranges"], a["insync"]))')" = True ]
-}
 if wait_for 60 all_in_sync; then ok; else fail "the ranges did not all get an in-sync backup"; fi
 past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 480 ]; }
 if wait_for 120 past_a_tenth; then ok; else

@@ -6,6 +6,14 @@
 #   cluster, helper, dir   scripts/cluster.sh, keel-test-train, the cluster's directory
 # and gives
 #   cl ARGS...             scripts/cluster.sh
+#   up_and_submit SERVERS EPOCHS REPLICATION
+#                          a cluster "t" of SERVERS servers, 2 coordinators, 2 workers,
+#                          lease TTL 3 s, Fashion-MNIST in 4 shards; job r1 (the softmax
+#                          example: BSP, SGD, batch 100) with EPOCHS epochs and
+#                          REPLICATION submitted; sets cfg and writes $tmp/job.ini
+#   assignment_py EXPR     EXPR over the assignment `a` in etcd (JSON), printed
+#   all_in_sync            every range has two replicas, both in sync
+#   reimport SERVER        the dataset imported into SERVER's (emptied) data directory
 #   kc ARGS...             keelctl with the cluster's configuration ($cfg, set by the test)
 #   job_field FIELD        a field of `keelctl job show r1 --json`
 #   done_batches           batches r1's shards' recorded positions are past, over
@@ -46,6 +54,41 @@ if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
 fi
 
 cl() { bash "$cluster" "$@"; }
+up_and_submit() {
+    run cl up --dir "$dir" --bin "$bindir" --servers "$1" --workers 2 --shards 4 --name t \
+        --lease-ttl 3s --replication "$3"
+    expect_status 0 "cluster up"
+    cfg=$run_out
+    sed -e 's/^name = .*/name = r1/' -e "s/^epochs = .*/epochs = $2/" \
+        -e "s/^replication = .*/replication = $3/" \
+        "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
+    grep -q "^replication = $3\$" "$tmp/job.ini" || fail "could not set the job's replication"
+    sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
+        fail "the example's batch size is no longer 100: the counts assume it"
+    run kc job submit "$tmp/job.ini"
+    expect_status 0 "submit r1"
+}
+assignment_py() {
+    cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment 2>/dev/null |
+        python3 -c 'import json,sys
+a = json.load(sys.stdin)
+print(eval(sys.argv[1]))' "$1" 2>/dev/null
+}
+all_in_sync() {
+    [ "$(assignment_py 'all(len(r) == 2 and i == 2 for r, i in zip(a["ranges"], a["insync"]))')" = True ]
+}
+reimport() {
+    local split name p
+    # shellcheck disable=SC1091
+    . "$dir/cluster.env"
+    for split in train test; do
+        [ "$split" = train ] && name=$KEEL_DATASET p=train || name=$KEEL_TEST_DATASET p=t10k
+        run "$bindir/keelctl" dataset import -q --store "$dir/data/server-$1" --name "$name" \
+            --format idx --shards "$KEEL_SHARDS" --split "$split" \
+            "$data/$p-images-idx3-ubyte.gz" "$data/$p-labels-idx1-ubyte.gz"
+        expect_status 0 "import the $split set into $1's new, empty store"
+    done
+}
 kc() { "$bindir/keelctl" --config "$cfg" "$@"; }
 job_field() {
     kc job show r1 --json 2>/dev/null |
