@@ -5,6 +5,7 @@
  * rep_seconds, then `reps` repetitions are timed and the median kept, which
  * is robust against the odd repetition slowed by an interrupt or a page fault.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -303,4 +304,22 @@ int keel_bench_finish(struct keel_bench *b)
     b->rows = NULL;
     b->nrows = b->arows = 0;
     return rc == 0 ? KEEL_EXIT_OK : KEEL_EXIT_FAILURE;
+}
+
+int keel_bench_parse_uint(const char *prog, const char *opt, const char *text, unsigned lo,
+                          unsigned hi, unsigned *v)
+{
+    char *end;
+    unsigned long n;
+
+    errno = 0;
+    n = text ? strtoul(text, &end, 10) : 0;
+    if (text == NULL || errno != 0 || end == text || *end != '\0' || text[0] == '-' || n < lo ||
+        n > hi) {
+        fprintf(stderr, "%s: %s: expected a number from %u to %u, got '%s'\n", prog, opt, lo, hi,
+                text ? text : "");
+        return -1;
+    }
+    *v = (unsigned)n;
+    return 0;
 }

@@ -88,6 +88,14 @@ struct keel_bench_opts {
 int keel_bench_init_opts(struct keel_bench *b, const char *prog, const char *summary,
                          const struct keel_bench_opts *opts, int argc, char **argv);
 
+/*
+ * A benchmark option's whole decimal number in [lo, hi] into *v: 0, or -1
+ * after saying on stderr ("PROG: OPT: expected a number from LO to HI, got
+ * 'TEXT'") what is wrong (TEXT NULL: the value is missing).
+ */
+int keel_bench_parse_uint(const char *prog, const char *opt, const char *text, unsigned lo,
+                          unsigned hi, unsigned *v);
+
 /* Seconds on the monotonic clock, from an arbitrary origin. */
 double keel_bench_now(void);
 

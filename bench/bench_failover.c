@@ -69,23 +69,6 @@ static const char options_help[] =
     "  --failover-only    only the recovery rows\n"
     "  --rate-only        only the training-rate rows\n";
 
-static int parse_uint(const char *opt, const char *text, unsigned lo, unsigned hi, unsigned *v)
-{
-    char *end;
-    unsigned long n;
-
-    errno = 0;
-    n = text ? strtoul(text, &end, 10) : 0;
-    if (text == NULL || errno != 0 || end == text || *end != '\0' || text[0] == '-' || n < lo ||
-        n > hi) {
-        fprintf(stderr, "keel-bench-failover: %s: expected a number from %u to %u, got '%s'\n", opt,
-                lo, hi, text ? text : "");
-        return -1;
-    }
-    *v = (unsigned)n;
-    return 0;
-}
-
 static int parse_option(void *ctx, int argc, char **argv, int i)
 {
     struct options *o = ctx;
@@ -100,22 +83,22 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
         return 1;
     }
     if (strcmp(opt, "--kills") == 0) {
-        if (parse_uint(opt, val, 1, MAX_KILLS, &o->kills) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 1, MAX_KILLS, &o->kills) != 0)
             return -1;
     } else if (strcmp(opt, "--epochs") == 0) {
-        if (parse_uint(opt, val, 1, 1000, &o->epochs) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 1, 1000, &o->epochs) != 0)
             return -1;
     } else if (strcmp(opt, "--runs") == 0) {
-        if (parse_uint(opt, val, 1, MAX_RUNS, &o->runs) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 1, MAX_RUNS, &o->runs) != 0)
             return -1;
     } else if (strcmp(opt, "--workers") == 0) {
-        if (parse_uint(opt, val, 1, 8, &o->workers) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 1, 8, &o->workers) != 0)
             return -1;
     } else if (strcmp(opt, "--failover-workers") == 0) {
-        if (parse_uint(opt, val, 1, 8, &o->fo_workers) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 1, 8, &o->fo_workers) != 0)
             return -1;
     } else if (strcmp(opt, "--limit") == 0) {
-        if (parse_uint(opt, val, 10, 86400, &o->limit_s) != 0)
+        if (keel_bench_parse_uint("keel-bench-failover", opt, val, 10, 86400, &o->limit_s) != 0)
             return -1;
     } else if (strcmp(opt, "--job") == 0) {
         if (val == NULL || access(val, R_OK) != 0) {

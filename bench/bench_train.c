@@ -272,24 +272,6 @@ static const char options_help[] =
     "  --arithmetic-only  only the forward/backward and optimizer rows (seconds)\n"
     "  --training-only    only the end-to-end training rows (minutes)\n";
 
-/* A whole decimal number in [lo, hi]. */
-static int parse_uint(const char *opt, const char *text, unsigned lo, unsigned hi, unsigned *v)
-{
-    char *end;
-    unsigned long n;
-
-    errno = 0;
-    n = text ? strtoul(text, &end, 10) : 0;
-    if (text == NULL || errno != 0 || end == text || *end != '\0' || text[0] == '-' || n < lo ||
-        n > hi) {
-        fprintf(stderr, "keel-bench-train: %s: expected a number from %u to %u, got '%s'\n", opt,
-                lo, hi, text ? text : "");
-        return -1;
-    }
-    *v = (unsigned)n;
-    return 0;
-}
-
 static int parse_option(void *ctx, int argc, char **argv, int i)
 {
     struct options *o = ctx;
@@ -305,17 +287,17 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
         return 1;
     }
     if (strcmp(opt, "--epochs") == 0) {
-        if (parse_uint(opt, val, 1, 1000, &v) != 0)
+        if (keel_bench_parse_uint("keel-bench-train", opt, val, 1, 1000, &v) != 0)
             return -1;
         o->epochs = v;
     } else if (strcmp(opt, "--runs") == 0) {
-        if (parse_uint(opt, val, 1, MAX_RUNS, &o->runs) != 0)
+        if (keel_bench_parse_uint("keel-bench-train", opt, val, 1, MAX_RUNS, &o->runs) != 0)
             return -1;
     } else if (strcmp(opt, "--servers") == 0) {
-        if (parse_uint(opt, val, 1, 8, &o->servers) != 0)
+        if (keel_bench_parse_uint("keel-bench-train", opt, val, 1, 8, &o->servers) != 0)
             return -1;
     } else if (strcmp(opt, "--limit") == 0) {
-        if (parse_uint(opt, val, 10, 86400, &o->limit_s) != 0)
+        if (keel_bench_parse_uint("keel-bench-train", opt, val, 10, 86400, &o->limit_s) != 0)
             return -1;
     } else if (strcmp(opt, "--job") == 0) {
         if (val == NULL || access(val, R_OK) != 0) {
@@ -339,7 +321,8 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
                 return -1;
             }
             snprintf(item, sizeof(item), "%.*s", (int)len, p);
-            if (parse_uint(opt, item, 1, 8, &o->workers[o->nworkers]) != 0)
+            if (keel_bench_parse_uint("keel-bench-train", opt, item, 1, 8,
+                                      &o->workers[o->nworkers]) != 0)
                 return -1;
             o->nworkers++;
             p += len;
