@@ -299,7 +299,7 @@ static void ranges_text(const struct reports *rep, FILE *out)
         fprintf(out, "\nranges      every range has only its primary (no backup)\n");
         return;
     }
-    fprintf(out, "\nranges      %u, consecutive ranges alike on one line\n", KEEL_PROTO_NRANGES);
+    fprintf(out, "\nranges      %d, consecutive ranges alike on one line\n", KEEL_PROTO_NRANGES);
     fprintf(out, "  %-8s %-20s %-20s %-20s %-8s %s\n", "RANGE", "PRIMARY", "IN-SYNC BACKUPS",
             "SYNCING", "TERM", "LSN");
     for (unsigned r = 0, end; r < KEEL_PROTO_NRANGES; r = end) {

@@ -40,7 +40,7 @@ static void stream_restart(struct stream *st, uint64_t delay_ms)
 void repl_streams_set(struct srv *s, unsigned range, const char *const *backups, size_t n,
                       uint64_t term)
 {
-    struct stream kept[MAX_BACKUPS];
+    struct stream kept[MAX_BACKUPS] = {0};
     unsigned nkept = 0;
 
     for (size_t i = 0; i < n && nkept < MAX_BACKUPS; i++) {
