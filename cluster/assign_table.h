@@ -15,6 +15,7 @@
 
 struct keel_assign {
     uint64_t version;
+    uint64_t epoch; /* the epoch of the leader that wrote it; 0: none said */
     unsigned replication;
     size_t nservers;
     char **servers; /* sorted, unique, owned */

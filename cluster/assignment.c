@@ -51,6 +51,20 @@ keel_assign *keel_assign_clone(const keel_assign *a)
     return c;
 }
 
+uint64_t keel_assign_epoch(const keel_assign *a)
+{
+    return a->epoch;
+}
+
+int keel_assign_set_epoch(keel_assign *a, uint64_t epoch)
+{
+    if (a->epoch == epoch)
+        return 0;
+    a->epoch = epoch;
+    a->version++;
+    return 1;
+}
+
 uint64_t keel_assign_version(const keel_assign *a)
 {
     return a->version;
@@ -183,7 +197,8 @@ void keel_assign_load(const keel_assign *a, const char *id, unsigned *replicas, 
 
 int keel_assign_equal(const keel_assign *a, const keel_assign *b)
 {
-    if (a->version != b->version || a->replication != b->replication || a->nservers != b->nservers)
+    if (a->version != b->version || a->epoch != b->epoch || a->replication != b->replication ||
+        a->nservers != b->nservers)
         return 0;
     for (size_t i = 0; i < a->nservers; i++)
         if (strcmp(a->servers[i], b->servers[i]) != 0)
@@ -220,6 +235,8 @@ void keel_assign_encode(const keel_assign *a, struct keel_buf *out)
         json_array_append_new(terms, json_integer((json_int_t)a->term[r]));
     }
     json_object_set_new(root, "version", json_integer((json_int_t)a->version));
+    if (a->epoch != 0) /* 0 (none said) is written as no key: one form per table */
+        json_object_set_new(root, "epoch", json_integer((json_int_t)a->epoch));
     json_object_set_new(root, "replication", json_integer(a->replication));
     json_object_set_new(root, "servers", servers);
     json_object_set_new(root, "ranges", ranges);
@@ -290,7 +307,7 @@ static int decode_range(keel_assign *a, unsigned r, json_t *set, json_t *insync,
 
 int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct keel_error *err)
 {
-    json_t *root, *version, *replication, *servers, *ranges, *insync, *terms;
+    json_t *root, *version, *replication, *servers, *ranges, *insync, *terms, *epoch;
     json_error_t jerr;
     keel_assign *a = NULL;
     size_t nservers;
@@ -312,10 +329,15 @@ int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct k
     ranges = json_object_get(root, "ranges");
     insync = json_object_get(root, "insync");
     terms = json_object_get(root, "terms");
+    epoch = json_object_get(root, "epoch");
     if (!version || !replication || !servers || !ranges || !insync || !terms ||
-        json_object_size(root) != 6) {
+        json_object_size(root) != (epoch ? 7u : 6u)) {
         rc = bad(err, "must be an object of exactly insync, ranges, replication, servers, terms "
-                      "and version");
+                      "and version, and optionally epoch");
+        goto fail;
+    }
+    if (epoch && (!json_is_integer(epoch) || json_integer_value(epoch) < 1)) {
+        rc = bad(err, "epoch: must be an integer >= 1 (no key for none)");
         goto fail;
     }
     if (!json_is_integer(version) || json_integer_value(version) < 0) {
@@ -334,6 +356,7 @@ int keel_assign_decode(const void *data, size_t len, keel_assign **out, struct k
     nservers = json_array_size(servers);
     a = keel_assign_new((unsigned)json_integer_value(replication));
     a->version = (uint64_t)json_integer_value(version);
+    a->epoch = epoch ? (uint64_t)json_integer_value(epoch) : 0;
     free(a->servers);
     a->servers = keel_calloc(nservers ? nservers : 1, sizeof(char *));
     for (size_t i = 0; i < nservers; i++) {

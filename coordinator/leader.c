@@ -731,6 +731,21 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         a = keel_assign_new(replication);
     if (running && job != NULL && fail_lost(l, e, job, a, &rep, &rc, err))
         goto out;
+    /*
+     * Servers apply tables of the current leader's epoch only: a table of an
+     * earlier leader is written again under ours first (a new one is written
+     * with ours by the steps below).
+     */
+    if (keel_election_epoch(e) > 0) {
+        struct keel_assign_stats st;
+
+        before = keel_assign_clone(a);
+        memset(&st, 0, sizeof(st));
+        st.changed = keel_assign_set_epoch(a, (uint64_t)keel_election_epoch(e));
+        if (st.changed && s->assignment != NULL)
+            rc = write_assignment(l, e, before, a, &st, "new leader epoch", &mod, err);
+        keel_assign_free(before);
+    }
     /* Each step: from a copy, so the log can say what changed. */
     for (int step = 0; step < 4 && rc == 0; step++) {
         static const char *const why[] = {"replication", "servers changed",

@@ -702,14 +702,49 @@ static void *storage_main(void *arg)
 
 /* ---- etcd: assignment, jobs, workers (watch thread) --------------------------- */
 
+static int lowest_candidate(void *user, const struct keel_etcd_kv *kv)
+{
+    int64_t *low = user;
+
+    if (kv->create_revision > 0 && (*low == 0 || kv->create_revision < *low))
+        *low = kv->create_revision;
+    return 0;
+}
+
+/*
+ * The coordinator leader's epoch as the view has it: the create revision of
+ * the oldest election candidate (the leader, as etcd's election API
+ * decides), 0 when no coordinator campaigns (a server used without one).
+ */
+static uint64_t leader_epoch(struct srv *s)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    int64_t low = 0;
+
+    keel_key_election(&prefix, s->cluster);
+    keel_buf_add_str(&prefix, "/");
+    keel_cview_each(s->view, keel_key_str(&prefix), lowest_candidate, &low);
+    keel_buf_release(&prefix);
+    return (uint64_t)low;
+}
+
 static void set_assignment(struct srv *s, const struct keel_etcd_kv *kv)
 {
     struct keel_error err;
+    uint64_t leader;
     keel_assign *a;
 
     keel_error_init(&err);
     if (keel_assign_decode(kv->value, kv->value_len, &a, &err) != 0) {
         KEEL_LOG_ERROR("ignoring a bad assignment in etcd: %s", err.msg);
+        return;
+    }
+    if ((leader = leader_epoch(s)) > 0 && keel_assign_epoch(a) != leader) {
+        /* Only the current leader writes the table: anything else is stale or forged. */
+        KEEL_LOG_WARN("ignoring assignment version %" PRIu64 ": written under epoch %" PRIu64
+                      ", the leader's epoch is %" PRIu64,
+                      keel_assign_version(a), keel_assign_epoch(a), leader);
+        keel_assign_free(a);
         return;
     }
     if (s->assign != NULL && keel_assign_version(a) <= s->assign_version) {

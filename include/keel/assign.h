@@ -93,6 +93,17 @@ void keel_assign_free(keel_assign *a);
 keel_assign *keel_assign_clone(const keel_assign *a);
 
 uint64_t keel_assign_version(const keel_assign *a);
+
+/*
+ * The epoch of the coordinator leader that wrote the table (its election
+ * key's create revision), 0 when none was set.  Servers apply a table only
+ * under the leader's epoch (server/server.c), so a new leader first writes
+ * the table again under its own.  keel_assign_set_epoch() is a change: the
+ * version rises when the epoch is not the table's already (returns 1 then,
+ * else 0).  Nothing else changes the epoch.
+ */
+uint64_t keel_assign_epoch(const keel_assign *a);
+int keel_assign_set_epoch(keel_assign *a, uint64_t epoch);
 unsigned keel_assign_replication(const keel_assign *a);
 size_t keel_assign_server_count(const keel_assign *a);
 
@@ -221,21 +232,20 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
 
 /*
  * Append the table's canonical JSON to `out`:
- *   {"insync":[2,1,...],"ranges":[[0,2,1],...],"replication":3,
+ *   {"epoch":1234,"insync":[2,1,...],"ranges":[[0,2,1],...],"replication":3,
  *    "servers":["s1","s2","s3"],"terms":[7,3,...],"version":7}
- * keys sorted, no whitespace; "ranges" has KEEL_PROTO_NRANGES arrays of
- * indexes into "servers", primary first; "insync" and "terms" have
- * KEEL_PROTO_NRANGES integers, each range's in-sync count and term.  The same
- * table always gives the same bytes.
+ * keys sorted, no whitespace, "epoch" only when it is not 0; "ranges" has KEEL_PROTO_NRANGES arrays
+ * of indexes into "servers", primary first; "insync" and "terms" have KEEL_PROTO_NRANGES integers,
+ * each range's in-sync count and term.  The same table always gives the same bytes.
  */
 void keel_assign_encode(const keel_assign *a, struct keel_buf *out);
 
 /*
  * Decode a table from `len` bytes of JSON at `data`, which may come from
  * anywhere: every field is checked (an object with exactly the six keys
- * above; version an integer >= 0; replication 1..KEEL_ASSIGN_MAX_REPLICATION;
- * at most KEEL_ASSIGN_MAX_SERVERS distinct valid ids in increasing order;
- * exactly KEEL_PROTO_NRANGES replica sets, each of 1..KEEL_ASSIGN_MAX_REPLICATION
+ * above, and "epoch" or not; epoch an integer >= 1; version an integer >= 0;
+ * replication 1..KEEL_ASSIGN_MAX_REPLICATION; at most KEEL_ASSIGN_MAX_SERVERS distinct valid ids in
+ * increasing order; exactly KEEL_PROTO_NRANGES replica sets, each of 1..KEEL_ASSIGN_MAX_REPLICATION
  * distinct indexes below the server count, or empty when there is no server;
  * in-sync counts 1..count, 0 for an empty set; terms at most the version, 0
  * for an empty set; input at most KEEL_ASSIGN_MAX_JSON bytes).  Neither the

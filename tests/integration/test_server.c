@@ -707,7 +707,8 @@ Test(server, a_pull_of_rows_the_job_lacks_is_refused_before_any_allocation)
 }
 
 /* Assignment `version` in etcd: s1 holds every range, as in write_job(). */
-static void write_assignment(uint64_t version)
+/* s1 leading every range, at `version`, written under leader epoch `epoch` (0: none said). */
+static void write_assignment_epoch(uint64_t version, uint64_t epoch)
 {
     const char *live[] = {"s1"};
     struct keel_assign_stats stats;
@@ -717,13 +718,20 @@ static void write_assignment(uint64_t version)
 
     cr_assert_eq(keel_assign_update(a, live, 1, &stats, &err), 0, "%s", err.msg);
     /* Each change of the replication bumps the version; with one server the sets stay. */
-    for (unsigned r = 2; keel_assign_version(a) < version; r = r == 2 ? 1 : 2)
+    for (unsigned r = 2; keel_assign_version(a) < version - (epoch != 0); r = r == 2 ? 1 : 2)
         cr_assert_eq(keel_assign_set_replication(a, r, &stats, &err), 0, "%s", err.msg);
+    if (epoch != 0)
+        keel_assign_set_epoch(a, epoch); /* a change: the version rises */
     cr_assert_eq(keel_assign_version(a), version);
     keel_assign_encode(a, &b);
     put("assignment", &b);
     keel_assign_free(a);
     keel_buf_release(&b);
+}
+
+static void write_assignment(uint64_t version)
+{
+    write_assignment_epoch(version, 0);
 }
 
 /* PUSH `seq` routed by `version`: 0 when applied, 1 when redirected (*current: the server's). */
@@ -926,5 +934,52 @@ Test(server, a_push_for_a_shard_leased_to_another_worker_is_refused)
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
     keel_reply_free(r);
+    keel_client_free(c);
+}
+
+/*
+ * Once a coordinator campaigns, a server applies only a table written under
+ * the leader's epoch (the oldest candidate's create revision): a table of
+ * another epoch, stale or forged, is ignored with a log line, whatever its
+ * version; the leader's own is applied.
+ */
+Test(server, an_assignment_not_written_under_the_leaders_epoch_is_ignored)
+{
+    char addr[64];
+    float grads[15] = {0};
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct keel_buf key = KEEL_BUF_INIT;
+    struct keel_error err;
+    int64_t epoch = 0;
+    uint64_t current = 0;
+    int ignored = 0;
+
+    write_job("j1", "asp");
+    c = start_server(addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 1, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    /* A coordinator campaigns: its candidate key's create revision is the leader's epoch. */
+    keel_key_election(&key, CLUSTER);
+    keel_buf_add_str(&key, "/1a2b3c");
+    cr_assert_eq(keel_etcd_put(etcd, keel_key_str(&key), "c1", 2, 0, &epoch, &err), 0, "%s",
+                 err.msg);
+    keel_buf_release(&key);
+    write_assignment_epoch(5, (uint64_t)epoch + 7);
+    for (int i = 0; i < 100 && !ignored; i++) {
+        ignored = log_says("s1", "ignoring assignment version 5: written under epoch", NULL);
+        if (!ignored)
+            usleep(50000);
+    }
+    cr_assert(ignored, "the server did not say it ignored a table of another epoch");
+    cr_assert_eq(push_answer(c, 2, 1, grads, &current), 0, "the other epoch's table was applied");
+    /* The leader's table is applied: a sender routing by version 1 is told of version 6. */
+    write_assignment_epoch(6, (uint64_t)epoch);
+    for (uint64_t seq = 3; current != 6; seq++) {
+        cr_assert(seq < 200, "the server never applied the leader's table");
+        if (push_answer(c, seq, 1, grads, &current) == 0)
+            usleep(20000);
+    }
     keel_client_free(c);
 }
