@@ -268,9 +268,8 @@ static int measure_failover(struct keel_bench *b, const struct options *o, const
     median_max(resync, nresync, &med, &max);
     median_max(cmd, ncmd, &pmed, &pmax);
     keel_bench_note(b,
-                    "failover: the killed server restarted and every range in sync again, with"
-                    " even shares of primaries, %.1f s after the kill (median; max %.1f s); the"
-                    " kill command took"
+                    "failover: the killed server restarted and every range in sync again %.1f s"
+                    " after the kill (median; max %.1f s); the kill command took"
                     " %.0f ms (median) from the time taken to the signal",
                     med, max, pmed);
     keel_bench_note(b, "failover: goal from the issue (a reference, not checked): median under"

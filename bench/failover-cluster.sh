@@ -10,9 +10,8 @@
 # replication asked for and an epoch count it will not reach, and once every
 # range has an in-sync backup and the job moves, repeats K times:
 #
-#   1. wait until every range is in sync and the servers holding ranges lead
-#      even shares of them (while a job runs, replicas never move for balance:
-#      a restarted server holds ranges again only once a kill needs it);
+#   1. wait until every range is in sync (while a job runs, neither replicas
+#      nor primaries move for balance);
 #   2. SIGKILL the server that leads the most ranges holding rows of the model
 #      (`cluster.sh kill`), noting the wall-clock time just before;
 #   3. wait for a survivor to log the first push it acknowledged in a range it
@@ -31,7 +30,7 @@
 # P the earliest promotion at or after K among the survivors' logged first
 # acknowledgements (their time minus the delay they log), A the earliest of those
 # acknowledgements (0 when none came within the wait), and Y when every range
-# was in sync again, with even shares of primaries, after the restart (0 when
+# was in sync again after the restart (0 when
 # that did not happen within the wait).  Progress goes to stderr.
 set -u
 set -o pipefail
@@ -190,14 +189,13 @@ a = json.load(sys.stdin)
 rr = [int(x) for x in sys.argv[2].split(",")]
 print(eval(sys.argv[1]))' "$1" "$row_ranges" 2>/dev/null
 }
-# Every range with all its replicas, in sync, on servers that are members,
-# and the primaries shared evenly among the servers holding ranges.  (While
-# a job runs no replica moves for balance: a restarted server holds nothing
-# until a kill leaves ranges short of a replica.)
+# Every range with all its replicas, in sync, on servers that are members.
+# (While a job runs neither replicas nor primaries move for balance: a
+# restarted server is a backup until a kill makes it a primary again.)
 settled() {
     local members
     members=$(cl_members | sed -n 's|^server/||p' | paste -sd, -)
-    [ "$(assignment_py "all(len(r) == $replication and i == $replication and all(a['servers'][x] in '$members'.split(',') for x in r) for r, i in zip(a['ranges'], a['insync'])) and (lambda h: min(sum(r[0] == k for r in a['ranges']) for k in h) >= len(a['ranges']) // len(h) - 1)({x for r in a['ranges'] for x in r})")" = True ]
+    [ "$(assignment_py "all(len(r) == $replication and i == $replication and all(a['servers'][x] in '$members'.split(',') for x in r) for r, i in zip(a['ranges'], a['insync']))")" = True ]
 }
 # wait_for SECONDS CMD...: poll CMD every 0.2 s until it succeeds.
 wait_for() {
@@ -240,7 +238,7 @@ ids=()
 for ((i = 1; i <= servers; i++)); do ids+=("s$i"); done
 results=()
 for ((k = 1; k <= kills; k++)); do
-    wait_for "$wait_s" settled || say "kill $k: the ranges are not all in sync and balanced after $wait_s s; killing anyway"
+    wait_for "$wait_s" settled || say "kill $k: the ranges are not all in sync after $wait_s s; killing anyway"
     n0=$(batches)
     wait_for 30 moving_since "$((${n0:-0} + 5))" || say "kill $k: the job is not moving"
     victim=$(assignment_py 'max(a["servers"], key=lambda s: sum(a["servers"][a["ranges"][r][0]] == s for r in rr))')

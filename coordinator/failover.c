@@ -4,9 +4,9 @@
  * Servers hold data then, so unlike the rebalancer (assign.c) no replica
  * moves for balance: a range whose primary died is led by a backup that is
  * in sync (it has every acknowledged update), a range with no in-sync replica
- * alive waits for one, missing backups are placed as syncing, a syncing
+ * alive waits for one, missing backups are placed as syncing, and a syncing
  * backup joins the in-sync prefix once it reports a copy of the range's
- * current term, and primaries are balanced by swaps with in-sync backups.
+ * current term.  No primary moves for balance: see docs/coordinator.md.
  *
  * Like the rebalancer it works over the union of the table's servers and the
  * live ones: dead servers that a waiting range still names stay listed.
@@ -174,45 +174,6 @@ static void catch_up(struct fo *w, unsigned r, const struct keel_assign_synced *
     }
 }
 
-/*
- * Step d: primaries back in balance once every range has caught up (all its
- * replicas in sync, none waiting), by role
- * swaps inside in-sync prefixes only (no data moves: an in-sync backup holds
- * every acknowledged update).  A server leading more than its share
- * (ceil(ranges / live servers)) hands a range to an in-sync backup leading
- * at least two fewer; each swap starts a new term.
- */
-static void balance_primaries(struct fo *w, unsigned nlive, unsigned want)
-{
-    unsigned share = nlive ? (NR + nlive - 1) / nlive : NR;
-
-    /* Only once caught up: every range whole and in sync, none waiting. */
-    for (unsigned r = 0; r < NR; r++)
-        if (w->lost[r] || w->cnt[r] != want || w->insync[r] != w->cnt[r])
-            return;
-    for (unsigned r = 0; r < NR; r++) {
-        uint16_t p = w->rep[r][0];
-        unsigned best = 0;
-
-        if (w->lost[r] || w->cnt[r] < 2 || !w->alive[p] || w->pri[p] <= share)
-            continue;
-        for (unsigned i = 1; i < w->insync[r]; i++) {
-            uint16_t b = w->rep[r][i];
-
-            if (w->alive[b] && w->pri[b] + 2 <= w->pri[p] &&
-                (best == 0 || w->pri[b] < w->pri[w->rep[r][best]]))
-                best = i;
-        }
-        if (best == 0)
-            continue;
-        w->rep[r][0] = w->rep[r][best];
-        w->rep[r][best] = p;
-        w->pri[p]--;
-        w->pri[w->rep[r][0]]++;
-        w->term[r] = w->version;
-    }
-}
-
 /* Merge the table's servers and the sorted live ids into w; `old_to_union` maps the former. */
 static void merge_servers(struct fo *w, const keel_assign *a, const char **ids, size_t nlive,
                           uint16_t *old_to_union)
@@ -376,7 +337,6 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
             fill(w, r, want);
             catch_up(w, r, synced, sidx, nsynced);
         }
-    balance_primaries(w, (unsigned)nlive, want);
 
     count_changes(w, &st);
     rc = write_back(w, a, replication, &st, err);

@@ -204,11 +204,7 @@ struct keel_assign_synced {
  *    range's first replica leads, in sync, with term V;
  *  - a syncing backup that `synced[0..nsynced)` reports holding at the
  *    range's term (after promotion) joins the in-sync prefix, after the
- *    replicas already there;
- *  - last, once every range has min(replication, nlive) replicas, all in
- *    sync, and none waits, a live primary leading more than
- *    ceil(256 / nlive) ranges swaps roles with an in-sync backup of the
- *    range that leads at least two fewer (term V).
+ *    replicas already there.
  * The server list becomes the live servers plus those a waiting range
  * names; the table's replication becomes `replication`.  The balance bounds
  * and the replica count min(r, N) promised above do not hold for the tables

@@ -399,56 +399,6 @@ Test(failover, a_rebalance_afterwards_puts_every_replica_in_sync)
 }
 
 /*
- * Once a returning server is in sync everywhere, primaries are shared again
- * by role swaps: no replica moves, every swapped range gets a new term, and
- * nothing changes on the next call.
- */
-Test(failover, primaries_are_balanced_by_swaps_with_in_sync_backups)
-{
-    const char *live[] = {"s1", "s2"};
-    uint64_t terms[KEEL_PROTO_NRANGES];
-    struct keel_assign_synced synced[1];
-    struct keel_assign_stats st;
-    struct keel_error err;
-    keel_assign *a = keel_assign_new(2);
-    unsigned n1, p1, n2, p2;
-
-    /* s1 leads every range, s2 a syncing backup of each. */
-    cr_assert_eq(keel_assign_failover(a, 2, live, 1, NULL, 0, &st, &err), 0, "%s", err.msg);
-    cr_assert_eq(keel_assign_failover(a, 2, live, 2, NULL, 0, &st, &err), 0, "%s", err.msg);
-    keel_assign_load(a, "s1", &n1, &p1);
-    cr_assert_eq(p1, KEEL_PROTO_NRANGES, "no swap with a syncing backup");
-    /* s2 reports a copy of every range at its term: in sync, then half the ranges swap. */
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
-        terms[r] = keel_assign_term(a, r);
-    synced[0] = (struct keel_assign_synced){"s2", terms, NULL};
-    cr_assert_eq(keel_assign_failover(a, 2, live, 2, synced, 1, &st, &err), 0, "%s", err.msg);
-    cr_assert(st.changed);
-    cr_assert_eq(st.placed, 0, "a swap moves no data");
-    keel_assign_load(a, "s1", &n1, &p1);
-    keel_assign_load(a, "s2", &n2, &p2);
-    cr_assert_eq(n1, KEEL_PROTO_NRANGES);
-    cr_assert_eq(n2, KEEL_PROTO_NRANGES);
-    cr_assert_eq(p1, KEEL_PROTO_NRANGES / 2, "s1 leads %u", p1);
-    cr_assert_eq(p2, KEEL_PROTO_NRANGES / 2, "s2 leads %u", p2);
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
-        cr_assert_eq(keel_assign_insync(a, r), 2);
-        if (strcmp(keel_assign_primary(a, r), "s2") == 0)
-            cr_assert_eq(keel_assign_term(a, r), keel_assign_version(a), "range %u", r);
-        else
-            cr_assert_eq(keel_assign_term(a, r), terms[r], "range %u", r);
-    }
-    {
-        uint64_t v = keel_assign_version(a);
-
-        cr_assert_eq(keel_assign_failover(a, 2, live, 2, synced, 1, &st, &err), 0);
-        cr_assert_not(st.changed);
-        cr_assert_eq(keel_assign_version(a), v);
-    }
-    keel_assign_free(a);
-}
-
-/*
  * A primary that came back without a range's state (a wiped store) and says
  * so: with another in-sync replica it leaves the in-sync prefix and that one
  * leads (even a dead one: the range then waits for it); as the only in-sync
