@@ -2,6 +2,7 @@
  * replicas.c - the JSON of a server's replica report (keel/replicas.h).
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -21,8 +22,12 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
     for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++) {
         if (r->terms[i] == 0)
             continue;
-        json_array_append_new(ranges, json_pack("[I,I,I]", (json_int_t)i, (json_int_t)r->terms[i],
-                                                (json_int_t)r->lsns[i]));
+        json_t *e =
+            json_pack("[I,I,I]", (json_int_t)i, (json_int_t)r->terms[i], (json_int_t)r->lsns[i]);
+
+        for (unsigned k = 0; k < r->npledged[i] && k < KEEL_REPLICAS_MAX_PLEDGED; k++)
+            json_array_append_new(e, json_string(r->pledged[i][k]));
+        json_array_append_new(ranges, e);
     }
     json_object_set_new(root, "ranges", ranges);
     keel__json_dump_record(root, out);
@@ -34,6 +39,25 @@ static int get_int(json_t *v, uint64_t lo, uint64_t *out)
     if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < lo)
         return -1;
     *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+/* The ids after an entry's three numbers: distinct valid ids, into r's pledges of `range`. */
+static int get_pledged(json_t *e, struct keel_replica_report *r, unsigned range)
+{
+    if (range >= KEEL_PROTO_NRANGES)
+        return -1;
+    for (size_t k = 3; k < json_array_size(e); k++) {
+        json_t *v = json_array_get(e, k);
+        const char *id = json_is_string(v) ? json_string_value(v) : NULL;
+
+        if (id == NULL || !keel_id_valid(id))
+            return -1;
+        for (unsigned j = 0; j < r->npledged[range]; j++)
+            if (strcmp(r->pledged[range][j], id) == 0)
+                return -1;
+        snprintf(r->pledged[range][r->npledged[range]++], KEEL_ID_MAX + 1, "%s", id);
+    }
     return 0;
 }
 
@@ -83,14 +107,17 @@ int keel_replica_report_decode(const void *data, size_t len, struct keel_replica
     {
         uint64_t range, term, lsn;
 
-        if (!json_is_array(e) || json_array_size(e) != 3 ||
+        if (!json_is_array(e) || json_array_size(e) < 3 ||
+            json_array_size(e) > 3 + KEEL_REPLICAS_MAX_PLEDGED ||
             get_int(json_array_get(e, 0), 0, &range) != 0 || range >= KEEL_PROTO_NRANGES ||
             (long)range <= prev || get_int(json_array_get(e, 1), 1, &term) != 0 ||
-            get_int(json_array_get(e, 2), 0, &lsn) != 0) {
+            get_int(json_array_get(e, 2), 0, &lsn) != 0 ||
+            get_pledged(e, r, (unsigned)range) != 0) {
             rc = keel__json_corrupt(err, "replicas",
-                                    "ranges[%zu]: must be [range, term, lsn] with ranges "
-                                    "increasing below %d and a term of at least 1",
-                                    i, KEEL_PROTO_NRANGES);
+                                    "ranges[%zu]: must be [range, term, lsn, pledged ids...] with "
+                                    "ranges increasing below %d, a term of at least 1 and at most "
+                                    "%d distinct ids",
+                                    i, KEEL_PROTO_NRANGES, KEEL_REPLICAS_MAX_PLEDGED);
             goto out;
         }
         prev = (long)range;

@@ -157,7 +157,31 @@ static int has_term(const struct fo *w, unsigned r, uint16_t s,
     return 0;
 }
 
-/* Step c: syncing backups with a copy of the current term join the in-sync prefix. */
+/*
+ * Whether the primary of `r` pledges backup `b` at the range's term: it
+ * waits for it before any acknowledgement, so the backup may be promoted.
+ */
+static int pledged(const struct fo *w, unsigned r, uint16_t b,
+                   const struct keel_assign_synced *synced, const long *sidx, size_t nsynced)
+{
+    for (size_t j = 0; j < nsynced; j++) {
+        const struct keel_replica_report *p = synced[j].report;
+
+        if (sidx[j] != (long)w->rep[r][0] || p == NULL || p->terms[r] != w->term[r])
+            continue;
+        for (unsigned k = 0; k < p->npledged[r] && k < KEEL_REPLICAS_MAX_PLEDGED; k++)
+            if (strcmp(p->pledged[r][k], w->ids[b]) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/*
+ * Step c: a syncing backup joins the in-sync prefix once it holds the copy of
+ * the current term and its primary pledges it.  Its own report alone is not
+ * enough: its primary may not yet wait for it, and may acknowledge updates
+ * it does not hold.
+ */
 static void catch_up(struct fo *w, unsigned r, const struct keel_assign_synced *synced,
                      const long *sidx, size_t nsynced)
 {
@@ -166,7 +190,7 @@ static void catch_up(struct fo *w, unsigned r, const struct keel_assign_synced *
     for (unsigned i = w->insync[r]; i < w->cnt[r]; i++) {
         uint16_t b = w->rep[r][i];
 
-        if (!has_term(w, r, b, synced, sidx, nsynced))
+        if (!has_term(w, r, b, synced, sidx, nsynced) || !pledged(w, r, b, synced, sidx, nsynced))
             continue;
         memmove(&w->rep[r][w->insync[r] + 1], &w->rep[r][w->insync[r]],
                 (i - w->insync[r]) * sizeof(uint16_t));

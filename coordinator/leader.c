@@ -632,6 +632,7 @@ static void reports_read(const struct keel_cstate *s, const struct keel_member_i
         out->synced[out->n].id = srv[m].id;
         out->synced[out->n].terms = out->r[out->n].terms;
         out->synced[out->n].lost = out->r[out->n].lost;
+        out->synced[out->n].report = &out->r[out->n];
         out->n++;
     }
 }

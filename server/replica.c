@@ -56,6 +56,7 @@ void repl_streams_set(struct srv *s, unsigned range, const char *const *backups,
         }
         if (kept[nkept].term != term) {
             kept[nkept].term = term;
+            kept[nkept].pledged = 0; /* a new term's backups start from its table */
             stream_restart(&kept[nkept], 0);
         }
         nkept++;
@@ -208,6 +209,15 @@ static int push_ready(struct srv *s, const struct pending_ack *a, unsigned *late
 
             if (st == NULL || st->term != term || st->state != STREAM_LIVE ||
                 st->acked < a->waits[i].lsn) {
+                *late_range = r;
+                return 0;
+            }
+        }
+        /* And every backup pledged: the leader may count it in sync before this table says so. */
+        for (unsigned k = 0; k < s->nstreams[r]; k++) {
+            const struct stream *st = &s->streams[r][k];
+
+            if (st->pledged && (st->state != STREAM_LIVE || st->acked < a->waits[i].lsn)) {
                 *late_range = r;
                 return 0;
             }
@@ -404,8 +414,14 @@ void repl_write_report(struct srv *s)
         return;
     }
     s->report.incarnation = keel_member_incarnation(s->member);
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
         s->report.lsns[r] = s->ps != NULL && s->report.terms[r] ? keel_ps_lsn(s->ps, r) : 0;
+        s->report.npledged[r] = 0;
+        for (unsigned k = 0; k < s->nstreams[r] && k < KEEL_REPLICAS_MAX_PLEDGED; k++)
+            if (s->streams[r][k].pledged && s->streams[r][k].term == s->report.terms[r])
+                snprintf(s->report.pledged[r][s->report.npledged[r]++], KEEL_ID_MAX + 1, "%s",
+                         s->streams[r][k].backup);
+    }
     keel_replica_report_encode(&s->report, &val);
     s->report_dirty = 0;
     s->report_at = now;
@@ -519,8 +535,14 @@ static void on_backup_reply(void *arg, int rc, struct keel_reply *reply,
         pthread_mutex_lock(&s->lock);
         st = stream_find(s, c->range, c->backup);
         if (st != NULL && st->gen == c->gen) {
-            if (c->copy)
+            if (c->copy) {
                 st->state = STREAM_LIVE;
+                if (!st->pledged) {
+                    /* From now on every acknowledgement waits for it; then say so. */
+                    st->pledged = 1;
+                    s->report_dirty = 1;
+                }
+            }
             if (c->lsn > st->acked)
                 st->acked = c->lsn;
             st->failures = 0;

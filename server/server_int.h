@@ -80,6 +80,7 @@ struct stream {
     uint64_t gen;      /* bumped at every start */
     uint64_t retry_at; /* monotonic ms: no copy before, after a failure */
     unsigned failures; /* in a row, for the log */
+    int pledged;       /* reported as live at this term: waited for until it leaves the range */
 };
 
 /* A message for a backup, queued in the order it must be sent. */

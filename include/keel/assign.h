@@ -64,6 +64,7 @@
 #include "keel/buf.h"
 #include "keel/err.h"
 #include "keel/proto.h"
+#include "keel/replicas.h"
 
 #define KEEL_ASSIGN_MAX_REPLICATION 5
 #define KEEL_ASSIGN_MAX_SERVERS     1024
@@ -178,6 +179,8 @@ struct keel_assign_synced {
     const uint64_t *terms;     /* KEEL_PROTO_NRANGES entries */
     const unsigned char *lost; /* KEEL_PROTO_NRANGES flags, or NULL: told to lead the range,
                                   the server holds none of its state */
+    /* The server's whole report, for its pledges as a primary (keel/replicas.h); may be NULL. */
+    const struct keel_replica_report *report;
 };
 
 /*
@@ -203,8 +206,9 @@ struct keel_assign_synced {
  *    holds the fewest replicas (then primaries, then id order).  An empty
  *    range's first replica leads, in sync, with term V;
  *  - a syncing backup that `synced[0..nsynced)` reports holding at the
- *    range's term (after promotion) joins the in-sync prefix, after the
- *    replicas already there.
+ *    range's term (after promotion), and that the range's primary reports
+ *    pledged at that term (it waits for it from then on), joins the in-sync
+ *    prefix, after the replicas already there.
  * The server list becomes the live servers plus those a waiting range
  * names; the table's replication becomes `replication`.  The balance bounds
  * and the replica count min(r, N) promised above do not hold for the tables

@@ -15,8 +15,9 @@
  * The leader then takes the server out of those ranges' in-sync sets, or,
  * when no other replica is in sync, fails the job naming them.
  *
- * JSON: {"incarnation":7,"lost":[range,...],"ranges":[[range,term,lsn],...]},
- * ranges increasing in both lists.
+ * JSON: {"incarnation":7,"lost":[range,...],"ranges":[[range,term,lsn,pledged...],...]},
+ * ranges increasing in both lists; a range's entry ends with the ids of the
+ * backups its primary pledged (none for a backup's own entry).
  */
 #ifndef KEEL_REPLICAS_H
 #define KEEL_REPLICAS_H
@@ -25,15 +26,26 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/id.h"
 #include "keel/proto.h" /* KEEL_PROTO_NRANGES */
 
-#define KEEL_REPLICAS_MAX_JSON (64u << 10)
+#define KEEL_REPLICAS_MAX_JSON    (256u << 10)
+#define KEEL_REPLICAS_MAX_PLEDGED 4 /* backups of one range: replication at most 5 */
 
 struct keel_replica_report {
     uint64_t incarnation;                   /* of the reporting server's registration */
     uint64_t terms[KEEL_PROTO_NRANGES];     /* 0: the range is not held */
     uint64_t lsns[KEEL_PROTO_NRANGES];      /* LSN at the last report */
     unsigned char lost[KEEL_PROTO_NRANGES]; /* 1: told to lead it, holds none of its state */
+    /*
+     * A primary's pledges: the backups of a range it leads whose stream is
+     * live at the range's term, and that it waits for before it acknowledges
+     * any push from the moment it lists them here until they leave the
+     * range.  The leader moves a backup into the in-sync set only once its
+     * primary pledges it (and the backup holds the copy of the term).
+     */
+    uint8_t npledged[KEEL_PROTO_NRANGES];
+    char pledged[KEEL_PROTO_NRANGES][KEEL_REPLICAS_MAX_PLEDGED][KEEL_ID_MAX + 1];
 };
 
 /* The canonical JSON of `r` (only ranges with a term). */
@@ -42,8 +54,9 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
 /*
  * Decode a report from anywhere: an object with exactly the three keys; at
  * most KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing
- * in each list, terms at least 1, integers within int64.  KEEL_ECORRUPT naming the field; *r is
- * zeroed on error.
+ * in each list, terms at least 1, integers within int64, at most
+ * KEEL_REPLICAS_MAX_PLEDGED distinct valid ids after an entry's numbers.  KEEL_ECORRUPT naming the
+ * field; *r is zeroed on error.
  */
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
                                struct keel_error *err);

@@ -247,21 +247,35 @@ Test(failover, a_backup_reporting_the_current_term_joins_the_insync_replicas)
     static const struct range_spec except[] = {{0, "abc", 1, 4}, {1, "abc", 1, 4}};
     keel_assign *a = table(6, 3, "abc", (struct range_spec){0, "abc", 3, 2}, except, 2);
     uint64_t c_terms[NR] = {0}, b_terms[NR] = {0};
-    struct keel_assign_synced synced[] = {{"c", c_terms, NULL}, {"b", b_terms, NULL}};
+    static struct keel_replica_report primary;
+    struct keel_assign_synced synced[] = {{"c", c_terms, NULL, NULL},
+                                          {"b", b_terms, NULL, NULL},
+                                          {"a", primary.terms, NULL, &primary}};
     struct keel_assign_stats st;
 
+    /* a leads ranges 0 and 1 in term 4 and pledges c for range 0, b for range 1. */
+    memset(&primary, 0, sizeof(primary));
+    primary.terms[0] = primary.terms[1] = 4;
+    primary.npledged[0] = primary.npledged[1] = 1;
+    snprintf(primary.pledged[0][0], sizeof(primary.pledged[0][0]), "c");
+    snprintf(primary.pledged[1][0], sizeof(primary.pledged[1][0]), "b");
     /* Stale reports change nothing. */
     c_terms[0] = 3;
     b_terms[1] = 2;
-    failover(a, 3, "abc", synced, 2, &st);
+    failover(a, 3, "abc", synced, 3, &st);
     cr_assert_not(st.changed);
     cr_assert_eq(keel_assign_version(a), 6);
     cr_assert_eq(keel_assign_insync(a, 0), 1);
     cr_assert_eq(keel_assign_insync(a, 1), 1);
 
-    /* c caught up on range 0: it moves right after the in-sync primary. */
+    /* c holds the copy of term 4 but a does not pledge it yet: not in sync. */
     c_terms[0] = 4;
-    failover(a, 3, "abc", synced, 2, &st);
+    primary.npledged[0] = 0;
+    failover(a, 3, "abc", synced, 3, &st);
+    cr_assert_not(st.changed, "a backup its primary does not wait for yet was put in sync");
+    /* a pledges it: it moves right after the in-sync primary. */
+    primary.npledged[0] = 1;
+    failover(a, 3, "abc", synced, 3, &st);
     cr_assert(st.changed);
     cr_assert_eq(keel_assign_version(a), 7);
     cr_assert_str_eq(set_of(a, 0), "acb");
@@ -281,17 +295,26 @@ Test(failover, a_promotion_is_checked_against_the_new_term)
     static const struct range_spec except[] = {{0, "abc", 2, 4}};
     keel_assign *a = table(6, 3, "abc", (struct range_spec){0, "abc", 3, 2}, except, 1);
     uint64_t c_terms[NR] = {0};
-    struct keel_assign_synced synced[] = {{"c", c_terms, NULL}};
+    static struct keel_replica_report primary;
+    struct keel_assign_synced synced[] = {{"c", c_terms, NULL, NULL},
+                                          {"b", primary.terms, NULL, &primary}};
     struct keel_assign_stats st;
 
     /* c holds range 0 as of term 4, but a died: b leads in term 7, c must copy again. */
+    memset(&primary, 0, sizeof(primary));
+    primary.npledged[0] = 1;
+    snprintf(primary.pledged[0][0], sizeof(primary.pledged[0][0]), "c");
+    primary.terms[0] = 4; /* b's pledge of the old term counts for nothing in the new one */
     c_terms[0] = 4;
-    failover(a, 3, "bc", synced, 1, &st);
+    failover(a, 3, "bc", synced, 2, &st);
     cr_assert_str_eq(set_of(a, 0), "bc");
     cr_assert_eq(keel_assign_term(a, 0), 7);
     cr_assert_eq(keel_assign_insync(a, 0), 1);
     c_terms[0] = 7;
-    failover(a, 3, "bc", synced, 1, &st);
+    failover(a, 3, "bc", synced, 2, &st);
+    cr_assert_eq(keel_assign_insync(a, 0), 1, "b has not pledged c in term 7");
+    primary.terms[0] = 7;
+    failover(a, 3, "bc", synced, 2, &st);
     cr_assert_eq(keel_assign_insync(a, 0), 2);
     cr_assert_eq(keel_assign_version(a), 8);
     keel_assign_free(a);
@@ -410,7 +433,7 @@ Test(failover, a_replica_that_lost_its_state_leaves_the_insync_set)
     keel_assign *a = table(4, 2, "abc", (struct range_spec){0, "bc", 2, 2}, except, 2);
     uint64_t a_terms[NR] = {0};
     unsigned char a_lost[NR] = {0};
-    struct keel_assign_synced synced[] = {{"a", a_terms, a_lost}};
+    struct keel_assign_synced synced[] = {{"a", a_terms, a_lost, NULL}};
     struct keel_assign_stats st;
 
     a_lost[5] = a_lost[6] = 1;

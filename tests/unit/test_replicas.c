@@ -3,6 +3,7 @@
  * round trip and the decoder's refusals of untrusted input.
  */
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
@@ -37,7 +38,10 @@ Test(replicas, round_trip)
     r.lsns[17] = 42;
     r.terms[255] = INT64_MAX;
     r.lsns[255] = INT64_MAX;
-    r.lost[3] = 1; /* told to lead it, holds none of its state */
+    r.lost[3] = 1;      /* told to lead it, holds none of its state */
+    r.npledged[17] = 2; /* it leads range 17 and waits for these backups */
+    snprintf(r.pledged[17][0], sizeof(r.pledged[17][0]), "s-2");
+    snprintf(r.pledged[17][1], sizeof(r.pledged[17][1]), "s_3");
     r.lost[200] = 1;
     keel_replica_report_encode(&r, &b);
     memset(&back, 0x55, sizeof(back));
@@ -104,6 +108,12 @@ static const char *const refused[][2] = {
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[{\"range\":0}]}", "an entry that is an object"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1]]}", "an entry of two numbers"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,0]]}", "an entry of four numbers"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,\"s1\",\"s1\"]]}",
+     "a backup pledged twice"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,\"s.1\"]]}",
+     "a pledged id that is not an id"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,\"a\",\"b\",\"c\",\"d\",\"e\"]]}",
+     "five backups pledged"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":{}}", "ranges not an array"},
     {"[]", "not an object"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[]", "truncated"},
