@@ -220,8 +220,8 @@ wait_for "$wait_s" moving_since "$((${n0:-0} + 20))" || fail "the job does not m
 
 # The first acknowledgements logged by the servers in $@ for promotions at or
 # after `since` (Unix ms), earliest first: "ACK_MS PROMOTED_MS SERVER RANGE".
-# (A range promoted before, by a swap that balances primaries, and first
-# pushed to after the kill is not the kill's doing.)
+# (A range promoted before the kill, by an earlier failover, and first pushed
+# to after it is not this kill's doing.)
 first_acks() {
     local since=$1 id
     shift
