@@ -65,6 +65,21 @@ int keel_assign_set_epoch(keel_assign *a, uint64_t epoch)
     return 1;
 }
 
+unsigned keel_assign_renew_terms(keel_assign *a, const unsigned char *ranges)
+{
+    unsigned n = 0;
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        n += ranges[r] && a->count[r] > 0;
+    if (n == 0)
+        return 0;
+    a->version++;
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        if (ranges[r] && a->count[r] > 0)
+            a->term[r] = a->version;
+    return n;
+}
+
 uint64_t keel_assign_version(const keel_assign *a)
 {
     return a->version;

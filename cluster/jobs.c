@@ -215,6 +215,7 @@ unsigned keel_shards_assign(struct keel_shard_table *t, const struct keel_worker
             break;
         snprintf(t->shards[best].owner, sizeof(t->shards[best].owner), "%s", w[i].id);
         t->shards[best].incarnation = w[i].incarnation;
+        t->shards[best].lease++;
         mark[best] = 1;
     }
     for (uint32_t k = 0; k < t->nshards; k++)
@@ -269,6 +270,31 @@ int keel_shards_progress(struct keel_shard_table *t, uint32_t shard, const char 
     return 0;
 }
 
+unsigned keel_shards_rewind(struct keel_shard_table *t, const uint64_t *floor,
+                            unsigned char *changed)
+{
+    unsigned rewound = 0;
+
+    for (uint32_t i = 0; i < t->nshards; i++) {
+        struct keel_shard *s = &t->shards[i];
+        /* The seq of batch b of pass p is (p, b + 1): the position after it. */
+        uint32_t pass = (uint32_t)(floor[i] >> 32), batch = (uint32_t)floor[i];
+
+        if (pass > t->epochs || (pass == t->epochs && batch != 0))
+            pass = t->epochs, batch = 0;
+        if (keel_shard_seq(pass, batch) < keel_shard_seq(s->pass, s->batch)) {
+            s->pass = pass;
+            s->batch = batch;
+            s->done = 0;
+            rewound++;
+        }
+        s->lease++;
+        if (changed)
+            changed[i] = 1;
+    }
+    return rewound;
+}
+
 int keel_shards_all_done(const struct keel_shard_table *t)
 {
     for (uint32_t i = 0; i < t->nshards; i++)
@@ -305,15 +331,17 @@ void keel_shard_encode(const struct keel_shard *s, struct keel_buf *out)
     json_object_set_new(root, "pass", json_integer(s->pass));
     json_object_set_new(root, "batch", json_integer(s->batch));
     json_object_set_new(root, "done", json_boolean(s->done));
+    json_object_set_new(root, "lease", json_integer((json_int_t)s->lease));
     keel__json_dump_record(root, out);
 }
 
 int keel_shard_decode(const void *data, size_t len, uint32_t epochs, struct keel_shard *s,
                       struct keel_error *err)
 {
-    static const char *const keys[] = {"owner", "incarnation", "pass", "batch", "done", NULL};
+    static const char *const keys[] = {"owner", "incarnation", "pass", "batch",
+                                       "done",  "lease",       NULL};
     json_t *root, *owner, *done;
-    uint64_t pass, batch, inc = 0;
+    uint64_t pass, batch, inc = 0, lease = 0;
     int rc;
 
     memset(s, 0, sizeof(*s));
@@ -339,6 +367,9 @@ int keel_shard_decode(const void *data, size_t len, uint32_t epochs, struct keel
     if ((rc = keel__json_get_uint(root, "shard", "pass", UINT32_MAX, &pass, err)) != 0 ||
         (rc = keel__json_get_uint(root, "shard", "batch", UINT32_MAX, &batch, err)) != 0)
         goto out;
+    if (json_object_get(root, "lease") != NULL &&
+        (rc = keel__json_get_uint(root, "shard", "lease", INT64_MAX, &lease, err)) != 0)
+        goto out;
     if (!json_is_boolean(done)) {
         rc = keel__json_corrupt(err, "shard", "done: must be true or false");
         goto out;
@@ -361,6 +392,7 @@ int keel_shard_decode(const void *data, size_t len, uint32_t epochs, struct keel
     if (json_is_string(owner))
         snprintf(s->owner, sizeof(s->owner), "%s", json_string_value(owner));
     s->incarnation = inc;
+    s->lease = lease;
     s->pass = (uint32_t)pass;
     s->batch = (uint32_t)batch;
     s->done = pass == epochs;

@@ -47,14 +47,15 @@ void keel_progress_encode(const struct keel_progress *p, struct keel_buf *out)
     json_object_set_new(root, "incarnation", json_integer((json_int_t)p->incarnation));
     json_object_set_new(root, "pass", json_integer(p->pass));
     json_object_set_new(root, "batch", json_integer(p->batch));
+    json_object_set_new(root, "lease", json_integer((json_int_t)p->lease));
     keel__json_dump_record(root, out);
 }
 
 int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
                          struct keel_error *err)
 {
-    static const char *const keys[] = {"worker", "incarnation", "pass", "batch", NULL};
-    uint64_t inc = 0, pass = 0, batch = 0;
+    static const char *const keys[] = {"worker", "incarnation", "pass", "batch", "lease", NULL};
+    uint64_t inc = 0, pass = 0, batch = 0, lease = 0;
     json_t *root;
     int rc;
 
@@ -65,10 +66,12 @@ int keel_progress_decode(const void *data, size_t len, struct keel_progress *p,
     if ((rc = get_worker(root, "progress", p->worker, err)) != 0 ||
         (rc = keel__json_get_uint(root, "progress", "incarnation", INT64_MAX, &inc, err)) != 0 ||
         (rc = keel__json_get_uint(root, "progress", "pass", UINT32_MAX, &pass, err)) != 0 ||
-        (rc = keel__json_get_uint(root, "progress", "batch", UINT32_MAX, &batch, err)) != 0) {
+        (rc = keel__json_get_uint(root, "progress", "batch", UINT32_MAX, &batch, err)) != 0 ||
+        (rc = keel__json_get_uint(root, "progress", "lease", INT64_MAX, &lease, err)) != 0) {
         memset(p, 0, sizeof(*p));
         goto out;
     }
+    p->lease = lease;
     p->incarnation = inc;
     p->pass = (uint32_t)pass;
     p->batch = (uint32_t)batch;

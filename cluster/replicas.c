@@ -10,6 +10,15 @@
 #include "json.h"
 #include "keel/replicas.h"
 
+/* A JSON integer in [lo, INT64_MAX]. */
+static int get_int(json_t *v, uint64_t lo, uint64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < lo)
+        return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
 void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out)
 {
     json_t *root = json_object(), *ranges = json_array(), *lost = json_array();
@@ -30,15 +39,56 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
         json_array_append_new(ranges, e);
     }
     json_object_set_new(root, "ranges", ranges);
+    if (r->nfloor > 0) {
+        json_t *restoring = json_array(), *floor = json_array();
+
+        for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++)
+            if (r->restoring[i] && r->terms[i] != 0)
+                json_array_append_new(restoring, json_integer((json_int_t)i));
+        for (uint32_t n = 0; n < r->nfloor && n < KEEL_REPLICAS_MAX_SHARDS; n++)
+            json_array_append_new(floor, json_integer((json_int_t)r->floor[n]));
+        json_object_set_new(root, "restoring", restoring);
+        json_object_set_new(root, "floor", floor);
+    }
     keel__json_dump_record(root, out);
 }
 
-/* A JSON integer in [lo, INT64_MAX]. */
-static int get_int(json_t *v, uint64_t lo, uint64_t *out)
+/* "restoring" and "floor", both or neither: into r (whose terms are decoded). */
+static int get_restoring(json_t *root, struct keel_replica_report *r, struct keel_error *err)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) < lo)
-        return -1;
-    *out = (uint64_t)json_integer_value(v);
+    json_t *restoring = json_object_get(root, "restoring"), *floor = json_object_get(root, "floor");
+    json_t *e;
+    size_t i;
+    long prev = -1;
+
+    if (restoring == NULL && floor == NULL)
+        return 0;
+    if (!json_is_array(restoring) || json_array_size(restoring) > KEEL_PROTO_NRANGES ||
+        !json_is_array(floor) || json_array_size(floor) == 0 ||
+        json_array_size(floor) > KEEL_REPLICAS_MAX_SHARDS)
+        return keel__json_corrupt(err, "replicas",
+                                  "restoring, floor: must be an array of at most %d ranges and "
+                                  "one of 1-%d seqs, given together",
+                                  KEEL_PROTO_NRANGES, KEEL_REPLICAS_MAX_SHARDS);
+    json_array_foreach(restoring, i, e)
+    {
+        uint64_t range;
+
+        if (get_int(e, 0, &range) != 0 || range >= KEEL_PROTO_NRANGES || (long)range <= prev ||
+            r->terms[range] == 0)
+            return keel__json_corrupt(err, "replicas",
+                                      "restoring[%zu]: must be a range listed in ranges, the "
+                                      "list increasing",
+                                      i);
+        prev = (long)range;
+        r->restoring[range] = 1;
+    }
+    json_array_foreach(floor, i, e)
+    {
+        if (get_int(e, 0, &r->floor[i]) != 0)
+            return keel__json_corrupt(err, "replicas", "floor[%zu]: must be an integer from 0", i);
+    }
+    r->nfloor = (uint32_t)json_array_size(floor);
     return 0;
 }
 
@@ -64,14 +114,14 @@ static int get_pledged(json_t *e, struct keel_replica_report *r, unsigned range)
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
                                struct keel_error *err)
 {
-    static const char *const keys[] = {"incarnation", "lost", "ranges", NULL};
+    static const char *const keys[] = {"incarnation", "lost", "ranges", "restoring", "floor", NULL};
     json_t *root, *ranges, *lost, *e;
     size_t i;
     long prev = -1;
     int rc = 0;
 
     memset(r, 0, sizeof(*r));
-    if ((root = keel__json_load_record(data, len, KEEL_REPLICAS_MAX_JSON, "replicas", keys, 1,
+    if ((root = keel__json_load_record(data, len, KEEL_REPLICAS_MAX_JSON, "replicas", keys, 0,
                                        err)) == NULL)
         return KEEL_ECORRUPT;
     if ((rc = keel__json_get_uint(root, "replicas", "incarnation", INT64_MAX, &r->incarnation,
@@ -124,6 +174,7 @@ int keel_replica_report_decode(const void *data, size_t len, struct keel_replica
         r->terms[range] = term;
         r->lsns[range] = lsn;
     }
+    rc = get_restoring(root, r, err);
 out:
     if (rc != 0)
         memset(r, 0, sizeof(*r));

@@ -355,6 +355,12 @@ static int apply_progress(const struct keel_cstate_job *j, struct keel_shard_tab
     sh = &t->shards[it->num];
     if (keel_shard_seq(p.pass, p.batch) == keel_shard_seq(sh->pass, sh->batch))
         return 0; /* already recorded (or written again after a restart) */
+    if (sh->owner[0] != '\0' && p.lease != sh->lease) {
+        KEEL_LOG_INFO("job '%s': progress of '%s' on shard %" PRIu32 " under lease %" PRIu64
+                      " ignored: the shard's lease is %" PRIu64 " (rewound or leased again)",
+                      j->name, p.worker, it->num, p.lease, sh->lease);
+        return 0;
+    }
     if (keel_shards_progress(t, it->num, p.worker, p.incarnation, p.pass, p.batch, &e) != 0) {
         KEEL_LOG_WARN("job '%s': progress of '%s' (incarnation %" PRIu64 ") refused: %s", j->name,
                       p.worker, p.incarnation, e.msg);
@@ -644,6 +650,133 @@ static void reports_release(struct reports *r)
 }
 
 /*
+ * For ranges that a primary restored from its store while `j` trains (its
+ * replica report lists them as restoring, at the range's current term), the
+ * floor of the shard positions they hold, over every such report, into
+ * floor[0..nshards) (UINT64_MAX where no report says); valid[r] marks the
+ * ranges.  Returns how many ranges.
+ */
+static unsigned restored_floor(const keel_assign *a, const struct reports *rep, uint32_t nshards,
+                               uint64_t *floor, unsigned char *valid)
+{
+    unsigned n = 0;
+
+    for (uint32_t k = 0; k < nshards; k++)
+        floor[k] = UINT64_MAX;
+    for (size_t i = 0; i < rep->n; i++) {
+        const struct keel_replica_report *p = &rep->r[i];
+        int any = 0;
+
+        if (p->nfloor == 0)
+            continue;
+        for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+            const char *primary = keel_assign_primary(a, r);
+
+            if (!p->restoring[r] || p->terms[r] != keel_assign_term(a, r) || primary == NULL ||
+                strcmp(primary, rep->synced[i].id) != 0)
+                continue;
+            valid[r] = 1;
+            any = 1;
+            n++;
+        }
+        for (uint32_t k = 0; any && k < nshards; k++) {
+            uint64_t f = k < p->nfloor ? p->floor[k] : 0;
+
+            if (f < floor[k])
+                floor[k] = f;
+        }
+    }
+    return n;
+}
+
+/*
+ * Ranges restored from a store hold their pushes until the running job's
+ * shards are rewound to the positions they hold (keel/replicas.h): rewind
+ * the shards (every lease gets a new token, so nothing pushed under the old
+ * ones lands), then give those ranges a new term, which ends their hold.
+ * Two writes, in that order; a leader that dies between them leaves the
+ * reports in place, and the next one rewinds again.  Returns 1 when it
+ * wrote (the tick ends there), 0 when nothing restores, or a fencing error.
+ */
+static int rewind_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
+                       struct keel_error *err)
+{
+    const struct keel_cstate_job *j = NULL;
+    const struct keel_member_info *srv;
+    unsigned char valid[KEEL_PROTO_NRANGES] = {0}, *changed = NULL;
+    struct keel_shard_table t = {0};
+    struct keel_shard *was = NULL;
+    struct reports rep;
+    keel_assign *a = NULL, *before = NULL;
+    uint64_t *floor = NULL;
+    int64_t *mods = NULL, amod;
+    size_t nsrv;
+    unsigned nranges, moved;
+    int rc = 0;
+
+    for (size_t i = 0; i < s->njobs && j == NULL; i++)
+        if (s->jobs[i].status_ok && s->jobs[i].spec_ok &&
+            s->jobs[i].status.state == KEEL_JOB_RUNNING)
+            j = &s->jobs[i];
+    if (j == NULL || s->assignment == NULL)
+        return 0;
+    srv = keel_cstate_members(s, "server", &nsrv);
+    reports_read(s, srv, nsrv, &rep);
+    if (keel_assign_decode(s->assignment->value, s->assignment->value_len, &a, NULL) != 0)
+        goto out;
+    floor = keel_calloc(j->spec.shards, sizeof(*floor));
+    if ((nranges = restored_floor(a, &rep, j->spec.shards, floor, valid)) == 0)
+        goto out;
+    mods = keel_calloc(j->spec.shards, sizeof(*mods));
+    if (keel_cstate_shards(j, &t, mods, err) != 0) {
+        KEEL_LOG_WARN("job '%s': cannot rewind: %s", j->name, err->msg);
+        keel_error_init(err);
+        goto out;
+    }
+    changed = keel_calloc(t.nshards, 1);
+    was = keel_calloc(t.nshards, sizeof(*was));
+    memcpy(was, t.shards, sizeof(*was) * t.nshards);
+    moved = keel_shards_rewind(&t, floor, changed);
+    if ((rc = write_shards(l, e, j, &t, changed, mods, NULL, NULL, err)) != 0)
+        goto out; /* 1: changed under us, the next tick tries again */
+    KEEL_LOG_INFO("job '%s': %u range(s) restored from a store: %u of %" PRIu32 " shard(s) "
+                  "rewound to the positions they hold, every shard lease renewed",
+                  j->name, nranges, moved, t.nshards);
+    for (uint32_t n = 0; n < t.nshards; n++)
+        if (keel_shard_seq(t.shards[n].pass, t.shards[n].batch) !=
+            keel_shard_seq(was[n].pass, was[n].batch))
+            KEEL_LOG_INFO("job '%s': shard %" PRIu32 " rewound from (%" PRIu32 ", %" PRIu32
+                          ") to (%" PRIu32 ", %" PRIu32 "): its batches since are replayed",
+                          j->name, n, was[n].pass, was[n].batch, t.shards[n].pass,
+                          t.shards[n].batch);
+    before = keel_assign_clone(a);
+    if (keel_election_epoch(e) > 0)
+        keel_assign_set_epoch(a, (uint64_t)keel_election_epoch(e));
+    keel_assign_renew_terms(a, valid);
+    {
+        struct keel_assign_stats st;
+
+        memset(&st, 0, sizeof(st));
+        st.changed = 1;
+        amod = s->assignment->mod_revision;
+        rc = write_assignment(l, e, before, a, &st, "shards rewound for restored ranges", &amod,
+                              err);
+    }
+    if (rc == 0)
+        rc = 1;
+out:
+    keel_assign_free(before);
+    keel_assign_free(a);
+    keel_shards_release(&t);
+    free(was);
+    free(changed);
+    free(mods);
+    free(floor);
+    reports_release(&rep);
+    return rc == KEEL_EEPOCH ? rc : rc != 0;
+}
+
+/*
  * Bring the assignment up to date with the live servers and `replication`,
  * writing every version that results (see leader.h for the steps).
  *
@@ -874,6 +1007,11 @@ static int tick(keel_leader *l, keel_election *e, struct keel_error *err)
         return rc;
     }
     check_suspects(l, &s);
+    rc = rewind_tick(l, e, &s, err);
+    if (rc != 0) { /* it wrote: the next tick sees the rewound shards */
+        keel_cstate_release(&s);
+        return rc == KEEL_EEPOCH ? rc : 0;
+    }
     rc = jobs_tick(l, e, &s, &running, err);
     if (rc == KEEL_EINDOUBT)
         rc = 0; /* logged; the next tick reads back what happened */

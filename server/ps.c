@@ -754,6 +754,32 @@ uint64_t keel_ps_rows(struct keel_ps *ps, unsigned range)
     return n;
 }
 
+void keel_ps_floor(struct keel_ps *ps, unsigned range, uint64_t *floor, uint32_t nshards)
+{
+    struct range_state *r = &ps->ranges[range];
+
+    pthread_mutex_lock(&r->lock);
+    for (size_t t = 0; r->held && t < r->snap.ntables; t++) {
+        const struct keel_snap_table *tb = &r->snap.tables[t];
+
+        if (tb->nrows == 0)
+            continue; /* no push ever reaches this range for this table */
+        for (uint32_t n = 0; n < nshards; n++) {
+            uint32_t id = position_id(n, tb->table_id);
+            uint64_t seq = 0;
+
+            for (size_t i = 0; i < r->snap.nshards; i++)
+                if (r->snap.shards[i].shard == id) {
+                    seq = r->snap.shards[i].seq;
+                    break;
+                }
+            if (seq < floor[n])
+                floor[n] = seq;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
 uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range)
 {
     uint64_t lsn;

@@ -182,6 +182,13 @@ int keel_ps_snapshot(struct keel_ps *ps, unsigned range, struct keel_snapshot *o
 /* The rows a held range has, over every table (0 when not held). */
 uint64_t keel_ps_rows(struct keel_ps *ps, unsigned range);
 
+/*
+ * Lower floor[n] (n < nshards) to the last seq of shard n that held range
+ * `range` applied, over each table it has rows of (0 when none was):
+ * where a replay of the job's data must start again for this range.
+ */
+void keel_ps_floor(struct keel_ps *ps, unsigned range, uint64_t *floor, uint32_t nshards);
+
 /* The range's current LSN. */
 uint64_t keel_ps_lsn(struct keel_ps *ps, unsigned range);
 

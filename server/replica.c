@@ -422,6 +422,21 @@ void repl_write_report(struct srv *s)
                 snprintf(s->report.pledged[r][s->report.npledged[r]++], KEEL_ID_MAX + 1, "%s",
                          s->streams[r][k].backup);
     }
+    s->report.nfloor = 0;
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && s->ps != NULL; r++) {
+        if (!s->report.restoring[r] || s->report.terms[r] == 0)
+            continue;
+        if (s->report.nfloor == 0) {
+            s->report.nfloor = s->spec.shards < KEEL_REPLICAS_MAX_SHARDS ? s->spec.shards
+                                                                         : KEEL_REPLICAS_MAX_SHARDS;
+            for (uint32_t n = 0; n < s->report.nfloor; n++)
+                s->report.floor[n] = UINT64_MAX;
+        }
+        keel_ps_floor(s->ps, r, s->report.floor, s->report.nfloor);
+    }
+    for (uint32_t n = 0; n < s->report.nfloor; n++)
+        if (s->report.floor[n] == UINT64_MAX)
+            s->report.floor[n] = 0; /* no table of a restored range has rows: cannot happen */
     keel_replica_report_encode(&s->report, &val);
     s->report_dirty = 0;
     s->report_at = now;

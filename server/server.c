@@ -57,6 +57,19 @@ static int shard_moved(void *user, const struct keel_etcd_kv *kv)
            (sh.pass > 0 || sh.batch > 0);
 }
 
+/* Whether the running job has trained: a shard of it has moved in etcd. */
+static int job_trained(struct srv *s)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    int trained;
+
+    keel_key_job_prefix(&prefix, s->cluster, s->job);
+    keel_buf_add_str(&prefix, "shards/");
+    trained = keel_cview_each(s->view, keel_key_str(&prefix), shard_moved, s) != 0;
+    keel_buf_release(&prefix);
+    return trained;
+}
+
 /*
  * Whether range `r`, just opened from the initializer because the store had
  * nothing of it, must not be: it has rows, the job has trained (a shard has
@@ -65,23 +78,17 @@ static int shard_moved(void *user, const struct keel_etcd_kv *kv)
  */
 static int state_lost(struct srv *s, unsigned r)
 {
-    struct keel_buf prefix = KEEL_BUF_INIT;
-    int trained;
-
     if (s->store_had_job || keel_ps_rows(s->ps, r) == 0)
         return 0;
-    keel_key_job_prefix(&prefix, s->cluster, s->job);
-    keel_buf_add_str(&prefix, "shards/");
-    trained = keel_cview_each(s->view, keel_key_str(&prefix), shard_moved, s) != 0;
-    keel_buf_release(&prefix);
-    return trained;
+    return job_trained(s);
 }
 
 static void apply_assignment(struct srv *s)
 {
     struct keel_error err;
     const char *self = s->config->node_id;
-    unsigned opened = 0, closed = 0, restored = 0, promoted = 0, demoted = 0;
+    unsigned opened = 0, closed = 0, restored = 0, promoted = 0, demoted = 0, held_back = 0,
+             rewound = 0;
     uint64_t replayed = 0;
 
     if (s->ps == NULL || s->assign == NULL)
@@ -120,10 +127,25 @@ static void apply_assignment(struct srv *s)
                     restored++;
                     replayed += st.replayed;
                 }
+                /*
+                 * State from the store while the job trains may lack updates
+                 * that were acknowledged: its pushes wait until the leader
+                 * has rewound the shards to what it holds (keel/replicas.h).
+                 */
+                if (keel_ps_rows(s->ps, r) > 0 && (st.lsn > 0 || job_trained(s))) {
+                    s->report.restoring[r] = 1;
+                    s->report_dirty = 1;
+                    held_back++;
+                }
             } else if (!keel_ps_is_primary(s->ps, r)) {
                 keel_ps_set_primary(s->ps, r, 1);
                 s->promoted_ms[r] = keel_clock_wall_ms();
                 promoted++;
+            } else if (s->report.restoring[r] && s->report.terms[r] != term) {
+                /* The leader rewound the shards, then gave the range a new term. */
+                s->report.restoring[r] = 0;
+                s->report_dirty = 1;
+                rewound++;
             }
             if (s->report.terms[r] != term)
                 s->report_dirty = 1;
@@ -132,8 +154,9 @@ static void apply_assignment(struct srv *s)
             continue;
         }
         s->nstreams[r] = 0;
-        s->report_dirty |= s->report.lost[r];
+        s->report_dirty |= s->report.lost[r] | s->report.restoring[r];
         s->report.lost[r] = 0;
+        s->report.restoring[r] = 0;
         s->promoted_ms[r] = 0;
         if (pos > 0) {
             /* A backup: its copy comes from the primary (RANGE_COPY). */
@@ -156,6 +179,15 @@ static void apply_assignment(struct srv *s)
                       "store, %" PRIu64 " log record(s) replayed), promoted %u, demoted %u, "
                       "closed %u",
                       s->assign_version, opened, restored, replayed, promoted, demoted, closed);
+    if (held_back)
+        KEEL_LOG_INFO("job %s: %u range(s) restored from the store while the job trains: their "
+                      "pushes wait until the leader rewinds the job's shards to the positions "
+                      "they hold",
+                      s->job, held_back);
+    if (rewound)
+        KEEL_LOG_INFO("job %s: the shards were rewound for %u restored range(s) (assignment "
+                      "version %" PRIu64 "): serving their pushes again",
+                      s->job, rewound, s->assign_version);
     repl_start_copies(s);
     repl_release_waiting(s);
 }
@@ -289,6 +321,31 @@ static int check_lease(struct srv *s, const struct keel_msg_push *p, struct keel
                             "server knows",
                             p->shard, s->leases[p->shard][0] ? s->leases[p->shard] : "nobody",
                             (int)p->worker_id.len, p->worker_id.ptr);
+    if (p->lease < s->lease_tokens[p->shard])
+        return keel_err_set(err, KEEL_EEPOCH,
+                            "shard %" PRIu32 ": lease %" PRIu64 " is over, the shard's lease is "
+                            "%" PRIu64 " (the shard was rewound or leased again)",
+                            p->shard, p->lease, s->lease_tokens[p->shard]);
+    if (p->lease > s->lease_tokens[p->shard])
+        return keel_err_set(err, KEEL_EUNAVAILABLE,
+                            "shard %" PRIu32 ": lease %" PRIu64 " is newer than this server "
+                            "knows (%" PRIu64 ")",
+                            p->shard, p->lease, s->lease_tokens[p->shard]);
+    return 0;
+}
+
+/* A push that touches a range restored from the store, before the shards were rewound. */
+static int restoring_range(struct srv *s, const struct keel_msg_push *p, struct keel_error *err)
+{
+    for (uint32_t k = 0; k < p->data.nkeys; k++) {
+        unsigned r = keel_range_of(p->data.keys[k]);
+
+        if (s->report.restoring[r])
+            return keel_err_set(err, KEEL_EUNAVAILABLE,
+                                "range %u was restored from this server's store and waits for "
+                                "the job's shards to be rewound",
+                                r);
+    }
     return 0;
 }
 
@@ -309,7 +366,8 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         free(a);
         return 0;
     }
-    if ((rc = check_lease(s, &msg->u.push, err)) != 0) {
+    if ((rc = check_lease(s, &msg->u.push, err)) != 0 ||
+        (rc = restoring_range(s, &msg->u.push, err)) != 0) {
         pthread_mutex_unlock(&s->lock);
         free(a);
         return rc;
@@ -779,8 +837,11 @@ static int add_owner(void *user, const struct keel_etcd_kv *kv)
         return 0;
     o->seen++;
     /* A free or done shard, or one that does not decode, holds nobody back. */
-    if (keel_shard_decode(kv->value, kv->value_len, o->s->spec.epochs, &sh, NULL) != 0 ||
-        sh.owner[0] == '\0')
+    if (keel_shard_decode(kv->value, kv->value_len, o->s->spec.epochs, &sh, NULL) != 0)
+        return 0;
+    if (k.num < o->s->nleases)
+        o->s->lease_tokens[k.num] = sh.lease;
+    if (sh.owner[0] == '\0')
         return 0;
     if (k.num < o->s->nleases)
         snprintf(o->s->leases[k.num], KEEL_ID_MAX + 1, "%s", sh.owner);
@@ -810,7 +871,9 @@ static void set_owners(struct srv *s)
     keel_buf_add_str(&prefix, "shards/");
     s->nleases = s->spec.shards;
     KEEL_REALLOC_ARRAY(s->leases, s->nleases ? s->nleases : 1);
+    KEEL_REALLOC_ARRAY(s->lease_tokens, s->nleases ? s->nleases : 1);
     memset(s->leases, 0, (size_t)s->nleases * sizeof(s->leases[0]));
+    memset(s->lease_tokens, 0, (size_t)s->nleases * sizeof(s->lease_tokens[0]));
     keel_cview_each(s->view, keel_key_str(&prefix), add_owner, &o);
     keel_buf_release(&prefix);
     if (o.seen == 0)
@@ -1144,6 +1207,7 @@ stop_listener:
     workers_clear(&s);
     free(s.workers);
     free(s.leases);
+    free(s.lease_tokens);
 free_tls:
     keel_tls_free(s.tls);
 close_store:

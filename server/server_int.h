@@ -164,6 +164,7 @@ struct srv {
     pthread_mutex_t report_lock;     /* held while a report is written: s->member stays */
     char **workers;                  /* live worker ids, as the view has them */
     char (*leases)[KEEL_ID_MAX + 1]; /* the running job's shards' owners ("": free), by shard */
+    uint64_t *lease_tokens;          /* their fencing tokens (keel_shard.lease), by shard */
     uint32_t nleases;                /* 0: no lease of the job is known (no coordinator) */
     size_t nworkers;
     struct open_dataset *datasets;

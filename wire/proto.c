@@ -294,12 +294,13 @@ static int rd_push(struct rd *r, struct keel_msg_push *m)
 
     if ((rc = rd_rows_head(r, &m->data, &m->shard)) != 0)
         return rc;
-    if ((rc = rd_need(r, 32, "push header")) != 0)
+    if ((rc = rd_need(r, 40, "push header")) != 0)
         return rc;
     m->incarnation = rd_u64(r);
     m->seq = rd_u64(r);
     m->clock = rd_u64(r);
     m->assignment_version = rd_u64(r);
+    m->lease = rd_u64(r);
     if ((rc = rd_str(r, KEEL_ID_MAX, "worker_id", &m->worker_id)) != 0 ||
         (rc = check_id(m->worker_id, "worker_id", r->err)) != 0)
         return rc;
@@ -516,7 +517,7 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
     if ((rc = check_id(p->worker_id, "worker_id", err)) != 0 ||
         (rc = check_rows(&p->data, err)) != 0)
         return rc;
-    *size = 48 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
+    *size = 56 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
     return 0;
 }
 
@@ -527,6 +528,7 @@ static void wr_push(struct keel_buf *b, size_t body, const struct keel_msg_push 
     keel_buf_add_u64le(b, p->seq);
     keel_buf_add_u64le(b, p->clock);
     keel_buf_add_u64le(b, p->assignment_version);
+    keel_buf_add_u64le(b, p->lease);
     wr_str(b, body, p->worker_id);
     wr_rows_data(b, &p->data, 1);
 }

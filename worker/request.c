@@ -286,6 +286,7 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         m.u.push.seq = seq;
         m.u.push.clock = clock;
         m.u.push.assignment_version = w->route.version;
+        m.u.push.lease = w->job.lease;
         m.u.push.data = data;
     }
     pthread_mutex_lock(&x->lock);
@@ -448,6 +449,10 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
                                       p->g.server, what, keel_msg_type_name(m->hdr.type));
                     break;
                 }
+            }
+            if (kind == X_PUSH && code == KEEL_EEPOCH) { /* the lease is over: see train.c */
+                rc = keel_err_set(err, code, "server %s refused a push: %s", p->g.server, why);
+                break;
             }
             if (fatal_code(code)) {
                 rc = keel_err_set(err, code, "server %s refused a %s of table %u: %s", p->g.server,

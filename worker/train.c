@@ -328,6 +328,7 @@ static void report(struct wk *w, uint32_t shard, uint32_t pass, uint32_t batch, 
     w->rep_progress.incarnation = incarnation;
     w->rep_progress.pass = pass;
     w->rep_progress.batch = batch;
+    w->rep_progress.lease = w->job.lease;
     mine = ++w->rep_want;
     if (wait)
         w->rep_urgent = 1;
@@ -409,6 +410,7 @@ static void job_take_up(struct wk *w, const char *name, const struct keel_buf *s
 struct lease {
     uint32_t shard;
     uint32_t pass, batch; /* where to start */
+    uint64_t token;       /* the lease's fencing token (keel_shard.lease) */
 };
 
 struct running {
@@ -470,7 +472,11 @@ static int check_lease(void *user, const struct keel_etcd_kv *kv)
         return 0;
     pass = s.pass;
     batch = s.batch;
-    if (j->floor[n].known &&
+    /*
+     * What this worker had acknowledged under this very lease may be ahead of
+     * what the coordinator recorded; a new token (a rewind) starts from the record.
+     */
+    if (j->floor[n].known && j->floor[n].lease == s.lease &&
         (j->floor[n].pass > pass || (j->floor[n].pass == pass && j->floor[n].batch > batch))) {
         pass = j->floor[n].pass;
         batch = j->floor[n].batch;
@@ -480,6 +486,7 @@ static int check_lease(void *user, const struct keel_etcd_kv *kv)
     ls->out->shard = n;
     ls->out->pass = pass;
     ls->out->batch = batch;
+    ls->out->token = s.lease;
     return 1;
 }
 
@@ -506,8 +513,11 @@ static int find_lease(struct wk *w, struct lease *out)
     return found;
 }
 
-/* Under w->lock: whether `shard` of the current job is still leased to this incarnation. */
-static int lease_holds(struct wk *w, uint32_t shard)
+/*
+ * Under w->lock: whether `shard` of the current job is still leased to this
+ * incarnation, under the lease `token`.
+ */
+static int lease_holds(struct wk *w, uint32_t shard, uint64_t token)
 {
     struct keel_buf key = KEEL_BUF_INIT, value = KEEL_BUF_INIT;
     struct keel_shard s;
@@ -520,7 +530,8 @@ static int lease_holds(struct wk *w, uint32_t shard)
     keel_key_job_shard(&key, w->cluster, w->job.name, shard);
     if (wk_key_copy(w, keel_key_str(&key), &value, NULL) == 0 &&
         keel_shard_decode(value.buf, value.len, w->job.spec.epochs, &s, NULL) == 0)
-        holds = !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation;
+        holds = !s.done && strcmp(s.owner, w->id) == 0 && s.incarnation == w->incarnation &&
+                s.lease == token;
     keel_buf_release(&key);
     keel_buf_release(&value);
     return holds;
@@ -693,7 +704,7 @@ static enum lease_end lease_check(struct wk *w, struct lease_run *r)
     pthread_mutex_lock(&w->lock);
     if (w->generation != r->gen) {
         r->gen = w->generation;
-        if (!lease_holds(w, r->l->shard)) {
+        if (!lease_holds(w, r->l->shard, r->l->token)) {
             pthread_mutex_unlock(&w->lock);
             KEEL_LOG_INFO("job %s: shard %" PRIu32 " is no longer leased to this worker",
                           w->job.name, r->l->shard);
@@ -752,6 +763,10 @@ static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
             KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
             return LEASE_STOPPED;
         }
+        if (rc == KEEL_EEPOCH) { /* the coordinator rewound the shard or leased it again */
+            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+            return LEASE_LOST;
+        }
         KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 ": %s",
                        j->name, l->shard, r->pass, r->batch, err->msg);
         return LEASE_FAILED;
@@ -787,7 +802,7 @@ static void lease_acked(struct wk *w, struct lease_run *r, uint32_t n,
         r->dup_run = 0;
     }
     keel_worker_next(r->nbatches, &r->pass, &r->batch);
-    j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
+    j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1, l->token};
     if (r->pass == l->pass)
         report(w, l->shard, r->pass, r->batch, 0);
 
@@ -827,7 +842,7 @@ static void lease_pass_done(struct wk *w, struct lease_run *r, struct keel_error
     if (r->batch == r->nbatches && r->pass == l->pass) { /* an empty shard: trivially done */
         r->pass++;
         r->batch = 0;
-        j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1};
+        j->floor[l->shard] = (struct wk_pos){r->pass, r->batch, 1, l->token};
     }
     t0 = keel_clock_mono_ms();
     memset(&e, 0, sizeof(e));
@@ -904,6 +919,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     r.l = l;
     r.pass = l->pass;
     r.batch = l->batch;
+    j->lease = l->token;
     if ((end = lease_prepare(w, &err)) != LEASE_GOING)
         return end;
     wk_reader_init(&r.rd, j->spec.dataset, l->shard);

@@ -55,6 +55,7 @@ struct wk_lead {
 struct wk_pos {
     uint32_t pass, batch;
     int known;
+    uint64_t lease; /* the lease token it was reached under */
 };
 
 /* The job being worked on (training thread only). */
@@ -73,6 +74,7 @@ struct wk_job {
     struct wk_pos *floor; /* per shard: every batch before it was acknowledged */
     uint32_t nb_max;      /* batches per pass of the largest shard (shard 0) */
     uint64_t clock;       /* the clock of the batch being computed: keel_worker_clock() */
+    uint64_t lease;       /* the token of the lease being worked on; its pushes carry it */
     struct wk_lead lead;  /* over every training pull of this job in this life */
 };
 

@@ -105,6 +105,14 @@ uint64_t keel_assign_version(const keel_assign *a);
  */
 uint64_t keel_assign_epoch(const keel_assign *a);
 int keel_assign_set_epoch(keel_assign *a, uint64_t epoch);
+
+/*
+ * A new term, at a new version, for every range `r` with ranges[r] set that
+ * has replicas, primaries unchanged: the leader's word that it rewound the
+ * job's shards for ranges restored from a store (keel/replicas.h).  Returns
+ * how many ranges got one (0: the table is unchanged).
+ */
+unsigned keel_assign_renew_terms(keel_assign *a, const unsigned char *ranges);
 unsigned keel_assign_replication(const keel_assign *a);
 size_t keel_assign_server_count(const keel_assign *a);
 

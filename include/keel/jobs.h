@@ -95,6 +95,12 @@ struct keel_shard {
     uint64_t incarnation;        /* the owner's incarnation; 0 when free */
     uint32_t pass, batch;        /* the position */
     int done;                    /* pass == epochs */
+    /*
+     * The lease's fencing token: raised at every grant and at every rewind
+     * (keel_shards_rewind()), so that pushes and progress reports of an
+     * earlier lease, even one held by the same worker, are told apart.
+     */
+    uint64_t lease;
 };
 
 struct keel_shard_table {
@@ -143,6 +149,19 @@ long keel_shards_owned_by(const struct keel_shard_table *t, const char *id, uint
 int keel_shards_progress(struct keel_shard_table *t, uint32_t shard, const char *worker,
                          uint64_t incarnation, uint32_t pass, uint32_t batch,
                          struct keel_error *err);
+
+/*
+ * Rewind the shards to where restored ranges are (the leader, after a range
+ * restarted from a store that may lack acknowledged updates): floor[n] is
+ * the lowest push seq of shard n (keel_worker_seq(): (pass, batch + 1) of
+ * the last batch applied, 0 for none) any restored range holds.  A shard
+ * ahead of that position goes back to it, done or not, keeping its owner;
+ * every shard's lease token goes up, so that pushes and progress of the
+ * leases before the rewind are refused.  Sets changed[n] for every shard
+ * (all are written) when `changed` is non-NULL; returns how many moved back.
+ */
+unsigned keel_shards_rewind(struct keel_shard_table *t, const uint64_t *floor,
+                            unsigned char *changed);
 
 /* Non-zero when every shard is done: the job is done. */
 int keel_shards_all_done(const struct keel_shard_table *t);

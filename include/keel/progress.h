@@ -4,10 +4,11 @@
  * moves the shard, keel_shards_progress()) and by keelctl.
  *
  *   jobs/<job>/progress/<shard>
- *       {"batch":17,"incarnation":42,"pass":2,"worker":"w1"}
+ *       {"batch":17,"incarnation":42,"lease":7,"pass":2,"worker":"w1"}
  *       every batch of the shard before (pass, batch) has been acknowledged
- *       by every server it was pushed to; a plain put, rewritten as the
- *       worker advances.
+ *       by every server it was pushed to, under the shard's lease `lease`
+ *       (its fencing token; a report of an earlier lease is ignored); a
+ *       plain put, rewritten as the worker advances.
  *   jobs/<job>/eval/<pass>/<worker>
  *       {"accuracy":0.8412,"examples":10000,"loss":0.4431,"pass":2,
  *        "time_ms":1767225600000,"worker":"w1"}
@@ -36,6 +37,7 @@ struct keel_progress {
     char worker[KEEL_ID_MAX + 1];
     uint64_t incarnation; /* below 2^63 */
     uint32_t pass, batch; /* the next batch to compute */
+    uint64_t lease;       /* the shard lease's fencing token, below 2^63 */
 };
 
 struct keel_eval {

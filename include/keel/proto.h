@@ -125,6 +125,8 @@ struct keel_msg_push {
     uint64_t clock;       /* worker's clock (BSP/SSP) */
     /* The assignment version the sender routed by; a server refuses older ones. */
     uint64_t assignment_version;
+    /* The shard lease's fencing token (keel_shard.lease); a server refuses an earlier one. */
+    uint64_t lease;
     struct keel_rows data;
 };
 

@@ -15,9 +15,20 @@
  * The leader then takes the server out of those ranges' in-sync sets, or,
  * when no other replica is in sync, fails the job naming them.
  *
+ * A primary that opened a range from its store while the job had trained
+ * (a restart, or a store that is older than the updates acknowledged) holds
+ * the range's pushes and reports it as restoring, with the floor of its
+ * exactly-once positions: for each shard the lowest seq any range it
+ * restores has applied.  The leader rewinds the job's shards to that floor
+ * (keel_shards_rewind()) and then gives those ranges a new term, which ends
+ * the hold: the workers replay their data from there, and every range skips
+ * what it already holds.
+ *
  * JSON: {"incarnation":7,"lost":[range,...],"ranges":[[range,term,lsn,pledged...],...]},
  * ranges increasing in both lists; a range's entry ends with the ids of the
- * backups its primary pledged (none for a backup's own entry).
+ * backups its primary pledged (none for a backup's own entry).  With ranges
+ * restoring, two more keys: "restoring":[range,...] (each listed in
+ * "ranges") and "floor":[seq of shard 0, seq of shard 1, ...].
  */
 #ifndef KEEL_REPLICAS_H
 #define KEEL_REPLICAS_H
@@ -30,7 +41,8 @@
 #include "keel/proto.h" /* KEEL_PROTO_NRANGES */
 
 #define KEEL_REPLICAS_MAX_JSON    (256u << 10)
-#define KEEL_REPLICAS_MAX_PLEDGED 4 /* backups of one range: replication at most 5 */
+#define KEEL_REPLICAS_MAX_PLEDGED 4    /* backups of one range: replication at most 5 */
+#define KEEL_REPLICAS_MAX_SHARDS  4096 /* a job's shards at most (keel/jobspec.h) */
 
 struct keel_replica_report {
     uint64_t incarnation;                   /* of the reporting server's registration */
@@ -46,17 +58,23 @@ struct keel_replica_report {
      */
     uint8_t npledged[KEEL_PROTO_NRANGES];
     char pledged[KEEL_PROTO_NRANGES][KEEL_REPLICAS_MAX_PLEDGED][KEEL_ID_MAX + 1];
+    /* Ranges restored from the store, pushes held until the shards are rewound. */
+    unsigned char restoring[KEEL_PROTO_NRANGES];
+    uint32_t nfloor;                          /* shards in floor[]; 0 when nothing restores */
+    uint64_t floor[KEEL_REPLICAS_MAX_SHARDS]; /* per shard: the lowest seq restored ranges hold */
 };
 
 /* The canonical JSON of `r` (only ranges with a term). */
 void keel_replica_report_encode(const struct keel_replica_report *r, struct keel_buf *out);
 
 /*
- * Decode a report from anywhere: an object with exactly the three keys; at
- * most KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing
- * in each list, terms at least 1, integers within int64, at most
- * KEEL_REPLICAS_MAX_PLEDGED distinct valid ids after an entry's numbers.  KEEL_ECORRUPT naming the
- * field; *r is zeroed on error.
+ * Decode a report from anywhere: an object with the three keys, and
+ * "restoring" and "floor" together or neither; at most
+ * KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing in
+ * each list, terms at least 1, integers within int64, at most
+ * KEEL_REPLICAS_MAX_PLEDGED distinct valid ids after an entry's numbers, a
+ * restoring range held at a term, at most KEEL_REPLICAS_MAX_SHARDS floor
+ * entries.  KEEL_ECORRUPT naming the field; *r is zeroed on error.
  */
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
                                struct keel_error *err);

@@ -242,27 +242,75 @@ Test(jobs, duplicate_or_invalid_workers_get_nothing)
 
 Test(jobs, shard_json_round_trips)
 {
-    struct keel_shard s = {"w9", 12, 3, 77, 0}, back;
-    struct keel_shard fin = {"", 0, 5, 0, 1};
+    struct keel_shard s = {"w9", 12, 3, 77, 0, 4}, back;
+    struct keel_shard fin = {"", 0, 5, 0, 1, 9};
     struct keel_buf b = KEEL_BUF_INIT;
 
     keel_shard_encode(&s, &b);
     cr_assert_str_eq(
         (char *)b.buf,
-        "{\"batch\":77,\"done\":false,\"incarnation\":12,\"owner\":\"w9\",\"pass\":3}");
+        "{\"batch\":77,\"done\":false,\"incarnation\":12,\"lease\":4,\"owner\":\"w9\",\"pass\":3}");
     cr_assert_eq(keel_shard_decode(b.buf, b.len, 5, &back, &err), 0, "%s", err.msg);
     cr_assert_str_eq(back.owner, "w9");
     cr_assert_eq(back.incarnation, 12);
     cr_assert_eq(back.pass, 3);
     cr_assert_eq(back.batch, 77);
     cr_assert_eq(back.done, 0);
+    cr_assert_eq(back.lease, 4);
     keel_buf_reset(&b);
     keel_shard_encode(&fin, &b);
-    cr_assert_str_eq((char *)b.buf, "{\"batch\":0,\"done\":true,\"owner\":null,\"pass\":5}");
+    cr_assert_str_eq((char *)b.buf,
+                     "{\"batch\":0,\"done\":true,\"lease\":9,\"owner\":null,\"pass\":5}");
     cr_assert_eq(keel_shard_decode(b.buf, b.len, 5, &back, &err), 0, "%s", err.msg);
     cr_assert(back.done);
     cr_assert_eq(back.owner[0], '\0');
     keel_buf_release(&b);
+}
+
+Test(jobs, every_grant_raises_the_lease_token)
+{
+    struct keel_shard_table t;
+    struct keel_worker_ref w1 = {"w1", 7};
+
+    keel_shards_init(&t, 1, 2);
+    cr_assert_eq(keel_shards_assign(&t, &w1, 1, NULL), 1);
+    cr_assert_eq(t.shards[0].lease, 1);
+    cr_assert_eq(keel_shards_assign(&t, NULL, 0, NULL), 1, "w1 is gone: the shard is freed");
+    cr_assert_eq(keel_shards_assign(&t, &w1, 1, NULL), 1);
+    cr_assert_eq(t.shards[0].lease, 2, "the same worker again is a new lease");
+    keel_shards_release(&t);
+}
+
+Test(jobs, a_rewind_moves_shards_back_to_the_restored_floor_and_cuts_every_lease)
+{
+    struct keel_shard_table t;
+    struct keel_worker_ref w[] = {{"w1", 1}, {"w2", 1}};
+    unsigned char changed[3] = {0};
+    uint64_t floor[3];
+
+    keel_shards_init(&t, 3, 2);
+    keel_shards_assign(&t, w, 2, NULL);
+    t.shards[0].pass = 1, t.shards[0].batch = 4; /* w1 */
+    t.shards[1].pass = 0, t.shards[1].batch = 7; /* w2 */
+    t.shards[2].pass = 2, t.shards[2].done = 1;  /* finished */
+    floor[0] = keel_shard_seq(0, 9);             /* batch 8 of pass 0 is the last applied */
+    floor[1] = keel_shard_seq(0, 9);             /* ahead of the shard: stays */
+    floor[2] = keel_shard_seq(1, 3);
+    cr_assert_eq(keel_shards_rewind(&t, floor, changed), 2);
+    cr_assert(t.shards[0].pass == 0 && t.shards[0].batch == 9);
+    cr_assert_str_eq(t.shards[0].owner, "w1", "the owner keeps the shard, under a new token");
+    cr_assert_eq(t.shards[0].lease, 2);
+    cr_assert(t.shards[1].pass == 0 && t.shards[1].batch == 7, "never moved forward");
+    cr_assert_eq(t.shards[1].lease, 2, "a lease that was not moved back is cut all the same");
+    cr_assert(t.shards[2].pass == 1 && t.shards[2].batch == 3 && !t.shards[2].done,
+              "a finished shard is trained again from the floor");
+    cr_assert(changed[0] && changed[1] && changed[2]);
+    floor[0] = floor[1] = 0;
+    floor[2] = keel_shard_seq(7, 0); /* past the end: no rewind */
+    cr_assert_eq(keel_shards_rewind(&t, floor, NULL), 2, "no position: from the beginning");
+    cr_assert(t.shards[0].pass == 0 && t.shards[0].batch == 0);
+    cr_assert(t.shards[2].pass == 1 && t.shards[2].batch == 3);
+    keel_shards_release(&t);
 }
 
 static struct bad_json bad_shards[] = {
@@ -280,7 +328,8 @@ static struct bad_json bad_shards[] = {
     {"{\"batch\":4294967296,\"done\":false,\"owner\":null,\"pass\":0}", "batch: must be"},
     {"{\"batch\":1.5,\"done\":false,\"owner\":null,\"pass\":0}", "batch: must be"},
     {"{\"batch\":0,\"done\":0,\"owner\":null,\"pass\":0}", "done: must be true or false"},
-    {"{\"batch\":0,\"done\":false,\"owner\":null,\"pass\":0,\"lease\":1}", "unknown key 'lease'"},
+    {"{\"batch\":0,\"done\":false,\"owner\":null,\"pass\":0,\"lease\":-1}", "lease: must be"},
+    {"{\"batch\":0,\"done\":false,\"owner\":null,\"pass\":0,\"x\":1}", "unknown key 'x'"},
 };
 
 ParameterizedTestParameters(jobs, shard_decoder_refuses_bad_json)

@@ -327,8 +327,8 @@ Test(proto, decode_uses_only_its_frame_when_more_bytes_follow)
 /*
  * Malformed frames.  Each case starts from the same valid PUSH frame:
  *   header 0..31; body at 32: table_id@32 row_width@36 nkeys@40 shard@44
- *   incarnation@48 seq@56 clock@64 assignment_version@72 worker_id: len@80
- *   "w1"@82 pad@84..87 keys@88 (3 x 8) rows@112 (3 x 2 x 4) end@136
+ *   incarnation@48 seq@56 clock@64 assignment_version@72 lease@80 worker_id:
+ *   len@88 "w1"@90 pad@92..95 keys@96 (3 x 8) rows@120 (3 x 2 x 4) end@144
  * then writes `value` (little-endian, `width` bytes) at `offset`, changes the
  * available length by `len_delta`, and decodes with `max_frame` (0: 64 MiB).
  */
@@ -342,7 +342,7 @@ struct malformed {
     int expect;
 };
 
-#define PUSH_FRAME_LEN 136
+#define PUSH_FRAME_LEN 144
 
 ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
 {
@@ -356,7 +356,7 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"unknown flag", 6, 2, 0x8000, 0, 0, KEEL_EFLAGS},
         {"LAST flag on a PUSH", 6, 2, KEEL_FLAG_LAST, 0, 0, KEEL_EFLAGS},
         {"header reserved set", 28, 4, 1, 0, 0, KEEL_ERESERVED},
-        {"body length past the end", 24, 4, 104 + 8, 0, 0, KEEL_EBODYLEN},
+        {"body length past the end", 24, 4, 112 + 8, 0, 0, KEEL_EBODYLEN},
         {"body cut short", 0, 0, 0, -1, 0, KEEL_EBODYLEN},
         {"oversize frame", 24, 4, 1u << 20, 0, 4096, KEEL_EFRAMESIZE},
         {"body length 4 GiB", 24, 4, 0xFFFFFFFF, 0, 0, KEEL_EFRAMESIZE},
@@ -364,16 +364,16 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"key count overflows", 40, 4, 0xFFFFFFFF, 0, 0, KEEL_ECOUNT},
         {"key count one too many", 40, 4, 4, 0, 0, KEEL_ECOUNT},
         {"key count one too few", 40, 4, 2, 0, 0, KEEL_ETRAILING},
-        {"unsorted keys", 88, 8, 100, 0, 0, KEEL_EUNSORTED},
-        {"duplicate keys", 96, 8, 3, 0, 0, KEEL_EUNSORTED},
+        {"unsorted keys", 96, 8, 100, 0, 0, KEEL_EUNSORTED},
+        {"duplicate keys", 104, 8, 3, 0, 0, KEEL_EUNSORTED},
         {"zero-length rows", 36, 4, 0, 0, 0, KEEL_EROWWIDTH},
         {"row width too large", 36, 4, (1u << 20) + 1, 0, 0, KEEL_EROWWIDTH},
-        {"string longer than limit", 80, 2, 65, 0, 0, KEEL_ESTRING},
-        {"string past the body", 80, 2, 60, 0, 0, KEEL_ESHORTBODY},
-        {"string with NUL", 83, 1, 0, 0, 0, KEEL_ESTRING},
-        {"empty worker id", 80, 4, 0, 0, 0, KEEL_ESTRING},
-        {"padding not zero", 85, 1, 0xAA, 0, 0, KEEL_EPADDING},
-        {"trailing bytes", 24, 4, 104 + 8, 8, 0, KEEL_ETRAILING},
+        {"string longer than limit", 88, 2, 65, 0, 0, KEEL_ESTRING},
+        {"string past the body", 88, 2, 60, 0, 0, KEEL_ESHORTBODY},
+        {"string with NUL", 91, 1, 0, 0, 0, KEEL_ESTRING},
+        {"empty worker id", 88, 4, 0, 0, 0, KEEL_ESTRING},
+        {"padding not zero", 93, 1, 0xAA, 0, 0, KEEL_EPADDING},
+        {"trailing bytes", 24, 4, 112 + 8, 8, 0, KEEL_ETRAILING},
     };
     return cr_make_param_array(struct malformed, cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -447,7 +447,7 @@ Test(proto, version_mismatch_is_answered_with_a_clear_error)
     cr_assert_eq(out.hdr.request_id, UINT64_C(0x1122334455667788));
     cr_assert_eq(out.u.error.code, KEEL_EVERSION);
     snprintf(text, sizeof(text), "%.*s", (int)out.u.error.message.len, out.u.error.message.ptr);
-    cr_assert_str_eq(text, "unsupported protocol version 1: this node speaks version 3");
+    cr_assert_str_eq(text, "unsupported protocol version 1: this node speaks version 4");
     keel_buf_release(&in);
     keel_buf_release(&reply);
 }

@@ -43,6 +43,11 @@ Test(replicas, round_trip)
     snprintf(r.pledged[17][0], sizeof(r.pledged[17][0]), "s-2");
     snprintf(r.pledged[17][1], sizeof(r.pledged[17][1]), "s_3");
     r.lost[200] = 1;
+    r.restoring[17] = 1; /* restored from the store, pushes held until the shards rewind */
+    r.nfloor = 3;
+    r.floor[0] = 0;
+    r.floor[1] = (2ull << 32) | 5;
+    r.floor[2] = INT64_MAX;
     keel_replica_report_encode(&r, &b);
     memset(&back, 0x55, sizeof(back));
     keel_error_init(&err);
@@ -115,6 +120,19 @@ static const char *const refused[][2] = {
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0,\"a\",\"b\",\"c\",\"d\",\"e\"]]}",
      "five backups pledged"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":{}}", "ranges not an array"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]],\"restoring\":[0]}",
+     "restoring without a floor"},
+    {"{\"floor\":[1],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]]}",
+     "a floor without restoring"},
+    {"{\"floor\":[1],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]],\"restoring\":[1]}",
+     "a restoring range not held"},
+    {"{\"floor\":[],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]],\"restoring\":[0]}",
+     "an empty floor"},
+    {"{\"floor\":[-1],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]],\"restoring\":[0]}",
+     "a negative floor"},
+    {"{\"floor\":[1],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0],[1,1,0]],"
+     "\"restoring\":[1,0]}",
+     "restoring decreasing"},
     {"[]", "not an object"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[]", "truncated"},
     {"", "empty"},

@@ -325,15 +325,15 @@ Test(worker, evaluation_sums_what_one_forward_pass_over_the_records_measures)
 
 Test(worker, progress_encodes_canonically_and_round_trips)
 {
-    struct keel_progress p = {"w1", 42, 2, 17}, q;
+    struct keel_progress p = {"w1", 42, 2, 17, 7}, q;
     struct keel_buf b = KEEL_BUF_INIT;
 
     keel_progress_encode(&p, &b);
     cr_assert_str_eq((const char *)b.buf,
-                     "{\"batch\":17,\"incarnation\":42,\"pass\":2,\"worker\":\"w1\"}");
+                     "{\"batch\":17,\"incarnation\":42,\"lease\":7,\"pass\":2,\"worker\":\"w1\"}");
     cr_assert_eq(keel_progress_decode(b.buf, b.len, &q, &err), 0, "%s", err.msg);
     cr_assert_str_eq(q.worker, "w1");
-    cr_assert(q.incarnation == 42 && q.pass == 2 && q.batch == 17);
+    cr_assert(q.incarnation == 42 && q.pass == 2 && q.batch == 17 && q.lease == 7);
     keel_buf_release(&b);
 }
 
@@ -364,18 +364,22 @@ ParameterizedTestParameters(worker, bad_progress_is_refused_naming_the_field)
     static struct bad_json cases[] = {
         {"", "progress: not JSON"},
         {"[]", "progress: not a JSON object"},
-        {"{\"batch\":1,\"incarnation\":2,\"pass\":0}", "progress: worker: missing"},
-        {"{\"batch\":1,\"incarnation\":2,\"pass\":0,\"worker\":\"w1\",\"x\":1}",
+        {"{\"batch\":1,\"incarnation\":2,\"lease\":1,\"pass\":0}", "progress: worker: missing"},
+        {"{\"batch\":1,\"incarnation\":2,\"lease\":1,\"pass\":0,\"worker\":\"w1\",\"x\":1}",
          "progress: unknown key 'x'"},
-        {"{\"batch\":-1,\"incarnation\":2,\"pass\":0,\"worker\":\"w1\"}",
+        {"{\"batch\":1,\"incarnation\":2,\"pass\":0,\"worker\":\"w1\"}",
+         "progress: lease: missing"},
+        {"{\"batch\":1,\"incarnation\":2,\"lease\":-1,\"pass\":0,\"worker\":\"w1\"}",
+         "progress: lease: must be an integer"},
+        {"{\"batch\":-1,\"incarnation\":2,\"lease\":1,\"pass\":0,\"worker\":\"w1\"}",
          "progress: batch: must be an integer from 0 to 4294967295"},
-        {"{\"batch\":1,\"incarnation\":2,\"pass\":4294967296,\"worker\":\"w1\"}",
+        {"{\"batch\":1,\"incarnation\":2,\"lease\":1,\"pass\":4294967296,\"worker\":\"w1\"}",
          "progress: pass: must be an integer"},
-        {"{\"batch\":1,\"incarnation\":\"2\",\"pass\":0,\"worker\":\"w1\"}",
+        {"{\"batch\":1,\"incarnation\":\"2\",\"lease\":1,\"pass\":0,\"worker\":\"w1\"}",
          "progress: incarnation: must be an integer"},
-        {"{\"batch\":1,\"incarnation\":2,\"pass\":0,\"worker\":\"w 1\"}",
+        {"{\"batch\":1,\"incarnation\":2,\"lease\":1,\"pass\":0,\"worker\":\"w 1\"}",
          "progress: worker: must be an id"},
-        {"{\"batch\":1,\"batch\":2,\"incarnation\":2,\"pass\":0,\"worker\":\"w1\"}",
+        {"{\"batch\":1,\"batch\":2,\"incarnation\":2,\"lease\":1,\"pass\":0,\"worker\":\"w1\"}",
          "progress: not JSON"},
     };
     return cr_make_param_array(struct bad_json, cases, sizeof(cases) / sizeof(cases[0]));
