@@ -71,8 +71,9 @@ static const struct option_desc options[] = {
      "a connection silent mid-frame this long is closed"},
     {"net", "request_timeout", OPT_DURATION, F(request_timeout_ms), "30s", 10, HOUR_MS,
      "time a client waits for a reply before giving up on a request"},
-    {"server", "group_commit", OPT_DURATION, F(server_group_commit_ms), "5ms", 1, 1000,
-     "longest a push waits for its update-log commit (and its ACK)"},
+    {"server", "group_commit", OPT_DURATION, F(server_group_commit_ms), "0ms", 0, 1000,
+     "time the storage thread waits for more records before a commit; 0: commit at once "
+     "(records gather while a commit is in flight)"},
     {"server", "snapshot_interval", OPT_DURATION, F(server_snapshot_interval_ms), "30s", 100,
      24 * HOUR_MS, "time between snapshots of a server's ranges"},
     {"server", "checkpoint_key", OPT_STRING, F(server_checkpoint_key), "", 0, 0,

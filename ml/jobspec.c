@@ -31,6 +31,8 @@ enum field {
     F_CHECKPOINT_INTERVAL,
     F_REPLICATION,
     F_SHARDS,
+    F_LOST_RANGES,
+    F_DURABILITY,
     F_OPT_TYPE,
     F_LR,
     F_MOMENTUM,
@@ -58,6 +60,8 @@ static const struct {
     [F_CHECKPOINT_INTERVAL] = {"job", "checkpoint_interval"},
     [F_REPLICATION] = {"job", "replication"},
     [F_SHARDS] = {"job", "shards"},
+    [F_LOST_RANGES] = {"job", "lost_ranges"},
+    [F_DURABILITY] = {"job", "durability"},
     [F_OPT_TYPE] = {"optimizer", "type"},
     [F_LR] = {"optimizer", "lr"},
     [F_MOMENTUM] = {"optimizer", "momentum"},
@@ -449,6 +453,20 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
             return -1;
         }
         return 0;
+    case F_LOST_RANGES:
+        if (strcmp(value, "fail") != 0 && strcmp(value, "rewind") != 0) {
+            snprintf(why, whylen, "must be fail or rewind, got '%.80s'", value);
+            return -1;
+        }
+        spec->lost_ranges_rewind = strcmp(value, "rewind") == 0;
+        return 0;
+    case F_DURABILITY:
+        if (strcmp(value, "replicas") != 0 && strcmp(value, "disk") != 0) {
+            snprintf(why, whylen, "must be replicas or disk, got '%.80s'", value);
+            return -1;
+        }
+        spec->durability_disk = strcmp(value, "disk") == 0;
+        return 0;
     case F_OPT_TYPE:
         if ((k = optim_kind_of(value)) == 0) {
             snprintf(why, whylen, "must be sgd, momentum, adagrad or adam, got '%.80s'", value);
@@ -808,6 +826,10 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
                         json_integer((json_int_t)s->checkpoint_interval));
     json_object_set_new(root, "replication", json_integer(s->replication));
     json_object_set_new(root, "shards", json_integer(s->shards));
+    if (s->lost_ranges_rewind) /* absent otherwise: older digests stay */
+        json_object_set_new(root, "lost_ranges", json_string("rewind"));
+    if (s->durability_disk) /* the same */
+        json_object_set_new(root, "durability", json_string("disk"));
     json_object_set_new(opt, "type", json_string(keel_optim_name(s->optimizer.type)));
     for (size_t i = 0; i < sizeof(opt_fields) / sizeof(opt_fields[0]); i++)
         if (uses(s->optimizer.type, opt_fields[i]))
@@ -915,19 +937,11 @@ static int decode_real(json_t *obj, const char *where, const char *key, double *
 int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
                         struct keel_error *err)
 {
-    static const char *const root_keys[] = {"format",
-                                            "name",
-                                            "model",
-                                            "dataset",
-                                            "test_dataset",
-                                            "batch_size",
-                                            "epochs",
-                                            "consistency",
-                                            "checkpoint_interval",
-                                            "replication",
-                                            "shards",
-                                            "optimizer",
-                                            "init",
+    static const char *const root_keys[] = {"format",      "name",         "model",
+                                            "dataset",     "test_dataset", "batch_size",
+                                            "epochs",      "consistency",  "checkpoint_interval",
+                                            "replication", "shards",       "lost_ranges",
+                                            "durability",  "optimizer",    "init",
                                             NULL};
     static const char *const init_keys[] = {"method", "seed", "scale", NULL};
     static const char *const opt_keys[] = {
@@ -962,7 +976,9 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
         (rc = decode_text(root, "model", F_MODEL, 1, s, err)) != 0 ||
         (rc = decode_text(root, "dataset", F_DATASET, 1, s, err)) != 0 ||
         (rc = decode_text(root, "test_dataset", F_TEST_DATASET, 0, s, err)) != 0 ||
-        (rc = decode_text(root, "consistency", F_CONSISTENCY, 1, s, err)) != 0)
+        (rc = decode_text(root, "consistency", F_CONSISTENCY, 1, s, err)) != 0 ||
+        (rc = decode_text(root, "lost_ranges", F_LOST_RANGES, 0, s, err)) != 0 ||
+        (rc = decode_text(root, "durability", F_DURABILITY, 0, s, err)) != 0)
         goto out;
     if ((rc = decode_uint(root, "batch_size", MAX_BATCH_SIZE, &u, err)) != 0)
         goto out;

@@ -349,7 +349,17 @@ int repl_handle_replicate(struct srv *s, struct keel_conn *conn,
         a->result.napplied = 1;
         a->result.lsn = m->lsn;
     }
-    srv_queue_pending(s, a, conn, &msg->hdr);
+    if (s->spec.durability_disk) {
+        srv_queue_pending(s, a, conn, &msg->hdr); /* confirmed once logged */
+    } else {
+        /* Confirmed once applied; the log is written behind. */
+        srv_log_behind(s, a);
+        keel_conn_ref(conn);
+        a->conn = conn;
+        a->req = msg->hdr;
+        repl_send_ack(a, a->lsn, 0);
+        repl_pending_free(a);
+    }
     pthread_mutex_unlock(&s->lock);
     return 0;
 }

@@ -70,6 +70,26 @@ static int job_trained(struct srv *s)
     return trained;
 }
 
+static int any_key(void *user, const struct keel_etcd_kv *kv)
+{
+    (void)user;
+    (void)kv;
+    return 1;
+}
+
+/* Whether a coordinator leases the running job's shards (it can rewind them). */
+static int job_leased(struct srv *s)
+{
+    struct keel_buf prefix = KEEL_BUF_INIT;
+    int leased;
+
+    keel_key_job_prefix(&prefix, s->cluster, s->job);
+    keel_buf_add_str(&prefix, "shards/");
+    leased = keel_cview_each(s->view, keel_key_str(&prefix), any_key, NULL) != 0;
+    keel_buf_release(&prefix);
+    return leased;
+}
+
 /*
  * Whether range `r`, just opened from the initializer because the store had
  * nothing of it, must not be: it has rows, the job has trained (a shard has
@@ -110,7 +130,17 @@ static void apply_assignment(struct srv *s)
                     s->nstreams[r] = 0;
                     continue;
                 }
-                if (st.lsn == 0 && state_lost(s, r)) {
+                if (st.lsn == 0 && state_lost(s, r) && s->spec.lost_ranges_rewind) {
+                    /*
+                     * The job asks for a range nothing holds to start again:
+                     * from its initializer, every shard rewound to the start.
+                     */
+                    if (!s->report.restoring[r])
+                        KEEL_LOG_WARN("job %s: told to lead range %u, but this server's store "
+                                      "holds none of its state and the job has trained: "
+                                      "starting it from its initializer (lost_ranges = rewind)",
+                                      s->job, r);
+                } else if (st.lsn == 0 && state_lost(s, r)) {
                     keel_ps_close_range(s->ps, r);
                     s->nstreams[r] = 0;
                     if (!s->report.lost[r])
@@ -128,11 +158,14 @@ static void apply_assignment(struct srv *s)
                     replayed += st.replayed;
                 }
                 /*
-                 * State from the store while the job trains may lack updates
-                 * that were acknowledged: its pushes wait until the leader
-                 * has rewound the shards to what it holds (keel/replicas.h).
+                 * State from the store while the job trains (or after a
+                 * restart) may lack updates that were acknowledged: its
+                 * pushes wait until the leader has rewound the shards to
+                 * what it holds (keel/replicas.h).  Not without a
+                 * coordinator: nothing would rewind them.
                  */
-                if (keel_ps_rows(s->ps, r) > 0 && (st.lsn > 0 || job_trained(s))) {
+                if (keel_ps_rows(s->ps, r) > 0 && job_leased(s) &&
+                    (st.lsn > 0 || s->store_had_job || job_trained(s))) {
                     s->report.restoring[r] = 1;
                     s->report_dirty = 1;
                     held_back++;
@@ -190,6 +223,24 @@ static void apply_assignment(struct srv *s)
                       s->job, rewound, s->assign_version);
     repl_start_copies(s);
     repl_release_waiting(s);
+}
+
+void srv_log_behind(struct srv *s, struct pending_ack *a)
+{
+    struct pending_ack *log;
+
+    if (a->result.napplied == 0)
+        return;
+    log = keel_calloc(1, sizeof(*log));
+    log->kind = ACK_LOG;
+    log->result = a->result;
+    snprintf(log->worker, sizeof(log->worker), "%s", a->worker);
+    for (size_t i = 0; i < log->result.napplied; i++)
+        log->result.applied[i].push.worker_id = keel_str_of(log->worker);
+    memset(&a->result, 0, sizeof(a->result));
+    a->result.lsn = log->result.lsn;
+    a->result.duplicate = log->result.duplicate;
+    srv_queue_pending(s, log, NULL, NULL);
 }
 
 /* ---- parked pulls ------------------------------------------------------------ */
@@ -292,9 +343,11 @@ static void push_waits(struct srv *s, const struct keel_msg_push *push, struct p
 void srv_queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *conn,
                        const struct keel_frame_header *req)
 {
-    keel_conn_ref(conn);
+    if (conn != NULL)
+        keel_conn_ref(conn);
     a->conn = conn;
-    a->req = *req;
+    if (req != NULL)
+        a->req = *req;
     *s->acks_tail = a;
     s->acks_tail = &a->next;
     pthread_cond_signal(&s->wake);
@@ -400,7 +453,17 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         repl_forward(s, &a->result.applied[i], a->worker);
     }
     push_waits(s, &msg->u.push, a);
-    srv_queue_pending(s, a, conn, &msg->hdr);
+    if (s->spec.durability_disk) {
+        srv_queue_pending(s, a, conn, &msg->hdr); /* logged first, then waits for the backups */
+    } else {
+        srv_log_behind(s, a);
+        keel_conn_ref(conn);
+        a->conn = conn;
+        a->req = msg->hdr;
+        a->next = s->waiting;
+        s->waiting = a;
+        repl_release_waiting(s);
+    }
     release_parked(s); /* this push may have moved the slowest clock */
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -624,6 +687,8 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
         case ACK_REPLICATE:
             repl_send_ack(a, a->lsn, 0);
             break;
+        case ACK_LOG:
+            break;
         }
         repl_pending_free(a);
     }
@@ -730,8 +795,11 @@ static void *storage_main(void *arg)
         stopping = s->stopping;
         some = s->acks != NULL;
         pthread_mutex_unlock(&s->lock);
-        /* Group commit: let more requests join this transaction, briefly. */
-        if (!stopping && some) {
+        /*
+         * Group commit: what arrives while a commit is in flight joins the
+         * next one; [server] group_commit may hold a commit back for more.
+         */
+        if (!stopping && some && s->config->server_group_commit_ms > 0) {
             struct timespec d = {0, (long)s->config->server_group_commit_ms * 1000000L};
             nanosleep(&d, NULL);
         }

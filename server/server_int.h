@@ -30,6 +30,7 @@ enum ack_kind {
     ACK_PUSH,      /* a worker's push to a primary */
     ACK_REPLICATE, /* a primary's update, on a backup */
     ACK_COPY,      /* a primary's copy of a range, on a backup */
+    ACK_LOG,       /* log records only, already answered (durability = replicas) */
 };
 
 /* A range a push touched, and the LSN every in-sync backup must have before it is acknowledged. */
@@ -186,6 +187,13 @@ int srv_redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_
 /* Queue `a` for the storage thread, to be logged and answered on `conn` (srv->lock held). */
 void srv_queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *conn,
                        const struct keel_frame_header *req);
+
+/*
+ * durability = replicas: move the log records of `a` (applied, about to be
+ * answered without waiting for the disk) into an ACK_LOG entry queued for
+ * the storage thread, leaving `a` its LSN and duplicate flag.  srv->lock held.
+ */
+void srv_log_behind(struct srv *s, struct pending_ack *a);
 
 /* ---- replica.c: a primary's streams to its backups (srv->lock held) ---------------- */
 

@@ -85,6 +85,20 @@ struct keel_jobspec {
     uint64_t checkpoint_interval;      /* clocks between checkpoints, 0 = none */
     unsigned replication;              /* replicas per range, 1..5 */
     uint32_t shards;                   /* the dataset's shard count, as imported */
+    /*
+     * lost_ranges = fail | rewind: when no replica, store or checkpoint
+     * holds a range's trained state, fail the job naming the range (0, the
+     * default), or start the range from its initializer and rewind every
+     * shard to where that range is, the beginning (1).
+     */
+    int lost_ranges_rewind;
+    /*
+     * durability = replicas | disk: a push is acknowledged once every
+     * in-sync replica of its ranges has applied it, the update log written
+     * behind (0, the default); or once every one of them has also committed
+     * it to its update log (1).
+     */
+    int durability_disk;
 };
 
 /*

@@ -374,7 +374,7 @@ Test(server, pushes_are_acked_applied_once_and_survive_sigkill)
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.1f * (float)(i + 1);
-    write_job("j1", "asp");
+    write_job("j1", "asp\ndurability = disk"); /* an ACK once the log record is committed */
     c = start_server(addr, sizeof(addr));
 
     r = push(c, "w1", 0, 1, 0, grads);
@@ -434,7 +434,7 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.1f * (float)(i + 1);
-    write_job("j1", "asp");
+    write_job("j1", "asp\ndurability = disk");
     c = start_server(addr, sizeof(addr));
     r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
@@ -445,8 +445,8 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 
     /* j1 ends; j2 (the same model and seed) starts on the same server. */
     end_job("j1");
-    write_job("j2", "asp");
-    r = push(c, "w1", 0, 1, 0, grads); /* j2's first push has j1's (shard, seq) */
+    write_job("j2", "asp\ndurability = disk"); /* its ACK survives the SIGKILL below */
+    r = push(c, "w1", 0, 1, 0, grads);         /* j2's first push has j1's (shard, seq) */
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "j2's push was taken for j1's duplicate");
     keel_reply_free(r);
@@ -586,7 +586,7 @@ Test(server, a_failed_log_commit_stops_the_server_before_any_ack)
 
     for (int i = 0; i < 15; i++)
         grads[i] = 0.01f * (float)(i + 1);
-    write_job("j1", "asp");
+    write_job("j1", "asp\ndurability = disk"); /* an ACK once the log record is committed */
     c = start_server(addr, sizeof(addr));
     r = push(c, "w1", 0, 1, 1, grads);
     cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);

@@ -185,6 +185,8 @@ static struct bad_spec bad_specs[] = {
     {"[job]\nreplication = 6\n", "t.ini:2: [job] replication: must be an integer from 1 to 5"},
     {"[job]\nreplication = 0\n", "t.ini:2: [job] replication"},
     {"[job]\nshards = 4097\n", "t.ini:2: [job] shards: must be an integer from 1 to 4096"},
+    {"[job]\nlost_ranges = restart\n", "t.ini:2: [job] lost_ranges: must be fail or rewind"},
+    {"[job]\ndurability = fsync\n", "t.ini:2: [job] durability: must be replicas or disk"},
     {"[optimizer]\ntype = rmsprop\n", "t.ini:2: [optimizer] type: must be sgd, momentum"},
     {"[optimizer]\nlr = 0\n", "t.ini:2: [optimizer] lr: must be a number greater than 0"},
     {"[optimizer]\nlr = 11\n", "t.ini:2: [optimizer] lr: must be a number greater than 0"},
@@ -273,6 +275,10 @@ static const char *const good_texts[] = {
     "beta1 = 0\nbeta2 = 0.9999999999\nepsilon = 1\n[init]\nmethod = zeros\nseed = 0\n",
     MINIMAL "[optimizer]\nlr_decay = 0.8\nlr_decay_every = 235\n",
     MINIMAL "[optimizer]\nlr_decay = 1\nlr_decay_every = 1000000000\n",
+    MINIMAL "lost_ranges = rewind\n",
+    MINIMAL "lost_ranges = fail\n",
+    MINIMAL "durability = disk\nlost_ranges = rewind\n",
+    MINIMAL "durability = replicas\n",
 };
 
 Test(jobspec, json_round_trip_is_exact)
@@ -296,6 +302,8 @@ Test(jobspec, json_round_trip_is_exact)
         cr_assert_eq(back.staleness, spec.staleness);
         cr_assert_eq(back.optimizer.lr_decay, spec.optimizer.lr_decay);
         cr_assert_eq(back.optimizer.lr_decay_every, spec.optimizer.lr_decay_every);
+        cr_assert_eq(back.lost_ranges_rewind, spec.lost_ranges_rewind);
+        cr_assert_eq(back.durability_disk, spec.durability_disk);
         keel_jobspec_digest_hex(&spec, h1);
         keel_jobspec_digest_hex(&back, h2);
         cr_assert_str_eq(h1, h2);
@@ -316,6 +324,38 @@ Test(jobspec, canonical_json_shows_only_used_parameters)
         "\"d1\",\"epochs\":1,\"format\":1,\"init\":{\"method\":\"glorot\",\"seed\":1},\"model\":"
         "\"softmax:4-3\",\"name\":\"j1\",\"optimizer\":{\"beta1\":0.9,\"beta2\":0.999,"
         "\"epsilon\":1e-8,\"lr\":0.001,\"type\":\"adam\"},\"replication\":2,\"shards\":8}");
+    keel_buf_release(&b);
+}
+
+Test(jobspec, lost_ranges_rewind_is_said_in_the_json_and_the_default_is_not)
+{
+    struct keel_buf b = KEEL_BUF_INIT;
+
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL, "t", &err), 0);
+    cr_assert_eq(spec.lost_ranges_rewind, 0, "a lost range fails the job by default");
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_null(strstr((char *)b.buf, "lost_ranges"), "older digests stay: %s", b.buf);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL "lost_ranges = rewind\n", "t", &err), 0);
+    cr_assert_eq(spec.lost_ranges_rewind, 1);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_not_null(strstr((char *)b.buf, "\"lost_ranges\":\"rewind\""), "%s", b.buf);
+    keel_buf_release(&b);
+}
+
+Test(jobspec, durability_is_replicas_unless_the_job_asks_for_disk)
+{
+    struct keel_buf b = KEEL_BUF_INIT;
+
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL, "t", &err), 0);
+    cr_assert_eq(spec.durability_disk, 0);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_null(strstr((char *)b.buf, "durability"), "older digests stay: %s", b.buf);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL "durability = disk\n", "t", &err), 0);
+    cr_assert_eq(spec.durability_disk, 1);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_not_null(strstr((char *)b.buf, "\"durability\":\"disk\""), "%s", b.buf);
     keel_buf_release(&b);
 }
 
@@ -372,6 +412,8 @@ static struct bad_json bad_jsons[] = {
     {J_HEAD J_INIT J_MODEL J_OPT "\"replication\":2,\"shards\":0}", "[job] shards"},
     {J_HEAD J_INIT J_MODEL J_OPT "\"replication\":2,\"shards\":-1}", "shards: must be an integer"},
     {J_HEAD J_INIT J_MODEL J_OPT "\"replication\":\"2\",\"shards\":8}", "replication: must be"},
+    {J_HEAD J_INIT "\"lost_ranges\":\"retry\"," J_MODEL J_OPT "\"replication\":2,\"shards\":8}",
+     "lost_ranges: must be fail or rewind"},
     {J_HEAD J_INIT "\"model\":\"softmax:4\",\"name\":\"j\"," J_OPT J_TAIL, "model: softmax takes"},
     {J_HEAD J_INIT "\"model\":\"softmax:4-3\",\"name\":\"a b\"," J_OPT J_TAIL, "name: must be"},
     {J_HEAD J_INIT "\"model\":\"softmax:4-3\",\"name\":7," J_OPT J_TAIL, "name: must be a string"},
