@@ -130,6 +130,28 @@ static const struct keel_replica_report *report_of(const struct reports *rep, co
     return x >= 0 && rep->ok[x] ? &rep->r[x] : NULL;
 }
 
+/* Whether the primary of `range` reports it restoring: pushes held until the shards rewind. */
+static int restoring(const struct reports *rep, unsigned range)
+{
+    const char *p = keel_assign_primary(rep->a, range);
+    const struct keel_replica_report *r = p ? report_of(rep, p) : NULL;
+
+    return r != NULL && r->restoring[range] && r->terms[range] == keel_assign_term(rep->a, range);
+}
+
+/* The ranges restoring, "3, 17", into `out` (empty when none). */
+static void restoring_text(const struct reports *rep, FILE *out)
+{
+    unsigned n = 0;
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        if (restoring(rep, r))
+            fprintf(out, "%s%u", n++ ? ", " : "\nrestoring   ranges ", r);
+    if (n > 0)
+        fprintf(out, ": restored from a store, pushes held until the leader rewinds the "
+                     "shards\n");
+}
+
 /* The LSN of `range` its primary reports: 0 and *lsn set, or -1 when it reports none. */
 static int primary_lsn(const struct reports *rep, unsigned range, uint64_t *lsn)
 {
@@ -217,12 +239,13 @@ json_t *keelctl_status_json(const struct keel_config *config, const struct keel_
                 json_array_append_new(k < insync ? in : syncing, json_string(ids[k]));
             }
             json_array_append_new(
-                ranges, json_pack("{s:i, s:o, s:o, s:I, s:o, s:o, s:o}", "range", (int)r, "primary",
-                                  n ? json_string(ids[0]) : json_null(), "backups", b, "term",
-                                  (json_int_t)keel_assign_term(a, r), "in_sync", in, "syncing",
-                                  syncing, "lsn",
+                ranges, json_pack("{s:i, s:o, s:o, s:I, s:o, s:o, s:o, s:b}", "range", (int)r,
+                                  "primary", n ? json_string(ids[0]) : json_null(), "backups", b,
+                                  "term", (json_int_t)keel_assign_term(a, r), "in_sync", in,
+                                  "syncing", syncing, "lsn",
                                   primary_lsn(&rep, r, &lsn) == 0 ? json_integer((json_int_t)lsn)
-                                                                  : json_null()));
+                                                                  : json_null(),
+                                  "restoring", restoring(&rep, r)));
         }
         for (size_t i = 0; i < keel_assign_server_count(a); i++) {
             unsigned replicas, primaries;
@@ -402,6 +425,7 @@ void keelctl_status_text(const struct keel_config *config, const struct keel_cst
                         bi.syncing, lag);
             }
             ranges_text(&rep, out);
+            restoring_text(&rep, out);
             reports_release(&rep);
         } else {
             fprintf(out, "  no server: no range has a replica\n");

@@ -78,7 +78,8 @@ static void assignment_json(struct keel_buf *b)
 }
 
 /*
- * Reports: s1 (incarnation 4) leads its ranges at LSN 1000 + range; s2
+ * Reports: s1 (incarnation 4) leads its ranges at LSN 1000 + range, ranges 0
+ * and 12 restored from its store and held until the shards rewind; s2
  * (incarnation 5) leads its ranges at 2000 and backs s1's in-sync ranges 7
  * behind; s3's report is from incarnation 2, before its restart (6).
  */
@@ -102,6 +103,11 @@ static void report_json(int server, struct keel_buf *b)
             else
                 rep.lsns[r] = (idx[0] == 0 ? 1000 + r : 2000) - 7;
         }
+    }
+    if (server == 0) {
+        rep.restoring[0] = rep.restoring[12] = 1;
+        rep.nfloor = 2;
+        rep.floor[1] = 7;
     }
     keel_buf_reset(b);
     keel_replica_report_encode(&rep, b);
@@ -200,6 +206,9 @@ Test(status, text_has_syncing_lag_and_ranges)
                            "     5        1252..1255\n"),
               "%s", text);
     cr_expect(strstr(text, "\n  255 ") == NULL, "%s", text);
+    cr_expect(strstr(text, "\nrestoring   ranges 0, 12: restored from a store, pushes held until "
+                           "the leader rewinds the shards\n"),
+              "%s", text);
     free(text);
     keel_assign_free(a);
     keel_cstate_release(&s);
@@ -221,6 +230,9 @@ Test(status, json_has_terms_sets_lsns_and_lag)
     cr_assert_str_eq(json_string_value(json_array_get(json_object_get(r, "syncing"), 0)), "s2");
     cr_assert_eq(json_integer_value(json_object_get(r, "lsn")), 1013);
     cr_assert_eq(json_array_size(json_object_get(r, "backups")), 1);
+    cr_assert(json_is_false(json_object_get(r, "restoring")));
+    cr_assert(json_is_true(
+        json_object_get(json_array_get(json_object_get(j, "ranges"), 12), "restoring")));
     r = json_array_get(json_object_get(j, "ranges"), 9);
     cr_assert_str_eq(json_string_value(json_array_get(json_object_get(r, "in_sync"), 0)), "s1");
     cr_assert_str_eq(json_string_value(json_array_get(json_object_get(r, "syncing"), 0)), "s2");
