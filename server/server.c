@@ -57,17 +57,17 @@ static int shard_moved(void *user, const struct keel_etcd_kv *kv)
            (sh.pass > 0 || sh.batch > 0);
 }
 
-/* Whether the running job has trained: a shard of it has moved in etcd. */
-static int job_trained(struct srv *s)
+/* Call `fn` on each of the running job's shard keys until it returns non-zero; that value. */
+static int each_shard(struct srv *s, int (*fn)(void *user, const struct keel_etcd_kv *kv))
 {
     struct keel_buf prefix = KEEL_BUF_INIT;
-    int trained;
+    int rc;
 
     keel_key_job_prefix(&prefix, s->cluster, s->job);
     keel_buf_add_str(&prefix, "shards/");
-    trained = keel_cview_each(s->view, keel_key_str(&prefix), shard_moved, s) != 0;
+    rc = keel_cview_each(s->view, keel_key_str(&prefix), fn, s);
     keel_buf_release(&prefix);
-    return trained;
+    return rc;
 }
 
 static int any_key(void *user, const struct keel_etcd_kv *kv)
@@ -77,17 +77,16 @@ static int any_key(void *user, const struct keel_etcd_kv *kv)
     return 1;
 }
 
+/* Whether the running job has trained: a shard of it has moved in etcd. */
+static int job_trained(struct srv *s)
+{
+    return each_shard(s, shard_moved) != 0;
+}
+
 /* Whether a coordinator leases the running job's shards (it can rewind them). */
 static int job_leased(struct srv *s)
 {
-    struct keel_buf prefix = KEEL_BUF_INIT;
-    int leased;
-
-    keel_key_job_prefix(&prefix, s->cluster, s->job);
-    keel_buf_add_str(&prefix, "shards/");
-    leased = keel_cview_each(s->view, keel_key_str(&prefix), any_key, NULL) != 0;
-    keel_buf_release(&prefix);
-    return leased;
+    return each_shard(s, any_key) != 0;
 }
 
 /*

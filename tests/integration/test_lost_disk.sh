@@ -25,12 +25,7 @@ fi
 
 # --- s1's disk lost ----------------------------------------------------------------------
 cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment >"$tmp/assignment.json"
-run cl kill --dir "$dir" server s1
-expect_status 0 "SIGKILL server s1"
-rm -rf "$dir/data/server-s1"
-reimport s1
-run cl start --dir "$dir" server s1
-expect_status 0 "start s1 again on an empty data directory"
+lose_disk s1
 t0=$(now_ms)
 failed() { [ "$(job_field state)" = failed ]; }
 if wait_for 30 failed; then

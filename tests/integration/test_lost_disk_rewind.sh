@@ -30,12 +30,7 @@ if wait_for 120 past_a_tenth; then ok; else
 fi
 
 # --- s1's disk lost ----------------------------------------------------------------------
-run cl kill --dir "$dir" server s1
-expect_status 0 "SIGKILL server s1"
-rm -rf "$dir/data/server-s1"
-reimport s1
-run cl start --dir "$dir" server s1
-expect_status 0 "start s1 again on an empty data directory"
+lose_disk s1
 t0=$(now_ms)
 says() { grep -q "starting it from its initializer (lost_ranges = rewind)" "$dir/logs/server-s1.log"; }
 if wait_for 60 says; then ok; else
@@ -52,12 +47,5 @@ fi
 grep -h "rewound" "$dir"/logs/coordinator-*.log
 starts=$(grep -h "shard [0-9]* rewound from .* to (0, 0)" "$dir"/logs/coordinator-*.log | wc -l)
 [ "$starts" -eq 4 ] && ok || fail "$starts of 4 shards rewound to the start"
-state_done() { [ "$(job_field state)" = done ]; }
-if wait_for 400 state_done; then ok; else
-    fail "r1 did not finish: '$(job_field state)'" "$(kc job show r1 2>&1 | tail -n 15)"
-fi
-save_final_assignment
-run cl down --dir "$dir"
-expect_status 0 "cluster down"
-check_replicas 24000 39
+done_then_check 24000 39
 finish

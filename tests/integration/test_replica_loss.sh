@@ -94,12 +94,5 @@ restored() { grep -qE "restored from the store" "$dir/logs/server-s1.log" "$dir/
 if wait_for 30 restored; then ok; else
     fail "neither s1 nor s2 says it restored ranges from its store" "$(grep -h opened "$dir"/logs/server-s[12].log)"
 fi
-state_done() { [ "$(job_field state)" = done ]; }
-if wait_for 400 state_done; then ok; else
-    fail "r1 did not finish" "$(kc job show r1 2>&1 | tail -n 15)"
-fi
-save_final_assignment
-run cl down --dir "$dir"
-expect_status 0 "cluster down"
-check_replicas $((600 * epochs)) $((epochs - 1))
+done_then_check $((600 * epochs)) $((epochs - 1))
 finish

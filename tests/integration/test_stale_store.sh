@@ -74,12 +74,5 @@ if wait_for 30 serving; then ok; else
     fail "s1 does not serve its restored ranges again" "$(tail -n 5 "$dir/logs/server-s1.log")"
 fi
 
-state_done() { [ "$(job_field state)" = done ]; }
-if wait_for 400 state_done; then ok; else
-    fail "r1 did not finish" "$(kc job show r1 2>&1 | tail -n 15)"
-fi
-save_final_assignment
-run cl down --dir "$dir"
-expect_status 0 "cluster down"
-check_replicas 24000 39
+done_then_check 24000 39
 finish

@@ -203,10 +203,10 @@ else
     fail "no duplicate acknowledgements after the restart" "$(tail -n 20 "$tmp/w1.log")"
 fi
 
-# Progress keys advance while it works.
+# Progress keys advance while it works (past the batch, or on to the next pass).
 b1=$(json_field jobs/fm/progress/0 batch)
 wait_for 20 bash -c "[ \"\$(ETCDCTL_API=3 etcdctl --endpoints $ETCD_ENDPOINT get --print-value-only \
-    /keel/t/jobs/fm/progress/0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"batch\"])')\" \
+    /keel/t/jobs/fm/progress/0 | python3 -c 'import json,sys; p = json.load(sys.stdin); print(p[\"pass\"] << 32 | p[\"batch\"])')\" \
     -gt $b1 ]" && ok || fail "progress key did not advance past batch $b1"
 [ "$(json_field jobs/fm/progress/0 incarnation)" = "$inc2" ] && ok ||
     fail "progress does not carry the new incarnation $inc2"

@@ -31,6 +31,11 @@
 #   save_final_assignment  with the cluster up and r1 done: the assignment as it was when
 #                          r1's state became done (etcd's history at that revision),
 #                          into $tmp/final-assignment.json (scripts/lib/final-assignment.sh)
+#   lose_disk SERVER       SIGKILL SERVER, remove its data directory, import the dataset
+#                          into a new one (reimport) and start SERVER again on it
+#   done_then_check PUSHES PASS
+#                          r1 done within 400 s, save_final_assignment, the cluster down,
+#                          then check_replicas PUSHES PASS
 #   check_replicas PUSHES PASS
 #                          with the cluster down, after save_final_assignment: every
 #                          in-sync replica of every range holding rows, in that
@@ -135,6 +140,27 @@ check_stores() {
     done
     [ "$rows" = "$want_rows" ] && ok ||
         fail "the servers hold $rows rows of the model, expected $want_rows"
+}
+
+lose_disk() {
+    run cl kill --dir "$dir" server "$1"
+    expect_status 0 "SIGKILL server $1"
+    rm -rf "$dir/data/server-$1"
+    reimport "$1"
+    run cl start --dir "$dir" server "$1"
+    expect_status 0 "start $1 again on an empty data directory"
+}
+
+done_then_check() {
+    local state
+    state_done() { state=$(job_field state) && [ "$state" = done ]; }
+    if wait_for 400 state_done; then ok; else
+        fail "r1 did not finish: it is '${state:-?}'" "$(kc job show r1 2>&1 | tail -n 15)"
+    fi
+    save_final_assignment
+    run cl down --dir "$dir"
+    expect_status 0 "cluster down"
+    check_replicas "$1" "$2"
 }
 
 save_final_assignment() {
