@@ -48,7 +48,8 @@ esac
 
 name="$1"
 shift
-if ! list_benches | grep -qxF -- "$name"; then
+# grep reads the whole list (no -q): an early exit would fail the pipe (pipefail).
+if ! list_benches | grep -xF -- "$name" >/dev/null; then
     echo "bench.sh: unknown benchmark '$name'; available: $(list_benches | paste -sd ' ' -)" >&2
     exit 2
 fi
