@@ -1,12 +1,14 @@
 /*
- * failover.c - the replica sets while a job runs (keel_assign_failover()).
+ * failover.c - the replica sets while a job runs (keel_assign_failover(),
+ * keel_assign_balance_primaries()).
  *
  * Servers hold data then, so unlike the rebalancer (assign.c) no replica
  * moves for balance: a range whose primary died is led by a backup that is
  * in sync (it has every acknowledged update), a range with no in-sync replica
  * alive waits for one, missing backups are placed as syncing, and a syncing
  * backup joins the in-sync prefix once it reports a copy of the range's
- * current term.  No primary moves for balance: see docs/coordinator.md.
+ * current term and its primary pledges it.  Primaries are shared again only
+ * by role swaps with such backups: see docs/coordinator.md.
  *
  * Like the rebalancer it works over the union of the table's servers and the
  * live ones: dead servers that a waiting range still names stay listed.
@@ -394,4 +396,72 @@ int keel_assign_lost(const keel_assign *a, unsigned range, const struct keel_ass
             return 0;
     }
     return 1;
+}
+
+unsigned keel_assign_balance_primaries(keel_assign *a, const char *const *live, size_t nlive,
+                                       struct keel_assign_stats *stats)
+{
+    unsigned char alive[KEEL_ASSIGN_MAX_SERVERS] = {0}, swapped[NR] = {0};
+    unsigned pri[KEEL_ASSIGN_MAX_SERVERS] = {0}, total = 0, nalive = 0, hi, nswaps = 0;
+
+    for (size_t i = 0; i < a->nservers && i < KEEL_ASSIGN_MAX_SERVERS; i++)
+        for (size_t j = 0; j < nlive; j++)
+            if (live[j] != NULL && strcmp(a->servers[i], live[j]) == 0) {
+                alive[i] = 1;
+                nalive++;
+                break;
+            }
+    for (unsigned r = 0; r < NR; r++)
+        if (a->count[r] > 0 && alive[a->replica[r][0]]) {
+            pri[a->replica[r][0]]++;
+            total++;
+        }
+    if (nalive < 2)
+        return 0;
+    hi = (total + nalive - 1) / nalive; /* ceil: the most primaries a server should lead */
+    for (unsigned r = 0; r < NR; r++) {
+        uint16_t p = a->count[r] ? a->replica[r][0] : NONE, b = NONE;
+        unsigned k, bk = 0;
+
+        if (p == NONE || !alive[p] || pri[p] <= hi)
+            continue;
+        for (k = 1; k < a->insync[r]; k++) {
+            uint16_t s = a->replica[r][k];
+
+            if (alive[s] && pri[s] + 1 < pri[p] && (b == NONE || pri[s] < pri[b])) {
+                b = s;
+                bk = k;
+            }
+        }
+        if (b == NONE)
+            continue;
+        /* [b, p, the other in-sync backups, the syncing backups]: as many in sync. */
+        {
+            uint16_t set[MAXR];
+            unsigned n = 0;
+
+            set[n++] = b;
+            set[n++] = p;
+            for (k = 1; k < a->insync[r]; k++)
+                if (k != bk)
+                    set[n++] = a->replica[r][k];
+            memcpy(a->replica[r], set, n * sizeof(uint16_t));
+        }
+        pri[p]--;
+        pri[b]++;
+        swapped[r] = 1;
+        nswaps++;
+    }
+    if (nswaps > 0) {
+        a->version++;
+        for (unsigned r = 0; r < NR; r++)
+            if (swapped[r])
+                a->term[r] = a->version;
+    }
+    if (stats) {
+        memset(stats, 0, sizeof(*stats));
+        stats->changed = nswaps > 0;
+        stats->primary_changes = nswaps;
+    }
+    return nswaps;
 }

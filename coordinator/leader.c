@@ -649,6 +649,15 @@ static void reports_release(struct reports *r)
     free(r->synced);
 }
 
+/* Whether a live server reports a range restored from its store, waiting for a rewind. */
+static int reports_restoring(const struct reports *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->r[i].nfloor > 0)
+            return 1;
+    return 0;
+}
+
 /*
  * For ranges that a primary restored from its store while `j` trains (its
  * replica report lists them as restoring, at the range's current term), the
@@ -785,7 +794,9 @@ out:
  * failover (keel_assign_failover()): a dead primary's range is led by an
  * in-sync backup, new backups start out of sync and enter the in-sync set
  * once their replica report shows the primary's copy at the range's term,
- * and a range with no live in-sync replica waits for its primary.  A server
+ * and a range with no live in-sync replica waits for its primary; then
+ * primaries are shared again by role swaps with in-sync backups
+ * (keel_assign_balance_primaries()), unless a range waits for a rewind.  A server
  * that restarted (a new incarnation) lost its memory: it first leaves every
  * range ("stay" excludes it), then joins again as a new replica.
  */
@@ -885,16 +896,16 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         static const char *const why[] = {"replication", "servers changed",
                                           "restarted servers rejoined", "settled"};
         static const char *const fwhy[] = {"failover", "restarted servers rejoined",
-                                           "backups in sync", NULL};
+                                           "backups in sync", "primaries shared again"};
         struct keel_assign_stats st;
 
         memset(&st, 0, sizeof(st));
         before = keel_assign_clone(a);
-        if (running) {
-            if (fwhy[step] == NULL) {
-                keel_assign_free(before);
-                break;
-            }
+        if (running && step == 3) {
+            /* Not while a range waits for a rewind: its backups copy what it restored. */
+            if (!reports_restoring(&rep))
+                keel_assign_balance_primaries(a, live, nlive, &st);
+        } else if (running) {
             rc = keel_assign_failover(a, replication, step == 0 ? stay : live,
                                       step == 0 ? nstay : nlive, rep.synced, rep.n, &st, err);
         } else if (step == 0 && keel_assign_replication(a) != replication) {

@@ -239,6 +239,25 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
                          struct keel_assign_stats *stats, struct keel_error *err);
 
 /*
+ * Share the primaries again while a job runs (after keel_assign_failover()
+ * has brought backups back in sync): a range whose primary is live and
+ * leads more than ceil(P / N) ranges (P ranges led by the N live servers of
+ * the table) is led instead by its live in-sync backup that leads the
+ * fewest, if that one leads at least two fewer than it: a role swap, no data
+ * moves.  The backup was in sync, so it holds every acknowledged update (its
+ * primary pledged it, keel/replicas.h).  The old primary stays in sync,
+ * first among the backups: it holds every update it acknowledged, and the
+ * new primary acknowledges nothing it has not confirmed (its stream starts
+ * with a copy of the range at the new term, since it may also hold updates
+ * it applied and the new primary never had).  So a swap never leaves a range
+ * with fewer in-sync replicas.  Each swapped range's term becomes the new
+ * version V = old + 1, taken only when a range was swapped.  Returns the swaps made;
+ * `stats` (may be NULL) gets changed and primary_changes.
+ */
+unsigned keel_assign_balance_primaries(keel_assign *a, const char *const *live, size_t nlive,
+                                       struct keel_assign_stats *stats);
+
+/*
  * Append the table's canonical JSON to `out`:
  *   {"epoch":1234,"insync":[2,1,...],"ranges":[[0,2,1],...],"replication":3,
  *    "servers":["s1","s2","s3"],"terms":[7,3,...],"version":7}

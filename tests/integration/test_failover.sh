@@ -4,7 +4,7 @@
 #
 # A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 3 servers, 2
 # workers, lease TTL 3 s, Fashion-MNIST in 4 shards) trains softmax
-# regression (BSP, SGD, batch 100, 16 epochs) with `replication = 2`.
+# regression (BSP, SGD, batch 100, 30 epochs) with `replication = 2`.
 #  1. Once every range has an in-sync backup, the server that leads the
 #     most ranges holding rows is SIGKILLed and never started again: its
 #     backups are promoted, and the job's recorded progress moves on within
@@ -13,13 +13,14 @@
 #  2. Later another server is SIGSTOPped for 10 s (past the TTL: its lease
 #     expires and its ranges are led by their backups), then SIGCONTed: it
 #     registers again and rejoins as a backup of every range, copying what it
-#     lacks (no primary moves back while the job runs).
+#     lacks; once in sync it leads at least 100 of the 256 ranges again
+#     (role swaps with the in-sync backups), and every range is in sync.
 #  3. That server is SIGKILLed, its data directory removed (a lost disk) and
 #     it is started again empty (the dataset imported anew): it copies every
 #     range from its primary and is in sync again.
 #  3. The job finishes above 0.75 test accuracy; read from the two survivors'
 #     stores, every range holding rows applied exactly one push per batch
-#     (16 epochs x 4 shards x 150 = 9600) and records every shard at the end
+#     (30 epochs x 4 shards x 150 = 18000) and records every shard at the end
 #     of the last pass, and both replicas of each range have the same rows
 #     and optimizer state.  An update acknowledged by the stalled server
 #     after its ranges moved, and not held by the new primary, would show as
@@ -32,7 +33,7 @@ srcdir=$2
 . "$srcdir/tests/lib/cluster_job.sh"
 
 ttl_s=3
-up_and_submit 3 16 2
+up_and_submit 3 30 2
 
 if wait_for 60 all_in_sync; then ok; else
     fail "the ranges did not all get an in-sync backup" "$(cl etcdctl --dir "$dir" get --print-value-only /keel/t/assignment | head -c 600)"
@@ -53,7 +54,7 @@ t0=$(now_ms)
 moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 20))" ]; }
 if wait_for 30 moved; then
     took=$(($(now_ms) - t0))
-    echo "server $victim SIGKILLed at $at of 9600 batches and left down; progress again after $took ms (lease TTL ${ttl_s} s)"
+    echo "server $victim SIGKILLed at $at of 18000 batches and left down; progress again after $took ms (lease TTL ${ttl_s} s)"
     [ "$took" -le 10000 ] && ok || fail "progress took $took ms after the SIGKILL, more than 10 s"
 else
     fail "no progress after $victim's SIGKILL" "$(kc job show r1 2>&1 | tail -n 12)"
@@ -84,7 +85,7 @@ at=$(done_batches)
 sleep 10
 moved_alone() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((at + 20))" ]; }
 n=$(done_batches)
-[ "${n:-0}" -lt 9600 ] || fail "the job was done before $stalled was woken up: make it longer"
+[ "${n:-0}" -lt 18000 ] || fail "the job was done before $stalled was woken up: make it longer"
 if moved_alone; then
     echo "progress while $stalled was stopped: $at -> $n batches"
     ok
@@ -104,10 +105,19 @@ if wait_for 60 rejoined; then
 else
     fail "$stalled did not rejoin in sync" "$(assignment_py 'a')"
 fi
+# Once in sync, it leads its share again: role swaps with the in-sync backups.
+led_by() { assignment_py "sum(1 for r in a['ranges'] if r and a['servers'][r[0]] == '$1')"; }
+shared() { local n; n=$(led_by "$stalled") && [ "${n:-0}" -ge 100 ] && all_in_sync; }
+if wait_for 60 shared; then
+    echo "$stalled leads $(led_by "$stalled") of 256 ranges again, $other $(led_by "$other"); all in sync"
+    ok
+else
+    fail "$stalled does not lead its share of the ranges again" "$(assignment_py 'a')"
+fi
 
 # --- 3. a server's disk lost: it starts empty and copies every range ------------------
 n=$(done_batches)
-[ "${n:-0}" -lt 8000 ] || fail "the job is nearly done before the disk loss: make it longer"
+[ "${n:-0}" -lt 15000 ] || fail "the job is nearly done before the disk loss: make it longer"
 v0=$(assignment_py 'a["version"]')
 run cl kill --dir "$dir" server "$stalled"
 expect_status 0 "SIGKILL server $stalled"
@@ -133,11 +143,11 @@ fi
 acc=$(kc job show r1 --json 2>/dev/null | python3 -c 'import json,sys
 c = json.load(sys.stdin)["accuracy_curve"]
 print("%.4f" % c[-1]["accuracy"] if c else "0")')
-echo "test accuracy after 16 epochs through a dead and a stalled server: $acc"
+echo "test accuracy after 30 epochs through a dead and a stalled server: $acc"
 if python3 -c "import sys; sys.exit(0 if float('${acc:-0}') > 0.75 else 1)"; then ok; else
     fail "test accuracy '$acc' is not above 0.75"
 fi
 run cl down --dir "$dir"
 expect_status 0 "cluster down"
-check_stores 9600 15 "$survivors" 20
+check_stores 18000 29 "$survivors" 20
 finish

@@ -44,7 +44,7 @@ start_server() { # ID
     "$bindir/keel-server" "${common[@]}" -o cluster.etcd="$ETCD_ENDPOINT" -o node.id="$id" \
         -o node.data_dir="$tmp/$id" -o tls.ca="$tmp/pki/ca.crt" \
         -o tls.cert="$tmp/pki/server-$id.crt" -o tls.key="$tmp/pki/server-$id.key" \
-        -o server.snapshot_interval=1h >>"$tmp/$id.log" 2>&1 &
+        -o server.snapshot_interval=1h -o server.group_commit=5ms >>"$tmp/$id.log" 2>&1 &
     pid[$id]=$!
 }
 start_worker() { # ID [extra options...]
@@ -112,6 +112,9 @@ epochs = 1
 consistency = bsp
 replication = 1
 shards = 2
+; a push waits for its commit, which waits 5 ms for more ([server] group_commit): a pace
+; slow enough for the kills below to land mid-shard
+durability = disk
 
 [optimizer]
 type = sgd

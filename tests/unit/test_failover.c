@@ -457,3 +457,78 @@ Test(failover, a_replica_that_lost_its_state_leaves_the_insync_set)
     check_roundtrip(a);
     keel_assign_free(a);
 }
+
+/*
+ * Primaries shared again while a job runs: role swaps with live in-sync
+ * backups only; the old primary stays in sync, first among the backups, and
+ * the range's term becomes the new version.
+ */
+Test(failover, primaries_are_shared_again_by_swaps_with_insync_backups)
+{
+    keel_assign *a = table(4, 2, "ab", (struct range_spec){0, "ab", 2, 3}, NULL, 0);
+    struct keel_assign_stats st;
+    unsigned led[2] = {0}, swapped = 0;
+
+    cr_assert_eq(keel_assign_balance_primaries(a, (const char *const[]){"a", "b"}, 2, &st), 128);
+    cr_assert(st.changed);
+    cr_assert_eq(st.primary_changes, 128);
+    cr_assert_eq(keel_assign_version(a), 5);
+    for (unsigned r = 0; r < NR; r++) {
+        const char *s = set_of(a, r);
+
+        led[s[0] - 'a']++;
+        if (s[0] == 'b') {
+            swapped++;
+            cr_assert_str_eq(s, "ba", "range %u: a follows b", r);
+            cr_assert_eq(keel_assign_insync(a, r), 2, "range %u: both still in sync", r);
+            cr_assert_eq(keel_assign_term(a, r), 5, "range %u: a new term", r);
+        } else {
+            cr_assert_eq(keel_assign_insync(a, r), 2);
+            cr_assert_eq(keel_assign_term(a, r), 3, "range %u: untouched", r);
+        }
+    }
+    cr_assert(led[0] == 128 && led[1] == 128, "a leads %u, b %u", led[0], led[1]);
+    cr_assert_eq(keel_assign_balance_primaries(a, (const char *const[]){"a", "b"}, 2, &st), 0,
+                 "balanced: nothing more to swap");
+    cr_assert_not(st.changed);
+    cr_assert_eq(keel_assign_version(a), 5);
+    check_roundtrip(a);
+    keel_assign_free(a);
+}
+
+Test(failover, only_live_insync_backups_take_over_a_primary)
+{
+    /* a leads everything; b is in sync but dead, c only syncing, d in sync in range 9. */
+    static const struct range_spec except[] = {{9, "adc", 2, 3}};
+    keel_assign *a = table(4, 3, "abcd", (struct range_spec){0, "abc", 2, 3}, except, 1);
+    struct keel_assign_stats st;
+
+    cr_assert_eq(keel_assign_balance_primaries(a, (const char *const[]){"a", "c", "d"}, 3, &st), 1);
+    cr_assert_str_eq(set_of(a, 9), "dac");
+    cr_assert_eq(keel_assign_insync(a, 9), 2);
+    cr_assert_eq(keel_assign_term(a, 9), 5);
+    cr_assert_str_eq(set_of(a, 0), "abc", "b is dead and c syncing: a keeps it");
+    cr_assert_eq(keel_assign_term(a, 0), 3);
+    keel_assign_free(a);
+}
+
+Test(failover, three_replicas_share_among_the_live_insync_backups)
+{
+    keel_assign *a = table(4, 3, "abc", (struct range_spec){0, "abc", 3, 3}, NULL, 0);
+    unsigned led[3] = {0};
+
+    cr_assert_gt(keel_assign_balance_primaries(a, (const char *const[]){"a", "b", "c"}, 3, NULL),
+                 0);
+    for (unsigned r = 0; r < NR; r++) {
+        const char *s = set_of(a, r);
+
+        led[s[0] - 'a']++;
+        if (s[0] != 'a') {
+            cr_assert_eq(keel_assign_insync(a, r), 3, "range %u: %s", r, s);
+            cr_assert_eq(s[1], 'a', "range %u: %s, a first among the backups", r, s);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        cr_assert(led[i] >= 85 && led[i] <= 86, "%c leads %u", 'a' + i, led[i]);
+    keel_assign_free(a);
+}
