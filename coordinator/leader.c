@@ -52,6 +52,8 @@ struct keel_leader {
     char job[KEEL_ID_MAX + 1]; /* the job `seen` belongs to */
     int64_t *seen;             /* per shard: mod revision of the last progress handled */
     uint32_t nseen;
+    uint64_t settle_ms;  /* keel_leader_opts */
+    uint64_t settled_ms; /* monotonic ms of the last failover change or of taking the lead */
 };
 
 static void wake(keel_leader *l)
@@ -73,6 +75,7 @@ static void forget(keel_leader *l)
     l->job[0] = '\0';
     l->newest = 0;
     l->read_etcd = 1;
+    l->settled_ms = 0;
 }
 
 /*
@@ -902,8 +905,11 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         memset(&st, 0, sizeof(st));
         before = keel_assign_clone(a);
         if (running && step == 3) {
-            /* Not while a range waits for a rewind: its backups copy what it restored. */
-            if (!reports_restoring(&rep))
+            /*
+             * Once failover has settled (see keel_leader_opts), and not while
+             * a range waits for a rewind: its backups copy what it restored.
+             */
+            if (keel_clock_mono_ms() - l->settled_ms >= l->settle_ms && !reports_restoring(&rep))
                 keel_assign_balance_primaries(a, live, nlive, &st);
         } else if (running) {
             rc = keel_assign_failover(a, replication, step == 0 ? stay : live,
@@ -915,6 +921,8 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         } else if (step >= 2) {
             rc = keel_assign_update(a, live, nlive, &st, err);
         }
+        if (l->settled_ms == 0 || (running && step < 3 && st.changed))
+            l->settled_ms = keel_clock_mono_ms();
         if (rc == 0 && st.changed)
             rc =
                 write_assignment(l, e, before, a, &st, running ? fwhy[step] : why[step], &mod, err);
@@ -1123,6 +1131,7 @@ int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct 
     l = keel_calloc(1, sizeof(*l));
     l->etcd = o->etcd;
     l->cluster = keel_strdup(o->cluster);
+    l->settle_ms = o->settle_ms;
     *out = l;
     return 0;
 }

@@ -54,6 +54,13 @@ typedef struct keel_leader keel_leader;
 struct keel_leader_opts {
     keel_etcd *etcd;     /* borrowed; outlives the leader */
     const char *cluster; /* [cluster] name */
+    /*
+     * While a job runs, primaries are shared again only once failover has
+     * left the assignment unchanged this long (and this long after the
+     * leadership began): a server that is dying but not yet known dead is
+     * found out first.  keel-coordinator uses two lease TTLs; 0: at once.
+     */
+    uint64_t settle_ms;
 };
 
 /* Errors: KEEL_EINVAL for a missing option. */
