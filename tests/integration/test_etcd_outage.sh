@@ -5,13 +5,14 @@
 #
 # A local cluster (scripts/cluster.sh: etcd, 2 coordinators, 2 servers, 2
 # workers, lease TTL 3 s, Fashion-MNIST in 4 shards) trains softmax
-# regression (BSP, SGD, batch 100, 3 epochs).  A tenth of the way in, etcd is
+# regression (BSP, SGD, batch 100, 60 epochs, `durability = disk`: a pace at
+# which the job outlasts the outage).  A tenth of the way in, etcd is
 # SIGKILLed and started again 30 s later from its data directory.  Every
 # node's lease is lost during the outage (it is ten TTLs long); checks:
 #  - every server and worker registers again with a higher incarnation;
 #  - the job's recorded progress moves again within 10 s of etcd's return;
 #  - the job finishes, and read from the stopped servers' stores every range
-#    applied exactly one push per batch (3 epochs x 4 shards x 150 = 1800).
+#    applied exactly one push per batch (60 epochs x 4 shards x 150 = 36000).
 set -u
 bindir=$1
 srcdir=$2
@@ -32,13 +33,14 @@ incarnation() {
         sed -n 's/.*"incarnation":\([0-9]*\).*/\1/p'
 }
 
-sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 3/' \
+sed -e 's/^name = .*/name = r1/' -e 's/^epochs = .*/epochs = 60/' \
+    -e 's/^replication = \(.*\)/replication = \1\ndurability = disk/' \
     "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
 sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
     fail "the example's batch size is no longer 100: the counts below assume it"
 run kc job submit "$tmp/job.ini"
 expect_status 0 "submit r1"
-past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 180 ]; }
+past_a_tenth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 3600 ]; }
 if wait_for 120 past_a_tenth; then ok; else
     fail "r1 did not get a tenth of the way" "$(kc job show r1 2>&1 | tail -n 12)"
 fi
@@ -66,10 +68,10 @@ done
 back=$(done_batches)
 moved() { local n; n=$(done_batches) && [ "${n:-0}" -gt "$((back + 20))" ]; }
 if wait_for 10 moved; then
-    echo "training moved again $(($(now_ms) - t0)) ms after etcd's return (at $back of 1800 batches)"
+    echo "training moved again $(($(now_ms) - t0)) ms after etcd's return (at $back of 36000 batches)"
     ok
 else
-    fail "no progress within 10 s of etcd's return (at $back of 1800 batches)" \
+    fail "no progress within 10 s of etcd's return (at $back of 36000 batches)" \
         "$(kc job show r1 2>&1 | tail -n 12)"
 fi
 state_done() { [ "$(job_field state)" = done ]; }
@@ -80,6 +82,6 @@ fi
 # --- the stores: one push per batch, each shard at its end ----------------------------
 run cl down --dir "$dir"
 expect_status 0 "cluster down"
-check_stores 1800 2
+check_stores 36000 59
 
 finish
