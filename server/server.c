@@ -389,7 +389,12 @@ static int check_lease(struct srv *s, const struct keel_msg_push *p, struct keel
 /* A push that touches a range restored from the store, before the shards were rewound. */
 static int restoring_range(struct srv *s, const struct keel_msg_push *p, struct keel_error *err)
 {
-    for (uint32_t k = 0; k < p->data.nkeys; k++) {
+    unsigned any = 0;
+
+    /* 256 flags first: the keys are hashed only while a range is held back. */
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && !any; r++)
+        any = s->report.restoring[r];
+    for (uint32_t k = 0; any && k < p->data.nkeys; k++) {
         unsigned r = keel_range_of(p->data.keys[k]);
 
         if (s->report.restoring[r])
