@@ -97,6 +97,10 @@ static const struct option_desc options[] = {
      "TTL of this node's etcd lease (membership, leadership); rounded up to seconds"},
     {"coordinator", "heartbeat", OPT_DURATION, F(coordinator_heartbeat_ms), "5s", 50, HOUR_MS,
      "interval of the leader's fenced heartbeat and work tick"},
+    {"coordinator", "restore_wait", OPT_DURATION, F(coordinator_restore_wait_ms), "60s", 0,
+     24 * HOUR_MS,
+     "how long a range whose in-sync replicas are all dead waits for one to return before it is "
+     "restored from the newest state a live server's store holds, and the job rewound to it"},
     {"worker", "log_every", OPT_UINT, F(worker_log_every), "100", 1, 1000000,
      "batches between a worker's progress lines in the log"},
     {"worker", "progress_interval", OPT_DURATION, F(worker_progress_interval_ms), "1s", 0, HOUR_MS,

@@ -50,6 +50,15 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
         json_object_set_new(root, "restoring", restoring);
         json_object_set_new(root, "floor", floor);
     }
+    for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++) {
+        json_t *stored;
+
+        if (r->stored[i] == 0 || r->terms[i] != 0)
+            continue;
+        if ((stored = json_object_get(root, "stored")) == NULL)
+            json_object_set_new(root, "stored", stored = json_array());
+        json_array_append_new(stored, json_pack("[I,I]", (json_int_t)i, (json_int_t)r->stored[i]));
+    }
     keel__json_dump_record(root, out);
 }
 
@@ -92,6 +101,36 @@ static int get_restoring(json_t *root, struct keel_replica_report *r, struct kee
     return 0;
 }
 
+/* "stored", if there: into r (whose terms are decoded). */
+static int get_stored(json_t *root, struct keel_replica_report *r, struct keel_error *err)
+{
+    json_t *stored = json_object_get(root, "stored"), *e;
+    size_t i;
+    long prev = -1;
+
+    if (stored == NULL)
+        return 0;
+    if (!json_is_array(stored) || json_array_size(stored) > KEEL_PROTO_NRANGES)
+        return keel__json_corrupt(err, "replicas", "stored: must be an array of at most %d entries",
+                                  KEEL_PROTO_NRANGES);
+    json_array_foreach(stored, i, e)
+    {
+        uint64_t range, lsn;
+
+        if (!json_is_array(e) || json_array_size(e) != 2 ||
+            get_int(json_array_get(e, 0), 0, &range) != 0 || range >= KEEL_PROTO_NRANGES ||
+            (long)range <= prev || r->terms[range] != 0 ||
+            get_int(json_array_get(e, 1), 1, &lsn) != 0)
+            return keel__json_corrupt(err, "replicas",
+                                      "stored[%zu]: must be [range, lsn] with ranges increasing "
+                                      "below %d, none listed in ranges, and an LSN of at least 1",
+                                      i, KEEL_PROTO_NRANGES);
+        prev = (long)range;
+        r->stored[range] = lsn;
+    }
+    return 0;
+}
+
 /* The ids after an entry's three numbers: distinct valid ids, into r's pledges of `range`. */
 static int get_pledged(json_t *e, struct keel_replica_report *r, unsigned range)
 {
@@ -114,7 +153,8 @@ static int get_pledged(json_t *e, struct keel_replica_report *r, unsigned range)
 int keel_replica_report_decode(const void *data, size_t len, struct keel_replica_report *r,
                                struct keel_error *err)
 {
-    static const char *const keys[] = {"incarnation", "lost", "ranges", "restoring", "floor", NULL};
+    static const char *const keys[] = {"incarnation", "lost",   "ranges", "restoring",
+                                       "floor",       "stored", NULL};
     json_t *root, *ranges, *lost, *e;
     size_t i;
     long prev = -1;
@@ -174,7 +214,8 @@ int keel_replica_report_decode(const void *data, size_t len, struct keel_replica
         r->terms[range] = term;
         r->lsns[range] = lsn;
     }
-    rc = get_restoring(root, r, err);
+    if ((rc = get_restoring(root, r, err)) == 0)
+        rc = get_stored(root, r, err);
 out:
     if (rc != 0)
         memset(r, 0, sizeof(*r));

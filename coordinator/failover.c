@@ -19,6 +19,7 @@
 #include "alloc.h"
 #include "assign_table.h"
 #include "keel/id.h"
+#include "keel/replicas.h"
 
 #define NR   KEEL_PROTO_NRANGES
 #define MAXR KEEL_ASSIGN_MAX_REPLICATION
@@ -396,6 +397,102 @@ int keel_assign_lost(const keel_assign *a, unsigned range, const struct keel_ass
             return 0;
     }
     return 1;
+}
+
+/* Index of `id` in the table's server list, or -1. */
+static long server_index(const keel_assign *a, const char *id)
+{
+    for (size_t i = 0; i < a->nservers; i++)
+        if (strcmp(a->servers[i], id) == 0)
+            return (long)i;
+    return -1;
+}
+
+static int is_live(const char *id, const char *const *live, size_t nlive)
+{
+    for (size_t j = 0; j < nlive; j++)
+        if (live[j] != NULL && strcmp(live[j], id) == 0)
+            return 1;
+    return 0;
+}
+
+int keel_assign_waiting(const keel_assign *a, unsigned r, const char *const *live, size_t nlive)
+{
+    if (r >= NR || a->count[r] == 0 || a->insync[r] == 0)
+        return 0;
+    for (unsigned i = 0; i < a->insync[r]; i++)
+        if (is_live(a->servers[a->replica[r][i]], live, nlive))
+            return 0;
+    return 1;
+}
+
+unsigned keel_assign_restore_from_stores(keel_assign *a, const char *const *live, size_t nlive,
+                                         const struct keel_assign_synced *synced, size_t nsynced,
+                                         const unsigned char *waited, const unsigned char *rowless,
+                                         struct keel_assign_stats *stats)
+{
+    unsigned pri[KEEL_ASSIGN_MAX_SERVERS] = {0}, moved = 0;
+    unsigned char changed[NR] = {0};
+
+    for (unsigned r = 0; r < NR; r++)
+        if (a->count[r] > 0 && a->replica[r][0] < KEEL_ASSIGN_MAX_SERVERS)
+            pri[a->replica[r][0]]++;
+    for (unsigned r = 0; r < NR; r++) {
+        long best = -1;
+        uint64_t best_lsn = 0;
+        uint16_t set[MAXR];
+        unsigned n = 0;
+
+        if (!waited[r] || !keel_assign_waiting(a, r, live, nlive))
+            continue;
+        for (size_t j = 0; j < nsynced; j++) {
+            const struct keel_replica_report *p = synced[j].report;
+            long s;
+
+            if (p == NULL || p->stored[r] == 0 || !is_live(synced[j].id, live, nlive) ||
+                (s = server_index(a, synced[j].id)) < 0)
+                continue;
+            if (best < 0 || p->stored[r] > best_lsn ||
+                (p->stored[r] == best_lsn &&
+                 (pri[s] < pri[best] ||
+                  (pri[s] == pri[best] && strcmp(a->servers[s], a->servers[best]) < 0)))) {
+                best = s;
+                best_lsn = p->stored[r];
+            }
+        }
+        /* No row, no state: the live server leading the fewest ranges (ids are sorted). */
+        for (size_t s = 0; best < 0 && rowless[r] && s < a->nservers; s++)
+            if (is_live(a->servers[s], live, nlive))
+                best = (long)s;
+        for (size_t s = (size_t)best + 1; best >= 0 && rowless[r] && s < a->nservers; s++)
+            if (is_live(a->servers[s], live, nlive) && pri[s] < pri[best])
+                best = (long)s;
+        if (best < 0)
+            continue;
+        set[n++] = (uint16_t)best;
+        for (unsigned k = a->insync[r]; k < a->count[r]; k++)
+            if (a->replica[r][k] != (uint16_t)best &&
+                is_live(a->servers[a->replica[r][k]], live, nlive))
+                set[n++] = a->replica[r][k];
+        memcpy(a->replica[r], set, n * sizeof(uint16_t));
+        a->count[r] = (uint8_t)n;
+        a->insync[r] = 1;
+        pri[best]++;
+        changed[r] = 1;
+        moved++;
+    }
+    if (moved > 0) {
+        a->version++;
+        for (unsigned r = 0; r < NR; r++)
+            if (changed[r])
+                a->term[r] = a->version;
+    }
+    if (stats) {
+        memset(stats, 0, sizeof(*stats));
+        stats->changed = moved > 0;
+        stats->primary_changes = moved;
+    }
+    return moved;
 }
 
 unsigned keel_assign_balance_primaries(keel_assign *a, const char *const *live, size_t nlive,

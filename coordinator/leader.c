@@ -22,7 +22,9 @@
 #include "leader.h"
 #include "log.h"
 #include "probe.h"
+#include "keel/model.h"
 #include "keel/progress.h"
+#include "keel/range.h"
 #include "keel/replicas.h"
 
 /*
@@ -52,8 +54,13 @@ struct keel_leader {
     char job[KEEL_ID_MAX + 1]; /* the job `seen` belongs to */
     int64_t *seen;             /* per shard: mod revision of the last progress handled */
     uint32_t nseen;
-    uint64_t settle_ms;  /* keel_leader_opts */
-    uint64_t settled_ms; /* monotonic ms of the last failover change or of taking the lead */
+    uint64_t settle_ms;       /* keel_leader_opts */
+    uint64_t settled_ms;      /* monotonic ms of the last failover change or of taking the lead */
+    uint64_t restore_wait_ms; /* keel_leader_opts */
+    uint64_t
+        waiting_ms[KEEL_PROTO_NRANGES]; /* monotonic ms a range began to wait, 0: it does not */
+    char rows_job[KEEL_ID_MAX + 1];     /* the job `rowless` was computed for */
+    unsigned char rowless[KEEL_PROTO_NRANGES]; /* ranges its model has no row in */
 };
 
 static void wake(keel_leader *l)
@@ -76,6 +83,8 @@ static void forget(keel_leader *l)
     l->newest = 0;
     l->read_etcd = 1;
     l->settled_ms = 0;
+    memset(l->waiting_ms, 0, sizeof(l->waiting_ms));
+    l->rows_job[0] = '\0';
 }
 
 /*
@@ -839,6 +848,78 @@ static int fail_lost(keel_leader *l, keel_election *e, const struct keel_cstate_
     return 1;
 }
 
+/*
+ * Mark in waited[] the ranges of `a` that have waited restore_wait_ms for an
+ * in-sync replica to return (keel_assign_waiting()), as this leadership has
+ * seen them; a range that waits no more starts again from zero.
+ */
+static void restore_waited(keel_leader *l, const keel_assign *a, const char *const *live,
+                           size_t nlive, unsigned char *waited)
+{
+    uint64_t now = keel_clock_mono_ms();
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        waited[r] = 0;
+        if (!keel_assign_waiting(a, r, live, nlive)) {
+            l->waiting_ms[r] = 0;
+            continue;
+        }
+        if (l->waiting_ms[r] == 0)
+            l->waiting_ms[r] = now;
+        waited[r] = now - l->waiting_ms[r] >= l->restore_wait_ms;
+    }
+}
+
+/* The ranges that job `j`'s model has no row in (computed once per job). */
+static const unsigned char *rowless_of(keel_leader *l, const struct keel_cstate_job *j)
+{
+    struct keel_table_desc t[KEEL_MODEL_MAX_LAYERS];
+    size_t n;
+    unsigned with_rows = 0;
+
+    if (strcmp(l->rows_job, j->name) == 0)
+        return l->rowless;
+    memset(l->rowless, 1, sizeof(l->rowless));
+    n = keel_jobspec_tables(&j->spec, t, KEEL_MODEL_MAX_LAYERS);
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t row = 0; row < t[i].rows && with_rows < KEEL_PROTO_NRANGES; row++) {
+            unsigned r = keel_range_of(keel_key_make(t[i].id, row));
+
+            with_rows += l->rowless[r];
+            l->rowless[r] = 0;
+        }
+    snprintf(l->rows_job, sizeof(l->rows_job), "%s", j->name);
+    return l->rowless;
+}
+
+/* Say which ranges keel_assign_restore_from_stores() gave to which store. */
+static void log_restores(const keel_leader *l, const keel_assign *before, const keel_assign *a,
+                         const struct reports *rep)
+{
+    uint64_t now = keel_clock_mono_ms();
+
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        const char *was = keel_assign_primary(before, r), *now_id = keel_assign_primary(a, r);
+        uint64_t lsn = 0;
+
+        if (now_id == NULL || (was != NULL && strcmp(was, now_id) == 0))
+            continue;
+        for (size_t i = 0; i < rep->n; i++)
+            if (strcmp(rep->synced[i].id, now_id) == 0)
+                lsn = rep->r[i].stored[r];
+        if (l->rowless[r]) {
+            KEEL_LOG_INFO("range %u: no in-sync replica alive for %" PRIu64 " s (it was led by "
+                          "%s): it holds no row of the model, so server %s leads it now",
+                          r, (now - l->waiting_ms[r]) / 1000, was ? was : "-", now_id);
+            continue;
+        }
+        KEEL_LOG_WARN("range %u: no in-sync replica alive for %" PRIu64 " s (it was led by %s): "
+                      "restoring it from server %s's store, at LSN %" PRIu64
+                      "; the job's shards are rewound to what it holds",
+                      r, (now - l->waiting_ms[r]) / 1000, was ? was : "-", now_id, lsn);
+    }
+}
+
 static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_cstate *s,
                            const struct keel_cstate_job *job, struct keel_error *err)
 {
@@ -895,16 +976,25 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
         keel_assign_free(before);
     }
     /* Each step: from a copy, so the log can say what changed. */
-    for (int step = 0; step < 4 && rc == 0; step++) {
+    for (int step = 0; step < 5 && rc == 0; step++) {
         static const char *const why[] = {"replication", "servers changed",
-                                          "restarted servers rejoined", "settled"};
+                                          "restarted servers rejoined", "settled", ""};
         static const char *const fwhy[] = {"failover", "restarted servers rejoined",
-                                           "backups in sync", "primaries shared again"};
+                                           "backups in sync", "ranges restored from stores",
+                                           "primaries shared again"};
         struct keel_assign_stats st;
 
         memset(&st, 0, sizeof(st));
         before = keel_assign_clone(a);
         if (running && step == 3) {
+            /* Ranges whose in-sync replicas stayed dead too long: from the newest store. */
+            unsigned char waited[KEEL_PROTO_NRANGES];
+
+            restore_waited(l, a, live, nlive, waited);
+            if (job != NULL && keel_assign_restore_from_stores(a, live, nlive, rep.synced, rep.n,
+                                                               waited, rowless_of(l, job), &st))
+                log_restores(l, before, a, &rep);
+        } else if (running && step == 4) {
             /*
              * Once failover has settled (see keel_leader_opts), and not while
              * a range waits for a rewind: its backups copy what it restored.
@@ -918,10 +1008,10 @@ static int assignment_tick(keel_leader *l, keel_election *e, const struct keel_c
             rc = keel_assign_set_replication(a, replication, &st, err);
         } else if (step == 1) {
             rc = keel_assign_update(a, stay, nstay, &st, err);
-        } else if (step >= 2) {
+        } else if (step == 2 || step == 3) {
             rc = keel_assign_update(a, live, nlive, &st, err);
         }
-        if (l->settled_ms == 0 || (running && step < 3 && st.changed))
+        if (l->settled_ms == 0 || (running && step < 4 && st.changed))
             l->settled_ms = keel_clock_mono_ms();
         if (rc == 0 && st.changed)
             rc =
@@ -1132,6 +1222,7 @@ int keel_leader_new(const struct keel_leader_opts *o, keel_leader **out, struct 
     l->etcd = o->etcd;
     l->cluster = keel_strdup(o->cluster);
     l->settle_ms = o->settle_ms;
+    l->restore_wait_ms = o->restore_wait_ms;
     *out = l;
     return 0;
 }

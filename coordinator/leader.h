@@ -61,6 +61,14 @@ struct keel_leader_opts {
      * found out first.  keel-coordinator uses two lease TTLs; 0: at once.
      */
     uint64_t settle_ms;
+    /*
+     * While a job runs, a range whose in-sync replicas have all been dead
+     * this long is restored from the newest state a live server's store
+     * holds of it (keel_assign_restore_from_stores()), and the job rewound
+     * to it; until then it waits for one of them to return with its
+     * memory's state.  keel-coordinator: [coordinator] restore_wait.
+     */
+    uint64_t restore_wait_ms;
 };
 
 /* Errors: KEEL_EINVAL for a missing option. */

@@ -72,6 +72,7 @@ static int run(const struct keel_config *config, int argc, char **argv)
     lo.etcd = etcd;
     lo.cluster = config->cluster_name;
     lo.settle_ms = 2 * (uint64_t)co.lease_ttl_s * 1000;
+    lo.restore_wait_ms = config->coordinator_restore_wait_ms;
     if ((rc = keel_leader_new(&lo, &leader, &err)) != 0)
         goto fail;
     keel_leader_hooks(leader, &hooks);

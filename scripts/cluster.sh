@@ -365,6 +365,8 @@ write_node_config() { # ROLE ID PORT
         if [ "$role" = coordinator ]; then
             printf '\n[coordinator]\n; the leader reacts to joins, leaves and progress at this pace\n'
             printf 'heartbeat = 1s\n'
+            printf '; a range whose in-sync replicas all died is restored from another store after\n'
+            printf 'restore_wait = 15s\n'
         fi
     } >"$f"
     "$KEEL_BIN_DIR/keel-$role" --config "$f" --check-config >/dev/null 2>"$CL_DIR/logs/check.err" || {

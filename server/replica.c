@@ -426,6 +426,8 @@ void repl_write_report(struct srv *s)
     s->report.incarnation = keel_member_incarnation(s->member);
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
         s->report.lsns[r] = s->ps != NULL && s->report.terms[r] ? keel_ps_lsn(s->ps, r) : 0;
+        s->report.stored[r] =
+            s->ps != NULL && !s->report.terms[r] && !keel_ps_holds(s->ps, r) ? s->stored[r] : 0;
         s->report.npledged[r] = 0;
         for (unsigned k = 0; k < s->nstreams[r] && k < KEEL_REPLICAS_MAX_PLEDGED; k++)
             if (s->streams[r][k].pledged && s->streams[r][k].term == s->report.terms[r])

@@ -122,6 +122,19 @@ static void apply_assignment(struct srv *s)
         struct keel_restore_stats st;
 
         if (pos == 0) {
+            if (held && !keel_ps_is_primary(s->ps, r) && s->report.terms[r] == 0 &&
+                s->stored[r] > 0) {
+                /*
+                 * Led from a copy this server never confirmed: the leader can
+                 * only have picked it for the state its store holds.  Restore
+                 * that, and let the job be rewound to it.
+                 */
+                KEEL_LOG_WARN("range %u: told to lead it while its copy from the last primary "
+                              "is unconfirmed: restoring it from the store instead",
+                              r);
+                keel_ps_close_range(s->ps, r);
+                held = 0;
+            }
             if (!held) {
                 /* A fresh range, or one whose every replica was lost: from the store. */
                 if (keel_ps_open_range(s->ps, s->store, r, &st, &err) != 0) {
@@ -198,6 +211,10 @@ static void apply_assignment(struct srv *s)
             }
         } else {
             if (held) {
+                uint64_t lsn = keel_ps_lsn(s->ps, r);
+
+                if (lsn > 0) /* the store holds this much of it (or will, once committed) */
+                    s->stored[r] = lsn;
                 keel_ps_close_range(s->ps, r);
                 closed++;
             }
@@ -1009,6 +1026,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
             memset(s->nstreams, 0, sizeof(s->nstreams));
             memset(s->report.terms, 0, sizeof(s->report.terms));
             memset(s->report.lost, 0, sizeof(s->report.lost));
+            memset(s->stored, 0, sizeof(s->stored));
             s->report_dirty = 1;
             s->nleases = 0;
             release_parked(s);
@@ -1042,6 +1060,12 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     }
     snprintf(s->job, sizeof(s->job), "%s", job);
     KEEL_LOG_INFO("serving job %s", job);
+    if (keel_restore_lsns(s->store, s->stored, KEEL_PROTO_NRANGES, &err) != 0) {
+        KEEL_LOG_WARN("job %s: cannot read which ranges the store holds (none offered for a "
+                      "restore): %s",
+                      job, err.msg);
+        keel_error_init(&err);
+    }
     memset(s->nstreams, 0, sizeof(s->nstreams));
     memset(s->report.terms, 0, sizeof(s->report.terms));
     memset(s->report.lost, 0, sizeof(s->report.lost));

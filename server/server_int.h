@@ -157,6 +157,12 @@ struct srv {
     } suspects[KEEL_ASSIGN_MAX_REPLICATION * 4];
     unsigned nsuspects;
     int store_had_job; /* the store held this job's ranges before it was taken up here */
+    /*
+     * The LSN the store holds of each range (keel_restore_lsns() when the job
+     * is taken up, then the range's LSN each time it is closed); reported as
+     * "stored" for ranges not held, so the leader can restore a range from here.
+     */
+    uint64_t stored[KEEL_PROTO_NRANGES];
     /* wall ms when this server was promoted to lead the range, until its
      * first push there is acknowledged (logged once); 0: none pending */
     int64_t promoted_ms[KEEL_PROTO_NRANGES];

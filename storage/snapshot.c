@@ -990,6 +990,47 @@ int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel
     return 0;
 }
 
+struct lsns_ctx {
+    keel_store *s;
+    uint64_t *lsns;
+    uint32_t n;
+};
+
+static int lsns_fn(keel_txn *txn, void *ctx, struct keel_error *err)
+{
+    struct lsns_ctx *c = ctx;
+
+    for (uint32_t r = 0; r < c->n; r++) {
+        struct keel_snapshot_info info;
+        uint64_t last;
+        int rc = keel_snapshot_stat(c->s, txn, r, &info, err);
+
+        if (rc == KEEL_ENOTFOUND) {
+            if (err != NULL)
+                keel_error_init(err);
+            info.lsn = 0;
+        } else if (rc != 0) {
+            return rc;
+        }
+        if ((rc = keel_ulog_last_lsn(c->s, txn, r, &last, err)) != 0)
+            return rc;
+        c->lsns[r] = last > info.lsn ? last : info.lsn;
+    }
+    return 0;
+}
+
+int keel_restore_lsns(keel_store *s, uint64_t *lsns, uint32_t n, struct keel_error *err)
+{
+    struct lsns_ctx c = {s, lsns, n};
+    int rc;
+
+    memset(lsns, 0, n * sizeof(*lsns));
+    rc = keel_store_read(s, lsns_fn, &c, err);
+    if (rc != 0)
+        memset(lsns, 0, n * sizeof(*lsns));
+    return rc;
+}
+
 /* ---- the packed form (replication) -------------------------------------- */
 
 #define PACK_MAGIC    UINT32_C(0x4B50534B) /* 'K' 'S' 'P' 'K' */

@@ -239,6 +239,34 @@ int keel_assign_failover(keel_assign *a, unsigned replication, const char *const
                          struct keel_assign_stats *stats, struct keel_error *err);
 
 /*
+ * Restore ranges from stores while a job runs: a range marked in
+ * `waited[0..KEEL_PROTO_NRANGES)` (the caller's clock: it has waited long
+ * enough) whose primary and in-sync backups are all dead (not in
+ * `live[0..nlive)`) is led instead by the live server of the table whose
+ * replica report (synced[].report->stored) holds the newest state of it
+ * (the highest LSN; then the one leading the fewest ranges, then id order).
+ * It leads alone in sync with term V = version + 1, and restores the range
+ * from its store (which the job then rewinds to, keel/replicas.h); the
+ * range's live syncing backups stay as syncing, its dead replicas leave.  A
+ * range marked in `rowless` (the job's model has no row in it: there is no
+ * state to lose) goes the same way to the live server leading the fewest
+ * ranges, then id order, store or not.  Any other range that no live store
+ * holds keeps waiting.  Returns how many ranges moved (the version is
+ * raised once when any did); `stats` may be NULL.
+ */
+unsigned keel_assign_restore_from_stores(keel_assign *a, const char *const *live, size_t nlive,
+                                         const struct keel_assign_synced *synced, size_t nsynced,
+                                         const unsigned char *waited, const unsigned char *rowless,
+                                         struct keel_assign_stats *stats);
+
+/*
+ * Whether range `r` has replicas but none of its in-sync ones is in
+ * `live[0..nlive)`: it waits for one to return (or to be restored from a
+ * store).
+ */
+int keel_assign_waiting(const keel_assign *a, unsigned r, const char *const *live, size_t nlive);
+
+/*
  * Share the primaries again while a job runs (after keel_assign_failover()
  * has brought backups back in sync): a range whose primary is live and
  * leads more than ceil(P / N) ranges (P ranges led by the N live servers of

@@ -59,7 +59,8 @@ struct keel_config {
     uint64_t etcd_retry_timeout_ms;
     uint64_t etcd_lease_ttl_ms; /* a node's lease; whole seconds */
     /* [coordinator] */
-    uint64_t coordinator_heartbeat_ms; /* leader's fenced heartbeat and work tick */
+    uint64_t coordinator_heartbeat_ms;    /* leader's fenced heartbeat and work tick */
+    uint64_t coordinator_restore_wait_ms; /* a range with no in-sync replica alive, from a store */
     /* [worker] */
     unsigned worker_log_every;            /* batches between progress lines in the log */
     uint64_t worker_progress_interval_ms; /* least time between progress reports to etcd */

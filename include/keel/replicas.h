@@ -24,11 +24,20 @@
  * the hold: the workers replay their data from there, and every range skips
  * what it already holds.
  *
+ * A server also reports the state its store holds of ranges it does not
+ * hold in memory (it led or backed them up before, or before a restart): the
+ * LSN up to which a restore would bring each.  When every in-sync replica of
+ * a range is dead for long enough, the leader makes the live server whose
+ * store holds the newest of that state the range's primary, which restores
+ * it from its store and is rewound as above.
+ *
  * JSON: {"incarnation":7,"lost":[range,...],"ranges":[[range,term,lsn,pledged...],...]},
  * ranges increasing in both lists; a range's entry ends with the ids of the
  * backups its primary pledged (none for a backup's own entry).  With ranges
  * restoring, two more keys: "restoring":[range,...] (each listed in
- * "ranges") and "floor":[seq of shard 0, seq of shard 1, ...].
+ * "ranges") and "floor":[seq of shard 0, seq of shard 1, ...].  With state
+ * stored of ranges not held, "stored":[[range,lsn],...] (ranges increasing,
+ * none listed in "ranges", LSNs at least 1).
  */
 #ifndef KEEL_REPLICAS_H
 #define KEEL_REPLICAS_H
@@ -62,6 +71,8 @@ struct keel_replica_report {
     unsigned char restoring[KEEL_PROTO_NRANGES];
     uint32_t nfloor;                          /* shards in floor[]; 0 when nothing restores */
     uint64_t floor[KEEL_REPLICAS_MAX_SHARDS]; /* per shard: the lowest seq restored ranges hold */
+    /* Ranges not held (terms[r] == 0): the LSN the store holds of each, 0 for none. */
+    uint64_t stored[KEEL_PROTO_NRANGES];
 };
 
 /* The canonical JSON of `r` (only ranges with a term). */
@@ -69,7 +80,7 @@ void keel_replica_report_encode(const struct keel_replica_report *r, struct keel
 
 /*
  * Decode a report from anywhere: an object with the three keys, and
- * "restoring" and "floor" together or neither; at most
+ * "restoring" and "floor" together or neither, and "stored" or not; at most
  * KEEL_REPLICAS_MAX_JSON bytes; ranges below 256, strictly increasing in
  * each list, terms at least 1, integers within int64, at most
  * KEEL_REPLICAS_MAX_PLEDGED distinct valid ids after an entry's numbers, a

@@ -167,6 +167,14 @@ int keel_restore(keel_store *s, uint32_t range, struct keel_snapshot *snap, keel
                  void *ctx, struct keel_restore_stats *stats, struct keel_error *err);
 
 /*
+ * The LSN up to which the store holds each of ranges 0..n-1 (what a restore
+ * would reach: the later of its snapshot's LSN and its last log record's),
+ * 0 for a range with nothing stored, in one read transaction.  Headers and
+ * log keys only: no rows are read or verified.  On error *lsns is zeroed.
+ */
+int keel_restore_lsns(keel_store *s, uint64_t *lsns, uint32_t n, struct keel_error *err);
+
+/*
  * Find or add the exactly-once entry of `shard` in an owned snapshot (from
  * keel_snapshot_load or keel_restore), keeping the shards sorted.
  */

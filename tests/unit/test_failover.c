@@ -532,3 +532,75 @@ Test(failover, three_replicas_share_among_the_live_insync_backups)
         cr_assert(led[i] >= 85 && led[i] <= 86, "%c leads %u", 'a' + i, led[i]);
     keel_assign_free(a);
 }
+
+/*
+ * A range whose in-sync replicas are all dead, once it has waited long
+ * enough, is led by the live server whose store holds the newest state of
+ * it, alone in sync and in a new term; live syncing backups stay, dead
+ * replicas leave; a range that no live store holds, or that has not waited
+ * long enough, keeps waiting.
+ */
+Test(failover, a_range_waiting_too_long_is_restored_from_the_newest_store)
+{
+    static const struct range_spec except[] = {
+        {3, "abd", 2, 2}, {4, "ab", 2, 2}, {5, "ab", 2, 2}, {6, "ab", 2, 2}, {8, "ab", 2, 2}};
+    keel_assign *a = table(9, 3, "abcde", (struct range_spec){0, "cde", 3, 1}, except, 5);
+    static struct keel_replica_report c_rep, d_rep, e_rep;
+    struct keel_assign_synced synced[] = {{"c", c_rep.terms, NULL, &c_rep},
+                                          {"d", d_rep.terms, NULL, &d_rep},
+                                          {"e", e_rep.terms, NULL, &e_rep}};
+    unsigned char waited[NR] = {0}, rowless[NR] = {0};
+    const char *live[] = {"c", "d", "e"};
+    struct keel_assign_stats st;
+
+    cr_assert(keel_assign_waiting(a, 3, live, 3));
+    cr_assert(keel_assign_waiting(a, 4, live, 3));
+    cr_assert_not(keel_assign_waiting(a, 0, live, 3));
+    /* Range 3: c's store is newer than e's; d (a live syncing backup) stores nothing. */
+    c_rep.stored[3] = 40;
+    e_rep.stored[3] = 12;
+    /* Range 4: a tie between d and e, who lead no range: id order. */
+    d_rep.stored[4] = 7;
+    e_rep.stored[4] = 7;
+    /* Range 5: nothing stores it.  Range 6: stored, but it has not waited long enough. */
+    c_rep.stored[6] = 5;
+    waited[3] = waited[4] = waited[5] = 1;
+    waited[0] = 1; /* not waiting: its replicas are alive */
+    /* Range 8: no store holds it, but the model has no row in it: nothing to lose. */
+    waited[8] = rowless[8] = 1;
+
+    cr_assert_eq(keel_assign_restore_from_stores(a, live, 3, synced, 3, waited, rowless, &st), 3);
+    cr_assert(st.changed);
+    cr_assert_eq(st.primary_changes, 3);
+    cr_assert_eq(keel_assign_version(a), 10);
+    cr_assert_str_eq(set_of(a, 3), "cd", "c leads; d stays a syncing backup; a and b leave");
+    cr_assert_eq(keel_assign_insync(a, 3), 1);
+    cr_assert_eq(keel_assign_term(a, 3), 10);
+    cr_assert_str_eq(set_of(a, 4), "d");
+    cr_assert_eq(keel_assign_insync(a, 4), 1);
+    cr_assert_eq(keel_assign_term(a, 4), 10);
+    cr_assert_str_eq(set_of(a, 5), "ab", "no store holds it: it waits");
+    cr_assert_eq(keel_assign_term(a, 5), 2);
+    cr_assert_str_eq(set_of(a, 6), "ab", "it has not waited long enough");
+    /* c leads range 3 and every cde range, d leads range 4: e leads the fewest. */
+    cr_assert_str_eq(set_of(a, 8), "e");
+    cr_assert_eq(keel_assign_insync(a, 8), 1);
+    cr_assert_eq(keel_assign_term(a, 8), 10);
+    cr_assert_str_eq(set_of(a, 0), "cde");
+    cr_assert_eq(keel_assign_term(a, 0), 1);
+    check_roundtrip(a);
+
+    /* A failover afterwards gives the restored ranges backups, out of sync. */
+    failover(a, 3, "cde", synced, 3, &st);
+    cr_assert_str_eq(set_of(a, 3), "cde");
+    cr_assert_eq(keel_assign_insync(a, 3), 1);
+    cr_assert_eq(keel_assign_term(a, 3), 10);
+
+    /* Nothing waits long enough any more: nothing changes, the version stays. */
+    uint64_t v = keel_assign_version(a);
+    memset(waited, 0, sizeof(waited));
+    cr_assert_eq(keel_assign_restore_from_stores(a, live, 3, synced, 3, waited, rowless, &st), 0);
+    cr_assert_not(st.changed);
+    cr_assert_eq(keel_assign_version(a), v);
+    keel_assign_free(a);
+}

@@ -48,6 +48,8 @@ Test(replicas, round_trip)
     r.floor[0] = 0;
     r.floor[1] = (2ull << 32) | 5;
     r.floor[2] = INT64_MAX;
+    r.stored[4] = 1; /* not held: the store holds it up to LSN 1 */
+    r.stored[254] = INT64_MAX;
     keel_replica_report_encode(&r, &b);
     memset(&back, 0x55, sizeof(back));
     keel_error_init(&err);
@@ -83,6 +85,13 @@ Test(replicas, empty_and_hand_written)
     cr_assert_eq(r.terms[9], 1);
     cr_assert_eq(r.lsns[9], 77);
     cr_assert_eq(r.terms[3], 0, "a range not listed is not held");
+    cr_assert_eq(decode_str("{\"incarnation\":1,\"lost\":[],\"ranges\":[[2,5,0]],"
+                            "\"stored\":[[1,9],[3,4]]}",
+                            &r, &err),
+                 0, "%s", err.msg);
+    cr_assert_eq(r.stored[1], 9);
+    cr_assert_eq(r.stored[3], 4);
+    cr_assert_eq(r.stored[2], 0);
 }
 
 /* Inputs the decoder must refuse, each with why. */
@@ -133,6 +142,16 @@ static const char *const refused[][2] = {
     {"{\"floor\":[1],\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0],[1,1,0]],"
      "\"restoring\":[1,0]}",
      "restoring decreasing"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[[0,1,0]],\"stored\":[[0,5]]}",
+     "a range both held and stored"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"stored\":[[3,0]]}", "a stored LSN of 0"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"stored\":[[3,1],[3,2]]}",
+     "a range stored twice"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"stored\":[[256,1]]}",
+     "a stored range past 255"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"stored\":[[3,1,2]]}",
+     "a stored entry of three numbers"},
+    {"{\"incarnation\":1,\"lost\":[],\"ranges\":[],\"stored\":{}}", "stored not an array"},
     {"[]", "not an object"},
     {"{\"incarnation\":1,\"lost\":[],\"ranges\":[]", "truncated"},
     {"", "empty"},

@@ -303,6 +303,39 @@ Test(snapshot, restore_of_a_range_without_snapshot_replays_everything)
     cr_assert(strstr(err.msg, "restore of range 6, LSN 1: no table 5") != NULL, "%s", err.msg);
 }
 
+Test(snapshot, restore_lsns_are_the_later_of_snapshot_and_log)
+{
+    struct fixture f;
+    struct keel_ulog_record r;
+    uint64_t lsns[9];
+
+    cr_assert_eq(keel_restore_lsns(store, lsns, 9, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(lsns[i], 0, "an empty store holds nothing of range %d", i);
+    /* Range 3: a snapshot at LSN 5, then log records 6 and 7. */
+    make_fixture(&f, 3, 5, 4, 0);
+    cr_assert_eq(keel_snapshot_write(store, &f.snap, &err), 0, "%s", err.msg);
+    for (uint64_t lsn = 6; lsn <= 7; lsn++) {
+        r = push(3, lsn, 1, 10 + lsn, 1);
+        cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+    }
+    /* Range 6: log records only; range 8: a snapshot only (range 9 is past n). */
+    r = push(6, 4, 0, 0, 1);
+    cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+    free_fixture(&f);
+    make_fixture(&f, 8, 2, 4, 0);
+    cr_assert_eq(keel_snapshot_write(store, &f.snap, &err), 0, "%s", err.msg);
+    r = push(9, 30, 0, 0, 1);
+    cr_assert_eq(keel_ulog_append(store, &r, 1, &err), 0, "%s", err.msg);
+
+    cr_assert_eq(keel_restore_lsns(store, lsns, 9, &err), 0, "%s", err.msg);
+    cr_assert_eq(lsns[3], 7);
+    cr_assert_eq(lsns[6], 4);
+    cr_assert_eq(lsns[8], 2);
+    cr_assert_eq(lsns[0] + lsns[1] + lsns[2] + lsns[4] + lsns[5] + lsns[7], 0);
+    free_fixture(&f);
+}
+
 struct put_then_fail {
     keel_store *s;
     const struct keel_snapshot *snap;
