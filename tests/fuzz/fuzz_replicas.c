@@ -5,7 +5,7 @@
  * Any input must decode or be refused with a message and a zeroed report,
  * never read out of bounds.  A report that decodes must encode to canonical
  * JSON that decodes to the same report and encodes to the same bytes again;
- * every restoring range is one it holds at a term.
+ * every restoring range is one it holds at a term, no stored range one it holds.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     for (unsigned i = 0; i < KEEL_PROTO_NRANGES; i++)
-        if (r.restoring[i] && r.terms[i] == 0) {
-            fprintf(stderr, "range %u restores without a term\n", i);
+        if ((r.restoring[i] && r.terms[i] == 0) || (r.stored[i] != 0 && r.terms[i] != 0)) {
+            fprintf(stderr, "range %u restores without a term, or is both held and stored\n", i);
             abort();
         }
     keel_replica_report_encode(&r, &once);
