@@ -6,6 +6,11 @@
 #   cluster, helper, dir   scripts/cluster.sh, keel-test-train, the cluster's directory
 # and gives
 #   cl ARGS...             scripts/cluster.sh
+#   up_cluster SERVERS REPLICATION
+#                          the cluster alone, as up_and_submit starts it
+#   job_ini NAME EPOCHS REPLICATION LINE FILE
+#                          the job spec up_and_submit submits, named NAME, into FILE
+#                          (LINE may be empty)
 #   up_and_submit SERVERS EPOCHS REPLICATION [LINE]
 #                          a cluster "t" of SERVERS servers, 2 coordinators, 2 workers,
 #                          lease TTL 3 s, Fashion-MNIST in 4 shards; job r1 (the softmax
@@ -62,17 +67,23 @@ if [ ! -r "$data/train-images-idx3-ubyte.gz" ]; then
 fi
 
 cl() { bash "$cluster" "$@"; }
-up_and_submit() {
+up_cluster() {
     run cl up --dir "$dir" --bin "$bindir" --servers "$1" --workers 2 --shards 4 --name t \
-        --lease-ttl 3s --replication "$3"
+        --lease-ttl 3s --replication "$2"
     expect_status 0 "cluster up"
     cfg=$run_out
-    sed -e 's/^name = .*/name = r1/' -e "s/^epochs = .*/epochs = $2/" \
+}
+job_ini() {
+    sed -e "s/^name = .*/name = $1/" -e "s/^epochs = .*/epochs = $2/" \
         -e "s/^replication = .*/replication = $3\\ndurability = ${durability:-disk}${4:+\\n$4}/" \
-        "$srcdir/examples/fashion-mnist-softmax.ini" >"$tmp/job.ini"
-    grep -q "^replication = $3\$" "$tmp/job.ini" || fail "could not set the job's replication"
-    sed -n '/^\[job\]/,$p' "$tmp/job.ini" | grep -q '^batch_size = 100$' ||
+        "$srcdir/examples/fashion-mnist-softmax.ini" >"$5"
+    grep -q "^replication = $3\$" "$5" || fail "could not set the job's replication"
+    sed -n '/^\[job\]/,$p' "$5" | grep -q '^batch_size = 100$' ||
         fail "the example's batch size is no longer 100: the counts assume it"
+}
+up_and_submit() {
+    up_cluster "$1" "$3"
+    job_ini r1 "$2" "$3" "${4:-}" "$tmp/job.ini"
     run kc job submit "$tmp/job.ini"
     expect_status 0 "submit r1"
 }
