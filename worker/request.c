@@ -570,6 +570,19 @@ int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, stru
 /* ---- data records ---------------------------------------------------------------------- */
 
 /*
+ * How long to wait for a read: a request's time, but at most one lease TTL.
+ * A server silent that long is dead or stalled past what its lease allows,
+ * and reads are idempotent: any other server holding the dataset answers
+ * the same (a push or pull instead waits until the route moves away).
+ */
+static uint64_t read_timeout(struct wk *w, struct keel_client *cl)
+{
+    uint64_t t = timeout_for(w, cl), ttl = w->config->etcd_lease_ttl_ms;
+
+    return ttl > 0 && ttl < t ? ttl : t;
+}
+
+/*
  * Records [first, first + max) of `shard` of `dataset` (fewer when the
  * server's frame or the shard ends first), from the server read last if it
  * still answers, else the next registered server that holds the dataset.
@@ -611,7 +624,7 @@ static int read_records(struct wk *w, const char *dataset, uint32_t shard, uint6
             m.u.shard_read.shard = shard;
             m.u.shard_read.first = first;
             m.u.shard_read.max_records = max;
-            if ((rc = keel_client_call(cl, &m, timeout_for(w, cl), &reply, &e)) != 0) {
+            if ((rc = keel_client_call(cl, &m, read_timeout(w, cl), &reply, &e)) != 0) {
                 snprintf(problem, sizeof(problem), "server %s: %s", id, e.msg);
                 continue;
             }
