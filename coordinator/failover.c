@@ -399,6 +399,27 @@ int keel_assign_lost(const keel_assign *a, unsigned range, const struct keel_ass
     return 1;
 }
 
+/*
+ * `n` ranges, those marked in changed[], have a new primary: when any, the
+ * version rises once and each of them takes it as its term.  Returns n.
+ */
+static unsigned new_primaries(keel_assign *a, const unsigned char *changed, unsigned n,
+                              struct keel_assign_stats *stats)
+{
+    if (n > 0) {
+        a->version++;
+        for (unsigned r = 0; r < NR; r++)
+            if (changed[r])
+                a->term[r] = a->version;
+    }
+    if (stats) {
+        memset(stats, 0, sizeof(*stats));
+        stats->changed = n > 0;
+        stats->primary_changes = n;
+    }
+    return n;
+}
+
 /* Index of `id` in the table's server list, or -1. */
 static long server_index(const keel_assign *a, const char *id)
 {
@@ -481,18 +502,7 @@ unsigned keel_assign_restore_from_stores(keel_assign *a, const char *const *live
         changed[r] = 1;
         moved++;
     }
-    if (moved > 0) {
-        a->version++;
-        for (unsigned r = 0; r < NR; r++)
-            if (changed[r])
-                a->term[r] = a->version;
-    }
-    if (stats) {
-        memset(stats, 0, sizeof(*stats));
-        stats->changed = moved > 0;
-        stats->primary_changes = moved;
-    }
-    return moved;
+    return new_primaries(a, changed, moved, stats);
 }
 
 unsigned keel_assign_balance_primaries(keel_assign *a, const char *const *live, size_t nlive,
@@ -549,16 +559,5 @@ unsigned keel_assign_balance_primaries(keel_assign *a, const char *const *live, 
         swapped[r] = 1;
         nswaps++;
     }
-    if (nswaps > 0) {
-        a->version++;
-        for (unsigned r = 0; r < NR; r++)
-            if (swapped[r])
-                a->term[r] = a->version;
-    }
-    if (stats) {
-        memset(stats, 0, sizeof(*stats));
-        stats->changed = nswaps > 0;
-        stats->primary_changes = nswaps;
-    }
-    return nswaps;
+    return new_primaries(a, swapped, nswaps, stats);
 }
