@@ -743,7 +743,9 @@ static int rewind_tick(keel_leader *l, keel_election *e, const struct keel_cstat
         return 0;
     srv = keel_cstate_members(s, "server", &nsrv);
     reports_read(s, srv, nsrv, &rep);
-    if (keel_assign_decode(s->assignment->value, s->assignment->value_len, &a, NULL) != 0)
+    /* The common case: nothing restores, and the assignment need not be decoded. */
+    if (!reports_restoring(&rep) ||
+        keel_assign_decode(s->assignment->value, s->assignment->value_len, &a, NULL) != 0)
         goto out;
     floor = keel_calloc(j->spec.shards, sizeof(*floor));
     if ((nranges = restored_floor(a, &rep, j->spec.shards, floor, valid)) == 0)
