@@ -270,7 +270,7 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         m.u.pull.assignment_version = w->route.version;
         m.u.pull.data = data;
     } else {
-        const float *table = j->grads.table[p->table];
+        const float *table = j->pushed.table[p->table];
 
         rows = keel_malloc(keel_size_mul(keel_size_mul(p->g.nkeys, width), sizeof(float)));
         for (uint32_t i = 0; i < p->g.nkeys; i++)
@@ -390,23 +390,82 @@ static struct part *regroup(struct wk *w, struct part *failed, size_t nfailed, s
  * (a pull is abandoned at once, a push once its first answers are in) or
  * the job stops running.  Takes ownership of `parts`.
  */
-static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, uint64_t clock,
-                    uint32_t shard, uint64_t seq, struct wk_xstats *st, struct keel_error *err)
+/* A round of requests sent and not yet seen through (exchange_send(), exchange_finish()). */
+struct wk_push {
+    int kind;
+    struct xchg *x; /* the round in flight, or NULL */
+    struct part *parts;
+    size_t nparts;
+    uint64_t clock, seq, start;
+    uint32_t shard;
+};
+
+/* Send every part of a round; exchange_finish() sees it through.  Takes ownership of `parts`. */
+static struct wk_push *exchange_send(struct wk *w, int kind, struct part *parts, size_t nparts,
+                                     uint64_t clock, uint32_t shard, uint64_t seq)
 {
+    struct wk_push *r = keel_calloc(1, sizeof(*r));
+
+    r->kind = kind;
+    r->parts = parts;
+    r->nparts = nparts;
+    r->clock = clock;
+    r->shard = shard;
+    r->seq = seq;
+    r->start = keel_clock_mono_ms();
+    if (nparts > 0) {
+        r->x = xchg_new(nparts);
+        for (size_t i = 0; i < nparts; i++)
+            send_part(w, r->x, &parts[i], &r->x->calls[i], kind, clock, shard, seq);
+    }
+    return r;
+}
+
+/* Drop a round: its replies, if any come, are thrown away. */
+static void exchange_drop(struct wk_push *r)
+{
+    if (r == NULL)
+        return;
+    if (r->x != NULL)
+        xchg_put(r->x);
+    parts_free(r->parts, r->nparts);
+    free(r);
+}
+
+/*
+ * Wait for every reply of round `r` and send again what failed for a reason
+ * that can pass (a lost connection, a time-out, a redirect, a server not
+ * serving the job yet), re-routed by the newest assignment, until
+ * everything is answered or [worker] retry_timeout has passed since the
+ * first send.  KEEL_ECANCELED when the worker stops (a pull is abandoned at
+ * once, a push once its first answers are in) or the job stops running.
+ * Frees `r`.
+ */
+static int exchange_finish(struct wk *w, struct wk_push *r, struct wk_xstats *st,
+                           struct keel_error *err)
+{
+    int kind = r->kind;
     const char *what = kind == X_PULL ? "pull" : "push";
-    uint64_t start = keel_clock_mono_ms(), backoff = 50;
+    uint64_t start = r->start, backoff = 50, clock = r->clock, seq = r->seq;
+    uint32_t shard = r->shard;
+    struct part *parts = r->parts;
+    size_t nparts = r->nparts;
+    struct xchg *x = r->x;
     unsigned round = 0;
     int rc = 0;
 
+    free(r);
     while (nparts > 0) {
-        struct xchg *x = xchg_new(nparts);
         struct part *failed;
         size_t nfailed = 0;
         char problem[KEEL_ERROR_MSG_MAX + 128] = "";
         int stale = 0, changed;
 
-        for (size_t i = 0; i < nparts; i++)
-            send_part(w, x, &parts[i], &x->calls[i], kind, clock, shard, seq);
+        if (x == NULL) {
+            x = xchg_new(nparts);
+            for (size_t i = 0; i < nparts; i++)
+                send_part(w, x, &parts[i], &x->calls[i], kind, clock, shard, seq);
+        }
         if (xchg_wait(w, x, parts, kind == X_PULL) != 0) {
             parts_free(parts, nparts);
             return keel_err_set(err, KEEL_ECANCELED, "stopping");
@@ -471,6 +530,7 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
             p->g.rows = NULL;
         }
         xchg_put(x);
+        x = NULL;
         parts_free(parts, nparts);
         parts = NULL;
         nparts = 0;
@@ -507,6 +567,12 @@ static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, u
     }
     parts_free(parts, nparts);
     return rc;
+}
+
+static int exchange(struct wk *w, int kind, struct part *parts, size_t nparts, uint64_t clock,
+                    uint32_t shard, uint64_t seq, struct wk_xstats *st, struct keel_error *err)
+{
+    return exchange_finish(w, exchange_send(w, kind, parts, nparts, clock, shard, seq), st, err);
 }
 
 static void group_copy(struct keel_route_group *dst, const struct keel_route_group *src)
@@ -558,13 +624,26 @@ int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_
     return exchange(w, X_PULL, parts, n, clock, 0, 0, st, err);
 }
 
-int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
-                struct keel_error *err)
+struct wk_push *wk_push_start(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock)
 {
+    struct wk_job *j = &w->job;
+    struct keel_model_params t = j->pushed;
     size_t n;
     struct part *parts = route_parts(w, 1, &n);
 
-    return exchange(w, X_PUSH, parts, n, clock, shard, seq, st, err);
+    j->pushed = j->grads; /* read by every send of this push, retries included */
+    j->grads = t;
+    return exchange_send(w, X_PUSH, parts, n, clock, shard, seq);
+}
+
+int wk_push_finish(struct wk *w, struct wk_push *p, struct wk_xstats *st, struct keel_error *err)
+{
+    return exchange_finish(w, p, st, err);
+}
+
+void wk_push_drop(struct wk_push *p)
+{
+    exchange_drop(p);
 }
 
 /* ---- data records ---------------------------------------------------------------------- */

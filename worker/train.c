@@ -359,6 +359,7 @@ static void job_release(struct wk_job *j)
     keel_model_work_free(j->work);
     keel_model_params_release(&j->params);
     keel_model_params_release(&j->grads);
+    keel_model_params_release(&j->pushed);
     free(j->x);
     free(j->labels);
     free(j->floor);
@@ -390,6 +391,7 @@ static void job_take_up(struct wk *w, const char *name, const struct keel_buf *s
     j->work = keel_model_work_new(&j->model, j->max_batch);
     keel_model_params_init(&j->params, &j->model);
     keel_model_params_init(&j->grads, &j->model);
+    keel_model_params_init(&j->pushed, &j->model);
     KEEL_ALLOC_ARRAY(j->x, keel_size_mul(j->max_batch, j->model.sizes[0]));
     KEEL_ALLOC_ARRAY(j->labels, j->max_batch);
     KEEL_ALLOC_ARRAY(j->floor, j->spec.shards);
@@ -716,11 +718,10 @@ static enum lease_end lease_check(struct wk *w, struct lease_run *r)
 }
 
 /*
- * One batch of `n` records: read it, pull the model, compute the gradient,
- * push it.  LEASE_GOING once every primary acknowledged the push, or why
- * the lease ends.
+ * Batch `b` of `n` records: read it, pull the model, compute the gradient
+ * into w->job.grads.  LEASE_GOING, or why the lease ends.
  */
-static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
+static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t b, uint32_t n,
                                   struct keel_model_stats *ms, struct wk_xstats *xs,
                                   struct keel_error *err)
 {
@@ -729,7 +730,7 @@ static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
     uint32_t B = j->spec.batch_size;
     int rc;
 
-    if ((rc = wk_reader_fill(w, &r->rd, (uint64_t)r->batch * B, n, err)) != 0) {
+    if ((rc = wk_reader_fill(w, &r->rd, (uint64_t)b * B, n, err)) != 0) {
         if (rc == KEEL_ECANCELED)
             KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
         else
@@ -740,7 +741,7 @@ static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
                    ? LEASE_FATAL
                    : LEASE_FAILED;
     }
-    j->clock = keel_worker_clock(j->nb_max, r->pass, r->batch);
+    j->clock = keel_worker_clock(j->nb_max, r->pass, b);
     if ((rc = wk_pull_all(w, j->clock, xs, err)) != 0) {
         if (rc == KEEL_ECANCELED) {
             KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
@@ -752,26 +753,49 @@ static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t n,
     lead_add(j, &r->lead, xs);
     if (keel_model_grad(&j->model, j->work, &j->params, j->x, j->labels, n, &j->grads, ms, err) !=
         0) {
-        KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard,
-                       r->batch, err->msg);
+        KEEL_LOG_ERROR("job %s: shard %" PRIu32 " batch %" PRIu32 ": %s", j->name, l->shard, b,
+                       err->msg);
         return LEASE_FATAL;
     }
-    /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
-    if ((rc = wk_push_all(w, l->shard, keel_worker_seq(r->pass, r->batch), j->clock, xs, err)) !=
-        0) {
-        if (rc == KEEL_ECANCELED) {
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
-            return LEASE_STOPPED;
-        }
-        if (rc == KEEL_EEPOCH) { /* the coordinator rewound the shard or leased it again */
-            KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
-            return LEASE_LOST;
-        }
-        KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 ": %s",
-                       j->name, l->shard, r->pass, r->batch, err->msg);
-        return LEASE_FAILED;
-    }
     return LEASE_GOING;
+}
+
+/*
+ * The push in flight, of the batch after the last acknowledged one (r->batch):
+ * sent once its gradient is computed, and seen through after the next
+ * batch's pull and gradient, so that its acknowledgements (a round trip to
+ * each primary, and from it to every in-sync backup) overlap them.  One at a
+ * time, so a shard's pushes reach every server in order.
+ */
+struct in_flight {
+    struct wk_push *push; /* NULL: none */
+    uint32_t n;           /* records of its batch */
+    struct keel_model_stats ms;
+    struct wk_xstats xs; /* its pull's, then its ACKs */
+};
+
+/* See the push in flight through.  LEASE_GOING once every primary acknowledged it. */
+static enum lease_end push_finish(struct wk *w, struct lease_run *r, struct in_flight *f,
+                                  struct keel_error *err)
+{
+    struct wk_job *j = &w->job;
+    const struct lease *l = r->l;
+    int rc = wk_push_finish(w, f->push, &f->xs, err);
+
+    f->push = NULL;
+    if (rc == 0)
+        return LEASE_GOING;
+    if (rc == KEEL_ECANCELED) {
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        return LEASE_STOPPED;
+    }
+    if (rc == KEEL_EEPOCH) { /* the coordinator rewound the shard or leased it again */
+        KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
+        return LEASE_LOST;
+    }
+    KEEL_LOG_ERROR("job %s: push of shard %" PRIu32 " pass %" PRIu32 " batch %" PRIu32 ": %s",
+                   j->name, l->shard, r->pass, r->batch, err->msg);
+    return LEASE_FAILED;
 }
 
 /*
@@ -911,6 +935,7 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     struct wk_job *j = &w->job;
     uint32_t B = j->spec.batch_size;
     struct lease_run r;
+    struct in_flight f = {0};
     struct keel_error err;
     enum lease_end end;
 
@@ -925,21 +950,44 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
     wk_reader_init(&r.rd, j->spec.dataset, l->shard);
     if ((end = lease_open(w, &r, &err)) != LEASE_GOING)
         goto out;
-    while (r.pass == l->pass && r.batch < r.nbatches) {
-        uint32_t n = (uint32_t)((uint64_t)(r.batch + 1) * B <= r.rd.total
-                                    ? B
-                                    : r.rd.total - (uint64_t)r.batch * B);
-        struct keel_model_stats ms;
-        struct wk_xstats xs = {0};
+    for (;;) {
+        /* The batch to compute: the one after the push in flight, if any. */
+        uint32_t b = r.batch + (f.push != NULL);
+        uint32_t n = b < r.nbatches ? (uint32_t)((uint64_t)(b + 1) * B <= r.rd.total
+                                                     ? B
+                                                     : r.rd.total - (uint64_t)b * B)
+                                    : 0;
+        struct in_flight next = {0};
 
+        if (r.pass != l->pass || b >= r.nbatches)
+            break;
         if ((end = lease_check(w, &r)) != LEASE_GOING ||
-            (end = lease_batch(w, &r, n, &ms, &xs, &err)) != LEASE_GOING)
+            (end = lease_batch(w, &r, b, n, &next.ms, &next.xs, &err)) != LEASE_GOING)
             goto ended;
-        lease_acked(w, &r, n, &ms, &xs);
+        if (f.push != NULL) {
+            if ((end = push_finish(w, &r, &f, &err)) != LEASE_GOING)
+                goto ended;
+            lease_acked(w, &r, f.n, &f.ms, &f.xs);
+        }
+        /* Once sent, a push is seen through (a stop waits for it): it is idempotent. */
+        next.n = n;
+        next.push = wk_push_start(w, l->shard, keel_worker_seq(r.pass, b), j->clock);
+        f = next;
+    }
+    if (f.push != NULL) {
+        if ((end = push_finish(w, &r, &f, &err)) != LEASE_GOING)
+            goto ended;
+        lease_acked(w, &r, f.n, &f.ms, &f.xs);
     }
     lease_pass_done(w, &r, &err);
     end = LEASE_PASS_DONE;
 ended:
+    if (f.push != NULL) {
+        /* A stop sees the push through (the next life would send it again anyway). */
+        if (end == LEASE_STOPPED && push_finish(w, &r, &f, &err) == LEASE_GOING)
+            lease_acked(w, &r, f.n, &f.ms, &f.xs);
+        wk_push_drop(f.push);
+    }
     lease_ended(w, &r, end);
 out:
     wk_reader_release(&r.rd);

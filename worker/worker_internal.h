@@ -66,6 +66,7 @@ struct wk_job {
     struct keel_model model;
     keel_model_work *work;
     struct keel_model_params params, grads;
+    struct keel_model_params pushed; /* the gradients of the push in flight (wk_push_start()) */
     uint32_t max_batch; /* rows of x: the larger of the batch size and the eval chunk */
     float *x;
     uint32_t *labels;
@@ -164,9 +165,20 @@ struct wk_xstats {
  */
 int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err);
 
-/* Push w->job.grads, named (shard, seq), for iteration `clock`, to every primary. */
-int wk_push_all(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock, struct wk_xstats *st,
-                struct keel_error *err);
+/*
+ * A push in flight.  wk_push_start() sends w->job.grads, named (shard, seq),
+ * for iteration `clock`, to every primary, and swaps it with
+ * w->job.pushed, which every send of the push (retries too) reads from
+ * then: the next batch's gradients can be computed into w->job.grads while
+ * the push is acknowledged.  wk_push_finish() sees it through (waits for
+ * every ACK, sending again what failed, as a pull is) and frees it;
+ * wk_push_drop() gives it up (it may or may not be applied: a later push of
+ * the same position is answered as a duplicate).  One push at a time.
+ */
+struct wk_push;
+struct wk_push *wk_push_start(struct wk *w, uint32_t shard, uint64_t seq, uint64_t clock);
+int wk_push_finish(struct wk *w, struct wk_push *p, struct wk_xstats *st, struct keel_error *err);
+void wk_push_drop(struct wk_push *p);
 
 /* Records of a dataset shard, read from the servers with fail-over. */
 struct wk_reader {
