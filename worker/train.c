@@ -952,15 +952,12 @@ static enum lease_end run_lease(struct wk *w, const struct lease *l)
         goto out;
     for (;;) {
         /* The batch to compute: the one after the push in flight, if any. */
-        uint32_t b = r.batch + (f.push != NULL);
-        uint32_t n = b < r.nbatches ? (uint32_t)((uint64_t)(b + 1) * B <= r.rd.total
-                                                     ? B
-                                                     : r.rd.total - (uint64_t)b * B)
-                                    : 0;
+        uint32_t b = r.batch + (f.push != NULL), n;
         struct in_flight next = {0};
 
         if (r.pass != l->pass || b >= r.nbatches)
             break;
+        n = (uint64_t)(b + 1) * B <= r.rd.total ? B : (uint32_t)(r.rd.total - (uint64_t)b * B);
         if ((end = lease_check(w, &r)) != LEASE_GOING ||
             (end = lease_batch(w, &r, b, n, &next.ms, &next.xs, &err)) != LEASE_GOING)
             goto ended;
