@@ -76,6 +76,9 @@ static const struct option_desc options[] = {
      "(records gather while a commit is in flight)"},
     {"server", "snapshot_interval", OPT_DURATION, F(server_snapshot_interval_ms), "30s", 100,
      24 * HOUR_MS, "time between snapshots of a server's ranges"},
+    {"server", "snapshot_log_factor", OPT_UINT, F(server_snapshot_log_factor), "4", 0, 1000000,
+     "take the snapshots early once the update log written since the last ones is this many "
+     "times the state they hold (at least 1 MiB); 0: every snapshot_interval only"},
     {"server", "checkpoint_key", OPT_STRING, F(server_checkpoint_key), "", 0, 0,
      "cluster key file that signs checkpoints (keelctl checkpoint keygen); empty: no checkpoints"},
     {"server", "checkpoint_keep", OPT_UINT, F(server_checkpoint_keep), "10", 1, 1000000,

@@ -41,6 +41,7 @@
 #include "bench.h"
 #include "alloc.h"
 #include "log.h"
+#include "keel/jobspec.h"
 #include "keel/model.h"
 #include "keel/optim.h"
 #include "train_runs.h"
@@ -378,6 +379,13 @@ static double m_final(const struct train_run *r, double arg)
     return train_final_accuracy(r);
 }
 
+/* How much the largest server store grew over the job, in MB. */
+static double m_store_growth(const struct train_run *r, double arg)
+{
+    (void)arg;
+    return r->store_end > r->store_start ? (double)(r->store_end - r->store_start) / 1e6 : 0.0;
+}
+
 static double m_best(const struct train_run *r, double arg)
 {
     (void)arg;
@@ -535,7 +543,9 @@ static int measure_training(struct keel_bench *b, const struct options *o)
                 fprintf(stderr, "keel-bench-train: %u worker(s): %s\n", o->workers[c - 1], err.msg);
     }
     if (rc == 0) {
-        double base_ex = median_metric(&res, 0, m_examples, 0);
+        double base_ex = median_metric(&res, 0, m_examples, 0), params_mb = 0;
+        struct keel_jobspec js;
+        struct keel_error jerr;
         double base_final = median_metric(&res, 0, m_final, 0);
         double base_t[2];
         char name[96];
@@ -547,6 +557,9 @@ static int measure_training(struct keel_bench *b, const struct options *o)
                 v[i] = train_time_to(&res.r[0][i], targets[t]);
             base_t[t] = median_of(v, res.runs);
         }
+        keel_error_init(&jerr);
+        if (keel_jobspec_load(&js, o->job, &jerr) == 0)
+            params_mb = (double)keel_model_nparams(&js.model) * 4 / 1e6;
         for (size_t c = 1; c < res.nconfigs; c++) {
             unsigned w = o->workers[c - 1];
 
@@ -562,6 +575,9 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             }
             snprintf(name, sizeof(name), "keel_w%u_final_accuracy", w);
             keel_bench_record(b, name, median_metric(&res, c, m_final, 0), "acc", base_final);
+            /* Disk: the store's growth against the model's parameters (float32). */
+            snprintf(name, sizeof(name), "keel_w%u_store_growth_mb", w);
+            keel_bench_record(b, name, median_metric(&res, c, m_store_growth, 0), "MB", params_mb);
         }
         for (size_t c = 0; c < res.nconfigs; c++)
             note_config(b, o, &res, c, targets, ntargets);

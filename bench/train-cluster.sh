@@ -11,6 +11,7 @@
 #
 #   {"workers": N, "servers": S, "epochs": E, "shards": H, "records": R, "finished": true,
 #    "start_ms": T0, "end_ms": T1, "examples": X, "startup_s": U,
+#    "store_start_bytes": B0, "store_end_bytes": B1,
 #    "evals": [{"pass": P, "worker": "w1", "accuracy": A, "loss": L,
 #               "time_ms": T}, ...]}
 #
@@ -18,7 +19,10 @@
 # it moved it to done (both Unix ms, from jobs/<job>/state): cluster start-up
 # (U seconds, reported apart) and the wait for the leader are not in it.  X is
 # the number of training examples applied by T1 (epochs x R when the job
-# finished).  "evals" is every test evaluation the workers wrote
+# finished).  B0 and B1 are the size of the largest server's store file
+# (data.mdb) before the job was submitted and once it ended: LMDB's file only
+# grows, so B1 - B0 is the most the job's ranges (snapshots and update log)
+# ever took at once.  "evals" is every test evaluation the workers wrote
 # (jobs/<job>/eval/<pass>/<worker>; a worker rewrites its key after each
 # shard it finishes, so the key is watched from the submission on and every
 # version kept), in the order they were written.  Progress goes to stderr.
@@ -150,6 +154,18 @@ for ((i = 1; i <= workers; i++)); do
     cl_alive "worker-w$i" || fail "worker w$i is not running (see $cdir/logs/worker-w$i.log)"
 done
 
+# The largest server store (data.mdb: LMDB's file never shrinks, so at the end
+# it is the high-water mark), before the job and once it ended.
+store_bytes() {
+    local f n max=0
+    for f in "$cdir"/data/server-*/data.mdb; do
+        n=$(stat -c %s "$f" 2>/dev/null) || continue
+        ((n > max)) && max=$n
+    done
+    echo "$max"
+}
+store_start=$(store_bytes)
+
 spec=$tmp/job.ini
 cp "$job_file" "$spec" || fail "cannot copy $job_file"
 sed -i "s/^epochs *=.*/epochs = $epochs/" "$spec"
@@ -224,6 +240,8 @@ while :; do
     sleep 1
 done
 
+store_end=$(store_bytes)
+
 # The examples applied so far, from the shard positions (all of them when done).
 records=$("$bin/keelctl" dataset info --store "$cdir/data/server-s1" --name "$KEEL_DATASET" --json |
     python3 -c 'import json,sys; print(",".join(str(s["records"]) for s in json.load(sys.stdin)["shard_list"]))') ||
@@ -245,10 +263,12 @@ watch_pid=''
     say "warning: $(evals_seen) evaluation(s) seen, $want expected ($(cat "$tmp/watch.err"))"
 
 python3 - "$tmp/evals.txt" "$workers" "$servers" "$epochs" "$shards" "$records" "$finished" \
-    "$start_ms" "$end_ms" "${examples:-0}" "$startup_s" <<'EOF' || fail "cannot write the results"
+    "$start_ms" "$end_ms" "${examples:-0}" "$startup_s" "$store_start" "$store_end" \
+    <<'EOF' || fail "cannot write the results"
 import json, sys
 
-path, workers, servers, epochs, shards, records, finished, start, end, examples, startup = sys.argv[1:]
+(path, workers, servers, epochs, shards, records, finished, start, end, examples, startup,
+ store_start, store_end) = sys.argv[1:]
 lines = open(path, encoding="utf-8", errors="replace").read().split("\n")
 evals = []
 i = 0
@@ -268,7 +288,9 @@ json.dump({"workers": int(workers), "servers": int(servers), "epochs": int(epoch
            "shards": int(shards),
            "records": sum(int(r) for r in records.split(",")),
            "finished": finished == "true", "start_ms": int(start), "end_ms": int(end),
-           "examples": int(examples), "startup_s": int(startup), "evals": evals},
+           "examples": int(examples), "startup_s": int(startup),
+           "store_start_bytes": int(store_start), "store_end_bytes": int(store_end),
+           "evals": evals},
           sys.stdout)
 sys.stdout.write("\n")
 EOF

@@ -481,6 +481,9 @@ static int parse_cluster_run(const struct keel_buf *text, struct train_run *out,
     out->examples = examples;
     out->seconds = (double)(end - start) / 1000.0;
     out->startup_s = (double)startup;
+    if (json_u64(o, "store_start_bytes", &out->store_start) ||
+        json_u64(o, "store_end_bytes", &out->store_end))
+        out->store_start = out->store_end = 0;
     json_array_foreach(evals, i, e)
     {
         json_t *acc = json_object_get(e, "accuracy");

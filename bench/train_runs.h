@@ -36,6 +36,8 @@ struct train_run {
     uint64_t examples;        /* training examples applied by the end */
     double seconds;           /* from the start to the end of training */
     double startup_s;         /* the cluster's start-up, not counted in `seconds` (0 in process) */
+    uint64_t store_start;     /* the largest server store file before the job (0 in process) */
+    uint64_t store_end;       /* ... and once it ended: its high-water mark */
     struct train_eval *evals; /* in time order */
     size_t nevals;
 };

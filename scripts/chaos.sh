@@ -27,7 +27,8 @@
 #  - the job's state is done;
 #  - the final test accuracy (the median of the last 8 passes of `keelctl job
 #    show NAME --json`'s accuracy_curve: lib/final_accuracy.py) is within
-#    0.005 of --reference; without --reference it is only printed;
+#    --tolerance (default 0.005) of --reference; without --reference it is
+#    only printed;
 #  - exactly once, from the stores: the key-range assignment as it was when
 #    the job became done is read from etcd's history (lib/final-assignment.sh),
 #    the cluster is taken down (DIR is kept), and lib/check_replicas.py
@@ -54,7 +55,7 @@ cluster=$top/scripts/cluster.sh
 usage() {
     cat <<'EOF'
 usage: chaos.sh --dir DIR [--seed S] [--duration SECONDS] [--every SECONDS]
-                [--job FILE] [--reference ACC] [--timeout SECONDS]
+                [--job FILE] [--reference ACC] [--tolerance T] [--timeout SECONDS]
 SIGKILL random nodes of the local cluster in DIR while a job trains, start
 them again, then check the job.  Run it against a cluster started with
 'cluster.sh up --dir DIR' (replication 2 or more, so that a server's death
@@ -69,7 +70,7 @@ come from the seed: one seed, one sequence of (kind, node, delay).
 
 Then, once --duration has passed: start anything still down, wait for the
 job to end, and check: no node crashed on its own; the job is done; its final
-test accuracy (the median of accuracy_curve's last 8 passes) is within 0.005 of --reference
+test accuracy (the median of accuracy_curve's last 8 passes) is within --tolerance of --reference
 (without --reference it is only printed); read from the stores, every in-sync
 replica of every range applied each push exactly once and the replicas are
 identical.  The cluster is taken down for that (DIR is kept).  Prints a log
@@ -82,6 +83,7 @@ of every fault and a verdict line.
       --duration SECONDS inject faults for this long (default 600)
       --every SECONDS    mean gap between faults (default 20)
       --reference ACC    expected final test accuracy, e.g. 0.842
+      --tolerance T      how far from it the final accuracy may be (default 0.005)
       --timeout SECONDS  wait this long for the job to end after the
                          faults (default 1800)
   -h, --help             show this help
@@ -96,7 +98,7 @@ usage_error() {
 }
 int_arg() { [[ ${2:-} =~ ^[0-9]+$ ]] || usage_error "$1: expected a whole number, got '${2:-}'"; }
 
-dir='' seed='' duration=600 every=20 jobfile='' reference='' timeout=1800
+dir='' seed='' duration=600 every=20 jobfile='' reference='' tolerance=0.005 timeout=1800
 while [ $# -gt 0 ]; do
     case $1 in
     -d | --dir) dir=${2:-} && shift ;;
@@ -108,6 +110,10 @@ while [ $# -gt 0 ]; do
     --reference)
         [[ ${2:-} =~ ^(0|1)?\.[0-9]+$|^[01]$ ]] || usage_error "--reference: an accuracy in [0, 1], got '${2:-}'"
         reference=$2 && shift
+        ;;
+    --tolerance)
+        [[ ${2:-} =~ ^0?\.[0-9]+$ ]] || usage_error "--tolerance: a fraction like 0.005, got '${2:-}'"
+        tolerance=$2 && shift
         ;;
     -h | --help) usage && exit 0 ;;
     *) usage_error "unknown argument '$1'" ;;
@@ -373,8 +379,9 @@ print("test accuracy of the last passes:", " ".join("%d:%.4f" % (e["pass"], e["a
 if [ -z "$acc" ]; then
     check 1 "final test accuracy: none reported"
 elif [ -n "$reference" ]; then
-    python3 -c 'import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.005)' "$acc_v" "$reference"
-    check $? "final test accuracy $acc_v (median of passes $acc_first-$acc_last) within 0.005 of the reference $reference"
+    python3 -c 'import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > float(sys.argv[3]))' \
+        "$acc_v" "$reference" "$tolerance"
+    check $? "final test accuracy $acc_v (median of passes $acc_first-$acc_last) within $tolerance of the reference $reference"
 else
     echo "INFO: final test accuracy $acc_v (median of passes $acc_first-$acc_last; no --reference to compare with)"
 fi

@@ -641,12 +641,14 @@ static void fail_stop(const char *what, const struct keel_error *err)
 }
 
 /* Append the log records gathered so far, in one durable transaction. */
-static void flush_records(struct srv *s, struct keel_ulog_record *recs, size_t *n)
+static void flush_records(struct srv *s, struct keel_ulog_record *recs, size_t *n, uint64_t *bytes)
 {
     struct keel_error err;
     char what[96];
 
     keel_error_init(&err);
+    for (size_t i = 0; i < *n; i++)
+        *bytes += recs[i].push.data.nkeys * (8 + 4 * (uint64_t)recs[i].push.data.row_width);
     if (*n > 0 && keel_ulog_append(s->store, recs, *n, &err) != 0) {
         snprintf(what, sizeof(what), "commit %zu update-log record(s)", *n);
         fail_stop(what, &err);
@@ -664,11 +666,12 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
     struct keel_ulog_record *recs = NULL;
     struct keel_error err;
     size_t n = 0, cap = 0;
+    uint64_t logged = 0;
 
     keel_error_init(&err);
     for (struct pending_ack *a = acks; a; a = a->next) {
         if (a->kind == ACK_COPY) {
-            flush_records(s, recs, &n);
+            flush_records(s, recs, &n, &logged);
             if (keel_snapshot_install(s->store, &a->copy, &err) != 0)
                 fail_stop("install a copy of a range", &err);
             continue;
@@ -684,9 +687,10 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
             n++;
         }
     }
-    flush_records(s, recs, &n);
+    flush_records(s, recs, &n, &logged);
     free(recs);
     pthread_mutex_lock(&s->lock);
+    s->log_bytes += logged;
     while (acks) {
         struct pending_ack *a = acks;
 
@@ -717,35 +721,112 @@ static void commit_and_ack(struct srv *s, struct pending_ack *acks)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Write a snapshot of every range held (srv->lock held: the job cannot change). */
-static void snapshot_locked(struct srv *s)
+/*
+ * Copies of every range held, taken under srv->lock (each under its range's
+ * lock), to be written in one transaction, with or without srv->lock.
+ */
+struct snap_set {
+    struct srv *s;
+    uint64_t gen; /* srv->job_gen when copied */
+    struct keel_snapshot *snaps;
+    size_t n;
+};
+
+/* Whether the job the copies are of is still the one served (inside the write). */
+static int same_job(void *ctx)
+{
+    const struct snap_set *set = ctx;
+
+    return __atomic_load_n(&set->s->job_gen, __ATOMIC_ACQUIRE) == set->gen;
+}
+
+static void snap_copy(struct srv *s, struct snap_set *set)
 {
     struct keel_error err;
-    unsigned written = 0;
+    uint64_t bytes = 0;
 
     keel_error_init(&err);
+    memset(set, 0, sizeof(*set));
+    set->s = s;
+    set->gen = __atomic_load_n(&s->job_gen, __ATOMIC_ACQUIRE);
+    KEEL_ALLOC_ARRAY(set->snaps, KEEL_PROTO_NRANGES);
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES && s->ps; r++) {
-        struct keel_snapshot snap;
+        struct keel_snapshot *snap = &set->snaps[set->n];
 
         /* A copy on its way to the store would replace this snapshot with an older one. */
         if (s->installs[r] > 0 || !keel_ps_holds(s->ps, r) ||
-            keel_ps_snapshot(s->ps, r, &snap, &err) != 0)
+            keel_ps_snapshot(s->ps, r, snap, &err) != 0)
             continue;
-        if (keel_snapshot_write(s->store, &snap, &err) != 0)
-            KEEL_LOG_ERROR("snapshot of range %u: %s", r, err.msg);
-        else
-            written++;
-        keel_snapshot_release(&snap);
+        for (size_t t = 0; t < snap->ntables; t++)
+            bytes += snap->tables[t].nrows *
+                     (8 + 4 * ((uint64_t)snap->tables[t].width + snap->tables[t].state_width));
+        set->n++;
     }
-    if (written)
-        KEEL_LOG_DEBUG("snapshots of %u range(s) written", written);
+    s->state_bytes = bytes;
+    s->log_bytes = 0; /* what was logged so far, the copies hold */
 }
 
+/* Write the copies in one durable transaction (unless the job changed since), and free them. */
+static void snap_write(struct snap_set *set)
+{
+    struct keel_error err;
+
+    keel_error_init(&err);
+    if (set->n > 0) {
+        int rc = keel_snapshot_write_many(set->s->store, set->snaps, set->n, same_job, set, &err);
+
+        if (rc == KEEL_ECANCELED)
+            KEEL_LOG_DEBUG("snapshots of %zu range(s) not written: the job changed", set->n);
+        else if (rc != 0)
+            KEEL_LOG_ERROR("snapshots of %zu range(s): %s", set->n, err.msg);
+        else
+            KEEL_LOG_DEBUG("snapshots of %zu range(s) written", set->n);
+    }
+    for (size_t i = 0; i < set->n; i++)
+        keel_snapshot_release(&set->snaps[i]);
+    free(set->snaps);
+    set->snaps = NULL;
+    set->n = 0;
+}
+
+/* Snapshots of every range held, copied and written at one moment (srv->lock held). */
+static void snapshot_locked(struct srv *s)
+{
+    struct snap_set set;
+
+    snap_copy(s, &set);
+    snap_write(&set);
+}
+
+/*
+ * Snapshots of every range held: copied under srv->lock, written without it,
+ * so that pushes go on meanwhile (storage thread).
+ */
 static void snapshot_all(struct srv *s)
 {
+    struct snap_set set;
+
     pthread_mutex_lock(&s->lock);
-    snapshot_locked(s);
+    snap_copy(s, &set);
     pthread_mutex_unlock(&s->lock);
+    snap_write(&set);
+}
+
+/*
+ * Whether the log written since the last snapshot is [server]
+ * snapshot_log_factor times the state held (at least 1 MiB): a snapshot then
+ * lets its records go, so a store holds a few snapshots' worth of the
+ * parameters and not a snapshot interval of gradients.
+ */
+static int log_due(struct srv *s)
+{
+    uint64_t f = s->config->server_snapshot_log_factor, floor = 1u << 20;
+    int due;
+
+    pthread_mutex_lock(&s->lock);
+    due = f > 0 && s->log_bytes >= (f * s->state_bytes > floor ? f * s->state_bytes : floor);
+    pthread_mutex_unlock(&s->lock);
+    return due;
 }
 
 /*
@@ -838,7 +919,7 @@ static void *storage_main(void *arg)
         repl_write_report(s);
         repl_report_suspects(s);
         checkpoint_if_due(s);
-        if (stopping || keel_clock_mono_ms() >= next_snapshot) {
+        if (stopping || keel_clock_mono_ms() >= next_snapshot || log_due(s)) {
             snapshot_all(s);
             next_snapshot = keel_clock_mono_ms() + s->config->server_snapshot_interval_ms;
         }
@@ -1020,6 +1101,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
                 checkpoint_locked(s, s->ckpt_clock,
                                   st.state == KEEL_JOB_DONE ? "the job is done" : "the job ended");
             KEEL_LOG_INFO("job %s is no longer running: releasing its ranges", job);
+            __atomic_add_fetch(&s->job_gen, 1, __ATOMIC_ACQ_REL);
             keel_ps_free(s->ps);
             s->ps = NULL;
             s->job[0] = '\0';
@@ -1052,6 +1134,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     }
     keel_etcd_kv_release(&spec_kv);
     keel_buf_release(&key);
+    __atomic_add_fetch(&s->job_gen, 1, __ATOMIC_ACQ_REL); /* before the store changes hands */
     if (claim_store(s, job, &err) != 0) {
         KEEL_LOG_ERROR("cannot take up job %s: %s", job, err.msg);
         keel_ps_free(s->ps);

@@ -163,6 +163,14 @@ struct srv {
      * "stored" for ranges not held, so the leader can restore a range from here.
      */
     uint64_t stored[KEEL_PROTO_NRANGES];
+    /*
+     * Snapshots: the bytes of update-log records committed since the last
+     * one, and of the state (rows, optimizer state, keys) it copied, under
+     * lock; job_gen (atomic) changes whenever the job served does, so that
+     * copies of one job are never written over the next one's store.
+     */
+    uint64_t log_bytes, state_bytes;
+    uint64_t job_gen;
     /* wall ms when this server was promoted to lead the range, until its
      * first push there is acknowledged (logged once); 0: none pending */
     int64_t promoted_ms[KEEL_PROTO_NRANGES];

@@ -477,19 +477,36 @@ out:
 
 struct write_ctx {
     keel_store *s;
-    const struct keel_snapshot *snap;
+    const struct keel_snapshot *snaps;
+    size_t n;
+    int (*still)(void *ctx);
+    void *ctx;
 };
 
 static int write_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 {
     struct write_ctx *w = ctx;
+    int rc = 0;
 
-    return keel_snapshot_put(w->s, txn, w->snap, err);
+    if (w->still != NULL && !w->still(w->ctx))
+        return keel_err_set(err, KEEL_ECANCELED, "store '%s': snapshots no longer wanted",
+                            keel_store_dir(w->s));
+    for (size_t i = 0; i < w->n && rc == 0; i++)
+        rc = keel_snapshot_put(w->s, txn, &w->snaps[i], err);
+    return rc;
 }
 
 int keel_snapshot_write(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err)
 {
-    struct write_ctx w = {s, snap};
+    struct write_ctx w = {s, snap, 1, NULL, NULL};
+
+    return keel_store_write(s, write_fn, &w, err);
+}
+
+int keel_snapshot_write_many(keel_store *s, const struct keel_snapshot *snaps, size_t n,
+                             int (*still)(void *ctx), void *ctx, struct keel_error *err)
+{
+    struct write_ctx w = {s, snaps, n, still, ctx};
 
     return keel_store_write(s, write_fn, &w, err);
 }
@@ -1327,19 +1344,19 @@ static int install_fn(keel_txn *txn, void *ctx, struct keel_error *err)
     int rc;
 
     /* Every record of the range, also those past the snapshot (a divergent tail). */
-    rc = keel_ulog_truncate_txn(w->s, txn, w->snap->range, UINT64_MAX, &dropped, err);
+    rc = keel_ulog_truncate_txn(w->s, txn, w->snaps->range, UINT64_MAX, &dropped, err);
     if (rc == 0)
-        rc = keel_snapshot_put(w->s, txn, w->snap, err);
+        rc = keel_snapshot_put(w->s, txn, w->snaps, err);
     if (rc == 0 && dropped)
         KEEL_LOG_DEBUG("install of range %" PRIu32 " at LSN %" PRIu64 ": %" PRIu64
                        " log record(s) dropped",
-                       w->snap->range, w->snap->lsn, dropped);
+                       w->snaps->range, w->snaps->lsn, dropped);
     return rc;
 }
 
 int keel_snapshot_install(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err)
 {
-    struct write_ctx w = {s, snap};
+    struct write_ctx w = {s, snap, 1, NULL, NULL};
     int rc = keel_snapshot_check(snap, err);
 
     if (rc == 0)

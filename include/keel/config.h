@@ -46,6 +46,7 @@ struct keel_config {
     /* [server] */
     uint64_t server_group_commit_ms;      /* longest wait before the log is committed */
     uint64_t server_snapshot_interval_ms; /* time between range snapshots */
+    uint64_t server_snapshot_log_factor;  /* snapshots early once the log is this x the state */
     char *server_checkpoint_key;          /* key file signing checkpoints; "" = none taken */
     unsigned server_checkpoint_keep;      /* checkpoints kept in the store */
     /* [log] */

@@ -90,6 +90,17 @@ void keel_snapshot_release(struct keel_snapshot *snap);
  */
 int keel_snapshot_write(keel_store *s, const struct keel_snapshot *snap, struct keel_error *err);
 
+/*
+ * Write snaps[0..n) as keel_snapshot_write() writes one, all in one durable
+ * transaction (one commit for a server's every range).  `still` (may be
+ * NULL) is asked first, inside the transaction, so after any other writer
+ * has committed: when it returns 0 nothing is written (KEEL_ECANCELED); a
+ * server passes "the job is still the one these are of".  On any error
+ * nothing is written.
+ */
+int keel_snapshot_write_many(keel_store *s, const struct keel_snapshot *snaps, size_t n,
+                             int (*still)(void *ctx), void *ctx, struct keel_error *err);
+
 /* What a snapshot header says, without the rows. */
 struct keel_snapshot_info {
     uint32_t range;

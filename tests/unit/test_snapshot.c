@@ -877,3 +877,43 @@ Test(snapshot, install_replaces_the_snapshot_and_every_log_record)
     free_fixture(&old);
     keel_buf_release(&b);
 }
+
+static int answer(void *ctx)
+{
+    return *(int *)ctx;
+}
+
+Test(snapshot, write_many_writes_all_in_one_transaction_or_none)
+{
+    struct fixture f[3];
+    struct keel_snapshot snaps[3], got;
+    int yes = 1, no = 0;
+
+    for (int i = 0; i < 3; i++) {
+        make_fixture(&f[i], (uint32_t)(10 + i), (uint64_t)(4 + i), 3, (float)i);
+        snaps[i] = f[i].snap;
+    }
+    /* Not wanted any more: nothing is written. */
+    cr_assert_eq(keel_snapshot_write_many(store, snaps, 3, answer, &no, &err), KEEL_ECANCELED);
+    cr_assert_eq(keel_snapshot_read(store, 10, &got, &err), KEEL_ENOTFOUND);
+    /* A bad one among them (keys not increasing): nothing is written either. */
+    {
+        struct fixture bad;
+
+        make_fixture(&bad, 12, 6, 3, 2);
+        bad.tables[0].keys[1] = bad.tables[0].keys[0];
+        snaps[2] = bad.snap;
+        cr_assert_neq(keel_snapshot_write_many(store, snaps, 3, NULL, NULL, &err), 0);
+        cr_assert_eq(keel_snapshot_read(store, 10, &got, &err), KEEL_ENOTFOUND);
+        free_fixture(&bad);
+        snaps[2] = f[2].snap;
+    }
+    /* Wanted: every one is there, as written. */
+    cr_assert_eq(keel_snapshot_write_many(store, snaps, 3, answer, &yes, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(keel_snapshot_read(store, (uint32_t)(10 + i), &got, &err), 0, "%s", err.msg);
+        assert_same(&snaps[i], &got);
+        keel_snapshot_release(&got);
+        free_fixture(&f[i]);
+    }
+}
