@@ -202,15 +202,18 @@ static void suspect_silent(struct wk *w, struct xchg *x, const struct part *part
 
 /*
  * Wait for every reply; with `abandon`, give up when the worker is stopping.
- * Every half second without every reply, the servers still silent and not
+ * Requests to servers the route no longer uses are given up on at once, and
+ * every half second without every reply the servers still silent and not
  * connected are reported, the route is brought up to date from the watch,
- * and requests to servers it no longer uses are given up on.
+ * and requests to servers it no longer uses are given up on again.
  */
 static int xchg_wait(struct wk *w, struct xchg *x, const struct part *parts, int abandon)
 {
     uint64_t check = keel_clock_mono_ms() + 500;
 
     pthread_mutex_lock(&x->lock);
+    /* A push seen through after the next pull may wait on servers that left the route since. */
+    drop_moved(w, x, parts);
     while (x->waiting > 0) {
         if (abandon && atomic_load(&w->stopping)) {
             pthread_mutex_unlock(&x->lock);
@@ -219,14 +222,11 @@ static int xchg_wait(struct wk *w, struct xchg *x, const struct part *parts, int
         }
         keel_cond_timedwait_ms(&x->cond, &x->lock, 100);
         if (x->waiting > 0 && keel_clock_mono_ms() >= check) {
-            int changed;
-
             pthread_mutex_unlock(&x->lock); /* replies go on arriving meanwhile */
             suspect_silent(w, x, parts);
-            changed = wk_refresh_route(w, 0, NULL);
+            wk_refresh_route(w, 0, NULL);
             pthread_mutex_lock(&x->lock);
-            if (changed > 0)
-                drop_moved(w, x, parts);
+            drop_moved(w, x, parts);
             check = keel_clock_mono_ms() + 500;
         }
     }
