@@ -420,15 +420,6 @@ static unsigned new_primaries(keel_assign *a, const unsigned char *changed, unsi
     return n;
 }
 
-/* Index of `id` in the table's server list, or -1. */
-static long server_index(const keel_assign *a, const char *id)
-{
-    for (size_t i = 0; i < a->nservers; i++)
-        if (strcmp(a->servers[i], id) == 0)
-            return (long)i;
-    return -1;
-}
-
 static int is_live(const char *id, const char *const *live, size_t nlive)
 {
     for (size_t j = 0; j < nlive; j++)
@@ -471,7 +462,7 @@ unsigned keel_assign_restore_from_stores(keel_assign *a, const char *const *live
             long s;
 
             if (p == NULL || p->stored[r] == 0 || !is_live(synced[j].id, live, nlive) ||
-                (s = server_index(a, synced[j].id)) < 0)
+                (s = keel_id_find((const char *const *)a->servers, a->nservers, synced[j].id)) < 0)
                 continue;
             if (best < 0 || p->stored[r] > best_lsn ||
                 (p->stored[r] == best_lsn &&
