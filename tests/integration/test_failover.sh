@@ -78,6 +78,9 @@ survivors=$(for s in s1 s2 s3; do [ "$s" = "$victim" ] || printf '%s ' "$s"; don
 survivors=${survivors% }
 
 # --- 2. another server stalled past its lease TTL ----------------------------------------
+# Only once the survivors back each other up: a range whose backup is still
+# syncing waits for its primary (a syncing backup is never promoted).
+if wait_for 60 all_in_sync; then ok; else fail "the survivors did not get in sync" "$(assignment_py 'a')"; fi
 stalled=${survivors%% *}
 other=${survivors##* }
 pid=$(cat "$dir/pids/server-$stalled.pid")
