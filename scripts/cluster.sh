@@ -167,7 +167,16 @@ launch() {
     printf -- '---- cluster.sh: %s starting %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$log"
     rm -f "$CL_DIR/pids/$name.exit"
     setsid "$@" </dev/null >>"$log" 2>&1 &
-    echo $! >"$CL_DIR/pids/$name.pid"
+    local pid=$!
+    echo "$pid" >"$CL_DIR/pids/$name.pid"
+    # Until the child has exec'd, its command line is this script's and
+    # cl_alive would call it dead: wait for the exec (or its exit), up to 5 s.
+    local i
+    for ((i = 0; i < 50; i++)); do
+        cl_pid_is_ours "$pid" "$name" && return 0
+        [ -e "/proc/$pid" ] || return 0
+        sleep 0.1
+    done
 }
 
 # The last lines of NAME's log, indented, for error messages.

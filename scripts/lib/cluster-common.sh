@@ -30,15 +30,8 @@ cl_die() {
     exit 1
 }
 
-# A loopback TCP port nobody listens on: the kernel's pick for a socket bound
-# to port 0, released at once (the same trick as the integration tests').
-cl_free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+# A loopback TCP port nobody listens on (scripts/lib/free_port.py).
+cl_free_port() { python3 "$(dirname "${BASH_SOURCE[0]}")/free_port.py"; }
 
 # cl_load DIR: check that DIR is a cluster directory and read its cluster.env.
 cl_load() {

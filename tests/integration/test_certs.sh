@@ -5,7 +5,8 @@
 # two issued certificates complete a TLS 1.3 mutual handshake on loopback.
 set -u
 bindir=$1
-. "$2/tests/lib/assert.sh"
+srcdir=$2
+. "$srcdir/tests/lib/assert.sh"
 K=$bindir/keelctl
 
 tmp=$(mktemp -d)
@@ -230,9 +231,7 @@ expect_status 1 "revoke without a CA"
 # ---- TLS 1.3 mutual handshake with openssl s_server / s_client ----
 # start_server CERTNAME: s_server for one connection, requiring a client
 # certificate from the cluster CA; sets srv_pid once it accepts.
-free_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_port() { python3 "$srcdir/scripts/lib/free_port.py"; }
 start_server() {
     port=$(free_port)
     : >"$tmp/srv.out"

@@ -25,7 +25,7 @@ ttl_s=3
 
 run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name t \
     --lease-ttl "${ttl_s}s"
-expect_status 0 "cluster up"
+require_status 0 "cluster up"
 cfg=$run_out
 # incarnation ROLE ID: the incarnation in the member key, "" when absent.
 incarnation() {

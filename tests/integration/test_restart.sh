@@ -29,7 +29,7 @@ srcdir=$2
 
 # --- a cluster and a job ---------------------------------------------------------------
 run cl up --dir "$dir" --bin "$bindir" --servers 2 --workers 2 --shards 4 --name t
-expect_status 0 "cluster up"
+require_status 0 "cluster up"
 cfg=$run_out
 past_a_fifth() { local n; n=$(done_batches) && [ "${n:-0}" -ge 240 ]; }
 

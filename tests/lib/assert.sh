@@ -1,5 +1,5 @@
 # assert.sh - tiny helpers for the shell-driven integration tests.
-# Source it; call `run CMD...`, then expect_* on the captured result, and
+# Source it; call `run CMD...`, then expect_* (or require_status) on the captured result, and
 # `finish` at the end, which prints "N passed, N failed" and sets the status.
 
 passed=0
@@ -31,6 +31,16 @@ expect_status() {
         fail "$2: exit status $run_status, expected $1" "stdout: $run_out
 stderr: $run_err"
     fi
+}
+
+# require_status N WHAT: expect_status, and end the test at once on a
+# mismatch (for steps nothing after can pass without, like a cluster's start).
+require_status() {
+    expect_status "$@"
+    [ "$run_status" -eq "$1" ] || {
+        finish
+        exit 1
+    }
 }
 
 expect_out() {

@@ -70,7 +70,7 @@ cl() { bash "$cluster" "$@"; }
 up_cluster() {
     run cl up --dir "$dir" --bin "$bindir" --servers "$1" --workers 2 --shards 4 --name t \
         --lease-ttl 3s --replication "$2"
-    expect_status 0 "cluster up"
+    require_status 0 "cluster up"
     cfg=$run_out
 }
 job_ini() {

@@ -25,15 +25,9 @@ ETCD_CLIENT_PORT=
 ETCD_PEER_PORT=
 ETCD_TLS_DIR=
 
-# A port the kernel hands out for a bound socket is free at that moment; the
-# socket is closed at once, so the port is free for etcd a moment later.
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+# A loopback TCP port nobody listens on, below the ephemeral range
+# (scripts/lib/free_port.py).
+free_port() { python3 "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/free_port.py"; }
 
 etcdctl_() {
     if [ -n "$ETCD_TLS_DIR" ]; then
