@@ -573,7 +573,11 @@ static void on_backup_reply(void *arg, int rc, struct keel_reply *reply,
             if (c->lsn > st->acked)
                 st->acked = c->lsn;
             st->failures = 0;
-            pthread_cond_signal(&s->wake);
+            /* Answer here what this confirmation completes: the storage thread
+             * may be in a commit (or a snapshot) for a while. */
+            repl_release_waiting(s);
+            if (c->copy)
+                pthread_cond_signal(&s->wake); /* the report says the new backup pledged */
         }
         pthread_mutex_unlock(&s->lock);
     } else {
