@@ -21,6 +21,8 @@
 # longer than planned: a fault is never injected before the previous
 # actions ended).  After --duration seconds no fault is injected; whatever is
 # still down is started again, and the job is waited for (--timeout).
+# "faults while job J was running: K of N" counts the kills before which the
+# job's state read "running" (a job shorter than the window saw fewer).
 #
 # Checks, each printed as PASS or FAIL, then a verdict line:
 #  - no node exited without being killed (a crash), every restart registered;
@@ -71,10 +73,12 @@ come from the seed: one seed, one sequence of (kind, node, delay).
 Then, once --duration has passed: start anything still down, wait for the
 job to end, and check: no node crashed on its own; the job is done; its final
 test accuracy (the median of accuracy_curve's last 8 passes) is within --tolerance of --reference
-(without --reference it is only printed); read from the stores, every in-sync
-replica of every range applied each push exactly once and the replicas are
-identical.  The cluster is taken down for that (DIR is kept).  Prints a log
-of every fault and a verdict line.
+(without --reference it is only printed; compare jobs whose rate decays,
+[optimizer] lr_decay: at a fixed rate the accuracy wanders by about a point);
+read from the stores, every in-sync replica of every range applied each push
+exactly once and the replicas are identical.  The cluster is taken down for
+that (DIR is kept).  Prints a log of every fault, how many came while the job
+was running, and a verdict line.
 
   -d, --dir DIR          the cluster directory (required)
       --job FILE         the job's spec file as submitted (default: the one
@@ -242,7 +246,7 @@ done <"$work/plan"
 
 # ---- the run ------------------------------------------------------------------------
 failures=()
-crashes=0 restarts_failed=0
+crashes=0 restarts_failed=0 while_running=0
 declare -A killed_at=() is_down=()
 pname() { if [ "$1" = etcd ]; then echo etcd; else echo "$1-$2"; fi; }
 pretty() { if [ "$1" = etcd ]; then echo etcd; else echo "$1 $2"; fi; }
@@ -286,10 +290,13 @@ do_kill() { # KIND ID DELAY
     fi
     local -a target=("$1")
     [ "$1" = etcd ] || target+=("$2")
+    local st
+    st=$(job_state) # before the kill: etcd answers
     if out=$(cl kill --dir "$CL_DIR" "${target[@]}" 2>&1); then
         killed_at[$name]=$(date +%s%3N)
         is_down[$name]=1
-        say "SIGKILL $(pretty "$1" "$2"); planned down ${3}s"
+        [ "$st" = running ] && while_running=$((while_running + 1))
+        say "SIGKILL $(pretty "$1" "$2"); planned down ${3}s; job $job ${st:-unknown}"
     else
         say "kill $(pretty "$1" "$2") failed: $out"
         failures+=("kill of $(pretty "$1" "$2") failed")
@@ -338,6 +345,7 @@ for name in "${!is_down[@]}"; do
     if [ "$name" = etcd ]; then do_start etcd -; else do_start "${name%%-*}" "${name#*-}"; fi
 done
 say "fault injection over"
+echo "chaos.sh: faults while job $job was running: $while_running of $nfaults"
 
 # ---- the end of the job --------------------------------------------------------------
 deadline=$((SECONDS + timeout))
