@@ -53,6 +53,43 @@ static int tls_fail(struct keel_error *err, const char *what, const char *subjec
                         why[0] ? why : "unknown reason");
 }
 
+/*
+ * The CRLs of the PEM file `path` into `store`, and nothing else: a
+ * certificate in the file would become a trust anchor (X509_STORE_load_file
+ * adds whatever it finds), so a file holding one, or a key, is refused, as
+ * is one holding no CRL.
+ */
+static int load_crls(X509_STORE *store, const char *path, struct keel_error *err)
+{
+    STACK_OF(X509_INFO) * infos;
+    BIO *in = BIO_new_file(path, "r");
+    int ncrls = 0, rc = 0;
+
+    if (in == NULL)
+        return tls_fail(err, "cannot open CRL", path);
+    infos = PEM_X509_INFO_read_bio(in, NULL, NULL, NULL);
+    BIO_free(in);
+    if (infos == NULL)
+        return tls_fail(err, "cannot read CRL", path);
+    for (int i = 0; i < sk_X509_INFO_num(infos) && rc == 0; i++) {
+        const X509_INFO *xi = sk_X509_INFO_value(infos, i);
+
+        if (xi->x509 != NULL || xi->x_pkey != NULL)
+            rc = keel_err_set(err, KEEL_ETLS,
+                              "CRL file '%s' holds a certificate or a key: it may hold only "
+                              "CRLs (a certificate there would be trusted)",
+                              path);
+        else if (xi->crl != NULL && X509_STORE_add_crl(store, xi->crl) != 1)
+            rc = tls_fail(err, "cannot add CRL", path);
+        else if (xi->crl != NULL)
+            ncrls++;
+    }
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    if (rc == 0 && ncrls == 0)
+        rc = keel_err_set(err, KEEL_ETLS, "CRL file '%s' holds no CRL", path);
+    return rc;
+}
+
 /* Build a context from the files; on success *self is the certificate's identity. */
 static int build_ctx(const struct keel_tls *t, SSL_CTX **out, struct keel_cert_identity *self,
                      struct keel_error *err)
@@ -98,10 +135,8 @@ static int build_ctx(const struct keel_tls *t, SSL_CTX **out, struct keel_cert_i
     }
     if (t->crl != NULL) {
         store = SSL_CTX_get_cert_store(ctx);
-        if (X509_STORE_load_file(store, t->crl) != 1) {
-            rc = tls_fail(err, "cannot load CRL", t->crl);
+        if ((rc = load_crls(store, t->crl, err)) != 0)
             goto free_ctx;
-        }
         X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     }
     rc = keel_cert_identity(SSL_CTX_get0_certificate(ctx), self, err);

@@ -411,6 +411,79 @@ Test(transport, revoked_certificate_is_refused)
     keel_tls_free(server_tls);
 }
 
+/* `out` = the concatenation of the files named (paths relative to the test's directory). */
+static void concat(const char *out, const char *const *names, size_t n)
+{
+    char path[256];
+    FILE *o, *in;
+    int c;
+
+    path_of(path, sizeof(path), out);
+    cr_assert_not_null(o = fopen(path, "w"));
+    for (size_t i = 0; i < n; i++) {
+        path_of(path, sizeof(path), names[i]);
+        cr_assert_not_null(in = fopen(path, "r"), "%s", path);
+        while ((c = fgetc(in)) != EOF)
+            fputc(c, o);
+        fclose(in);
+    }
+    fclose(o);
+}
+
+/*
+ * A CRL file may hold CRLs only: with another CA's certificate (and a CRL of
+ * that CA) in it, the TLS set-up is refused rather than trusting that CA;
+ * with the two CRLs alone it loads, and the other CA's worker stays out.
+ */
+Test(transport, crl_file_with_a_certificate_is_refused)
+{
+    static const char *const with_cert[] = {"ca/ca.crl", "other/ca.crt", "other/ca.crl"};
+    static const char *const crls_only[] = {"ca/ca.crl", "other/ca.crl"};
+    struct keel_certs_issue_opts o = {0};
+    struct keel_certs_issued w3;
+    char ca[128], crt[128], key[128], crl[128], cadir[128], nodes[128];
+    struct keel_tls_files f;
+    struct keel_tls *tls = NULL;
+    struct keel_error err;
+    struct keel_listener *l;
+    int fd;
+
+    /* Each CA revokes one certificate of its own, so that each has a CRL. */
+    path_of(nodes, sizeof(nodes), "nodes");
+    o.out_dir = nodes;
+    o.role = KEEL_ROLE_WORKER;
+    o.force = 1;
+    for (int i = 0; i < 2; i++) {
+        path_of(cadir, sizeof(cadir), i == 0 ? "ca" : "other");
+        o.ca_dir = cadir;
+        o.id = i == 0 ? "w3" : "w8";
+        cr_assert_eq(keel_certs_issue(&o, &w3, &err), 0, "%s", err.msg);
+        cr_assert_eq(keel_certs_revoke(cadir, NULL, w3.serial, &err), 0, "%s", err.msg);
+    }
+    path_of(ca, sizeof(ca), "ca/ca.crt");
+    path_of(crt, sizeof(crt), "nodes/server-s1.crt");
+    path_of(key, sizeof(key), "nodes/server-s1.key");
+    path_of(crl, sizeof(crl), "mixed.crl");
+    concat("mixed.crl", with_cert, 3);
+    f = (struct keel_tls_files){ca, crt, key, crl};
+    keel_error_init(&err);
+    cr_assert_eq(keel_tls_new(&f, &tls, &err), KEEL_ETLS,
+                 "a CRL file with a CA certificate loaded");
+    cr_assert_null(tls);
+    cr_assert(strstr(err.msg, "holds a certificate") != NULL, "%s", err.msg);
+
+    concat("two.crl", crls_only, 2);
+    path_of(crl, sizeof(crl), "two.crl");
+    l = listen_with(64, 1 << 20, 10000, 10000, crl);
+    cr_assert_null(raw_tls(keel_listener_port(l), "worker-w9", TLS1_3_VERSION, &fd, 1),
+                   "a worker of the other CA was let in");
+    SSL *ok = raw_tls(keel_listener_port(l), "worker-w1", TLS1_3_VERSION, &fd, 1);
+    cr_assert_not_null(ok);
+    raw_close(ok, fd);
+    keel_listener_stop(l);
+    keel_tls_free(server_tls);
+}
+
 static void expect_permission_refused(unsigned type)
 {
     struct keel_listener *l = listen_default();
