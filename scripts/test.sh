@@ -8,7 +8,7 @@
 #   4. formatting (clang-format) and static analysis (cppcheck).
 #
 # Environment:
-#   KEEL_FUZZ_SECONDS   seconds per fuzz target (default 25)
+#   KEEL_FUZZ_SECONDS   seconds per fuzz target (default 20)
 #   KEEL_TEST_JOBS      ctest parallelism (default: number of cores)
 #   KEEL_SKIP           space-separated steps to skip: asan fuzz lint
 set -euo pipefail
@@ -16,7 +16,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-fuzz_seconds=${KEEL_FUZZ_SECONDS:-25}
+fuzz_seconds=${KEEL_FUZZ_SECONDS:-20}
 jobs=${KEEL_TEST_JOBS:-$(nproc)}
 skip=" ${KEEL_SKIP:-} "
 started=$(date +%s)
