@@ -342,6 +342,23 @@ static void pull_rows(struct keel_client *c, float *rows)
     keel_reply_free(r);
 }
 
+/* Wait (up to 10 s) until the server says it runs no job. */
+static void wait_no_job(struct keel_client *c)
+{
+    for (int i = 0; i < 200; i++) {
+        int rc;
+        struct keel_reply *r = pull(c, "w1", 0, 10000, &rc);
+        int none = rc == 0 && r->msg.hdr.type == KEEL_MSG_ERROR &&
+                   r->msg.u.error.code == KEEL_EUNAVAILABLE;
+
+        keel_reply_free(r);
+        if (none)
+            return;
+        usleep(50000);
+    }
+    cr_assert_fail("the server still serves the ended job after 10 s");
+}
+
 /* Start the server and connect to it; its address into addr. */
 static struct keel_client *start_server(char *addr, size_t n)
 {
@@ -443,8 +460,13 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
     for (int i = 0; i < 15; i++)
         init[i] = rows[i] + 0.5f * grads[i]; /* j1's rows before its push */
 
-    /* j1 ends; j2 (the same model and seed) starts on the same server. */
+    /*
+     * j1 ends; j2 (the same model and seed) starts on the same server.  A push
+     * carries no job name: a worker of j2 only pushes once the server has
+     * left j1 (its shard lease is j2's), so the test waits for that too.
+     */
     end_job("j1");
+    wait_no_job(c);
     write_job("j2", "asp\ndurability = disk"); /* its ACK survives the SIGKILL below */
     r = push(c, "w1", 0, 1, 0, grads);         /* j2's first push has j1's (shard, seq) */
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);

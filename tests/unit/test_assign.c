@@ -54,7 +54,7 @@ static unsigned ceil_div(unsigned a, unsigned b)
 
 /* A set of server ids drawn from a pool of names. */
 #define POOL 64
-static char pool[POOL][8];
+static char pool[POOL][16];
 
 static void init_pool(void)
 {

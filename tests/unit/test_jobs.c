@@ -368,7 +368,7 @@ static unsigned below(uint64_t *s, unsigned n)
 }
 
 struct sim_worker {
-    char id[8];
+    char id[16];
     uint64_t incarnation; /* 0 while dead */
     /* what the worker itself believes: its shard and where it is */
     long shard;
