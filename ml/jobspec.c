@@ -15,6 +15,7 @@
 
 #include "digest.h"
 #include "keel/dataset.h"
+#include "keel/half.h"
 #include "keel/jobspec.h"
 #include "keel/model.h"
 #include "keel/range.h"
@@ -33,6 +34,7 @@ enum field {
     F_SHARDS,
     F_LOST_RANGES,
     F_DURABILITY,
+    F_COMPRESSION,
     F_OPT_TYPE,
     F_LR,
     F_MOMENTUM,
@@ -62,6 +64,7 @@ static const struct {
     [F_SHARDS] = {"job", "shards"},
     [F_LOST_RANGES] = {"job", "lost_ranges"},
     [F_DURABILITY] = {"job", "durability"},
+    [F_COMPRESSION] = {"job", "compression"},
     [F_OPT_TYPE] = {"optimizer", "type"},
     [F_LR] = {"optimizer", "lr"},
     [F_MOMENTUM] = {"optimizer", "momentum"},
@@ -467,6 +470,14 @@ static int set_field(struct keel_jobspec *spec, enum field f, const char *value,
         }
         spec->durability_disk = strcmp(value, "disk") == 0;
         return 0;
+    case F_COMPRESSION:
+        for (k = KEEL_ROWS_F32; k <= KEEL_ROWS_FP16; k++)
+            if (strcmp(value, keel_rows_enc_name((unsigned)k)) == 0) {
+                spec->compression = (unsigned)k;
+                return 0;
+            }
+        snprintf(why, whylen, "must be none, bf16 or fp16, got '%.80s'", value);
+        return -1;
     case F_OPT_TYPE:
         if ((k = optim_kind_of(value)) == 0) {
             snprintf(why, whylen, "must be sgd, momentum, adagrad or adam, got '%.80s'", value);
@@ -830,6 +841,8 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
         json_object_set_new(root, "lost_ranges", json_string("rewind"));
     if (s->durability_disk) /* the same */
         json_object_set_new(root, "durability", json_string("disk"));
+    if (s->compression != KEEL_ROWS_F32) /* the same */
+        json_object_set_new(root, "compression", json_string(keel_rows_enc_name(s->compression)));
     json_object_set_new(opt, "type", json_string(keel_optim_name(s->optimizer.type)));
     for (size_t i = 0; i < sizeof(opt_fields) / sizeof(opt_fields[0]); i++)
         if (uses(s->optimizer.type, opt_fields[i]))
@@ -937,11 +950,22 @@ static int decode_real(json_t *obj, const char *where, const char *key, double *
 int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
                         struct keel_error *err)
 {
-    static const char *const root_keys[] = {"format",      "name",         "model",
-                                            "dataset",     "test_dataset", "batch_size",
-                                            "epochs",      "consistency",  "checkpoint_interval",
-                                            "replication", "shards",       "lost_ranges",
-                                            "durability",  "optimizer",    "init",
+    static const char *const root_keys[] = {"format",
+                                            "name",
+                                            "model",
+                                            "dataset",
+                                            "test_dataset",
+                                            "batch_size",
+                                            "epochs",
+                                            "consistency",
+                                            "checkpoint_interval",
+                                            "replication",
+                                            "shards",
+                                            "lost_ranges",
+                                            "durability",
+                                            "compression",
+                                            "optimizer",
+                                            "init",
                                             NULL};
     static const char *const init_keys[] = {"method", "seed", "scale", NULL};
     static const char *const opt_keys[] = {
@@ -978,7 +1002,8 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
         (rc = decode_text(root, "test_dataset", F_TEST_DATASET, 0, s, err)) != 0 ||
         (rc = decode_text(root, "consistency", F_CONSISTENCY, 1, s, err)) != 0 ||
         (rc = decode_text(root, "lost_ranges", F_LOST_RANGES, 0, s, err)) != 0 ||
-        (rc = decode_text(root, "durability", F_DURABILITY, 0, s, err)) != 0)
+        (rc = decode_text(root, "durability", F_DURABILITY, 0, s, err)) != 0 ||
+        (rc = decode_text(root, "compression", F_COMPRESSION, 0, s, err)) != 0)
         goto out;
     if ((rc = decode_uint(root, "batch_size", MAX_BATCH_SIZE, &u, err)) != 0)
         goto out;

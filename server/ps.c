@@ -473,9 +473,10 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         out->owner_rows = rows;
         for (uint32_t k = 0; k < d->nkeys; k++)
             order[start[keel_range_of(d->keys[k])]++] = k;
+        /* Rows sent as 16-bit floats are widened here: the server keeps and logs floats. */
         for (uint32_t i = 0; i < d->nkeys; i++) {
             keys[i] = d->keys[order[i]];
-            memcpy(rows + (size_t)i * w, d->rows + (size_t)order[i] * w, (size_t)w * 4);
+            keel_rows_widen(d, order[i], 1, rows + (size_t)i * w);
         }
         free(order);
     }
@@ -501,10 +502,10 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
     }
     /* Refuse a bad gradient before anything changes. */
     for (size_t i = 0; i < (size_t)d->nkeys * w; i++)
-        if (!isfinite(d->rows[i])) {
+        if (!isfinite(rows[i])) {
             keel_ps_result_release(out);
             return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
-                                (unsigned long long)d->keys[i / w]);
+                                (unsigned long long)keys[i / w]);
         }
     /*
      * Lock every range the push touches, in ascending order (the order of
@@ -540,6 +541,8 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         a->push.data.nkeys = j - i;
         a->push.data.keys = keys + i;
         a->push.data.rows = rows + (size_t)i * w;
+        a->push.data.enc = KEEL_ROWS_F32; /* widened above */
+        a->push.data.half = NULL;
         /* Checked above: the keys are the model's and the gradients finite. */
         rc = apply_rows(ps, &r->snap, &a->push, err);
         if (rc != 0)

@@ -261,14 +261,29 @@ void srv_log_behind(struct srv *s, struct pending_ack *a)
 
 /* ---- parked pulls ------------------------------------------------------------ */
 
+/* Log the first push or pull reply of each row encoding in the job (srv->lock held). */
+static void note_enc(struct srv *s, unsigned bit, const char *what)
+{
+    if (s->enc_seen & (1u << bit))
+        return;
+    s->enc_seen |= 1u << bit;
+    KEEL_LOG_INFO("job %s: first %s with %s rows (compression = %s)", s->job, what,
+                  (bit & 3) == KEEL_ROWS_F32 ? "32-bit" : keel_rows_enc_name(bit & 3),
+                  keel_rows_enc_name(s->spec.compression));
+}
+
 static void answer_pull(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,
                         uint32_t table_id, uint32_t width, const uint64_t *keys, uint32_t nkeys)
 {
     struct keel_error err;
     struct keel_msg reply;
-    float *rows = keel_calloc((size_t)nkeys * width + 1, sizeof(float));
+    size_t n = (size_t)nkeys * width;
+    float *rows = keel_calloc(n + 1, sizeof(float));
+    uint16_t *half = NULL;
+    uint32_t enc = keel_proto_flags_enc(req->flags); /* the encoding the pull asked for */
 
     keel_error_init(&err);
+    note_enc(s, 4 + enc, "pull answered");
     if (keel_ps_pull(s->ps, table_id, width, keys, nkeys, rows, &err) != 0) {
         keel_conn_reply_error(conn, req, err.code, err.msg);
     } else {
@@ -276,9 +291,17 @@ static void answer_pull(struct srv *s, struct keel_conn *conn, const struct keel
         reply.hdr.type = KEEL_MSG_PULL_REPLY;
         reply.hdr.epoch = 0;
         reply.u.pull_reply.clock = keel_ps_min_clock(s->ps);
-        reply.u.pull_reply.data = (struct keel_rows){table_id, width, nkeys, keys, rows};
+        reply.u.pull_reply.data = (struct keel_rows){table_id, width, nkeys, keys, rows, 0, NULL};
+        if (enc != KEEL_ROWS_F32) {
+            half = keel_malloc((n + 1) * sizeof(uint16_t));
+            keel_half_narrow((enum keel_rows_enc)enc, rows, half, n);
+            reply.u.pull_reply.data.enc = enc;
+            reply.u.pull_reply.data.rows = NULL;
+            reply.u.pull_reply.data.half = half;
+        }
         keel_conn_reply(conn, req, &reply, NULL);
     }
+    free(half);
     free(rows);
 }
 
@@ -446,6 +469,7 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         free(a);
         return rc;
     }
+    note_enc(s, msg->u.push.data.enc & 3, "push");
     rc = keel_ps_push(s->ps, &msg->u.push, &a->result, err);
     if (rc == KEEL_EREDIRECT) {
         keel_ps_result_release(&a->result);
@@ -1142,6 +1166,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         return;
     }
     snprintf(s->job, sizeof(s->job), "%s", job);
+    s->enc_seen = 0;
     KEEL_LOG_INFO("serving job %s", job);
     if (keel_restore_lsns(s->store, s->stored, KEEL_PROTO_NRANGES, &err) != 0) {
         KEEL_LOG_WARN("job %s: cannot read which ranges the store holds (none offered for a "

@@ -174,6 +174,11 @@ struct srv {
     /* wall ms when this server was promoted to lead the range, until its
      * first push there is acknowledged (logged once); 0: none pending */
     int64_t promoted_ms[KEEL_PROTO_NRANGES];
+    /*
+     * The row encodings (half.h) seen in this job: bit `enc` for pushes, bit
+     * 4 + `enc` for pull replies; the first of each is logged.
+     */
+    unsigned enc_seen;
     int report_dirty;
     uint64_t report_at;              /* monotonic ms of the last report written */
     pthread_mutex_t report_lock;     /* held while a report is written: s->member stays */

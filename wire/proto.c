@@ -98,8 +98,18 @@ static int check_sorted(const uint64_t *keys, uint32_t n, struct keel_error *err
     return 0;
 }
 
-/* Bytes of keys (8 each) plus rows (4 * row_width each), or SIZE_MAX on overflow. */
-static size_t rows_bytes(uint32_t nkeys, uint32_t width, int with_rows)
+/* Bytes per value of an encoding: 4, or 2 for the 16-bit ones. */
+static size_t enc_size(uint32_t enc)
+{
+    return enc == KEEL_ROWS_F32 ? 4 : 2;
+}
+
+/*
+ * Bytes of keys (8 each) plus, when with_rows, the values (row_width each, of
+ * encoding `enc`) and the zero padding after 16-bit values to a multiple of
+ * 8; SIZE_MAX on overflow.
+ */
+static size_t rows_bytes(uint32_t nkeys, uint32_t width, int with_rows, uint32_t enc)
 {
     size_t k, r, total;
 
@@ -108,9 +118,33 @@ static size_t rows_bytes(uint32_t nkeys, uint32_t width, int with_rows)
     if (!with_rows)
         return k;
     if (__builtin_mul_overflow((size_t)nkeys, (size_t)width, &r) ||
-        __builtin_mul_overflow(r, (size_t)4, &r) || __builtin_add_overflow(k, r, &total))
+        __builtin_mul_overflow(r, enc_size(enc), &r) ||
+        (enc != KEEL_ROWS_F32 && __builtin_add_overflow(r, pad8(r), &r)) ||
+        __builtin_add_overflow(k, r, &total))
         return SIZE_MAX;
     return total;
+}
+
+uint32_t keel_proto_flags_enc(uint16_t flags)
+{
+    return (flags & KEEL_FLAG_BF16)   ? KEEL_ROWS_BF16
+           : (flags & KEEL_FLAG_FP16) ? KEEL_ROWS_FP16
+                                      : KEEL_ROWS_F32;
+}
+
+static uint16_t enc_flag(uint32_t enc)
+{
+    return enc == KEEL_ROWS_BF16 ? KEEL_FLAG_BF16 : enc == KEEL_ROWS_FP16 ? KEEL_FLAG_FP16 : 0;
+}
+
+void keel_rows_widen(const struct keel_rows *d, uint32_t first, uint32_t n, float *out)
+{
+    size_t at = (size_t)first * d->row_width, count = (size_t)n * d->row_width;
+
+    if (d->enc == KEEL_ROWS_F32)
+        memcpy(out, d->rows + at, count * sizeof(float));
+    else
+        keel_half_widen((enum keel_rows_enc)d->enc, d->half + at, out, count);
 }
 
 static int check_offsets(const uint32_t *off, uint32_t n, size_t data_len, struct keel_error *err)
@@ -138,6 +172,13 @@ static int check_flags(const struct keel_frame_header *h, struct keel_error *err
                             h->flags & ~KEEL_FLAGS_KNOWN);
     if ((h->flags & KEEL_FLAG_LAST) && h->type != KEEL_MSG_SHARD_DATA)
         return keel_err_set(err, KEEL_EFLAGS, "flag LAST on a %s frame",
+                            keel_msg_type_name(h->type));
+    if ((h->flags & KEEL_FLAG_BF16) && (h->flags & KEEL_FLAG_FP16))
+        return keel_err_set(err, KEEL_EFLAGS, "flags BF16 and FP16 together");
+    if ((h->flags & (KEEL_FLAG_BF16 | KEEL_FLAG_FP16)) && h->type != KEEL_MSG_PUSH &&
+        h->type != KEEL_MSG_PULL && h->type != KEEL_MSG_PULL_REPLY)
+        return keel_err_set(err, KEEL_EFLAGS, "flag %s on a %s frame",
+                            (h->flags & KEEL_FLAG_BF16) ? "BF16" : "FP16",
                             keel_msg_type_name(h->type));
     return 0;
 }
@@ -269,10 +310,15 @@ static int rd_rows_head(struct rd *r, struct keel_rows *d, uint32_t *extra)
     return check_row_width(d->row_width, r->err);
 }
 
-/* Keys (8-byte aligned here) and, when with_rows, the rows after them. */
+/*
+ * Keys (8-byte aligned here) and, when with_rows, the values after them, of
+ * the encoding d->enc (the frame's flags): 16-bit ones padded with zeros to
+ * a multiple of 8 bytes.
+ */
 static int rd_rows_data(struct rd *r, struct keel_rows *d, int with_rows)
 {
-    size_t need = rows_bytes(d->nkeys, d->row_width, with_rows);
+    size_t need = rows_bytes(d->nkeys, d->row_width, with_rows, d->enc);
+    int rc;
 
     if (need > r->len - r->off)
         return keel_err_set(
@@ -281,19 +327,26 @@ static int rd_rows_data(struct rd *r, struct keel_rows *d, int with_rows)
     d->keys = (const uint64_t *)(const void *)(r->p + r->off);
     r->off += (size_t)d->nkeys * 8;
     d->rows = NULL;
-    if (with_rows) {
+    d->half = NULL;
+    if (with_rows && d->enc == KEEL_ROWS_F32) {
         d->rows = (const float *)(const void *)(r->p + r->off);
         r->off += (size_t)d->nkeys * d->row_width * 4;
+    } else if (with_rows) {
+        d->half = (const uint16_t *)(const void *)(r->p + r->off);
+        r->off += (size_t)d->nkeys * d->row_width * 2;
+        if ((rc = rd_pad(r, "16-bit rows")) != 0)
+            return rc;
     }
     return check_sorted(d->keys, d->nkeys, r->err);
 }
 
-static int rd_push(struct rd *r, struct keel_msg_push *m)
+static int rd_push(struct rd *r, struct keel_msg_push *m, uint32_t enc)
 {
     int rc;
 
     if ((rc = rd_rows_head(r, &m->data, &m->shard)) != 0)
         return rc;
+    m->data.enc = enc;
     if ((rc = rd_need(r, 40, "push header")) != 0)
         return rc;
     m->incarnation = rd_u64(r);
@@ -307,7 +360,7 @@ static int rd_push(struct rd *r, struct keel_msg_push *m)
     return rd_rows_data(r, &m->data, 1);
 }
 
-static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
+static int decode_body(struct rd *r, unsigned type, uint16_t flags, struct keel_msg *m)
 {
     uint32_t u32;
     int rc;
@@ -327,10 +380,11 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return rc;
         return check_id(m->u.hello.node_id, "node_id", r->err);
     case KEEL_MSG_PUSH:
-        return rd_push(r, &m->u.push);
+        return rd_push(r, &m->u.push, keel_proto_flags_enc(flags));
     case KEEL_MSG_PULL:
         if ((rc = rd_rows_head(r, &m->u.pull.data, &u32)) != 0)
             return rc;
+        m->u.pull.data.enc = keel_proto_flags_enc(flags); /* the reply's, wanted */
         if (u32 != 0)
             return keel_err_set(r->err, KEEL_ERESERVED, "pull reserved field not zero");
         if ((rc = rd_need(r, 16, "pull clock and assignment version")) != 0)
@@ -346,6 +400,7 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
             return rc;
         if (u32 != 0)
             return keel_err_set(r->err, KEEL_ERESERVED, "pull reply reserved field not zero");
+        m->u.pull_reply.data.enc = keel_proto_flags_enc(flags);
         if ((rc = rd_need(r, 8, "pull reply clock")) != 0)
             return rc;
         m->u.pull_reply.clock = rd_u64(r);
@@ -382,7 +437,7 @@ static int decode_body(struct rd *r, unsigned type, struct keel_msg *m)
         if (m->u.replicate.range >= KEEL_PROTO_NRANGES)
             return keel_err_set(r->err, KEEL_EINVAL, "replicate: range %" PRIu32 " not below %d",
                                 m->u.replicate.range, KEEL_PROTO_NRANGES);
-        return rd_push(r, &m->u.replicate.push);
+        return rd_push(r, &m->u.replicate.push, KEEL_ROWS_F32);
     case KEEL_MSG_RANGE_COPY:
         if ((rc = rd_need(r, 16, "range copy")) != 0)
             return rc;
@@ -459,7 +514,7 @@ int keel_proto_decode(const void *frame, size_t len, size_t max_frame, struct ke
     r.off = 0;
     r.len = m->hdr.body_len;
     r.err = err;
-    rc = decode_body(&r, m->hdr.type, m);
+    rc = decode_body(&r, m->hdr.type, m->hdr.flags, m);
     if (rc != 0)
         return keel_err_prefix(err, rc, "%s", keel_msg_type_name(m->hdr.type));
     if (r.off != r.len)
@@ -488,11 +543,19 @@ static void wr_str(struct keel_buf *b, size_t body_start, struct keel_str s)
     keel_buf_add_zero(b, pad8(b->len - body_start));
 }
 
-static int check_rows(const struct keel_rows *d, struct keel_error *err)
+/* with_rows: the values are sent, so a 16-bit encoding needs them in d->half. */
+static int check_rows(const struct keel_rows *d, int with_rows, struct keel_error *err)
 {
     int rc = check_row_width(d->row_width, err);
 
-    return rc ? rc : check_sorted(d->keys, d->nkeys, err);
+    if (rc != 0)
+        return rc;
+    if (keel_rows_enc_name(d->enc) == NULL)
+        return keel_err_set(err, KEEL_EINVAL, "rows: encoding %" PRIu32, d->enc);
+    if (with_rows && d->enc != KEEL_ROWS_F32 && d->nkeys > 0 && d->half == NULL)
+        return keel_err_set(err, KEEL_EINVAL, "rows: %s encoding but no 16-bit values",
+                            keel_rows_enc_name(d->enc));
+    return check_sorted(d->keys, d->nkeys, err);
 }
 
 static void wr_rows_head(struct keel_buf *b, const struct keel_rows *d, uint32_t extra)
@@ -505,9 +568,15 @@ static void wr_rows_head(struct keel_buf *b, const struct keel_rows *d, uint32_t
 
 static void wr_rows_data(struct keel_buf *b, const struct keel_rows *d, int with_rows)
 {
+    size_t n = (size_t)d->nkeys * d->row_width;
+
     keel_buf_add(b, d->keys, (size_t)d->nkeys * 8);
-    if (with_rows)
-        keel_buf_add(b, d->rows, (size_t)d->nkeys * d->row_width * 4);
+    if (with_rows && d->enc == KEEL_ROWS_F32) {
+        keel_buf_add(b, d->rows, n * 4);
+    } else if (with_rows) {
+        keel_buf_add(b, d->half, n * 2);
+        keel_buf_add_zero(b, pad8(n * 2));
+    }
 }
 
 static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_error *err)
@@ -515,9 +584,10 @@ static int push_size(const struct keel_msg_push *p, size_t *size, struct keel_er
     int rc;
 
     if ((rc = check_id(p->worker_id, "worker_id", err)) != 0 ||
-        (rc = check_rows(&p->data, err)) != 0)
+        (rc = check_rows(&p->data, 1, err)) != 0)
         return rc;
-    *size = 56 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1);
+    *size =
+        56 + str_size(p->worker_id) + rows_bytes(p->data.nkeys, p->data.row_width, 1, p->data.enc);
     return 0;
 }
 
@@ -551,11 +621,12 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
         if ((rc = check_id(m->u.pull.worker_id, "worker_id", err)) != 0)
             return rc;
         *size = 32 + str_size(m->u.pull.worker_id) +
-                rows_bytes(m->u.pull.data.nkeys, m->u.pull.data.row_width, 0);
-        return check_rows(&m->u.pull.data, err);
+                rows_bytes(m->u.pull.data.nkeys, m->u.pull.data.row_width, 0, 0);
+        return check_rows(&m->u.pull.data, 0, err);
     case KEEL_MSG_PULL_REPLY:
-        *size = 24 + rows_bytes(m->u.pull_reply.data.nkeys, m->u.pull_reply.data.row_width, 1);
-        return check_rows(&m->u.pull_reply.data, err);
+        *size = 24 + rows_bytes(m->u.pull_reply.data.nkeys, m->u.pull_reply.data.row_width, 1,
+                                m->u.pull_reply.data.enc);
+        return check_rows(&m->u.pull_reply.data, 1, err);
     case KEEL_MSG_ACK:
         *size = 24;
         if (m->u.ack.status > KEEL_ACK_DUPLICATE)
@@ -571,6 +642,8 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
         if (m->u.replicate.range >= KEEL_PROTO_NRANGES)
             return keel_err_set(err, KEEL_EINVAL, "replicate: range %" PRIu32 " not below %d",
                                 m->u.replicate.range, KEEL_PROTO_NRANGES);
+        if (m->u.replicate.push.data.enc != KEEL_ROWS_F32)
+            return keel_err_set(err, KEEL_EINVAL, "replicate: rows must be 32-bit floats");
         if ((rc = push_size(&m->u.replicate.push, size, err)) != 0)
             return rc;
         *size += 24;
@@ -602,12 +675,28 @@ static int body_size(const struct keel_msg *m, size_t *size, struct keel_error *
     return keel_err_set(err, KEEL_ETYPE, "message type %u", m->hdr.type);
 }
 
+/* The encoding of m's rows, which its frame's flags say (F32 for types without rows). */
+static uint32_t msg_enc(const struct keel_msg *m)
+{
+    switch (m->hdr.type) {
+    case KEEL_MSG_PUSH:
+        return m->u.push.data.enc;
+    case KEEL_MSG_PULL:
+        return m->u.pull.data.enc;
+    case KEEL_MSG_PULL_REPLY:
+        return m->u.pull_reply.data.enc;
+    }
+    return KEEL_ROWS_F32;
+}
+
 int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct keel_error *err)
 {
-    const struct keel_frame_header *h = &m->hdr;
+    struct keel_frame_header hdr = m->hdr, *h = &hdr;
     size_t size = 0, body;
     int rc;
 
+    /* The 16-bit flags follow the rows' encoding, whatever the caller set. */
+    hdr.flags = (uint16_t)((hdr.flags & ~(KEEL_FLAG_BF16 | KEEL_FLAG_FP16)) | enc_flag(msg_enc(m)));
     if ((rc = check_flags(h, err)) != 0)
         return rc;
     rc = body_size(m, &size, err);
@@ -695,6 +784,7 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
         keel_buf_add(out, m->u.admin.payload.data, m->u.admin.payload.len);
         break;
     }
+    assert(out->len - body == size && "the body is as long as its header says");
     return 0;
 }
 

@@ -249,11 +249,17 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
     struct wk_job *j = &w->job;
     struct keel_client *cl = wk_conn_of(w, p->g.server);
     uint32_t width = keel_model_row_width(&j->model, p->table);
-    struct keel_rows data = {keel_model_table_id(p->table), width, p->g.nkeys,
-                             p->g.nkeys ? p->g.keys : &no_key, NULL};
+    struct keel_rows data = {keel_model_table_id(p->table),
+                             width,
+                             p->g.nkeys,
+                             p->g.nkeys ? p->g.keys : &no_key,
+                             NULL,
+                             kind == X_PULL ? j->pull_enc : j->spec.compression,
+                             NULL};
     struct keel_error e;
     struct keel_msg m;
     float *rows = NULL;
+    uint16_t *half = NULL;
 
     keel_error_init(&e);
     if (cl == NULL) {
@@ -271,12 +277,22 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         m.u.pull.data = data;
     } else {
         const float *table = j->pushed.table[p->table];
+        size_t n = keel_size_mul(p->g.nkeys, width);
 
-        rows = keel_malloc(keel_size_mul(keel_size_mul(p->g.nkeys, width), sizeof(float)));
-        for (uint32_t i = 0; i < p->g.nkeys; i++)
-            memcpy(rows + (size_t)i * width, table + (size_t)p->g.rows[i] * width,
-                   (size_t)width * sizeof(float));
-        data.rows = p->g.nkeys ? rows : &no_row;
+        /* The rows of the model this server leads, gathered (and narrowed, when compressed). */
+        if (data.enc == KEEL_ROWS_F32) {
+            rows = keel_malloc(keel_size_mul(n, sizeof(float)));
+            for (uint32_t i = 0; i < p->g.nkeys; i++)
+                memcpy(rows + (size_t)i * width, table + (size_t)p->g.rows[i] * width,
+                       (size_t)width * sizeof(float));
+            data.rows = p->g.nkeys ? rows : &no_row;
+        } else {
+            half = keel_malloc(keel_size_mul(n + 1, sizeof(uint16_t)));
+            for (uint32_t i = 0; i < p->g.nkeys; i++)
+                keel_half_narrow((enum keel_rows_enc)data.enc, table + (size_t)p->g.rows[i] * width,
+                                 half + (size_t)i * width, width);
+            data.half = half;
+        }
         m.hdr.type = KEEL_MSG_PUSH;
         m.u.push.worker_id = keel_str_of(w->id);
         m.u.push.shard = shard;
@@ -303,6 +319,7 @@ static void send_part(struct wk *w, struct xchg *x, const struct part *p, struct
         pthread_mutex_unlock(&x->lock);
     }
     free(rows);
+    free(half);
 }
 
 /* Copy a pull's rows into the model's parameters; the reply must match the request. */
@@ -321,9 +338,8 @@ static int take_rows(struct wk_job *j, const struct part *p, const struct keel_m
                             " (width %" PRIu32 ")",
                             p->g.server, p->g.nkeys, keel_model_table_id(p->table), r->data.nkeys,
                             r->data.table_id, r->data.row_width);
-    for (uint32_t i = 0; i < p->g.nkeys; i++)
-        memcpy(table + (size_t)p->g.rows[i] * width, r->data.rows + (size_t)i * width,
-               (size_t)width * sizeof(float));
+    for (uint32_t i = 0; i < p->g.nkeys; i++) /* widened, when the rows came as 16-bit floats */
+        keel_rows_widen(&r->data, i, 1, table + (size_t)p->g.rows[i] * width);
     return 0;
 }
 
@@ -616,11 +632,13 @@ static struct part *route_parts(struct wk *w, int every_primary, size_t *n)
     return parts;
 }
 
-int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err)
+int wk_pull_all(struct wk *w, uint64_t clock, int exact, struct wk_xstats *st,
+                struct keel_error *err)
 {
     size_t n;
     struct part *parts = route_parts(w, 0, &n);
 
+    w->job.pull_enc = exact ? KEEL_ROWS_F32 : w->job.spec.compression;
     return exchange(w, X_PULL, parts, n, clock, 0, 0, st, err);
 }
 
@@ -884,7 +902,7 @@ int wk_evaluate(struct wk *w, struct keel_eval *e, struct keel_error *err)
     if (j->spec.test_dataset[0] == '\0')
         return 0;
     /* Clock 0: measure the model as the servers hold it now, without waiting for anyone. */
-    if ((rc = wk_pull_all(w, 0, NULL, err)) != 0)
+    if ((rc = wk_pull_all(w, 0, 1, NULL, err)) != 0) /* the model exactly as the servers hold it */
         return rc;
     for (uint32_t shard = 0;; shard++) {
         uint64_t first = 0;

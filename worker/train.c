@@ -742,7 +742,7 @@ static enum lease_end lease_batch(struct wk *w, struct lease_run *r, uint32_t b,
                    : LEASE_FAILED;
     }
     j->clock = keel_worker_clock(j->nb_max, r->pass, b);
-    if ((rc = wk_pull_all(w, j->clock, xs, err)) != 0) {
+    if ((rc = wk_pull_all(w, j->clock, 0, xs, err)) != 0) {
         if (rc == KEEL_ECANCELED) {
             KEEL_LOG_INFO("job %s: shard %" PRIu32 ": %s", j->name, l->shard, err->msg);
             return LEASE_STOPPED;

@@ -76,6 +76,7 @@ struct wk_job {
     uint32_t nb_max;      /* batches per pass of the largest shard (shard 0) */
     uint64_t clock;       /* the clock of the batch being computed: keel_worker_clock() */
     uint64_t lease;       /* the token of the lease being worked on; its pushes carry it */
+    uint32_t pull_enc;    /* what the pulls in flight ask for (wk_pull_all()) */
     struct wk_lead lead;  /* over every training pull of this job in this life */
 };
 
@@ -161,9 +162,12 @@ struct wk_xstats {
 
 /*
  * Pull every row of the model into w->job.params for iteration `clock` (0:
- * never waits); `st` (may be NULL) gets the replies' clock lead.
+ * never waits); `st` (may be NULL) gets the replies' clock lead.  The rows
+ * come in the job's compression, or with `exact` as 32-bit floats (the
+ * test evaluation measures the model the servers hold).
  */
-int wk_pull_all(struct wk *w, uint64_t clock, struct wk_xstats *st, struct keel_error *err);
+int wk_pull_all(struct wk *w, uint64_t clock, int exact, struct wk_xstats *st,
+                struct keel_error *err);
 
 /*
  * A push in flight.  wk_push_start() sends w->job.grads, named (shard, seq),

@@ -32,6 +32,7 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/half.h" /* enum keel_rows_enc: compression */
 #include "keel/id.h"
 #include "keel/model.h"
 #include "keel/optim.h"
@@ -99,6 +100,13 @@ struct keel_jobspec {
      * it to its update log (1).
      */
     int durability_disk;
+    /*
+     * compression = none | bf16 | fp16: how pulls and pushes carry rows on
+     * the wire (enum keel_rows_enc, half.h: 32-bit floats, the default, or
+     * 16-bit ones).  Servers keep, apply, log and replicate 32-bit floats
+     * either way.
+     */
+    unsigned compression;
 };
 
 /*

@@ -28,6 +28,7 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/half.h"
 #include "keel/id.h"      /* KEEL_ID_MAX: node ids, worker ids, dataset names */
 #include "keel/version.h" /* KEEL_PROTO_VERSION */
 
@@ -68,9 +69,16 @@ enum keel_msg_type {
 
 /* Header flags; any other bit, or LAST on a type other than SHARD_DATA, is refused (KEEL_EFLAGS).
  */
-#define KEEL_FLAG_REPLY  0x0001u /* this frame answers the request with the same id */
-#define KEEL_FLAG_LAST   0x0002u /* SHARD_DATA: no records after these in the shard */
-#define KEEL_FLAGS_KNOWN (KEEL_FLAG_REPLY | KEEL_FLAG_LAST)
+#define KEEL_FLAG_REPLY 0x0001u /* this frame answers the request with the same id */
+#define KEEL_FLAG_LAST  0x0002u /* SHARD_DATA: no records after these in the shard */
+/*
+ * PUSH and PULL_REPLY: the rows are 16-bit floats of that kind (half.h);
+ * PULL: the reply's rows are wanted so.  At most one of the two; on any
+ * other type refused.  The codec sets and reads them from keel_rows.enc.
+ */
+#define KEEL_FLAG_BF16   0x0004u
+#define KEEL_FLAG_FP16   0x0008u
+#define KEEL_FLAGS_KNOWN (KEEL_FLAG_REPLY | KEEL_FLAG_LAST | KEEL_FLAG_BF16 | KEEL_FLAG_FP16)
 
 /* Roles a node can have; the numbers are on the wire (HELLO). */
 enum keel_role {
@@ -102,14 +110,28 @@ struct keel_str {
     uint32_t len;
 };
 
-/* Keys and packed rows: nkeys sorted keys, nkeys * row_width floats. */
+/*
+ * Keys and packed rows: nkeys sorted keys, nkeys * row_width values.  With
+ * enc KEEL_ROWS_F32 (0) the values are `rows`; with a 16-bit encoding they
+ * are `half` (to encode: the caller narrows them, keel_half_narrow(); decoded:
+ * they point into the frame, and keel_rows_widen() gives floats), and `rows`
+ * is NULL.  A PULL carries no values: its enc names the encoding it wants.
+ */
 struct keel_rows {
     uint32_t table_id;
     uint32_t row_width;
     uint32_t nkeys;
     const uint64_t *keys; /* strictly increasing */
     const float *rows;    /* row i is rows[i * row_width .. +row_width) */
+    uint32_t enc;         /* enum keel_rows_enc (half.h) */
+    const uint16_t *half; /* the values when enc is 16-bit, laid out as rows */
 };
+
+/* Rows [first, first + n) of `d` as floats into out (n * row_width of them). */
+void keel_rows_widen(const struct keel_rows *d, uint32_t first, uint32_t n, float *out);
+
+/* The rows encoding a frame's flags name (KEEL_ROWS_F32 when neither 16-bit flag is set). */
+uint32_t keel_proto_flags_enc(uint16_t flags);
 
 struct keel_msg_hello {
     uint8_t role; /* enum keel_role */

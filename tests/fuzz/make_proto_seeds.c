@@ -1,6 +1,7 @@
 /*
  * make_proto_seeds.c - write one valid frame of each message type into a
- * directory: the seed corpus of fuzz_proto (tests/fixtures/proto-corpus/).
+ * directory, and the frames with rows again with 16-bit rows (bf16 and
+ * fp16): the seed corpus of fuzz_proto (tests/fixtures/proto-corpus/).
  *
  *   keel-make-proto-seeds DIR
  */
@@ -10,7 +11,8 @@
 
 #include "keel/proto.h"
 
-static int write_seed(const char *dir, const struct keel_msg *m)
+/* DIR/TYPE.bin, or DIR/TYPE_SUFFIX.bin. */
+static int write_seed(const char *dir, const struct keel_msg *m, const char *suffix)
 {
     struct keel_buf b = KEEL_BUF_INIT;
     struct keel_error err;
@@ -23,7 +25,8 @@ static int write_seed(const char *dir, const struct keel_msg *m)
         keel_buf_release(&b);
         return 1;
     }
-    snprintf(path, sizeof(path), "%s/%s.bin", dir, keel_msg_type_name(m->hdr.type));
+    snprintf(path, sizeof(path), "%s/%s%s%s.bin", dir, keel_msg_type_name(m->hdr.type),
+             suffix ? "_" : "", suffix ? suffix : "");
     f = fopen(path, "wb");
     if (f == NULL || fwrite(b.buf, 1, b.len, f) != b.len) {
         fprintf(stderr, "cannot write '%s': %s\n", path, strerror(errno));
@@ -70,19 +73,19 @@ int main(int argc, char **argv)
             p->seq = 12;
             p->clock = 4;
             p->assignment_version = 6;
-            p->data = (struct keel_rows){1, 2, 3, keys, rows};
+            p->data = (struct keel_rows){1, 2, 3, keys, rows, 0, NULL};
             break;
         }
         case KEEL_MSG_PULL:
             m.u.pull.worker_id = keel_str_of("w2");
             m.u.pull.clock = 5;
             m.u.pull.assignment_version = 6;
-            m.u.pull.data = (struct keel_rows){1, 2, 3, keys, NULL};
+            m.u.pull.data = (struct keel_rows){1, 2, 3, keys, NULL, 0, NULL};
             break;
         case KEEL_MSG_PULL_REPLY:
             m.hdr.flags = KEEL_FLAG_REPLY;
             m.u.pull_reply.clock = 5;
-            m.u.pull_reply.data = (struct keel_rows){1, 2, 3, keys, rows};
+            m.u.pull_reply.data = (struct keel_rows){1, 2, 3, keys, rows, 0, NULL};
             break;
         case KEEL_MSG_ACK:
             m.hdr.flags = KEEL_FLAG_REPLY;
@@ -116,7 +119,24 @@ int main(int argc, char **argv)
             m.u.admin.payload = keel_view_make("{\"op\":\"status\"}", 15);
             break;
         }
-        rc |= write_seed(argv[1], &m);
+        rc |= write_seed(argv[1], &m, NULL);
+        /* The rows again as 16-bit floats: PUSH and PULL_REPLY carry them, PULL asks for them. */
+        if (type == KEEL_MSG_PUSH || type == KEEL_MSG_PULL || type == KEEL_MSG_PULL_REPLY) {
+            struct keel_rows *d = type == KEEL_MSG_PUSH   ? &m.u.push.data
+                                  : type == KEEL_MSG_PULL ? &m.u.pull.data
+                                                          : &m.u.pull_reply.data;
+            uint16_t half[6];
+
+            for (unsigned enc = KEEL_ROWS_BF16; enc <= KEEL_ROWS_FP16; enc++) {
+                keel_half_narrow((enum keel_rows_enc)enc, rows, half, 6);
+                d->enc = enc;
+                if (type != KEEL_MSG_PULL) {
+                    d->rows = NULL;
+                    d->half = half;
+                }
+                rc |= write_seed(argv[1], &m, keel_rows_enc_name(enc));
+            }
+        }
     }
     return rc;
 }

@@ -297,7 +297,7 @@ static struct keel_reply *push(struct keel_client *c, const char *worker, uint32
         m.u.push.incarnation = 1;
         m.u.push.clock = clock;
         m.u.push.assignment_version = 1; /* write_job()'s */
-        m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+        m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads, 0, NULL};
         if (keel_client_call(c, &m, 10000, &r, &err) == 0) {
             if (r->msg.hdr.type == KEEL_MSG_ERROR && (r->msg.u.error.code == KEEL_EUNAVAILABLE ||
                                                       r->msg.u.error.code == KEEL_EREDIRECT)) {
@@ -325,7 +325,7 @@ static struct keel_reply *pull(struct keel_client *c, const char *worker, uint64
     m.u.pull.worker_id = keel_str_of(worker);
     m.u.pull.clock = clock;
     m.u.pull.assignment_version = 1;
-    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL, 0, NULL};
     *rc = keel_client_call(c, &m, timeout_ms, &r, &err);
     return r;
 }
@@ -576,7 +576,7 @@ static int push_routed(struct keel_client *c, uint64_t seq, uint64_t version, co
     m.u.push.incarnation = 1;
     m.u.push.clock = seq;
     m.u.push.assignment_version = version;
-    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads, 0, NULL};
     *r = NULL;
     return keel_client_call(c, &m, 2000, r, &err) == 0 ? 0 : -1;
 }
@@ -698,7 +698,7 @@ static void expect_refused_pull(struct keel_client *c, uint32_t table_id, uint32
     m.hdr.type = KEEL_MSG_PULL;
     m.u.pull.worker_id = keel_str_of("w1");
     m.u.pull.assignment_version = 1;
-    m.u.pull.data = (struct keel_rows){table_id, width, nkeys, keys, NULL};
+    m.u.pull.data = (struct keel_rows){table_id, width, nkeys, keys, NULL, 0, NULL};
     cr_assert_eq(keel_client_call(c, &m, 10000, &r, &err), 0, "no answer to the PULL: %s", err.msg);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a PULL of %u rows of width %u was answered",
                  nkeys, width);
@@ -809,7 +809,7 @@ Test(server, requests_routed_by_an_older_assignment_are_redirected)
     m.hdr.type = KEEL_MSG_PULL;
     m.u.pull.worker_id = keel_str_of("w1");
     m.u.pull.assignment_version = 1;
-    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL, 0, NULL};
     cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
     cr_assert(r->msg.hdr.type == KEEL_MSG_ERROR && r->msg.u.error.code == KEEL_EREDIRECT,
               "a PULL routed by version 1 was answered with %s",
@@ -852,7 +852,7 @@ Test(server, a_worker_id_other_than_the_certificates_is_refused)
     m.u.pull.worker_id = keel_str_of("w2");
     m.u.pull.clock = 7;
     m.u.pull.assignment_version = 1;
-    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL};
+    m.u.pull.data = (struct keel_rows){1, 5, 3, keys3, NULL, 0, NULL};
     cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
     cr_assert(r->msg.hdr.type == KEEL_MSG_ERROR && r->msg.u.error.code == KEEL_EPERM,
               "a PULL under another worker's id was answered with %s",
@@ -933,7 +933,7 @@ Test(server, a_push_for_a_shard_leased_to_another_worker_is_refused)
     m.u.push.seq = 5;
     m.u.push.incarnation = 1;
     m.u.push.assignment_version = 1;
-    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    m.u.push.data = (struct keel_rows){1, 5, 3, keys3, grads, 0, NULL};
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(keel_client_call(c, &m, 5000, &r, &err), 0, "%s", err.msg);
         cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "a push for w2's shard was answered");

@@ -10,7 +10,11 @@
 #     started again.  Checks that the job finishes with every shard done and a
 #     test accuracy above 0.80.
 #  2. a short BSP job: softmax regression, one epoch, 2 shards (one per
-#     worker, so that every batch is in step), no fault.
+#     worker, so that every batch is in step), no fault, its rows on the wire
+#     as bfloat16 (`compression = bf16`): every server logs that the pushes
+#     it got and the pulls it answered carried bf16 rows, no push 32-bit ones
+#     (the test evaluation's pulls are 32-bit), and the job reaches a test
+#     accuracy above 0.75.
 #
 # After each run, with the cluster down:
 #  - exactly once: every server's store is read back (keel-test-train dump:
@@ -220,6 +224,7 @@ epochs = 1
 consistency = bsp
 replication = 1
 shards = 2
+compression = bf16
 
 [optimizer]
 type = sgd
@@ -230,10 +235,20 @@ method = zeros
 EOF
 t0=$SECONDS
 run "$srcdir/scripts/demo.sh" --bin "$bindir" --job "$tmp/bsp.ini" --shards 2 --no-fault \
-    --min-accuracy 0 --timeout 5 --dir "$tmp/bsp"
+    --min-accuracy 0.75 --timeout 5 --dir "$tmp/bsp"
 expect_status 0 "the BSP job finishes"
 expect_out "the job finished: state 'done' in etcd" "the BSP job is done"
 expect_out "progress +2/2 shards done" "both shards were finished"
+for s in s1 s2 s3; do
+    log=$tmp/bsp/logs/server-$s.log
+    for what in "push" "pull answered"; do
+        grep -q "job fmnist-bsp: first $what with bf16 rows" "$log" && ok ||
+            fail "server $s logged no $what with bf16 rows" "$(grep -i 'rows\|serving' "$log" | tail -n 5)"
+    done
+    # (The test evaluation pulls 32-bit rows: it measures the model the servers hold.)
+    grep -q "job fmnist-bsp: first push with 32-bit rows" "$log" &&
+        fail "server $s got a push of 32-bit rows in a bf16 job" || ok
+done
 echo "bsp: demo run $((SECONDS - t0)) s"
 stopped "$tmp/bsp"
 exactly_once "$tmp/bsp"

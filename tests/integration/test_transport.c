@@ -218,7 +218,7 @@ static struct keel_msg push_msg(uint64_t seq)
     m.u.push.worker_id = keel_str_of("w1");
     m.u.push.shard = 3;
     m.u.push.seq = seq;
-    m.u.push.data = (struct keel_rows){1, 1, 2, keys, rows};
+    m.u.push.data = (struct keel_rows){1, 1, 2, keys, rows, 0, NULL};
     return m;
 }
 

@@ -357,7 +357,7 @@ Test(checkpoint, a_checkpoint_restores_into_another_store)
         memset(&p, 0, sizeof(p));
         p.worker_id = keel_str_of("w1");
         p.seq = 1;
-        p.data = (struct keel_rows){1, 4, 2, keys, g};
+        p.data = (struct keel_rows){1, 4, 2, keys, g, 0, NULL};
         rec = (struct keel_ulog_record){1, 100, p};
         cr_assert_eq(keel_ulog_append(other, &rec, 1, &err), 0, "%s", err.msg);
     }

@@ -187,6 +187,7 @@ static struct bad_spec bad_specs[] = {
     {"[job]\nshards = 4097\n", "t.ini:2: [job] shards: must be an integer from 1 to 4096"},
     {"[job]\nlost_ranges = restart\n", "t.ini:2: [job] lost_ranges: must be fail or rewind"},
     {"[job]\ndurability = fsync\n", "t.ini:2: [job] durability: must be replicas or disk"},
+    {"[job]\ncompression = fp8\n", "t.ini:2: [job] compression: must be none, bf16 or fp16"},
     {"[optimizer]\ntype = rmsprop\n", "t.ini:2: [optimizer] type: must be sgd, momentum"},
     {"[optimizer]\nlr = 0\n", "t.ini:2: [optimizer] lr: must be a number greater than 0"},
     {"[optimizer]\nlr = 11\n", "t.ini:2: [optimizer] lr: must be a number greater than 0"},
@@ -279,6 +280,9 @@ static const char *const good_texts[] = {
     MINIMAL "lost_ranges = fail\n",
     MINIMAL "durability = disk\nlost_ranges = rewind\n",
     MINIMAL "durability = replicas\n",
+    MINIMAL "compression = bf16\n",
+    MINIMAL "compression = fp16\ndurability = disk\n",
+    MINIMAL "compression = none\n",
 };
 
 Test(jobspec, json_round_trip_is_exact)
@@ -304,6 +308,7 @@ Test(jobspec, json_round_trip_is_exact)
         cr_assert_eq(back.optimizer.lr_decay_every, spec.optimizer.lr_decay_every);
         cr_assert_eq(back.lost_ranges_rewind, spec.lost_ranges_rewind);
         cr_assert_eq(back.durability_disk, spec.durability_disk);
+        cr_assert_eq(back.compression, spec.compression);
         keel_jobspec_digest_hex(&spec, h1);
         keel_jobspec_digest_hex(&back, h2);
         cr_assert_str_eq(h1, h2);
@@ -356,6 +361,25 @@ Test(jobspec, durability_is_replicas_unless_the_job_asks_for_disk)
     cr_assert_eq(spec.durability_disk, 1);
     keel_jobspec_encode(&spec, &b);
     cr_assert_not_null(strstr((char *)b.buf, "\"durability\":\"disk\""), "%s", b.buf);
+    keel_buf_release(&b);
+}
+
+Test(jobspec, compression_is_none_unless_the_job_asks_for_16_bit_rows)
+{
+    struct keel_buf b = KEEL_BUF_INIT;
+
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL, "t", &err), 0);
+    cr_assert_eq(spec.compression, KEEL_ROWS_F32);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_null(strstr((char *)b.buf, "compression"), "older digests stay: %s", b.buf);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL "compression = bf16\n", "t", &err), 0);
+    cr_assert_eq(spec.compression, KEEL_ROWS_BF16);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_not_null(strstr((char *)b.buf, "\"compression\":\"bf16\""), "%s", b.buf);
+    keel_buf_reset(&b);
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL "compression = fp16\n", "t", &err), 0);
+    cr_assert_eq(spec.compression, KEEL_ROWS_FP16);
     keel_buf_release(&b);
 }
 

@@ -2,6 +2,7 @@
  * test_proto.c - the wire codec: round trips of every message type and a
  * table of malformed frames, each giving its own error.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -312,6 +313,166 @@ Test(proto, admin_round_trips)
     keel_buf_release(&b);
 }
 
+/*
+ * A push with 16-bit rows: 2 bytes a value, zero-padded to 8; the flag says
+ * which encoding; decoded values point into the frame and widen to exactly
+ * the narrowed floats.
+ */
+Test(proto, push_round_trips_with_16_bit_rows)
+{
+    for (unsigned enc = KEEL_ROWS_BF16; enc <= KEEL_ROWS_FP16; enc++) {
+        struct keel_msg m = make(KEEL_MSG_PUSH), f32 = make(KEEL_MSG_PUSH), out;
+        struct keel_buf b, bf;
+        uint16_t half[6];
+        float back[6];
+
+        fill_push(&f32.u.push);
+        round_trip(&f32, &bf, &out);
+        fill_push(&m.u.push);
+        keel_half_narrow((enum keel_rows_enc)enc, rows3x2, half, 6);
+        m.u.push.data.rows = NULL;
+        m.u.push.data.enc = enc;
+        m.u.push.data.half = half;
+        m.hdr.flags = enc == KEEL_ROWS_BF16 ? KEEL_FLAG_BF16 : KEEL_FLAG_FP16;
+        round_trip(&m, &b, &out);
+        cr_assert_eq(b.len, bf.len - 8, "6 values: 12 bytes and 4 of padding instead of 24");
+        cr_assert_eq(out.u.push.data.enc, enc);
+        cr_assert_null(out.u.push.data.rows);
+        cr_assert((const unsigned char *)out.u.push.data.half > b.buf &&
+                      (const unsigned char *)out.u.push.data.half < b.buf + b.len,
+                  "16-bit values are read in place");
+        cr_assert_eq(memcmp(out.u.push.data.half, half, sizeof(half)), 0);
+        cr_assert_eq(memcmp(out.u.push.data.keys, keys3, sizeof(keys3)), 0);
+        keel_rows_widen(&out.u.push.data, 1, 2, back);
+        for (int i = 0; i < 4; i++)
+            cr_assert_float_eq(back[i], rows3x2[2 + i], 1e-2 * fabsf(rows3x2[2 + i]) + 0x1p-25f,
+                               "value %d", 2 + i);
+        keel_buf_release(&b);
+        keel_buf_release(&bf);
+    }
+}
+
+/* Values that end off an 8-byte boundary: 32-bit ones need no padding, 16-bit ones get it. */
+Test(proto, rows_of_any_length_round_trip_in_every_encoding)
+{
+    static const float vals[5] = {1, 2, 3, 4, 5};
+    uint16_t half[5];
+
+    for (uint32_t n = 1; n <= 5; n++)
+        for (unsigned enc = KEEL_ROWS_F32; enc <= KEEL_ROWS_FP16; enc++) {
+            struct keel_msg m = make(KEEL_MSG_PULL_REPLY), out;
+            struct keel_buf b;
+            float back[5];
+            size_t values = enc == KEEL_ROWS_F32 ? 4 * n : 2 * n;
+
+            if (enc != KEEL_ROWS_F32)
+                keel_half_narrow((enum keel_rows_enc)enc, vals, half, n);
+            m.hdr.flags = (uint16_t)(KEEL_FLAG_REPLY | (enc == KEEL_ROWS_BF16   ? KEEL_FLAG_BF16
+                                                        : enc == KEEL_ROWS_FP16 ? KEEL_FLAG_FP16
+                                                                                : 0));
+            m.u.pull_reply.data =
+                (struct keel_rows){1, n, 1, keys3, enc ? NULL : vals, enc, enc ? half : NULL};
+            round_trip(&m, &b, &out);
+            cr_assert_eq(b.len,
+                         KEEL_PROTO_HEADER_SIZE + 24 + 8 +
+                             (enc == KEEL_ROWS_F32 ? values : (values + 7) / 8 * 8),
+                         "%u values of encoding %u: %zu bytes", n, enc, b.len);
+            keel_rows_widen(&out.u.pull_reply.data, 0, 1, back);
+            for (uint32_t i = 0; i < n; i++)
+                cr_assert_eq(back[i], vals[i]);
+            keel_buf_release(&b);
+        }
+}
+
+/* The encoder sets the 16-bit flag from the rows, whatever the caller put in the header. */
+Test(proto, encoder_flags_follow_the_rows_encoding)
+{
+    struct keel_msg m = make(KEEL_MSG_PULL), out;
+    struct keel_buf b = KEEL_BUF_INIT;
+
+    m.u.pull.worker_id = keel_str_of("w1");
+    m.u.pull.data = (struct keel_rows){1, 2, 3, keys3, NULL, KEEL_ROWS_FP16, NULL};
+    cr_assert_eq(keel_proto_encode(&b, &m, NULL), 0);
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, NULL), 0);
+    cr_assert_eq(out.hdr.flags, KEEL_FLAG_FP16, "a pull asks for fp16 rows");
+    cr_assert_eq(out.u.pull.data.enc, KEEL_ROWS_FP16);
+    keel_buf_reset(&b);
+    m.hdr.flags = KEEL_FLAG_BF16; /* stale: the rows say 32-bit */
+    m.u.pull.data.enc = KEEL_ROWS_F32;
+    cr_assert_eq(keel_proto_encode(&b, &m, NULL), 0);
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, NULL), 0);
+    cr_assert_eq(out.hdr.flags, 0);
+    cr_assert_eq(out.u.pull.data.enc, KEEL_ROWS_F32);
+    keel_buf_release(&b);
+}
+
+Test(proto, pull_reply_round_trips_with_bf16_rows)
+{
+    struct keel_msg m = make(KEEL_MSG_PULL_REPLY), out;
+    struct keel_buf b;
+    uint16_t half[6];
+    float back[6];
+
+    keel_half_narrow(KEEL_ROWS_BF16, rows3x2, half, 6);
+    m.hdr.flags = KEEL_FLAG_REPLY | KEEL_FLAG_BF16;
+    m.u.pull_reply.clock = 4;
+    m.u.pull_reply.data = (struct keel_rows){2, 2, 3, keys3, NULL, KEEL_ROWS_BF16, half};
+    round_trip(&m, &b, &out);
+    cr_assert_eq(out.u.pull_reply.data.enc, KEEL_ROWS_BF16);
+    keel_rows_widen(&out.u.pull_reply.data, 0, 3, back);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(keel_f32_bits(back[i]), keel_f32_bits(keel_f32_from_bf16(half[i])));
+    keel_buf_release(&b);
+}
+
+/* 16-bit rows where they do not belong, or not as the decoder wants them. */
+Test(proto, bad_16_bit_rows_are_refused)
+{
+    struct keel_msg m = make(KEEL_MSG_PUSH), out;
+    struct keel_buf b = KEEL_BUF_INIT;
+    struct keel_error err;
+    uint16_t half[6] = {0};
+
+    keel_error_init(&err);
+    fill_push(&m.u.push);
+    m.u.push.data.rows = NULL;
+    m.u.push.data.enc = KEEL_ROWS_BF16;
+    cr_assert_eq(keel_proto_encode(&b, &m, &err), KEEL_EINVAL, "no values: %s", err.msg);
+    m.u.push.data.enc = 3;
+    m.u.push.data.half = half;
+    cr_assert_eq(keel_proto_encode(&b, &m, &err), KEEL_EINVAL, "encoding 3: %s", err.msg);
+    m.u.push.data.enc = KEEL_ROWS_BF16;
+    cr_assert_eq(keel_proto_encode(&b, &m, &err), 0, "%s", err.msg);
+
+    /* The padding after the values: 12 bytes of values, 4 of padding, at the end. */
+    b.buf[b.len - 1] = 0x5A;
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, &err), KEEL_EPADDING, "%s", err.msg);
+    b.buf[b.len - 1] = 0;
+    /* Both flags; a flag on a frame without rows. */
+    b.buf[6] = KEEL_FLAG_BF16 | KEEL_FLAG_FP16;
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, &err), KEEL_EFLAGS, "%s", err.msg);
+    b.buf[6] = KEEL_FLAG_BF16;
+    b.buf[5] = KEEL_MSG_ACK;
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, &err), KEEL_EFLAGS, "%s", err.msg);
+    b.buf[5] = KEEL_MSG_PUSH;
+    /* Without the flag, the same bytes are too few for 32-bit rows. */
+    b.buf[6] = 0;
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, &err), KEEL_ECOUNT, "%s", err.msg);
+    b.buf[6] = KEEL_FLAG_BF16;
+    cr_assert_eq(keel_proto_decode(b.buf, b.len, MAXF, &out, &err), 0, "%s", err.msg);
+    keel_buf_release(&b);
+
+    /* A REPLICATE carries what the primary applied: 32-bit rows only. */
+    m = make(KEEL_MSG_REPLICATE);
+    fill_push(&m.u.replicate.push);
+    m.u.replicate.push.data.rows = NULL;
+    m.u.replicate.push.data.enc = KEEL_ROWS_BF16;
+    m.u.replicate.push.data.half = half;
+    keel_buf_init(&b, 0);
+    cr_assert_eq(keel_proto_encode(&b, &m, &err), KEEL_EINVAL, "%s", err.msg);
+    keel_buf_release(&b);
+}
+
 Test(proto, decode_uses_only_its_frame_when_more_bytes_follow)
 {
     struct keel_msg m = make(KEEL_MSG_ACK), out;
@@ -355,6 +516,8 @@ ParameterizedTestParameters(proto, malformed_frames_give_specific_errors)
         {"type zero", 5, 1, 0, 0, 0, KEEL_ETYPE},
         {"unknown flag", 6, 2, 0x8000, 0, 0, KEEL_EFLAGS},
         {"LAST flag on a PUSH", 6, 2, KEEL_FLAG_LAST, 0, 0, KEEL_EFLAGS},
+        {"BF16 and FP16 flags together", 6, 2, KEEL_FLAG_BF16 | KEEL_FLAG_FP16, 0, 0, KEEL_EFLAGS},
+        {"BF16 flag on 32-bit rows", 6, 2, KEEL_FLAG_BF16, 0, 0, KEEL_EPADDING},
         {"header reserved set", 28, 4, 1, 0, 0, KEEL_ERESERVED},
         {"body length past the end", 24, 4, 112 + 8, 0, 0, KEEL_EBODYLEN},
         {"body cut short", 0, 0, 0, -1, 0, KEEL_EBODYLEN},

@@ -79,7 +79,7 @@ static struct keel_msg_push push_of(uint32_t shard, uint64_t seq, const float *g
     p.seq = seq;
     p.incarnation = 1;
     p.clock = seq - 1;
-    p.data = (struct keel_rows){1, 5, 3, keys3, grads};
+    p.data = (struct keel_rows){1, 5, 3, keys3, grads, 0, NULL};
     return p;
 }
 
@@ -464,7 +464,7 @@ Test(ps, each_table_of_a_batch_is_applied_once)
     cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
     cr_assert_not(res.duplicate);
     keel_ps_result_release(&res);
-    p.data = (struct keel_rows){2, 4, 2, keys2, g2};
+    p.data = (struct keel_rows){2, 4, 2, keys2, g2, 0, NULL};
     cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
     cr_assert_not(res.duplicate, "the second table of the batch was taken for a duplicate");
     keel_ps_result_release(&res);
@@ -529,7 +529,8 @@ Test(ps, the_model_in_one_process_is_what_the_servers_hold)
                 p.incarnation = 1;
                 p.seq = (uint64_t)step;
                 p.clock = (uint64_t)step - 1;
-                p.data = (struct keel_rows){keel_model_table_id(l), width, rows, keys, grads[l]};
+                p.data = (struct keel_rows){
+                    keel_model_table_id(l), width, rows, keys, grads[l], 0, NULL};
                 cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
                 keel_ps_result_release(&res);
                 cr_assert_eq(keel_optim_apply_rows(&o, local.table[l], state[l], grads[l], rows,
