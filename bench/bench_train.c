@@ -251,6 +251,21 @@ static void measure_update(struct keel_bench *b, const char *optim)
 #define MAX_WORKER_RUNS 4 /* entries of --workers */
 #define MAX_RUNS        9 /* --runs */
 
+/* The job changed one way, trained by one worker (--variants). */
+struct variant {
+    const char *name;     /* in the rows' names: keel_w1_NAME_examples_s */
+    const char *set;      /* a [job] setting, or NULL */
+    unsigned replication; /* 0: the job's */
+};
+
+static const struct variant variants[] = {
+    {"bf16", "compression=bf16", 0},
+    {"fp16", "compression=fp16", 0},
+    {"disk", "durability=disk", 0},
+    {"r2", NULL, 2},
+};
+#define NVARIANTS (sizeof(variants) / sizeof(variants[0]))
+
 struct options {
     uint32_t epochs; /* 0: the job's (2 with --quick) */
     unsigned runs;
@@ -260,6 +275,8 @@ struct options {
     unsigned limit_s; /* 0: the default for the mode */
     const char *job;
     int arithmetic_only, training_only;
+    const struct variant *variants[NVARIANTS];
+    size_t nvariants;
 };
 
 static const char options_help[] =
@@ -268,6 +285,9 @@ static const char options_help[] =
     "  --workers LIST     worker counts of the Keel runs, e.g. 1,2 (default 1,2)\n"
     "  --servers N        servers of each Keel cluster (default 2)\n"
     "  --job FILE         the job spec (default examples/fashion-mnist-mlp.ini)\n"
+    "  --variants LIST    the job changed one way, each trained by 1 worker, or none\n"
+    "                     (default bf16,disk,r2): bf16 and fp16 (compression),\n"
+    "                     disk (durability = disk), r2 (replication 2)\n"
     "  --limit SECONDS    stop following a Keel job after SECONDS of training\n"
     "                     (default 480; 120 with --quick)\n"
     "  --arithmetic-only  only the forward/backward and optimizer rows (seconds)\n"
@@ -306,6 +326,35 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
             return -1;
         }
         o->job = val;
+    } else if (strcmp(opt, "--variants") == 0) {
+        char item[16];
+        const char *p = val;
+
+        o->nvariants = 0;
+        if (val != NULL && strcmp(val, "none") == 0)
+            return 2;
+        while (p != NULL && *p != '\0') {
+            size_t len = strcspn(p, ","), k;
+
+            snprintf(item, sizeof(item), "%.*s", (int)(len < sizeof(item) ? len : 0), p);
+            for (k = 0; k < NVARIANTS && strcmp(variants[k].name, item) != 0; k++)
+                ;
+            if (k == NVARIANTS || o->nvariants == NVARIANTS) {
+                fprintf(stderr,
+                        "keel-bench-train: --variants: expected none or names from bf16, fp16,"
+                        " disk, r2, got '%s'\n",
+                        val);
+                return -1;
+            }
+            o->variants[o->nvariants++] = &variants[k];
+            p += len;
+            if (*p == ',')
+                p++;
+        }
+        if (o->nvariants == 0) {
+            fprintf(stderr, "keel-bench-train: --variants: expected none or names\n");
+            return -1;
+        }
     } else if (strcmp(opt, "--workers") == 0) {
         char item[16];
         const char *p = val;
@@ -358,7 +407,10 @@ static double median_of(double *v, unsigned n)
     return (v[n / 2 - 1] + v[n / 2]) / 2; /* NaN when either is */
 }
 
-/* The configurations' results: config 0 is in process, config c >= 1 has workers[c - 1]. */
+/*
+ * The configurations' results: config 0 is in process, config c in 1..nworkers
+ * has workers[c - 1], and the next ones are the variants, each with 1 worker.
+ */
 struct results {
     unsigned runs;
     size_t nconfigs;
@@ -401,13 +453,29 @@ static double median_metric(const struct results *res, size_t config, metric_fn 
     return median_of(v, res->runs);
 }
 
-/* "in process" or "keel, 2 workers". */
+/* Config c's variant, or NULL. */
+static const struct variant *config_variant(const struct options *o, size_t c)
+{
+    return c > o->nworkers ? o->variants[c - 1 - o->nworkers] : NULL;
+}
+
+/* Config c's workers (1 for a variant; 0 in process). */
+static unsigned config_workers(const struct options *o, size_t c)
+{
+    return c == 0 ? 0 : c <= o->nworkers ? o->workers[c - 1] : 1;
+}
+
+/* "in process", "keel, 2 workers" or "keel, 1 worker, bf16". */
 static void config_name(const struct options *o, size_t c, char *out, size_t n)
 {
+    const struct variant *v = config_variant(o, c);
+    unsigned w = config_workers(o, c);
+
     if (c == 0)
         snprintf(out, n, "in process");
     else
-        snprintf(out, n, "keel, %u worker%s", o->workers[c - 1], o->workers[c - 1] == 1 ? "" : "s");
+        snprintf(out, n, "keel, %u worker%s%s%s", w, w == 1 ? "" : "s", v ? ", " : "",
+                 v ? v->name : "");
 }
 
 /* One note per configuration: what it did, and when it reached each target. */
@@ -483,7 +551,7 @@ static void note_same_model(struct keel_bench *b, const struct options *o,
         const struct train_run *l = &res->r[0][0], *k = &res->r[c][0];
         size_t n = l->nevals < k->nevals ? l->nevals : k->nevals, same = 0;
 
-        if (o->workers[c - 1] != 1 || n == 0)
+        if (config_variant(o, c) != NULL || config_workers(o, c) != 1 || n == 0)
             continue;
         for (size_t i = 0; i < n; i++)
             same += l->evals[i].accuracy == k->evals[i].accuracy;
@@ -527,7 +595,7 @@ static int measure_training(struct keel_bench *b, const struct options *o)
 
     memset(&res, 0, sizeof(res));
     res.runs = o->runs;
-    res.nconfigs = 1 + o->nworkers;
+    res.nconfigs = 1 + o->nworkers + o->nvariants;
     res.r = keel_calloc(res.nconfigs, sizeof(*res.r));
     /* Runs alternate between the configurations, so that a change of load
      * during the benchmark affects them alike. */
@@ -538,9 +606,21 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             fprintf(stderr, "keel-bench-train: in process: %s\n", err.msg);
             break;
         }
-        for (size_t c = 1; c < res.nconfigs && rc == 0; c++)
-            if ((rc = train_on_cluster(&s, o->workers[c - 1], &res.r[c][i], &err)) != 0)
-                fprintf(stderr, "keel-bench-train: %u worker(s): %s\n", o->workers[c - 1], err.msg);
+        for (size_t c = 1; c < res.nconfigs && rc == 0; c++) {
+            const struct variant *v = config_variant(o, c);
+            struct train_setup sv = s;
+            char name[64];
+
+            if (v != NULL) {
+                sv.set = v->set;
+                sv.variant = v->name;
+                sv.replication = v->replication;
+            }
+            if ((rc = train_on_cluster(&sv, config_workers(o, c), &res.r[c][i], &err)) != 0) {
+                config_name(o, c, name, sizeof(name));
+                fprintf(stderr, "keel-bench-train: %s: %s\n", name, err.msg);
+            }
+        }
     }
     if (rc == 0) {
         double base_ex = median_metric(&res, 0, m_examples, 0), params_mb = 0;
@@ -561,22 +641,25 @@ static int measure_training(struct keel_bench *b, const struct options *o)
         if (keel_jobspec_load(&js, o->job, &jerr) == 0)
             params_mb = (double)keel_model_nparams(&js.model) * 4 / 1e6;
         for (size_t c = 1; c < res.nconfigs; c++) {
-            unsigned w = o->workers[c - 1];
+            const struct variant *cv = config_variant(o, c);
+            char w[40];
 
-            snprintf(name, sizeof(name), "keel_w%u_examples_s", w);
+            snprintf(w, sizeof(w), "%u%s%s", config_workers(o, c), cv ? "_" : "",
+                     cv ? cv->name : "");
+            snprintf(name, sizeof(name), "keel_w%s_examples_s", w);
             keel_bench_record(b, name, median_metric(&res, c, m_examples, 0), "ex/s", base_ex);
             for (size_t t = 0; t < ntargets; t++) {
                 double v[MAX_RUNS] = {0};
 
                 for (unsigned i = 0; i < res.runs; i++)
                     v[i] = train_time_to(&res.r[c][i], targets[t]);
-                snprintf(name, sizeof(name), "keel_w%u_s_to_%.2f", w, targets[t]);
+                snprintf(name, sizeof(name), "keel_w%s_s_to_%.2f", w, targets[t]);
                 keel_bench_record(b, name, median_of(v, res.runs), "s", base_t[t]);
             }
-            snprintf(name, sizeof(name), "keel_w%u_final_accuracy", w);
+            snprintf(name, sizeof(name), "keel_w%s_final_accuracy", w);
             keel_bench_record(b, name, median_metric(&res, c, m_final, 0), "acc", base_final);
             /* Disk: the store's growth against the model's parameters (float32). */
-            snprintf(name, sizeof(name), "keel_w%u_store_growth_mb", w);
+            snprintf(name, sizeof(name), "keel_w%s_store_growth_mb", w);
             keel_bench_record(b, name, median_metric(&res, c, m_store_growth, 0), "MB", params_mb);
         }
         for (size_t c = 0; c < res.nconfigs; c++)
@@ -593,8 +676,17 @@ static int measure_training(struct keel_bench *b, const struct options *o)
 int main(int argc, char **argv)
 {
     static const uint32_t batches[] = {64, 256};
-    struct options o = {0, 1, {1, 2}, 2, 2, 0, KEEL_SOURCE_DIR "/examples/fashion-mnist-mlp.ini",
-                        0, 0};
+    struct options o = {0,
+                        1,
+                        {1, 2},
+                        2,
+                        2,
+                        0,
+                        KEEL_SOURCE_DIR "/examples/fashion-mnist-mlp.ini",
+                        0,
+                        0,
+                        {&variants[0], &variants[2], &variants[3]},
+                        3};
     struct keel_bench_opts opts = {options_help, parse_option, &o};
     struct keel_bench b;
     int rc, failed = 0;

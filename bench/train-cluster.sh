@@ -48,6 +48,8 @@ object on stdout.  Used by keel-bench-train; see bench/README.md.
   --servers S      servers, 1-8 (default 2)
   --epochs E       train E epochs instead of the job's
   --replication R  ask for R replicas of each range instead of the job's
+  --set KEY=VALUE  set [job] KEY to VALUE in the submitted spec (repeatable),
+                   e.g. --set compression=bf16 --set durability=disk
   --limit SECONDS  stop following the job after SECONDS of training
                    (default 900); the run is then reported unfinished
   --label TEXT     how progress lines name this run (default "keel, N worker(s)")
@@ -59,6 +61,7 @@ EOF
 }
 
 bin='' job_file='' workers='' servers=2 epochs='' replication_opt='' limit=900 label=''
+sets=()
 while [ $# -gt 0 ]; do
     case $1 in
     --bin) bin=${2:-} && shift ;;
@@ -67,6 +70,11 @@ while [ $# -gt 0 ]; do
     --servers) servers=${2:-} && shift ;;
     --epochs) epochs=${2:-} && shift ;;
     --replication) replication_opt=${2:-} && shift ;;
+    --set)
+        [[ ${2:-} =~ ^[a-z_]+=[A-Za-z0-9_.:-]+$ ]] ||
+            { cl_say "--set: expected KEY=VALUE, got '${2:-}'"; exit 64; }
+        sets+=("$2") && shift
+        ;;
     --limit) limit=${2:-} && shift ;;
     --label) label=${2:-} && shift ;;
     -h | --help) usage && exit 0 ;;
@@ -168,13 +176,17 @@ store_start=$(store_bytes)
 
 spec=$tmp/job.ini
 cp "$job_file" "$spec" || fail "cannot copy $job_file"
-sed -i "s/^epochs *=.*/epochs = $epochs/" "$spec"
-grep -q "^epochs = $epochs\$" "$spec" || sed -i "s/^\[job\]\$/[job]\nepochs = $epochs/" "$spec"
-grep -q "^epochs = $epochs\$" "$spec" || fail "cannot set epochs = $epochs in $spec"
-sed -i "s/^replication *=.*/replication = $replication/" "$spec"
-grep -q "^replication = $replication\$" "$spec" ||
-    sed -i "s/^\[job\]\$/[job]\nreplication = $replication/" "$spec"
-grep -q "^replication = $replication\$" "$spec" || fail "cannot set replication = $replication in $spec"
+# set_job KEY VALUE: KEY = VALUE in the spec's [job] section, replaced or added.
+set_job() {
+    sed -i "s/^$1 *=.*/$1 = $2/" "$spec"
+    grep -q "^$1 = $2\$" "$spec" || sed -i "s/^\[job\]\$/[job]\n$1 = $2/" "$spec"
+    grep -q "^$1 = $2\$" "$spec" || fail "cannot set $1 = $2 in $spec"
+}
+set_job epochs "$epochs"
+set_job replication "$replication"
+for kv in "${sets[@]}"; do
+    set_job "${kv%%=*}" "${kv#*=}"
+done
 
 prefix=/keel/$KEEL_CLUSTER_NAME/jobs/$job
 
@@ -191,7 +203,7 @@ watch_pid=$!
     cat "$tmp/submit.log" >&2
     fail "keelctl job submit failed"
 }
-say "submitted: $(ini model), $epochs epoch(s), batch $batch, $(ini consistency), replication $replication"
+say "submitted: $(ini model), $epochs epoch(s), batch $batch, $(ini consistency), replication $replication${sets[*]:+, }${sets[*]:-}"
 
 # "STATE CHANGED_MS" of the job, or nothing when etcd does not answer.
 job_state() {

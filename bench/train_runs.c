@@ -512,7 +512,7 @@ out:
 int train_on_cluster(const struct train_setup *s, unsigned workers, struct train_run *out,
                      struct keel_error *err)
 {
-    char nw[16], ns[16], ne[16], nl[16], nr[16], label[64];
+    char nw[16], ns[16], ne[16], nl[16], nr[16], label[96], suffix[40] = "";
     char *argv[] = {"/bin/bash", (char *)s->script,
                     "--bin",     (char *)s->bin_dir,
                     "--job",     (char *)s->job,
@@ -522,6 +522,7 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
                     "--label",   label,
                     NULL,        NULL, /* --epochs E */
                     NULL,        NULL, /* --replication R */
+                    NULL,        NULL, /* --set KEY=VALUE */
                     NULL};
     size_t argc = 14;
     struct keel_buf text;
@@ -533,11 +534,14 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
     snprintf(nl, sizeof(nl), "%u", s->limit_s);
     snprintf(ne, sizeof(ne), "%" PRIu32, s->epochs);
     snprintf(nr, sizeof(nr), "%u", s->replication);
+    if (s->variant != NULL)
+        snprintf(suffix, sizeof(suffix), ", %s", s->variant);
     if (s->replication > 0)
-        snprintf(label, sizeof(label), "keel, %u worker%s, replication %u", workers,
-                 workers == 1 ? "" : "s", s->replication);
+        snprintf(label, sizeof(label), "keel, %u worker%s, replication %u%s", workers,
+                 workers == 1 ? "" : "s", s->replication, suffix);
     else
-        snprintf(label, sizeof(label), "keel, %u worker%s", workers, workers == 1 ? "" : "s");
+        snprintf(label, sizeof(label), "keel, %u worker%s%s", workers, workers == 1 ? "" : "s",
+                 suffix);
     if (s->epochs > 0) { /* else the job's own epochs */
         argv[argc++] = "--epochs";
         argv[argc++] = ne;
@@ -545,6 +549,10 @@ int train_on_cluster(const struct train_setup *s, unsigned workers, struct train
     if (s->replication > 0) { /* else the job's own replication */
         argv[argc++] = "--replication";
         argv[argc++] = nr;
+    }
+    if (s->set != NULL) {
+        argv[argc++] = "--set";
+        argv[argc++] = (char *)s->set;
     }
     keel_buf_init(&text, 0);
     status = train_run_capture(argv, &text);

@@ -51,6 +51,8 @@ struct train_setup {
     const char *script;   /* bench/train-cluster.sh */
     unsigned servers;     /* of the cluster */
     unsigned replication; /* replicas of each range the cluster's job asks for; 0: the job's */
+    const char *set;      /* "KEY=VALUE": a [job] setting of the cluster's job; NULL: none */
+    const char *variant;  /* a name for the run's label ("bf16"); NULL: none */
     unsigned limit_s;     /* stop following a cluster's job after this many seconds */
     unsigned local_reps;  /* in-process trainings per call, 1..TRAIN_MAX_LOCAL_REPS */
 };
