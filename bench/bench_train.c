@@ -213,9 +213,9 @@ static void run_update(void *ctx, uint64_t iters)
 
     for (uint64_t it = 0; it < iters; it++) {
         for (unsigned l = 0; l < u->m.nlayers; l++)
-            if (keel_optim_apply_rows(&u->o, u->params.table[l], u->state[l], u->grads.table[l],
-                                      keel_model_rows(&u->m, l), keel_model_row_width(&u->m, l),
-                                      &err) != 0)
+            if (keel_optim_apply_rows(&u->o, u->params.table[l], u->state[l], NULL,
+                                      u->grads.table[l], keel_model_rows(&u->m, l),
+                                      keel_model_row_width(&u->m, l), &err) != 0)
                 die(err.msg);
         keel_bench_use(u->params.table[0]);
     }

@@ -241,9 +241,9 @@ static int local_step(struct local_model *lm, const struct keel_jobspec *spec,
         return rc;
     o.lr = (float)keel_jobspec_lr_at(spec, clock);
     for (unsigned l = 0; l < m->nlayers; l++)
-        if ((rc = keel_optim_apply_rows(&o, lm->params.table[l], lm->state[l], lm->grads.table[l],
-                                        keel_model_rows(m, l), keel_model_row_width(m, l), err)) !=
-            0)
+        if ((rc = keel_optim_apply_rows(&o, lm->params.table[l], lm->state[l], NULL,
+                                        lm->grads.table[l], keel_model_rows(m, l),
+                                        keel_model_row_width(m, l), err)) != 0)
             return rc;
     return 0;
 }

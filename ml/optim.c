@@ -242,9 +242,19 @@ static uint32_t first_nonfinite(const float *g, uint32_t width)
     return width;
 }
 
+/*
+ * Adam's bias corrections 1 / (1 - beta^t) for one step count t, kept across
+ * the rows of one call: the rows of a push mostly share their step count, and
+ * the two pow() calls cost more than a narrow row's update.
+ */
+struct adam_bias {
+    float t; /* 0: none computed yet */
+    float c1, c2;
+};
+
 /* The update itself, on a gradient already checked to be finite. */
 static void apply_checked(const struct keel_optim *o, float *w, float *state, const float *g,
-                          uint32_t width)
+                          uint32_t width, struct adam_bias *bias)
 {
     const float lr = o->lr;
 
@@ -275,10 +285,15 @@ static void apply_checked(const struct keel_optim *o, float *w, float *state, co
         const float b1 = o->beta1, b2 = o->beta2, eps = o->epsilon;
         float *m = state + 1, *v = state + 1 + width;
         float t = state[0] < ADAM_T_MAX ? state[0] + 1.0f : ADAM_T_MAX;
-        /* 1 / (1 - beta^t), in double: for t = 1, 1 - beta is exact enough. */
-        const float c1 = (float)(1.0 / (1.0 - pow((double)b1, (double)t)));
-        const float c2 = (float)(1.0 / (1.0 - pow((double)b2, (double)t)));
+        float c1, c2;
 
+        if (bias->t != t) { /* 1 / (1 - beta^t), in double: for t = 1, 1 - beta is exact enough */
+            bias->t = t;
+            bias->c1 = (float)(1.0 / (1.0 - pow((double)b1, (double)t)));
+            bias->c2 = (float)(1.0 / (1.0 - pow((double)b2, (double)t)));
+        }
+        c1 = bias->c1;
+        c2 = bias->c2;
         state[0] = t;
         for (uint32_t j = 0; j < width; j++) {
             m[j] = b1 * m[j] + (1.0f - b1) * g[j];
@@ -293,21 +308,35 @@ static void apply_checked(const struct keel_optim *o, float *w, float *state, co
 int keel_optim_apply(const struct keel_optim *o, float *row, float *state, const float *grad,
                      uint32_t width, struct keel_error *err)
 {
+    struct adam_bias bias = {0, 0, 0};
     uint32_t bad = first_nonfinite(grad, width);
 
     if (bad < width)
         return keel_err_set(err, KEEL_EINVAL, "gradient element %u is not finite (%g)",
                             (unsigned)bad, (double)grad[bad]);
-    apply_checked(o, row, state, grad, width);
+    apply_checked(o, row, state, grad, width, &bias);
     return KEEL_OK;
 }
 
-int keel_optim_apply_rows(const struct keel_optim *o, float *rows, float *states,
-                          const float *grads, uint32_t nrows, uint32_t width,
-                          struct keel_error *err)
+void keel_optim_apply_rows_finite(const struct keel_optim *o, float *rows, float *states,
+                                  const uint32_t *at, const float *grads, uint32_t nrows,
+                                  uint32_t width)
 {
     size_t sw = keel_optim_state_width(o, width);
+    struct adam_bias bias = {0, 0, 0};
 
+    for (uint32_t i = 0; i < nrows; i++) {
+        size_t r = at ? at[i] : i;
+
+        apply_checked(o, rows + r * width, sw ? states + r * sw : NULL, grads + (size_t)i * width,
+                      width, &bias);
+    }
+}
+
+int keel_optim_apply_rows(const struct keel_optim *o, float *rows, float *states,
+                          const uint32_t *at, const float *grads, uint32_t nrows, uint32_t width,
+                          struct keel_error *err)
+{
     for (uint32_t i = 0; i < nrows; i++) {
         const float *g = grads + (size_t)i * width;
         uint32_t bad = first_nonfinite(g, width);
@@ -317,8 +346,6 @@ int keel_optim_apply_rows(const struct keel_optim *o, float *rows, float *states
                                 "gradient of row %u, element %u is not finite (%g)", (unsigned)i,
                                 (unsigned)bad, (double)g[bad]);
     }
-    for (uint32_t i = 0; i < nrows; i++)
-        apply_checked(o, rows + (size_t)i * width, sw ? states + i * sw : NULL,
-                      grads + (size_t)i * width, width);
+    keel_optim_apply_rows_finite(o, rows, states, at, grads, nrows, width);
     return KEEL_OK;
 }

@@ -134,38 +134,56 @@ static void init_range(struct keel_ps *ps, unsigned range, struct keel_snapshot 
     }
 }
 
-/* Apply the rows of `push` (all in this range) to `snap`'s rows; caller holds the lock. */
+/* Gradients applied per keel_optim_apply_rows_finite() call: the row indices stay on the stack. */
+#define APPLY_CHUNK 256
+
+/*
+ * Apply the rows of `push` (all in this range, keys ascending) to `snap`'s
+ * rows; caller holds the lock.  `finite`: the caller has checked every
+ * gradient (a push, before any range changed); else they are checked here.
+ * Each key's row is found by a binary search over the rows after the
+ * previous key's, and the rows are applied in chunks through the one batched
+ * update path.  A key not in the range stops the apply there (a push's keys
+ * were checked before; a log or a backup's stream holding one is broken).
+ */
 static int apply_rows(struct keel_ps *ps, struct keel_snapshot *snap,
-                      const struct keel_msg_push *push, struct keel_error *err)
+                      const struct keel_msg_push *push, int finite, struct keel_error *err)
 {
     const struct keel_rows *d = &push->data;
     struct keel_snap_table *t = keel_snapshot_table(snap, d->table_id);
     struct keel_optim o = ps->optim;
-    size_t ti;
+    uint32_t at[APPLY_CHUNK];
+    uint64_t from = 0;
 
     if (t == NULL || t->width != d->row_width)
         return keel_err_set(err, KEEL_EINVAL, "no table %u of width %u in the model", d->table_id,
                             d->row_width);
-    for (ti = 0; ti < ps->ntables && ps->tables[ti].id != d->table_id; ti++)
-        ;
-    /* Check every gradient first: a bad one must change nothing. */
-    for (size_t i = 0; i < (size_t)d->nkeys * d->row_width; i++)
-        if (!isfinite(d->rows[i]))
-            return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
-                                (unsigned long long)d->keys[i / d->row_width]);
+    if (!finite) /* a bad gradient must change nothing */
+        for (size_t i = 0; i < (size_t)d->nkeys * d->row_width; i++)
+            if (!isfinite(d->rows[i]))
+                return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
+                                    (unsigned long long)d->keys[i / d->row_width]);
+    if (t->nrows > UINT32_MAX)
+        return keel_err_set(err, KEEL_EINVAL, "table %u holds %llu rows in range %u", t->table_id,
+                            (unsigned long long)t->nrows, snap->range);
     o.lr = (float)keel_jobspec_lr_at(&ps->spec, push->clock); /* the schedule's rate at its clock */
-    for (uint32_t k = 0; k < d->nkeys; k++) {
-        int64_t at = keel_snap_table_find(t, d->keys[k]);
-        int rc;
+    for (uint32_t k0 = 0; k0 < d->nkeys; k0 += APPLY_CHUNK) {
+        uint32_t n = d->nkeys - k0 < APPLY_CHUNK ? d->nkeys - k0 : APPLY_CHUNK;
 
-        if (at < 0)
-            return keel_err_set(err, KEEL_EINVAL, "key %llu is not in range %u",
-                                (unsigned long long)d->keys[k], snap->range);
-        rc = keel_optim_apply(&o, t->rows + (size_t)at * t->width,
-                              t->state_width ? t->state + (size_t)at * t->state_width : NULL,
-                              d->rows + (size_t)k * d->row_width, t->width, err);
-        if (rc != 0)
-            return rc;
+        for (uint32_t k = 0; k < n; k++) {
+            struct keel_snap_table rest = *t;
+            int64_t found;
+
+            rest.keys = t->keys + from;
+            rest.nrows = t->nrows - from;
+            if ((found = keel_snap_table_find(&rest, d->keys[k0 + k])) < 0)
+                return keel_err_set(err, KEEL_EINVAL, "key %llu is not in range %u",
+                                    (unsigned long long)d->keys[k0 + k], snap->range);
+            from += (uint64_t)found;
+            at[k] = (uint32_t)from++;
+        }
+        keel_optim_apply_rows_finite(&o, t->rows, t->state_width ? t->state : NULL, at,
+                                     d->rows + (size_t)k0 * d->row_width, n, t->width);
     }
     return 0;
 }
@@ -177,7 +195,7 @@ static int replay_cb(struct keel_snapshot *snap, const struct keel_ulog_record *
 
     if (snap->ntables == 0)
         init_range(ps, snap->range, snap);
-    return apply_rows(ps, snap, &rec->push, err);
+    return apply_rows(ps, snap, &rec->push, 0, err); /* the log's records are checked again */
 }
 
 int keel_ps_open_range(struct keel_ps *ps, keel_store *store, unsigned range,
@@ -340,7 +358,7 @@ int keel_ps_replicate(struct keel_ps *ps, unsigned range, uint64_t lsn,
     }
     sp = keel_snapshot_shard(&r->snap, push->shard);
     if (sp->seq < push->seq) {
-        if ((rc = apply_rows(ps, &r->snap, push, err)) != 0)
+        if ((rc = apply_rows(ps, &r->snap, push, 0, err)) != 0)
             goto out;
         sp = keel_snapshot_shard(&r->snap, push->shard);
         sp->seq = push->seq;
@@ -544,7 +562,7 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
         a->push.data.enc = KEEL_ROWS_F32; /* widened above */
         a->push.data.half = NULL;
         /* Checked above: the keys are the model's and the gradients finite. */
-        rc = apply_rows(ps, &r->snap, &a->push, err);
+        rc = apply_rows(ps, &r->snap, &a->push, 1, err);
         if (rc != 0)
             break;
         sp = keel_snapshot_shard(&r->snap, pos_id);

@@ -121,13 +121,21 @@ int keel_optim_apply(const struct keel_optim *o, float *row, float *state, const
                      uint32_t width, struct keel_error *err);
 
 /*
- * Apply `nrows` packed gradients to `nrows` packed rows and their packed
- * states (row i at rows + i * width, state i at states + i * state width).
- * Every gradient is checked first: when one is not finite, nothing is
- * updated and KEEL_EINVAL names the row and element.
+ * Apply `nrows` packed gradients (gradient i at grads + i * width) to rows of
+ * a packed table and their packed states: gradient i to row at[i] (at rows +
+ * at[i] * width, its state at states + at[i] * state width), or to row i when
+ * `at` is NULL.  Every gradient is checked first: when one is not finite,
+ * nothing is updated and KEEL_EINVAL names the gradient's index and element.
+ * The one update path of Keel: servers, their log replay and the benchmark's
+ * in-process training all apply through it.
  */
 int keel_optim_apply_rows(const struct keel_optim *o, float *rows, float *states,
-                          const float *grads, uint32_t nrows, uint32_t width,
+                          const uint32_t *at, const float *grads, uint32_t nrows, uint32_t width,
                           struct keel_error *err);
+
+/* The same, for gradients the caller has already checked to be finite (no check). */
+void keel_optim_apply_rows_finite(const struct keel_optim *o, float *rows, float *states,
+                                  const uint32_t *at, const float *grads, uint32_t nrows,
+                                  uint32_t width);
 
 #endif

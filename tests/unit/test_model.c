@@ -745,7 +745,7 @@ static double train_epoch(struct trainer *t, const struct dataset *d)
                                      n, &t->grads, &st, &err),
                      0, "%s", err.msg);
         for (unsigned l = 0; l < t->m.nlayers; l++)
-            cr_assert_eq(keel_optim_apply_rows(&t->o, t->params.table[l], t->state[l],
+            cr_assert_eq(keel_optim_apply_rows(&t->o, t->params.table[l], t->state[l], NULL,
                                                t->grads.table[l], keel_model_rows(&t->m, l),
                                                keel_model_row_width(&t->m, l), &err),
                          0, "%s", err.msg);

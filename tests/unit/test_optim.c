@@ -192,18 +192,66 @@ Test(optim, apply_rows_is_all_or_nothing)
     float grads[3 * 2] = {1, 1, 1, 1, 1, NAN};
     struct keel_error err = {0};
 
-    cr_assert_eq(keel_optim_apply_rows(&o, rows, states, grads, 3, 2, &err), KEEL_EINVAL);
+    cr_assert_eq(keel_optim_apply_rows(&o, rows, states, NULL, grads, 3, 2, &err), KEEL_EINVAL);
     cr_assert(strstr(err.msg, "row 2, element 1") != NULL, "message: %s", err.msg);
     for (int i = 0; i < 6; i++) {
         cr_assert_eq(rows[i], 1.0f);
         cr_assert_eq(states[i], 0.0f);
     }
     grads[5] = 2.0f;
-    cr_assert_eq(keel_optim_apply_rows(&o, rows, states, grads, 3, 2, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_optim_apply_rows(&o, rows, states, NULL, grads, 3, 2, &err), 0, "%s",
+                 err.msg);
     for (int i = 0; i < 5; i++)
         assert_near(rows[i], 0.5f, "updated row");
     assert_near(rows[5], 0.0f, "last element");
     assert_near(states[5], 2.0f, "its velocity");
+}
+
+/*
+ * Gradients applied to scattered rows (`at`) update exactly those rows, as
+ * one keel_optim_apply() per row would, bit for bit: also under Adam with rows
+ * at different step counts (the bias corrections are shared only between
+ * rows of the same count).
+ */
+Test(optim, apply_rows_at_indices_is_one_apply_per_row)
+{
+    enum { W = 3, N = 6, SW = 2 * W + 1 };
+    static const enum keel_optim_kind kinds[] = {KEEL_OPTIM_SGD, KEEL_OPTIM_MOMENTUM,
+                                                 KEEL_OPTIM_ADAGRAD, KEEL_OPTIM_ADAM};
+    static const uint32_t at[4] = {4, 1, 5, 2};
+    float grads[4 * W];
+
+    for (int i = 0; i < 4 * W; i++)
+        grads[i] = 0.25f * (float)(i - 5);
+    for (size_t k = 0; k < 4; k++) {
+        struct keel_optim o = make(kinds[k], 0.1f);
+        size_t sw = keel_optim_state_width(&o, W);
+        float rows[N * W], states[N * SW], want[N * W], want_states[N * SW];
+        struct keel_error err = {0};
+
+        for (int i = 0; i < N * W; i++)
+            rows[i] = want[i] = 1.0f + 0.1f * (float)i;
+        for (int i = 0; i < N * SW; i++)
+            states[i] = want_states[i] = 0.0f;
+        /* Adam: rows 1 and 2 at step 7, the others new; the same first element of state. */
+        if (kinds[k] == KEEL_OPTIM_ADAM)
+            for (int r = 1; r <= 2; r++)
+                states[r * sw] = want_states[r * sw] = 7.0f;
+        for (int i = 0; i < 4; i++)
+            cr_assert_eq(keel_optim_apply(&o, want + at[i] * W,
+                                          sw ? want_states + at[i] * sw : NULL, grads + i * W, W,
+                                          &err),
+                         0, "%s", err.msg);
+        cr_assert_eq(keel_optim_apply_rows(&o, rows, sw ? states : NULL, at, grads, 4, W, &err), 0,
+                     "%s", err.msg);
+        cr_assert_eq(memcmp(rows, want, sizeof(rows)), 0, "%s: the rows",
+                     keel_optim_name(kinds[k]));
+        if (sw)
+            cr_assert_eq(memcmp(states, want_states, (size_t)N * sw * sizeof(float)), 0,
+                         "%s: the states", keel_optim_name(kinds[k]));
+        cr_assert_eq(rows[0], 1.0f, "row 0 has no gradient: untouched");
+        cr_assert_eq(rows[3 * W], 1.0f + 0.1f * 3 * W, "row 3 has no gradient: untouched");
+    }
 }
 
 Test(optim, defaults)

@@ -533,8 +533,8 @@ Test(ps, the_model_in_one_process_is_what_the_servers_hold)
                     keel_model_table_id(l), width, rows, keys, grads[l], 0, NULL};
                 cr_assert_eq(keel_ps_push(ps, &p, &res, &err), 0, "%s", err.msg);
                 keel_ps_result_release(&res);
-                cr_assert_eq(keel_optim_apply_rows(&o, local.table[l], state[l], grads[l], rows,
-                                                   width, &err),
+                cr_assert_eq(keel_optim_apply_rows(&o, local.table[l], state[l], NULL, grads[l],
+                                                   rows, width, &err),
                              0, "%s", err.msg);
             }
         }
