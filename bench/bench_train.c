@@ -293,6 +293,24 @@ static const char options_help[] =
     "  --arithmetic-only  only the forward/backward and optimizer rows (seconds)\n"
     "  --training-only    only the end-to-end training rows (minutes)\n";
 
+/*
+ * The next item of a comma-separated list at *p into item (empty when it is
+ * empty or does not fit), and *p past it; 0 at the end of the list.
+ */
+static int next_item(const char **p, char *item, size_t n)
+{
+    size_t len;
+
+    if (*p == NULL || **p == '\0')
+        return 0;
+    len = strcspn(*p, ",");
+    snprintf(item, n, "%.*s", (int)(len < n ? len : 0), *p);
+    *p += len;
+    if (**p == ',')
+        (*p)++;
+    return 1;
+}
+
 static int parse_option(void *ctx, int argc, char **argv, int i)
 {
     struct options *o = ctx;
@@ -333,10 +351,9 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
         o->nvariants = 0;
         if (val != NULL && strcmp(val, "none") == 0)
             return 2;
-        while (p != NULL && *p != '\0') {
-            size_t len = strcspn(p, ","), k;
+        while (next_item(&p, item, sizeof(item))) {
+            size_t k;
 
-            snprintf(item, sizeof(item), "%.*s", (int)(len < sizeof(item) ? len : 0), p);
             for (k = 0; k < NVARIANTS && strcmp(variants[k].name, item) != 0; k++)
                 ;
             if (k == NVARIANTS || o->nvariants == NVARIANTS) {
@@ -347,9 +364,6 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
                 return -1;
             }
             o->variants[o->nvariants++] = &variants[k];
-            p += len;
-            if (*p == ',')
-                p++;
         }
         if (o->nvariants == 0) {
             fprintf(stderr, "keel-bench-train: --variants: expected none or names\n");
@@ -360,24 +374,18 @@ static int parse_option(void *ctx, int argc, char **argv, int i)
         const char *p = val;
 
         o->nworkers = 0;
-        while (p != NULL && *p != '\0') {
-            size_t len = strcspn(p, ",");
-
-            if (o->nworkers == MAX_WORKER_RUNS || len == 0 || len >= sizeof(item)) {
+        while (next_item(&p, item, sizeof(item))) {
+            if (o->nworkers == MAX_WORKER_RUNS || item[0] == '\0') {
                 fprintf(stderr,
                         "keel-bench-train: --workers: expected up to %d counts like 1,2,"
                         " got '%s'\n",
                         MAX_WORKER_RUNS, val);
                 return -1;
             }
-            snprintf(item, sizeof(item), "%.*s", (int)len, p);
             if (keel_bench_parse_uint("keel-bench-train", opt, item, 1, 8,
                                       &o->workers[o->nworkers]) != 0)
                 return -1;
             o->nworkers++;
-            p += len;
-            if (*p == ',')
-                p++;
         }
         if (o->nworkers == 0) {
             fprintf(stderr, "keel-bench-train: --workers: expected counts like 1,2\n");
