@@ -521,9 +521,10 @@ int keel_ps_push(struct keel_ps *ps, const struct keel_msg_push *push, struct ke
     /* Refuse a bad gradient before anything changes. */
     for (size_t i = 0; i < (size_t)d->nkeys * w; i++)
         if (!isfinite(rows[i])) {
-            keel_ps_result_release(out);
-            return keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
-                                (unsigned long long)keys[i / w]);
+            rc = keel_err_set(err, KEEL_EINVAL, "gradient of key %llu is not finite",
+                              (unsigned long long)keys[i / w]);
+            keel_ps_result_release(out); /* frees keys and rows */
+            return rc;
         }
     /*
      * Lock every range the push touches, in ascending order (the order of
