@@ -5,7 +5,8 @@
  * bounds (ASan watches).  What decodes must encode back to the very same
  * bytes: the format has exactly one encoding of each message (zero padding,
  * zero reserved fields, no trailing bytes), so a difference is a bug in
- * either direction.
+ * either direction.  The rows of a PUSH or PULL_REPLY that decoded, 32- or
+ * 16-bit, are then widened to floats as a receiver does.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -42,6 +43,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fprintf(stderr, "re-encoded %s differs from the input\n",
                     keel_msg_type_name(m.hdr.type));
             abort();
+        }
+        /* Every value of the rows, 32- or 16-bit, read as a receiver would (within the frame). */
+        if (m.hdr.type == KEEL_MSG_PUSH || m.hdr.type == KEEL_MSG_PULL_REPLY) {
+            const struct keel_rows *d =
+                m.hdr.type == KEEL_MSG_PUSH ? &m.u.push.data : &m.u.pull_reply.data;
+            float *values = malloc(((size_t)d->nkeys * d->row_width + 1) * sizeof(float));
+
+            if (values == NULL)
+                abort();
+            keel_rows_widen(d, 0, d->nkeys, values);
+            free(values);
         }
     } else if (err.msg[0] == '\0') {
         fprintf(stderr, "error %s without a message\n", keel_err_name(rc));
