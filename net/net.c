@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
@@ -27,6 +28,7 @@
 
 #include "alloc.h"
 #include "authz.h"
+#include "clock.h"
 #include "log.h"
 #include "net.h"
 #include "net_internal.h"
@@ -179,7 +181,14 @@ struct keel_listener {
     unsigned nconns;           /* atomic */
     int stopping;              /* atomic; set by keel_listener_stop() */
     struct event *accept_stop; /* user-triggered on accept_base: break its loop */
+    /* Accepting paused after EMFILE and the like (acceptor thread only). */
+    struct event *accept_resume; /* timer: accept again */
+    uint64_t pause_logged_ms;    /* monotonic ms of the last pause logged */
+    unsigned pauses_unlogged;    /* pauses since then */
 };
+
+#define KEEL_ACCEPT_PAUSE_MS 100 /* accepting stops this long after EMFILE and the like */
+#define KEEL_FD_RESERVE      64  /* descriptors kept for all but connections */
 
 /* A reply made on another thread, waiting for the I/O thread to write it. */
 struct outframe {
@@ -726,12 +735,83 @@ static void accept_stop_cb(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(arg);
 }
 
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct keel_listener *l = arg;
+
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(l->evl);
+}
+
+/*
+ * accept() failed.  Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM), the pending connection stays queued and every retry would fail
+ * at once: stop accepting for KEEL_ACCEPT_PAUSE_MS instead of spinning, and
+ * log at most one line every 10 s, with how many pauses it stands for.
+ */
 static void accept_error_cb(struct evconnlistener *evl, void *arg)
 {
+    struct keel_listener *l = arg;
     int e = EVUTIL_SOCKET_ERROR();
+    int exhausted = e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+    uint64_t now = keel_clock_mono_ms();
+    char since[64] = "", pause[48] = "";
 
-    /* EMFILE and friends: keep listening; the next accept may succeed. */
-    KEEL_LOG_WARN("accept failed: %s", evutil_socket_error_to_string(e));
+    if (exhausted) {
+        struct timeval tv = keel__ms_to_tv(KEEL_ACCEPT_PAUSE_MS);
+
+        evconnlistener_disable(evl);
+        evtimer_add(l->accept_resume, &tv);
+    }
+    if (l->pause_logged_ms != 0 && now - l->pause_logged_ms < 10000) {
+        l->pauses_unlogged++;
+        return;
+    }
+    if (exhausted)
+        snprintf(pause, sizeof(pause), ": not accepting for %d ms", KEEL_ACCEPT_PAUSE_MS);
+    if (l->pauses_unlogged > 0)
+        snprintf(since, sizeof(since), "; %u more since the last such line", l->pauses_unlogged);
+    KEEL_LOG_WARN("accept failed: %s%s (%u connections open)%s", evutil_socket_error_to_string(e),
+                  pause, __atomic_load_n(&l->nconns, __ATOMIC_RELAXED), since);
+    l->pause_logged_ms = now;
+    l->pauses_unlogged = 0;
+}
+
+/*
+ * Every connection holds a descriptor: raise the soft RLIMIT_NOFILE to what
+ * max_connections needs plus KEEL_FD_RESERVE for the rest of the process
+ * (stores, etcd, clients), up to the hard limit; and if that is still too
+ * few, lower max_connections to fit, with a warning, so that the connection
+ * limit is met before the descriptors run out.
+ */
+static void fit_fd_limit(struct keel_listener_options *o)
+{
+    struct rlimit rl;
+    rlim_t want = (rlim_t)o->max_connections + KEEL_FD_RESERVE, before;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    before = rl.rlim_cur;
+    if (rl.rlim_cur < want && rl.rlim_cur != RLIM_INFINITY) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        if (rl.rlim_cur > before && setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            KEEL_LOG_INFO("raised the open-file limit from %llu to %llu for %u connections",
+                          (unsigned long long)before, (unsigned long long)rl.rlim_cur,
+                          o->max_connections);
+        else
+            rl.rlim_cur = before;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        unsigned fit = rl.rlim_cur > 2 * KEEL_FD_RESERVE ? (unsigned)(rl.rlim_cur - KEEL_FD_RESERVE)
+                                                         : (unsigned)(rl.rlim_cur / 4);
+
+        KEEL_LOG_WARN("max_connections %u does not fit the open-file limit of %llu (hard limit "
+                      "%llu): accepting at most %u connections",
+                      o->max_connections, (unsigned long long)rl.rlim_cur,
+                      (unsigned long long)rl.rlim_max, fit ? fit : 1);
+        o->max_connections = fit ? fit : 1;
+    }
 }
 
 int keel_listener_start(const struct keel_listener_options *o, struct keel_tls *tls,
@@ -749,6 +829,7 @@ int keel_listener_start(const struct keel_listener_options *o, struct keel_tls *
         return keel_err_set(err, KEEL_EINVAL, "listener needs I/O threads and a handler");
     l = keel_calloc(1, sizeof(*l));
     l->o = *o;
+    fit_fd_limit(&l->o);
     l->listen = keel_strdup(o->listen);
     l->o.listen = l->listen;
     l->tls = tls;
@@ -767,6 +848,7 @@ int keel_listener_start(const struct keel_listener_options *o, struct keel_tls *
     }
     evconnlistener_set_error_cb(l->evl, accept_error_cb);
     l->accept_stop = event_new(l->accept_base, -1, 0, accept_stop_cb, l->accept_base);
+    l->accept_resume = evtimer_new(l->accept_base, accept_resume_cb, l);
     getsockname(evconnlistener_get_fd(l->evl), (struct sockaddr *)&sa, &salen);
     l->port = ntohs(sa.sin_port);
 
@@ -807,6 +889,7 @@ void keel_listener_stop(struct keel_listener *l)
     event_active(l->accept_stop, EV_READ, 0);
     pthread_join(l->accept_tid, NULL);
     event_free(l->accept_stop);
+    event_free(l->accept_resume);
     evconnlistener_free(l->evl);
     event_base_free(l->accept_base);
     for (unsigned i = 0; i < l->nthreads; i++) {

@@ -16,7 +16,10 @@
  *    (KEEL_EPERM), logged with the peer's identity, and never executed;
  *  - stops being read while its output buffer is above max_output bytes
  *    (a slow reader cannot make the server buffer without limit).
- * Connections over max_connections are closed at accept, with a log line.
+ * Connections over max_connections are closed at accept, with a log line;
+ * the open-file limit is raised to fit max_connections, or max_connections
+ * lowered to fit it; when accept() runs out of descriptors anyway, accepting
+ * pauses for 100 ms (and is logged at most every 10 s) instead of spinning.
  *
  * Client side (struct keel_client): one connection to one address, with its
  * own event-loop thread.  Many requests may be in flight at once, matched to

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,7 +86,7 @@ static void setup(void)
     issue("ca", KEEL_ROLE_WORKER, "wold", now - 3 * 86400, now - 86400, 0);
     issue("ca", KEEL_ROLE_WORKER, "wanon", 0, 0, 1);
     path_of(logpath, sizeof(logpath), "log");
-    logfile = fopen(logpath, "w");
+    logfile = fopen(logpath, "a"); /* appends: the peers spawned write to it too */
     cr_assert_not_null(logfile);
     keel_log_init("test", KEEL_LOG_LEVEL_DEBUG, logfile);
 }
@@ -97,7 +98,7 @@ static void teardown(void)
     keel_log_init("test", KEEL_LOG_LEVEL_INFO, NULL);
     if (logfile)
         fclose(logfile);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    snprintf(cmd, sizeof(cmd), getenv("KEEP_TMP") ? "true '%s'" : "rm -rf '%s'", dir);
     if (system(cmd) != 0)
         fprintf(stderr, "cannot remove %s\n", dir);
 }
@@ -790,6 +791,112 @@ Test(transport, connection_flood_hits_the_limit_and_others_work)
     keel_tls_free(server_tls);
 }
 
+/* How many times `needle` occurs in the test's log, read through `fd` (-1: opened here). */
+static int log_count_fd(int fd, const char *needle)
+{
+    static char buf[1 << 20];
+    int own = fd < 0 ? (fd = open(logpath, O_RDONLY)) : -1;
+    ssize_t n = fd >= 0 ? pread(fd, buf, sizeof(buf) - 1, 0) : -1;
+    int count = 0;
+
+    if (own >= 0)
+        close(own);
+    buf[n > 0 ? n : 0] = '\0';
+    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        count++;
+    return count;
+}
+
+static int log_count(const char *needle)
+{
+    return log_count_fd(-1, needle);
+}
+
+/*
+ * Out of descriptors, the acceptor pauses instead of spinning on EMFILE and
+ * logs one line for many failures; once descriptors are free again it
+ * accepts again.  The listener runs in this process, whose descriptor limit
+ * the test lowers to just above its open descriptors; the connections come
+ * from a child process (its own descriptor table), so that only the
+ * listener's accept() runs out.
+ */
+Test(transport, out_of_descriptors_pauses_accepting_and_recovers)
+{
+    struct keel_listener *l = listen_with(1000, 1 << 20, 10000, 10000, NULL);
+    unsigned port = keel_listener_port(l);
+    struct keel_tls *wt = tls_for("worker", "w1");
+    struct keel_client *c = client_for(port, wt), *c2;
+    struct keel_msg m = push_msg(1);
+    struct keel_reply *r = NULL;
+    struct keel_error err;
+    struct rlimit saved, low;
+    int lowest, status, sync[2], logfd = open(logpath, O_RDONLY), paused = 0, failed_lines, call_rc;
+    pid_t child;
+
+    cr_assert_eq(keel_client_call(c, &m, 10000, &r, &err), 0, "%s", err.msg);
+    keel_reply_free(r);
+    cr_assert_eq(pipe(sync), 0);
+    child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) { /* 40 connections once the parent's limit is low; held until killed */
+        char go;
+        int fds[40];
+
+        close(sync[1]);
+        if (read(sync[0], &go, 1) != 1)
+            _exit(1);
+        for (int i = 0; i < 40; i++) {
+            struct sockaddr_in sa = {0};
+
+            fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+            sa.sin_family = AF_INET;
+            sa.sin_port = htons((uint16_t)port);
+            sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            (void)connect(fds[i], (struct sockaddr *)&sa, sizeof(sa));
+        }
+        pause();
+        _exit(0);
+    }
+    close(sync[0]);
+    lowest = dup(0); /* the lowest free descriptor */
+    close(lowest);
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = (rlim_t)lowest + 2; /* two accepts, then EMFILE */
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0, "%s", strerror(errno));
+    cr_assert_eq(write(sync[1], "g", 1), 1);
+    /* No assertion until the limit is back: Criterion needs descriptors to report one. */
+    for (int i = 0; i < 100 && !paused; i++) {
+        paused = log_count_fd(logfd, "not accepting for 100 ms") > 0;
+        usleep(50000);
+    }
+    usleep(1500000); /* 15 pauses' worth: a spinning acceptor would log thousands of lines */
+    failed_lines = log_count_fd(logfd, "accept failed");
+    /* The open connection works throughout. */
+    m = push_msg(2);
+    call_rc = keel_client_call(c, &m, 10000, &r, &err);
+    keel_reply_free(r);
+    /* Descriptors free again: the flood ends, the limit is back; a new client gets in. */
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    close(sync[1]);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    close(logfd);
+    cr_assert(paused, "no pause after EMFILE");
+    cr_assert_leq(failed_lines, 2, "the acceptor floods the log");
+    cr_assert_eq(call_rc, 0, "the open connection failed while descriptors ran out: %s", err.msg);
+    c2 = client_for(port, wt);
+    m = push_msg(3);
+    cr_assert_eq(keel_client_call(c2, &m, 10000, &r, &err), 0, "%s", err.msg);
+    cr_assert_eq(r->msg.u.ack.seq, 3);
+    keel_reply_free(r);
+    keel_client_free(c2);
+    keel_client_free(c);
+    keel_listener_stop(l);
+    keel_tls_free(wt);
+    keel_tls_free(server_tls);
+}
+
 /* Send one hand-made frame on a raw session; return the reply's decoded error code. */
 static int raw_exchange(unsigned char *frame, size_t len, struct keel_buf *reply,
                         struct keel_msg *out, SSL **sslp, int *fdp, unsigned port)
@@ -902,8 +1009,11 @@ static unsigned free_port(void)
     return port;
 }
 
-/* Start keel-test-peer as server s1 on `port`; its log goes to the test's log. */
-static pid_t spawn_peer(unsigned port)
+/*
+ * Start keel-test-peer as server s1 on `port`; its log goes to the test's log.
+ * nofile > 0: its descriptor limit (soft and hard) is set to that.
+ */
+static pid_t spawn_peer_limited(unsigned port, unsigned nofile)
 {
     char ini[128], exe[256];
     FILE *f;
@@ -926,10 +1036,21 @@ static pid_t spawn_peer(unsigned port)
 
         dup2(null, 1);
         dup2(out, 2);
+        if (nofile > 0) {
+            struct rlimit rl = {nofile, nofile};
+
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         execl(exe, exe, "--config", ini, (char *)NULL);
         _exit(127);
     }
     return pid;
+}
+
+static pid_t spawn_peer(unsigned port)
+{
+    return spawn_peer_limited(port, 0);
 }
 
 static int client_up(void *arg)
@@ -1028,4 +1149,40 @@ Test(transport, sighup_rotation_serves_new_certificate_and_keeps_connections)
     keel_buf_release(&reply);
     kill(pid, SIGTERM);
     waitpid(pid, &status, 0);
+}
+
+/*
+ * A node whose descriptor limit cannot hold [net] max_connections (1024 by
+ * default; here the hard limit is 160) lowers its connection limit to fit,
+ * says so, and a flood of connections then meets that limit instead of
+ * EMFILE: the node stays up and a legitimate client still gets in.
+ */
+Test(transport, connection_limit_fits_the_descriptor_limit)
+{
+    unsigned port = free_port();
+    pid_t pid = spawn_peer_limited(port, 160);
+    struct keel_tls *wt = tls_for("worker", "w1");
+    struct keel_client *c = client_for(port, wt);
+    struct keel_msg m = push_msg(1);
+    struct keel_reply *r = NULL;
+    struct keel_error err;
+    int fds[130], status;
+
+    cr_assert(wait_for(client_up, c), "client never connected");
+    cr_assert(
+        log_has("max_connections 1024 does not fit the open-file limit of 160 (hard limit 160): "
+                "accepting at most 96 connections"));
+    for (int i = 0; i < 130; i++)
+        fds[i] = tcp_connect(port);
+    cr_assert(log_has("connection limit of 96 reached"));
+    cr_assert_eq(log_count("accept failed"), 0, "the node ran out of descriptors");
+    cr_assert_eq(keel_client_call(c, &m, 10000, &r, &err), 0, "%s", err.msg);
+    keel_reply_free(r);
+    for (int i = 0; i < 130; i++)
+        close(fds[i]);
+    keel_client_free(c);
+    kill(pid, SIGTERM);
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer did not stop cleanly");
+    keel_tls_free(wt);
 }
