@@ -62,7 +62,8 @@ static const struct option_desc options[] = {
     {"net", "io_threads", OPT_UINT, F(io_threads), "2", 1, 64,
      "I/O threads, each with its own event loop"},
     {"net", "max_connections", OPT_UINT, F(max_connections), "1024", 1, 1000000,
-     "connections accepted at once; more are closed at accept"},
+     "connections accepted at once; more are closed at accept. The open-file limit is raised to "
+     "fit them (plus 64), or this lowered to fit the hard limit, with a warning"},
     {"net", "max_frame_size", OPT_SIZE, F(max_frame_size), "64M", 4 * KIB, 1 * GIB,
      "largest frame accepted, header included"},
     {"net", "handshake_timeout", OPT_DURATION, F(handshake_timeout_ms), "10s", 100, HOUR_MS,
