@@ -542,8 +542,24 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
         answer_pull(s, conn, &msg->hdr, p->data.table_id, p->data.row_width, p->data.keys,
                     p->data.nkeys);
     } else {
-        struct parked_pull *pp = keel_calloc(1, sizeof(*pp));
+        struct parked_pull *pp;
+        unsigned mine = 0, all = 0;
 
+        for (pp = s->parked; pp != NULL; pp = pp->next) {
+            mine += pp->conn == conn;
+            all++;
+        }
+        if (mine >= KEEL_PARKED_PER_CONN || all >= KEEL_PARKED_MAX) {
+            pthread_mutex_unlock(&s->lock);
+            return keel_err_set(err, KEEL_EUNAVAILABLE,
+                                "%u pulls are already waiting for their clock (%s, at most %d): "
+                                "this one is refused",
+                                mine >= KEEL_PARKED_PER_CONN ? mine : all,
+                                mine >= KEEL_PARKED_PER_CONN ? "on this connection" : "in all",
+                                mine >= KEEL_PARKED_PER_CONN ? KEEL_PARKED_PER_CONN
+                                                             : KEEL_PARKED_MAX);
+        }
+        pp = keel_calloc(1, sizeof(*pp));
         keel_conn_ref(conn);
         pp->conn = conn;
         pp->req = msg->hdr;

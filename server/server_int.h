@@ -105,6 +105,15 @@ struct peer {
 };
 
 /* A pull waiting for the slowest worker (BSP/SSP). */
+/*
+ * Pulls parked at once (each holds its keys until the clock allows it): a
+ * worker parks a few per server (one per table group of its next batch), so
+ * more than KEEL_PARKED_PER_CONN on one connection, or KEEL_PARKED_MAX in
+ * all, is a misbehaving peer: the pull is refused (KEEL_EUNAVAILABLE).
+ */
+#define KEEL_PARKED_PER_CONN 64
+#define KEEL_PARKED_MAX      4096
+
 struct parked_pull {
     struct parked_pull *next;
     struct keel_conn *conn;

@@ -541,6 +541,54 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
     keel_client_free(c);
 }
 
+/*
+ * Pulls a clock ahead park until the clock allows them; a peer that parks
+ * more than 64 on one connection has the next refused at once (not parked,
+ * not holding its keys), and the server goes on answering: once the clock
+ * moves, a pull is answered again.
+ */
+Test(server, parked_pulls_are_capped_per_connection)
+{
+    char addr[64];
+    float grads[15] = {0};
+    struct keel_client *c, *c2;
+    struct keel_reply *r;
+    struct keel_error err;
+    int64_t l1, l2;
+    int rc;
+
+    write_job("j1", "bsp");
+    register_worker("w1", &l1);
+    register_worker("w2", &l2);
+    server_pid = spawn_server();
+    server_address(addr, sizeof(addr), NULL);
+    c = client_to(addr);
+    c2 = client_with(addr, w2tls);
+    r = push(c, "w1", 0, 1, 0, grads); /* both finished clock 0 */
+    keel_reply_free(r);
+    r = push(c2, "w2", 1, 1, 0, grads);
+    keel_reply_free(r);
+    keel_client_free(c2);
+    for (int i = 0; i < 64; i++) { /* each parks: the client gives up, the server keeps it */
+        r = pull(c, "w1", 5, 100, &rc);
+        cr_assert_eq(rc, KEEL_ETIMEDOUT, "pull %d of clock 5 was answered before w2 moved", i);
+    }
+    r = pull(c, "w1", 5, 10000, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ERROR, "the 65th parked pull was not refused");
+    cr_assert_eq(r->msg.u.error.code, KEEL_EUNAVAILABLE);
+    cr_assert_not_null(strstr(r->msg.u.error.message.ptr, "64 pulls are already waiting"), "%.*s",
+                       (int)r->msg.u.error.message.len, r->msg.u.error.message.ptr);
+    keel_reply_free(r);
+    /* w2 leaves: the parked pulls are answered, and new ones go through. */
+    cr_assert_eq(keel_etcd_revoke(etcd, l2, &err), 0, "%s", err.msg);
+    r = pull(c, "w1", 1, 10000, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_PULL_REPLY, "the server stopped answering pulls");
+    keel_reply_free(r);
+    keel_client_free(c);
+}
+
 /* Whether server `id`'s log has a line containing `text` (and `also`, when not NULL). */
 static int log_says(const char *id, const char *text, const char *also)
 {
