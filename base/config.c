@@ -73,11 +73,11 @@ static const struct option_desc options[] = {
     {"net", "request_timeout", OPT_DURATION, F(request_timeout_ms), "30s", 10, HOUR_MS,
      "time a client waits for a reply before giving up on a request"},
     {"server", "group_commit", OPT_DURATION, F(server_group_commit_ms), "0ms", 0, 1000,
-     "time the storage thread waits for more records before a commit; 0: commit at once "
-     "(records gather while a commit is in flight)"},
+     "longest a record waits for more before a commit; 0: commit at once (records gather "
+     "while a commit is in flight); a full batch (1,024 entries or 64 MiB) never waits"},
     {"server", "snapshot_interval", OPT_DURATION, F(server_snapshot_interval_ms), "30s", 100,
      24 * HOUR_MS, "time between snapshots of a server's ranges"},
-    {"server", "snapshot_log_factor", OPT_UINT, F(server_snapshot_log_factor), "4", 0, 1000000,
+    {"server", "snapshot_log_factor", OPT_UINT, F(server_snapshot_log_factor), "1", 0, 1000000,
      "take the snapshots early once the update log written since the last ones is this many "
      "times the state they hold (at least 1 MiB); 0: every snapshot_interval only"},
     {"server", "checkpoint_key", OPT_STRING, F(server_checkpoint_key), "", 0, 0,

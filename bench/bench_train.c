@@ -670,6 +670,17 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             snprintf(name, sizeof(name), "keel_w%s_store_growth_mb", w);
             keel_bench_record(b, name, median_metric(&res, c, m_store_growth, 0), "MB", params_mb);
         }
+        /* Scaling: each worker count's rate against one worker's, same variant. */
+        for (size_t c = 1; c < res.nconfigs; c++) {
+            for (size_t one = 1; one < res.nconfigs; one++) {
+                if (config_workers(o, c) <= 1 || config_variant(o, c) != config_variant(o, one) ||
+                    config_workers(o, one) != 1)
+                    continue;
+                snprintf(name, sizeof(name), "keel_w%u_vs_w1_examples_s", config_workers(o, c));
+                keel_bench_record(b, name, median_metric(&res, c, m_examples, 0), "ex/s",
+                                  median_metric(&res, one, m_examples, 0));
+            }
+        }
         for (size_t c = 0; c < res.nconfigs; c++)
             note_config(b, o, &res, c, targets, ntargets);
         note_same_model(b, o, &res);

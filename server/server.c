@@ -42,6 +42,7 @@
 #include "keel/replicas.h"
 #include "keel/ulog.h"
 #include "server.h"
+#include "gcommit.h"
 #include "server_int.h"
 
 /* ---- ranges follow the assignment (srv->lock held) ------------------------ */
@@ -379,6 +380,23 @@ static void push_waits(struct srv *s, const struct keel_msg_push *push, struct p
     }
 }
 
+/* The bytes `a` writes to the store: its update-log records, or the copy it installs. */
+static uint64_t pending_bytes(const struct pending_ack *a)
+{
+    uint64_t bytes = 0;
+
+    if (a->kind == ACK_COPY) {
+        for (size_t t = 0; t < a->copy.ntables; t++)
+            bytes += a->copy.tables[t].nrows *
+                     keel_row_bytes(a->copy.tables[t].width, a->copy.tables[t].state_width);
+        return bytes;
+    }
+    for (size_t i = 0; i < a->result.napplied; i++)
+        bytes += a->result.applied[i].push.data.nkeys *
+                 keel_row_bytes(a->result.applied[i].push.data.row_width, 0);
+    return bytes;
+}
+
 void srv_queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *conn,
                        const struct keel_frame_header *req)
 {
@@ -387,6 +405,11 @@ void srv_queue_pending(struct srv *s, struct pending_ack *a, struct keel_conn *c
     a->conn = conn;
     if (req != NULL)
         a->req = *req;
+    a->bytes = pending_bytes(a);
+    if (s->nacks == 0)
+        s->acks_since = keel_clock_mono_ms();
+    s->nacks++;
+    s->acks_bytes += a->bytes;
     *s->acks_tail = a;
     s->acks_tail = &a->next;
     pthread_cond_signal(&s->wake);
@@ -688,7 +711,7 @@ static void flush_records(struct srv *s, struct keel_ulog_record *recs, size_t *
 
     keel_error_init(&err);
     for (size_t i = 0; i < *n; i++)
-        *bytes += recs[i].push.data.nkeys * (8 + 4 * (uint64_t)recs[i].push.data.row_width);
+        *bytes += recs[i].push.data.nkeys * keel_row_bytes(recs[i].push.data.row_width, 0);
     if (*n > 0 && keel_ulog_append(s->store, recs, *n, &err) != 0) {
         snprintf(what, sizeof(what), "commit %zu update-log record(s)", *n);
         fail_stop(what, &err);
@@ -799,7 +822,7 @@ static void snap_copy(struct srv *s, struct snap_set *set)
             continue;
         for (size_t t = 0; t < snap->ntables; t++)
             bytes += snap->tables[t].nrows *
-                     (8 + 4 * ((uint64_t)snap->tables[t].width + snap->tables[t].state_width));
+                     keel_row_bytes(snap->tables[t].width, snap->tables[t].state_width);
         set->n++;
     }
     s->state_bytes = bytes;
@@ -922,33 +945,60 @@ static void checkpoint_if_due(struct srv *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * Take from the queue what the next commit writes (srv->lock held): nothing
+ * while the group-commit rule says to wait, waiting on s->wake meanwhile;
+ * everything when stopping.  Waits at most 200 ms when nothing is queued, so
+ * that the thread's other duties run.
+ */
+static struct pending_ack *take_commit(struct srv *s, const struct keel_gcommit *g)
+{
+    struct pending_ack *head, **tail;
+    uint64_t d, bytes = 0;
+    size_t n = 0;
+
+    if (s->nacks == 0 && !s->stopping)
+        keel_cond_timedwait_ms(&s->wake, &s->lock, 200);
+    while (!s->stopping &&
+           (d = keel_gcommit_wait_ms(g, s->nacks, s->acks_bytes,
+                                     keel_clock_mono_ms() - s->acks_since)) > 0 &&
+           d != KEEL_GCOMMIT_IDLE)
+        keel_cond_timedwait_ms(&s->wake, &s->lock, d);
+    head = s->acks;
+    tail = &s->acks;
+    while (*tail != NULL && (s->stopping || keel_gcommit_joins(g, n, bytes, (*tail)->bytes))) {
+        n++;
+        bytes += (*tail)->bytes;
+        tail = &(*tail)->next;
+    }
+    s->acks = *tail;
+    *tail = NULL;
+    if (s->acks == NULL)
+        s->acks_tail = &s->acks;
+    s->nacks -= n;
+    s->acks_bytes -= bytes; /* what is left behind commits next, without waiting again */
+    return n > 0 ? head : NULL;
+}
+
 static void *storage_main(void *arg)
 {
     struct srv *s = arg;
     uint64_t next_snapshot = keel_clock_mono_ms() + s->config->server_snapshot_interval_ms;
+    struct keel_gcommit g = {s->config->server_group_commit_ms, KEEL_GCOMMIT_MAX_ACKS,
+                             KEEL_GCOMMIT_MAX_BYTES};
 
     for (;;) {
         struct pending_ack *acks;
-        int stopping, some;
+        int stopping;
 
-        pthread_mutex_lock(&s->lock);
-        if (s->acks == NULL && !s->stopping)
-            keel_cond_timedwait_ms(&s->wake, &s->lock, 200);
-        stopping = s->stopping;
-        some = s->acks != NULL;
-        pthread_mutex_unlock(&s->lock);
         /*
-         * Group commit: what arrives while a commit is in flight joins the
-         * next one; [server] group_commit may hold a commit back for more.
+         * Group commit (gcommit.h): what arrives while a commit is in flight
+         * joins the next one; [server] group_commit may hold a commit back
+         * for more, up to a full batch.
          */
-        if (!stopping && some && s->config->server_group_commit_ms > 0) {
-            struct timespec d = {0, (long)s->config->server_group_commit_ms * 1000000L};
-            nanosleep(&d, NULL);
-        }
         pthread_mutex_lock(&s->lock);
-        acks = s->acks;
-        s->acks = NULL;
-        s->acks_tail = &s->acks;
+        acks = take_commit(s, &g);
+        stopping = s->stopping;
         pthread_mutex_unlock(&s->lock);
         if (acks)
             commit_and_ack(s, acks);

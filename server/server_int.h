@@ -58,6 +58,7 @@ struct pending_ack {
     uint64_t lsn;              /* ACK_REPLICATE, ACK_COPY: echoed in the ACK */
     uint64_t term;             /* ACK_COPY: the term the copy was taken at */
     struct keel_snapshot copy; /* ACK_COPY: installed in the store in log order */
+    uint64_t bytes;            /* what it writes to the store (group commit's bound) */
 };
 
 #define MAX_BACKUPS (KEEL_ASSIGN_MAX_REPLICATION - 1)
@@ -147,6 +148,9 @@ struct srv {
     keel_assign *assign;
     uint64_t assign_version;
     struct pending_ack *acks, **acks_tail; /* applied, to be logged */
+    size_t nacks;                          /* queued in acks, */
+    uint64_t acks_bytes;                   /* their bytes, */
+    uint64_t acks_since;                   /* and when the oldest was queued (monotonic ms) */
     struct pending_ack *waiting;           /* pushes logged, waiting for backups */
     struct parked_pull *parked;
     /* replication */

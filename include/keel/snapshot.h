@@ -44,6 +44,12 @@
 
 #define KEEL_KEY_TABLE(key) ((uint32_t)((key) >> 48))
 
+/* Bytes of one stored row: its key, `width` floats and `state_width` optimizer floats. */
+static inline uint64_t keel_row_bytes(uint32_t width, uint32_t state_width)
+{
+    return 8 + 4 * ((uint64_t)width + state_width);
+}
+
 /* The rows of one table in one range. */
 struct keel_snap_table {
     uint32_t table_id;    /* < 65536 */
