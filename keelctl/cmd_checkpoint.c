@@ -177,13 +177,20 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
         keel_hex(hex, m.prev_sha256, KEEL_SHA256_SIZE);
         json_object_set_new(root, "prev_sha256", json_string(hex));
         for (size_t i = 0; i < m.nranges; i++) {
-            keel_hex(hex, m.ranges[i].sha256, KEEL_SHA256_SIZE);
-            json_array_append_new(ranges, json_pack("{s:I,s:I,s:I,s:I,s:I,s:s}", "range",
-                                                    (json_int_t)m.ranges[i].range, "lsn",
-                                                    (json_int_t)m.ranges[i].lsn, "rows",
-                                                    (json_int_t)m.ranges[i].rows, "tables",
-                                                    (json_int_t)m.ranges[i].ntables, "blocks",
-                                                    (json_int_t)m.ranges[i].blocks, "sha256", hex));
+            const struct keel_ckpt_range *r = &m.ranges[i];
+            json_t *pos = json_array();
+
+            /* The range's own positions: position id (shard + (table - 1) << 16) and seq. */
+            for (size_t k = 0; k < r->nshards; k++)
+                json_array_append_new(pos,
+                                      json_pack("{s:I,s:I}", "id", (json_int_t)r->shards[k].shard,
+                                                "seq", (json_int_t)r->shards[k].seq));
+            keel_hex(hex, r->sha256, KEEL_SHA256_SIZE);
+            json_array_append_new(
+                ranges, json_pack("{s:I,s:I,s:I,s:I,s:I,s:s,s:o}", "range", (json_int_t)r->range,
+                                  "lsn", (json_int_t)r->lsn, "rows", (json_int_t)r->rows, "tables",
+                                  (json_int_t)r->ntables, "blocks", (json_int_t)r->blocks, "sha256",
+                                  hex, "positions", pos));
         }
         for (size_t i = 0; i < m.nshards; i++)
             json_array_append_new(shards, json_pack("{s:I,s:I,s:s,s:I}", "shard",

@@ -320,11 +320,16 @@ int repl_handle_replicate(struct srv *s, struct keel_conn *conn,
     int rc;
 
     pthread_mutex_lock(&s->lock);
-    if ((rc = check_stream(s, peer, m->range, m->term, err)) != 0 ||
-        (rc = keel_ps_replicate(s->ps, m->range, m->lsn, &m->push, err)) < 0) {
+    if ((rc = check_stream(s, peer, m->range, m->term, err)) != 0) {
         pthread_mutex_unlock(&s->lock);
         return rc;
     }
+    srv_cut_before(s, m->range, m->push.clock); /* the checkpoint's copy, if this is past it */
+    if ((rc = keel_ps_replicate(s->ps, m->range, m->lsn, &m->push, err)) < 0) {
+        pthread_mutex_unlock(&s->lock);
+        return rc;
+    }
+    srv_cut_check(s);
     a = keel_calloc(1, sizeof(*a));
     a->kind = ACK_REPLICATE;
     a->lsn = m->lsn;
@@ -391,6 +396,7 @@ int repl_handle_range_copy(struct srv *s, struct keel_conn *conn,
         keel_snapshot_release(&disk);
         return rc;
     }
+    srv_cut_installed(s, m->range);
     a = keel_calloc(1, sizeof(*a));
     a->kind = ACK_COPY;
     a->lsn = disk.lsn;

@@ -487,7 +487,8 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         return 0;
     }
     if ((rc = check_lease(s, &msg->u.push, err)) != 0 ||
-        (rc = restoring_range(s, &msg->u.push, err)) != 0) {
+        (rc = restoring_range(s, &msg->u.push, err)) != 0 ||
+        (rc = srv_cut_holds(s, &msg->u.push, err)) != 0) {
         pthread_mutex_unlock(&s->lock);
         free(a);
         return rc;
@@ -507,6 +508,7 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         free(a);
         return rc;
     }
+    srv_cut_check(s); /* this push may have brought ranges to the checkpoint's clock */
     /*
      * The ACK goes out once the storage thread has logged the update and every
      * in-sync backup of its ranges has it; the frame is not kept that long.
@@ -599,7 +601,7 @@ static int handle_pull(struct srv *s, struct keel_conn *conn, const struct keel_
     return 0;
 }
 
-static keel_dataset *dataset_of(struct srv *s, struct keel_str name, struct keel_error *err)
+keel_dataset *srv_dataset_of(struct srv *s, struct keel_str name, struct keel_error *err)
 {
     char n[KEEL_ID_MAX + 1];
     keel_dataset *ds;
@@ -626,7 +628,7 @@ static int handle_shard_read(struct srv *s, struct keel_conn *conn, const struct
     int rc;
 
     pthread_mutex_lock(&s->lock);
-    ds = dataset_of(s, r->dataset, err);
+    ds = srv_dataset_of(s, r->dataset, err);
     pthread_mutex_unlock(&s->lock);
     if (ds == NULL)
         return err->code;
@@ -852,15 +854,6 @@ static void snap_write(struct snap_set *set)
     set->n = 0;
 }
 
-/* Snapshots of every range held, copied and written at one moment (srv->lock held). */
-static void snapshot_locked(struct srv *s)
-{
-    struct snap_set set;
-
-    snap_copy(s, &set);
-    snap_write(&set);
-}
-
 /*
  * Snapshots of every range held: copied under srv->lock, written without it,
  * so that pushes go on meanwhile (storage thread).
@@ -893,55 +886,111 @@ static int log_due(struct srv *s)
 }
 
 /*
- * A checkpoint of the running job (srv->lock held): fresh snapshots of every
- * range held, then a signed checkpoint of them in the store, then the oldest
- * pruned past [server] checkpoint_keep.  Pushes wait meanwhile, so the
- * ranges are copied at one moment.  `clock` names it in the manifest (the
- * interval's multiple the slowest worker has passed, or the last clock seen
- * at the job's end); `why` goes to the log.
+ * Checkpoint `n` copies of job `p->job`'s ranges into the store, signed
+ * with the cluster key, then prune the oldest past [server]
+ * checkpoint_keep; `why` goes to the log.
  */
-static void checkpoint_locked(struct srv *s, uint64_t clock, const char *why)
+static void checkpoint_write(struct srv *s, struct keel_ckpt_params *p,
+                             const struct keel_snapshot *copies, size_t n, const char *why)
 {
-    struct keel_ckpt_params p;
     struct keel_error err;
     uint64_t id, t0 = keel_clock_mono_ms();
     size_t pruned = 0;
 
     keel_error_init(&err);
-    memset(&p, 0, sizeof(p));
-    p.job = s->job;
-    p.clock = clock;
-    keel_jobspec_digest(&s->spec, p.spec_sha256);
-    snapshot_locked(s);
-    if (keel_checkpoint_take(s->store, &s->ckpt_key, &p, &id, &err) != 0) {
-        KEEL_LOG_ERROR("job %s: checkpoint at clock %" PRIu64 " failed: %s", s->job, p.clock,
+    p->snaps = copies;
+    p->nsnaps = n;
+    if (keel_checkpoint_take(s->store, &s->ckpt_key, p, &id, &err) != 0) {
+        KEEL_LOG_ERROR("job %s: checkpoint at clock %" PRIu64 " failed: %s", p->job, p->clock,
                        err.msg);
         return;
     }
     if (keel_checkpoint_prune(s->store, s->config->server_checkpoint_keep, &pruned, &err) != 0)
-        KEEL_LOG_ERROR("job %s: pruning checkpoints: %s", s->job, err.msg);
-    KEEL_LOG_INFO("job %s: checkpoint %" PRIu64 " at clock %" PRIu64 " (%s) in %" PRIu64 " ms%s",
-                  s->job, id, p.clock, why, keel_clock_mono_ms() - t0,
+        KEEL_LOG_ERROR("job %s: pruning checkpoints: %s", p->job, err.msg);
+    KEEL_LOG_INFO("job %s: checkpoint %" PRIu64 " at clock %" PRIu64 " (%s): %zu range(s), "
+                  "written in %" PRIu64 " ms%s",
+                  p->job, id, p->clock, why, n, keel_clock_mono_ms() - t0,
                   pruned ? ", older ones pruned" : "");
 }
 
-/* Take the interval's checkpoint when the slowest worker has reached it. */
-static void checkpoint_if_due(struct srv *s)
+/* What a checkpoint of the running job says of it (srv->lock held). */
+static void checkpoint_params(struct srv *s, struct keel_ckpt_params *p, char *job, uint64_t clock)
 {
-    uint64_t every = s->spec.checkpoint_interval, c;
+    memset(p, 0, sizeof(*p));
+    snprintf(job, KEEL_ID_MAX + 1, "%s", s->job);
+    p->job = job;
+    p->clock = clock;
+    keel_jobspec_digest(&s->spec, p->spec_sha256);
+}
+
+/*
+ * The job's last checkpoint, as it ends (srv->lock held): fresh copies of
+ * every range held, written as its snapshots and as the checkpoint.
+ */
+static void checkpoint_locked(struct srv *s, uint64_t clock, const char *why)
+{
+    struct keel_ckpt_params p;
+    char job[KEEL_ID_MAX + 1];
+    struct snap_set set;
+    uint64_t t0 = keel_clock_mono_ms();
+
+    checkpoint_params(s, &p, job, clock);
+    snap_copy(s, &set);
+    checkpoint_write(s, &p, set.snaps, set.n, why);
+    snap_write(&set);
+    srv_cut_end(s);
+    KEEL_LOG_DEBUG("job %s: last checkpoint (%s) in %" PRIu64 " ms", s->job, why,
+                   keel_clock_mono_ms() - t0);
+}
+
+/*
+ * Write the checkpoint of the cut under way once every range held is copied
+ * at its clock or left out (storage thread; written outside srv->lock),
+ * then begin the next one.  Also follows the slowest worker's clock, which
+ * names the job's last checkpoint.
+ */
+static void checkpoint_cut(struct srv *s)
+{
+    struct keel_snapshot *copies = NULL;
+    uint64_t skipped = 0;
+    size_t n = 0;
 
     pthread_mutex_lock(&s->lock);
-    if (s->ps != NULL && s->ckpt_next > 0) {
-        c = keel_ps_min_clock(s->ps);
+    while (s->ps != NULL && s->ckpt_next > 0) {
+        uint64_t c = keel_ps_min_clock(s->ps), clock = s->cut.clock, gen;
+        struct keel_ckpt_params p;
+        char why[160], job[KEEL_ID_MAX + 1];
+
         if (c > s->ckpt_clock)
             s->ckpt_clock = c;
-        if (c >= s->ckpt_next) {
-            /* Named by the multiple passed, so that every server names this round alike
-             * (a server restarted later takes it at a later clock under the same name). */
-            checkpoint_locked(s, c / every * every, "interval");
-            s->ckpt_next = (c / every + 1) * every;
+        if (clock == 0 || !srv_cut_take(s, &copies, &n))
+            break;
+        snprintf(why, sizeof(why),
+                 "cut: pushes past it held back %" PRIu64 " ms, %" PRIu64 " refusals; ranges "
+                 "copied %" PRIu64 " ms after it began",
+                 s->cut.held_ms, s->cut.nheld, keel_clock_mono_ms() - s->cut.began_ms);
+        s->ckpt_next = clock + s->spec.checkpoint_interval;
+        if (!srv_cut_begin(s, s->ckpt_next))
+            s->ckpt_next = 0; /* past the job's end: the end takes the last one */
+        if (n == 0) {
+            free(copies); /* every range here was past it (a restarted server): the next */
+            skipped = clock;
+            continue;
         }
+        checkpoint_params(s, &p, job, clock);
+        gen = __atomic_load_n(&s->job_gen, __ATOMIC_ACQUIRE);
+        pthread_mutex_unlock(&s->lock);
+        if (__atomic_load_n(&s->job_gen, __ATOMIC_ACQUIRE) == gen)
+            checkpoint_write(s, &p, copies, n, why);
+        for (size_t i = 0; i < n; i++)
+            keel_snapshot_release(&copies[i]);
+        free(copies);
+        pthread_mutex_lock(&s->lock);
     }
+    if (skipped > 0)
+        KEEL_LOG_INFO("job %s: the ranges here are past clock %" PRIu64 " already: the next "
+                      "checkpoint is at clock %" PRIu64,
+                      s->job, skipped, s->ckpt_next);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1008,7 +1057,7 @@ static void *storage_main(void *arg)
         pthread_mutex_unlock(&s->lock);
         repl_write_report(s);
         repl_report_suspects(s);
-        checkpoint_if_due(s);
+        checkpoint_cut(s);
         if (stopping || keel_clock_mono_ms() >= next_snapshot || log_due(s)) {
             snapshot_all(s);
             next_snapshot = keel_clock_mono_ms() + s->config->server_snapshot_interval_ms;
@@ -1187,9 +1236,15 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     if (deleted || keel_job_status_decode(kv->value, kv->value_len, &st, &err) != 0 ||
         st.state != KEEL_JOB_RUNNING) {
         if (s->ps != NULL && strcmp(s->job, job) == 0) {
-            if (s->ckpt_next > 0 && !deleted)
-                checkpoint_locked(s, s->ckpt_clock,
+            if (s->spec.checkpoint_interval > 0 && s->ckpt_keyed && !deleted) {
+                /* Named by the clock every batch is done at, when the job is done. */
+                uint64_t end = st.state == KEEL_JOB_DONE ? srv_cut_end_clock(s) : 0;
+
+                checkpoint_locked(s, end > s->ckpt_clock ? end : s->ckpt_clock,
                                   st.state == KEEL_JOB_DONE ? "the job is done" : "the job ended");
+            }
+            srv_cut_end(s);
+            s->ckpt_next = 0;
             KEEL_LOG_INFO("job %s is no longer running: releasing its ranges", job);
             __atomic_add_fetch(&s->job_gen, 1, __ATOMIC_ACQ_REL);
             keel_ps_free(s->ps);
@@ -1247,7 +1302,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     s->ckpt_clock = 0;
     s->ckpt_next = 0;
     if (s->spec.checkpoint_interval > 0 && s->ckpt_keyed)
-        s->ckpt_next = s->spec.checkpoint_interval;
+        s->ckpt_next = s->spec.checkpoint_interval; /* its cut begins once ranges are held */
     else if (s->spec.checkpoint_interval > 0)
         KEEL_LOG_WARN("job %s asks for a checkpoint every %" PRIu64 " clocks, but [server] "
                       "checkpoint_key is not set: this server takes none",
@@ -1255,6 +1310,8 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
     keel_ps_set_workers(s->ps, (const char *const *)s->workers, s->nworkers);
     set_owners(s);
     apply_assignment(s);
+    if (s->ckpt_next > 0 && !srv_cut_begin(s, s->ckpt_next))
+        s->ckpt_next = 0;
 }
 
 static int add_worker(void *user, const struct keel_etcd_kv *kv)
@@ -1471,6 +1528,7 @@ stop_listener:
     release_parked(&s);
     keel_ps_free(s.ps);
     keel_assign_free(s.assign);
+    srv_cut_end(&s);
     for (size_t i = 0; i < s.ndatasets; i++)
         keel_dataset_close(s.datasets[i].ds);
     free(s.datasets);

@@ -124,6 +124,36 @@ struct parked_pull {
     uint64_t *keys;
 };
 
+/*
+ * A checkpoint cut at one clock C (cut.c): of every range this server holds,
+ * a copy taken at one moment, when every leased shard stands at (or, held
+ * back, past) its position before C, and no push of clock C or later was
+ * applied.  Pushes of clock C or later wait (refused, to retry) until the
+ * copies are taken; a backup copies a range before it applies the first
+ * replicated update of clock C or later (its primary sends those only after
+ * its own copy).  A copy of a range installed while the cut is under way
+ * is left out of it.
+ */
+enum cut_state {
+    CUT_WAIT,   /* not copied yet */
+    CUT_COPIED, /* copies[range] holds it at the cut */
+    CUT_OUT,    /* left out (installed from a copy during the cut) */
+};
+
+struct cut {
+    uint64_t clock; /* C; 0: no cut under way */
+    uint64_t *seq;  /* by shard: its position once every clock below C is done */
+    uint32_t nshards;
+    uint8_t state[KEEL_PROTO_NRANGES];
+    struct keel_snapshot *copies; /* [KEEL_PROTO_NRANGES] */
+    int open;                     /* the copies are taken: pushes up to the next cut go on */
+    int past;                     /* the ranges held were past C when the cut began: none taken */
+    uint64_t began_ms;            /* monotonic, when the cut began */
+    uint64_t held_since;          /* monotonic ms the first push past C was held back; 0: none */
+    uint64_t held_ms;             /* how long pushes past C were held back */
+    uint64_t nheld;               /* refusals of pushes past C */
+};
+
 struct open_dataset {
     char name[KEEL_ID_MAX + 1];
     keel_dataset *ds;
@@ -208,9 +238,42 @@ struct srv {
     int ckpt_keyed;                /* a key was configured and loaded */
     uint64_t ckpt_next;            /* the job's clock of the next checkpoint; 0: none */
     uint64_t ckpt_clock;           /* the highest slowest-worker clock seen */
+    struct cut cut;                /* the checkpoint at ckpt_next, being cut (cut.c) */
 };
 
+/* ---- cut.c: checkpoints cut at one clock (srv->lock held) ------------------------ */
+
+/* Begin the cut at clock `clock` (> 0) of the running job; 0 when it cannot be cut. */
+int srv_cut_begin(struct srv *s, uint64_t clock);
+
+/* The clock at which every batch of the job is done (0 when unknown here). */
+uint64_t srv_cut_end_clock(struct srv *s);
+
+/* Drop the cut under way, and the copies it took. */
+void srv_cut_end(struct srv *s);
+
+/* KEEL_EUNAVAILABLE when push `p` is past the cut and must wait for it; else 0. */
+int srv_cut_holds(struct srv *s, const struct keel_msg_push *p, struct keel_error *err);
+
+/* A backup is about to apply an update of `clock` to `range`: copy it first if at the cut. */
+void srv_cut_before(struct srv *s, unsigned range, uint64_t clock);
+
+/* Take the copies once every leased shard stands at the cut; then pushes past it go on. */
+void srv_cut_check(struct srv *s);
+
+/* Range `range` was installed from a primary's copy: left out of the cut under way. */
+void srv_cut_installed(struct srv *s, unsigned range);
+
+/*
+ * Whether the copies are taken; then they move to *copies (increasing
+ * range, *n of them; the caller releases each and frees the array).
+ */
+int srv_cut_take(struct srv *s, struct keel_snapshot **copies, size_t *n);
+
 /* ---- server.c ------------------------------------------------------------------- */
+
+/* Dataset `name` of this server's store, opened once and kept (srv->lock held). */
+keel_dataset *srv_dataset_of(struct srv *s, struct keel_str name, struct keel_error *err);
 
 /* Answer `req` with KEEL_EREDIRECT and this server's assignment version (srv->lock held). */
 int srv_redirect(struct srv *s, struct keel_conn *conn, const struct keel_frame_header *req,

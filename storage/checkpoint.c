@@ -207,9 +207,22 @@ static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
 
     memset(&m, 0, sizeof(m));
     tc->rows = 0; /* the write may run this again with a larger map */
-    rc = keel_snapshot_ranges(s, txn, &ranges, &nranges, err);
-    if (rc != 0)
+    if (tc->p->nsnaps > 0) {
+        nranges = tc->p->nsnaps;
+        KEEL_ALLOC_ARRAY(ranges, nranges);
+        for (size_t i = 0; i < nranges; i++) {
+            ranges[i] = tc->p->snaps[i].range;
+            if (i > 0 && ranges[i] <= ranges[i - 1]) {
+                free(ranges);
+                return keel_err_set(err, KEEL_EINVAL,
+                                    "checkpoint: the copies of ranges %" PRIu32 " and %" PRIu32
+                                    " are out of order",
+                                    ranges[i - 1], ranges[i]);
+            }
+        }
+    } else if ((rc = keel_snapshot_ranges(s, txn, &ranges, &nranges, err)) != 0) {
         return rc;
+    }
     if (nranges == 0) {
         free(ranges);
         return keel_err_set(err, KEEL_ENOTFOUND, "store '%s' has no range snapshot to checkpoint",
@@ -228,16 +241,18 @@ static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
     KEEL_ALLOC_ARRAY(m.ranges, nranges);
     for (size_t i = 0; i < nranges; i++) {
         struct keel_snapshot snap = {0};
+        const struct keel_snapshot *from = &snap;
 
-        rc = keel_snapshot_load(s, txn, ranges[i], &snap, err);
-        if (rc != 0) {
+        if (tc->p->nsnaps > 0) {
+            from = &tc->p->snaps[i];
+        } else if ((rc = keel_snapshot_load(s, txn, ranges[i], &snap, err)) != 0) {
             keel_err_prefix(err, rc, "cannot checkpoint");
             goto out;
         }
         m.nranges++;
-        rc = copy_range(s, txn, m.id, &snap, &m.ranges[i], err);
+        rc = copy_range(s, txn, m.id, from, &m.ranges[i], err);
         if (rc == 0)
-            merge_shards(&m, snap.shards, snap.nshards);
+            merge_shards(&m, from->shards, from->nshards);
         keel_snapshot_release(&snap);
         if (rc != 0)
             goto out;

@@ -37,9 +37,13 @@ int keel_ckpt_key_load(struct keel_ckpt_key *key, const char *path, struct keel_
         close(fd);
         return keel_err_set(err, KEEL_EINVAL, "key file '%s' is not a regular file", path);
     }
-    if (st.st_mode & 077)
-        KEEL_LOG_WARN("key file '%s' can be read by other users (mode %03o)", path,
-                      (unsigned)(st.st_mode & 0777));
+    if (st.st_mode & 077) {
+        close(fd);
+        return keel_err_set(err, KEEL_EINVAL,
+                            "key file '%s' is open to group or others (mode %03o): a key that "
+                            "others can read signs nothing; chmod 600 it",
+                            path, (unsigned)(st.st_mode & 0777));
+    }
     n = read(fd, key->bytes, sizeof(key->bytes));
     if (n < 0) {
         int e = errno;

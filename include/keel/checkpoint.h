@@ -124,13 +124,21 @@ struct keel_ckpt_params {
     const char *job;
     uint64_t clock;
     unsigned char spec_sha256[32];
+    /*
+     * The ranges' copies to checkpoint, in increasing range order (a server's
+     * copies taken at the checkpoint's clock); nsnaps 0: every range that has
+     * a snapshot in the store.
+     */
+    const struct keel_snapshot *snaps;
+    size_t nsnaps;
 };
 
 /*
- * Take a checkpoint of every range that has a snapshot in the store: each
- * snapshot is loaded and verified, its rows copied and hashed, and the signed
- * manifest and a "taken" audit record written, in one transaction.  *id gets
- * the new checkpoint id.  KEEL_ENOTFOUND when the store has no snapshot.
+ * Take a checkpoint of p->snaps, or of every range that has a snapshot in
+ * the store (each loaded and verified): rows copied and hashed, and the
+ * signed manifest and a "taken" audit record written, in one transaction.
+ * *id gets the new checkpoint id.  KEEL_ENOTFOUND when there is no range to
+ * checkpoint; KEEL_EINVAL when p->snaps is not in increasing range order.
  */
 int keel_checkpoint_take(keel_store *s, const struct keel_ckpt_key *key,
                          const struct keel_ckpt_params *p, uint64_t *id, struct keel_error *err);

@@ -90,6 +90,23 @@ static inline uint64_t keel_shard_seq(uint32_t pass, uint32_t batch)
     return (uint64_t)pass << 32 | batch;
 }
 
+/*
+ * Where a shard of `nbatches` batches a pass (> 0) stands once every clock
+ * below `clock` (> 0) is done, batch b of pass p being clock p * nb_max + b
+ * (nb_max: the largest shard's batches a pass; the worker's numbering): the
+ * seq of the shard's last batch at a clock below `clock`, which names the
+ * position after it, keel_shard_seq(p, b + 1).
+ */
+static inline uint64_t keel_shard_seq_before(uint64_t clock, uint32_t nb_max, uint32_t nbatches)
+{
+    uint64_t last = clock - 1;
+    uint32_t pass = (uint32_t)(last / nb_max), batch = (uint32_t)(last % nb_max);
+
+    if (batch >= nbatches)
+        batch = nbatches - 1;
+    return keel_shard_seq(pass, batch + 1);
+}
+
 struct keel_shard {
     char owner[KEEL_ID_MAX + 1]; /* worker id, "" when nobody holds it */
     uint64_t incarnation;        /* the owner's incarnation; 0 when free */

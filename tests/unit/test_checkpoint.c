@@ -76,7 +76,7 @@ static void write_range(uint32_t range, uint64_t lsn, float v, uint64_t nrows)
 
 static uint64_t take(uint64_t clock)
 {
-    struct keel_ckpt_params p = {"mnist", clock, {0}};
+    struct keel_ckpt_params p = {"mnist", clock, {0}, NULL, 0};
     uint64_t id = 0;
 
     memset(p.spec_sha256, 0xab, 32);
@@ -130,8 +130,17 @@ Test(checkpoint, key_files_are_checked)
     f = fopen(path, "w");
     fputs("tooshort", f);
     fclose(f);
+    cr_assert_eq(chmod(path, 0600), 0);
     cr_assert_eq(keel_ckpt_key_load(&k, path, &err), KEEL_EINVAL);
     cr_assert(strstr(err.msg, "holds 8 bytes") != NULL, "%s", err.msg);
+    /* A key the group or others can read is refused, not warned about. */
+    cr_assert_eq(chmod(keypath, 0640), 0);
+    cr_assert_eq(keel_ckpt_key_load(&k, keypath, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "open to group or others (mode 640)") != NULL, "%s", err.msg);
+    cr_assert_eq(chmod(keypath, 0604), 0);
+    cr_assert_eq(keel_ckpt_key_load(&k, keypath, &err), KEEL_EINVAL);
+    cr_assert_eq(chmod(keypath, 0600), 0);
+    cr_assert_eq(keel_ckpt_key_load(&k, keypath, &err), 0, "%s", err.msg);
     cr_assert_eq(keel_ckpt_key_load(&k, "/nonexistent/key", &err), -ENOENT);
     struct stat st;
     cr_assert_eq(stat(keypath, &st), 0);
@@ -190,9 +199,9 @@ Test(checkpoint, take_verify_and_chain)
     size_t n;
     struct keel_manifest m;
 
-    cr_assert_eq(
-        keel_checkpoint_take(store, &key, &(struct keel_ckpt_params){"j", 0, {0}}, NULL, &err),
-        KEEL_ENOTFOUND);
+    cr_assert_eq(keel_checkpoint_take(store, &key, &(struct keel_ckpt_params){"j", 0, {0}, NULL, 0},
+                                      NULL, &err),
+                 KEEL_ENOTFOUND);
     write_range(0, 10, 1, 2000);
     write_range(1, 11, 1, 2000);
     write_range(2, 12, 1, 5);
@@ -525,4 +534,42 @@ Test(checkpoint, export_never_writes_through_a_planted_link)
         cr_assert(e->d_name[0] == '.' || npy || planted, "left behind: %s", e->d_name);
     }
     closedir(d);
+}
+
+/*
+ * A checkpoint of given copies (a server's ranges copied at the checkpoint's
+ * clock) holds exactly those, whatever else the store's snapshots hold.
+ */
+Test(checkpoint, a_checkpoint_of_given_copies_holds_exactly_them)
+{
+    struct keel_snapshot mem[2] = {{0}};
+    struct keel_ckpt_params p = {"mnist", 40, {0}, mem, 2};
+    struct keel_manifest m;
+    uint64_t id = 0;
+
+    for (uint32_t r = 0; r < 4; r++)
+        write_range(r, 5, 1.0f, 100);
+    /* The copies: ranges 1 and 3 as they were at LSN 3 (older than the store's). */
+    for (unsigned i = 0; i < 2; i++) {
+        write_range(i * 2 + 1, 3, 2.0f, 100);
+        cr_assert_eq(keel_snapshot_read(store, i * 2 + 1, &mem[i], &err), 0, "%s", err.msg);
+        write_range(i * 2 + 1, 5, 1.0f, 100);
+    }
+    cr_assert_eq(keel_checkpoint_take(store, &key, &p, &id, &err), 0, "%s", err.msg);
+    cr_assert_eq(keel_checkpoint_manifest(store, id, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(m.nranges, 2);
+    cr_assert_eq(m.clock, 40);
+    cr_assert_eq(m.ranges[0].range, 1);
+    cr_assert_eq(m.ranges[1].range, 3);
+    cr_assert_eq(m.ranges[0].lsn, 3, "the copy's LSN, not the store's snapshot's");
+    cr_assert_eq(m.ranges[0].shards[0].seq, 30);
+    keel_manifest_release(&m);
+    cr_assert_eq(keel_checkpoint_verify(store, &key, id, 0, &err), 0, "%s", err.msg);
+
+    /* Out of order: refused, nothing written. */
+    p.snaps = (const struct keel_snapshot[]){mem[1], mem[0]};
+    cr_assert_eq(keel_checkpoint_take(store, &key, &p, &id, &err), KEEL_EINVAL);
+    cr_assert(strstr(err.msg, "out of order") != NULL, "%s", err.msg);
+    for (unsigned i = 0; i < 2; i++)
+        keel_snapshot_release(&mem[i]);
 }

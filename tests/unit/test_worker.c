@@ -451,3 +451,26 @@ Test(worker, clocks_follow_the_data_position_so_shards_stay_in_step)
             cr_assert_eq(keel_worker_clock(5, np, nb), keel_worker_clock(5, p, b) + 1);
         }
 }
+
+/*
+ * A checkpoint at clock C holds the batches at clocks below C: for each
+ * shard, the seq of its last such batch (keel_shard_seq_before), the seq the
+ * worker pushed that batch with.
+ */
+Test(worker, the_position_before_a_clock_is_the_last_batch_pushed_below_it)
+{
+    /* nb_max 5; a shard of 5 batches and one of 4. */
+    for (uint32_t nb = 4; nb <= 5; nb++)
+        for (uint32_t p = 0; p < 3; p++)
+            for (uint32_t b = 0; b < nb; b++) {
+                uint64_t c = keel_worker_clock(5, p, b);
+
+                cr_assert_eq(keel_shard_seq_before(c + 1, 5, nb), keel_worker_seq(p, b),
+                             "nb %u pass %u batch %u", nb, p, b);
+            }
+    /* Clock 5 (pass 1, batch 0) is one the 4-batch shard has no batch of: it stands
+     * after its last batch of pass 0, as after clock 4. */
+    cr_assert_eq(keel_shard_seq_before(5, 5, 4), keel_worker_seq(0, 3));
+    cr_assert_eq(keel_shard_seq_before(5, 5, 5), keel_worker_seq(0, 4));
+    cr_assert_eq(keel_shard_seq_before(6, 5, 4), keel_worker_seq(1, 0));
+}
