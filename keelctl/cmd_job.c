@@ -241,6 +241,9 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
         return keelctl_fail("job submit", "%s", err.msg);
     if (store && (rc = check_datasets(store, &spec)) != KEEL_EXIT_OK)
         return rc;
+    /* A new id: a store holding an earlier job of this name is never taken for this one's. */
+    if (keel_jobspec_new_uid(&spec, &err) != 0)
+        return keelctl_fail("job submit", "%s", err.msg);
 
     keel_key_job_spec(&spec_key, config->cluster_name, spec.name);
     keel_key_job_state(&state_key, config->cluster_name, spec.name);
@@ -297,16 +300,16 @@ static int cmd_submit(const struct keel_config *config, int argc, char **argv)
     keel_jobspec_model_string(&spec, model, sizeof(model));
     keel_consistency_string(&spec, consistency, sizeof(consistency));
     if (json) {
-        keelctl_print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i}", "name", spec.name,
-                                     "state", "pending", "digest", digest, "model", model,
-                                     "dataset", spec.dataset, "shards", (int)spec.shards, "epochs",
-                                     (int)spec.epochs, "replication", (int)spec.replication));
+        keelctl_print_json(json_pack(
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i}", "name", spec.name, "uid", spec.uid,
+            "state", "pending", "digest", digest, "model", model, "dataset", spec.dataset, "shards",
+            (int)spec.shards, "epochs", (int)spec.epochs, "replication", (int)spec.replication));
     } else {
         printf("submitted job '%s': model %s, dataset '%s' (%" PRIu32 " shards), %" PRIu32
                " epoch%s, %s, replication %u; state pending\n"
-               "digest sha256:%s\n",
+               "uid %s\ndigest sha256:%s\n",
                spec.name, model, spec.dataset, spec.shards, spec.epochs,
-               spec.epochs == 1 ? "" : "s", consistency, spec.replication, digest);
+               spec.epochs == 1 ? "" : "s", consistency, spec.replication, spec.uid, digest);
     }
     rc = KEEL_EXIT_OK;
 out:
@@ -647,6 +650,8 @@ static void show_text(const struct keel_cstate_job *j, const struct keel_shard_t
                j->spec.epochs, j->spec.epochs == 1 ? "" : "s", consistency);
         printf("  replication  %u\n", j->spec.replication);
         printf("  checkpoints  every %" PRIu64 " clocks\n", j->spec.checkpoint_interval);
+        printf("  uid          %s\n",
+               j->spec.uid[0] ? j->spec.uid : "(none: submitted before ids)");
         printf("  digest       sha256:%s\n", digest);
     }
     if (j->status_ok) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <ini.h>
 #include <jansson.h>
@@ -824,6 +825,8 @@ void keel_jobspec_encode(const struct keel_jobspec *s, struct keel_buf *out)
 
     json_object_set_new(root, "format", json_integer(KEEL_JOBSPEC_FORMAT));
     json_object_set_new(root, "name", json_string(s->name));
+    if (s->uid[0] != '\0') /* absent otherwise: older digests stay */
+        json_object_set_new(root, "uid", json_string(s->uid));
     keel_jobspec_model_string(s, text, sizeof(text));
     json_object_set_new(root, "model", json_string(text));
     json_object_set_new(root, "dataset", json_string(s->dataset));
@@ -947,26 +950,33 @@ static int decode_real(json_t *obj, const char *where, const char *key, double *
     return 0;
 }
 
+/* "uid": absent, or KEEL_JOB_UID_HEX lowercase hex digits. */
+static int decode_uid(json_t *root, struct keel_jobspec *s, struct keel_error *err)
+{
+    json_t *v = json_object_get(root, "uid");
+    const char *t;
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) != KEEL_JOB_UID_HEX)
+        return corrupt(err, "uid", "must be %d hex digits", KEEL_JOB_UID_HEX);
+    t = json_string_value(v);
+    for (int i = 0; i < KEEL_JOB_UID_HEX; i++)
+        if (!((t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f')))
+            return corrupt(err, "uid", "must be %d hex digits", KEEL_JOB_UID_HEX);
+    memcpy(s->uid, t, KEEL_JOB_UID_HEX + 1);
+    return 0;
+}
+
 int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
                         struct keel_error *err)
 {
-    static const char *const root_keys[] = {"format",
-                                            "name",
-                                            "model",
-                                            "dataset",
-                                            "test_dataset",
-                                            "batch_size",
-                                            "epochs",
-                                            "consistency",
-                                            "checkpoint_interval",
-                                            "replication",
-                                            "shards",
-                                            "lost_ranges",
-                                            "durability",
-                                            "compression",
-                                            "optimizer",
-                                            "init",
-                                            NULL};
+    static const char *const root_keys[] = {"format",      "name",         "model",
+                                            "dataset",     "test_dataset", "batch_size",
+                                            "epochs",      "consistency",  "checkpoint_interval",
+                                            "replication", "shards",       "lost_ranges",
+                                            "durability",  "compression",  "uid",
+                                            "optimizer",   "init",         NULL};
     static const char *const init_keys[] = {"method", "seed", "scale", NULL};
     static const char *const opt_keys[] = {
         "type", "lr", "momentum", "beta1", "beta2", "epsilon", "lr_decay", "lr_decay_every", NULL};
@@ -1005,7 +1015,8 @@ int keel_jobspec_decode(const void *data, size_t len, struct keel_jobspec *s,
         (rc = decode_text(root, "durability", F_DURABILITY, 0, s, err)) != 0 ||
         (rc = decode_text(root, "compression", F_COMPRESSION, 0, s, err)) != 0)
         goto out;
-    if ((rc = decode_uint(root, "batch_size", MAX_BATCH_SIZE, &u, err)) != 0)
+    if ((rc = decode_uid(root, s, err)) != 0 ||
+        (rc = decode_uint(root, "batch_size", MAX_BATCH_SIZE, &u, err)) != 0)
         goto out;
     s->batch_size = (uint32_t)u;
     if ((rc = decode_uint(root, "epochs", MAX_EPOCHS, &u, err)) != 0)
@@ -1095,6 +1106,16 @@ void keel_jobspec_digest(const struct keel_jobspec *spec,
     keel_jobspec_encode(spec, &b);
     keel_sha256(digest, b.buf, b.len);
     keel_buf_release(&b);
+}
+
+int keel_jobspec_new_uid(struct keel_jobspec *spec, struct keel_error *err)
+{
+    unsigned char b[KEEL_JOB_UID_HEX / 2];
+
+    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+        return keel_err_set(err, -errno, "cannot make a job id: getrandom: %s", strerror(errno));
+    keel_hex(spec->uid, b, sizeof(b));
+    return 0;
 }
 
 void keel_jobspec_digest_hex(const struct keel_jobspec *spec,

@@ -49,8 +49,17 @@ enum keel_consistency {
 
 #define KEEL_JOBSPEC_MAX_STALENESS 1000
 
+/* Hex digits of a job's unique id (128 random bits, lowercase). */
+#define KEEL_JOB_UID_HEX 32
+
 struct keel_jobspec {
-    char name[KEEL_ID_MAX + 1];         /* [job] name */
+    char name[KEEL_ID_MAX + 1]; /* [job] name */
+    /*
+     * The job's unique id, made by `keelctl job submit` (not written in an
+     * INI file): two submissions of one name are two jobs, whose state a
+     * store never mixes ("" for a spec not submitted).  Part of the digest.
+     */
+    char uid[KEEL_JOB_UID_HEX + 1];
     char dataset[KEEL_ID_MAX + 1];      /* [job] dataset: training records, as imported */
     char test_dataset[KEEL_ID_MAX + 1]; /* [job] test_dataset: "" when none */
     struct keel_model model;            /* [job] model: "softmax:784-10" (keel/model.h) */
@@ -171,6 +180,12 @@ void keel_jobspec_digest(const struct keel_jobspec *spec,
                          unsigned char digest[KEEL_JOBSPEC_DIGEST_SIZE]);
 
 /* The digest as 64 lowercase hex digits and a NUL. */
+/*
+ * Give `spec` a new unique id (128 bits from getrandom(2)), as a submission
+ * does.  -errno when the kernel gives no randomness.
+ */
+int keel_jobspec_new_uid(struct keel_jobspec *spec, struct keel_error *err);
+
 void keel_jobspec_digest_hex(const struct keel_jobspec *spec,
                              char hex[2 * KEEL_JOBSPEC_DIGEST_SIZE + 1]);
 

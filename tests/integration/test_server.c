@@ -88,7 +88,8 @@ static void put(const char *rel, const struct keel_buf *v)
 
 /* What the coordinator's leader would write: the job, running, and s1 leading every range. */
 /* Job `name` (softmax 4-3, SGD) running, and s1 holding every range. */
-static void write_job(const char *name, const char *consistency)
+/* Job `name` running, as submitted with unique id `uid` (NULL: none). */
+static void write_job_uid(const char *name, const char *consistency, const char *uid)
 {
     char text[512], key[128];
     struct keel_jobspec spec;
@@ -106,6 +107,8 @@ static void write_job(const char *name, const char *consistency)
              name, consistency);
     keel_jobspec_init(&spec);
     cr_assert_eq(keel_jobspec_parse(&spec, text, "test", &err), 0, "%s", err.msg);
+    if (uid != NULL)
+        snprintf(spec.uid, sizeof(spec.uid), "%s", uid);
     keel_jobspec_encode(&spec, &b);
     snprintf(key, sizeof(key), "jobs/%s/spec", name);
     put(key, &b);
@@ -121,6 +124,11 @@ static void write_job(const char *name, const char *consistency)
     put("assignment", &b);
     keel_assign_free(a);
     keel_buf_release(&b);
+}
+
+static void write_job(const char *name, const char *consistency)
+{
+    write_job_uid(name, consistency, NULL);
 }
 
 /*
@@ -485,6 +493,51 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
     pull_rows(c, rows);
     for (int i = 0; i < 15; i++)
         cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5, "element %d", i);
+    keel_client_free(c);
+}
+
+/*
+ * A job submitted again under the same name (etcd rebuilt, the servers' data
+ * directories kept) is another job: its unique id differs, so the server does
+ * not take the store's rows and exactly-once positions for its own.
+ */
+Test(server, a_job_submitted_again_under_its_name_does_not_inherit_the_store)
+{
+    char addr[64];
+    float grads[15], init[15], rows[15];
+    struct keel_client *c;
+    struct keel_reply *r;
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.1f * (float)(i + 1);
+    write_job_uid("j1", "asp\ndurability = disk", "0123456789abcdef0123456789abcdef");
+    c = start_server(addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        init[i] = rows[i] + 0.5f * grads[i];
+
+    /* The same job after a restart: its own state, the push a duplicate. */
+    c = restart_server(c, addr, sizeof(addr));
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_DUPLICATE, "the job lost its own state");
+    keel_reply_free(r);
+
+    /* Submitted again: the same name and spec, a new id. */
+    end_job("j1");
+    wait_no_job(c);
+    write_job_uid("j1", "asp\ndurability = disk", "fedcba9876543210fedcba9876543210");
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED,
+                 "the new submission's push was taken for the old one's duplicate");
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5,
+                           "element %d: the new submission did not start from its initializer", i);
     keel_client_free(c);
 }
 

@@ -564,3 +564,60 @@ Test(jobspec, initial_rows_are_deterministic_and_bounded)
     for (int i = 0; i < 785; i++)
         cr_assert_eq(b[i], 0.0f);
 }
+
+/*
+ * A submission's unique id: made fresh each time, carried by the JSON form
+ * (checked on the way in) and part of the digest, so that two submissions
+ * of one name are two jobs to a store; a spec without one encodes as before.
+ */
+Test(jobspec, a_submission_has_its_own_id_in_the_json_and_the_digest)
+{
+    struct keel_jobspec a, back;
+    struct keel_buf b = KEEL_BUF_INIT;
+    char h0[65], h1[65], h2[65];
+
+    cr_assert_eq(keel_jobspec_parse(&spec, MINIMAL, "t", &err), 0, "%s", err.msg);
+    keel_jobspec_digest_hex(&spec, h0);
+    keel_jobspec_encode(&spec, &b);
+    cr_assert_null(strstr((const char *)b.buf, "uid"), "no id before a submission");
+    keel_buf_reset(&b);
+
+    a = spec;
+    cr_assert_eq(keel_jobspec_new_uid(&a, &err), 0, "%s", err.msg);
+    cr_assert_eq(strlen(a.uid), KEEL_JOB_UID_HEX);
+    cr_assert_eq(strspn(a.uid, "0123456789abcdef"), KEEL_JOB_UID_HEX);
+    keel_jobspec_encode(&a, &b);
+    cr_assert_eq(keel_jobspec_decode(b.buf, b.len, &back, &err), 0, "%s", err.msg);
+    cr_assert_str_eq(back.uid, a.uid);
+    keel_jobspec_digest_hex(&a, h1);
+    cr_assert_str_neq(h0, h1, "the id is part of the digest");
+    keel_jobspec_digest_hex(&back, h2);
+    cr_assert_str_eq(h1, h2);
+    cr_assert_eq(keel_jobspec_new_uid(&back, &err), 0, "%s", err.msg);
+    cr_assert_str_neq(back.uid, a.uid, "each submission gets a new id");
+    keel_jobspec_digest_hex(&back, h2);
+    cr_assert_str_neq(h1, h2);
+    keel_buf_release(&b);
+}
+
+Test(jobspec, a_bad_id_is_refused)
+{
+    static const char *const bad[] = {"\"uid\":\"abc\",", "\"uid\":7,",
+                                      "\"uid\":\"0123456789ABCDEF0123456789abcdef\",",
+                                      "\"uid\":\"0123456789abcdef0123456789abcdeg\","};
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[512];
+        struct keel_jobspec out;
+
+        snprintf(text, sizeof(text),
+                 "{%s\"batch_size\":64,\"checkpoint_interval\":1000,\"consistency\":\"bsp\","
+                 "\"dataset\":\"d\",\"epochs\":1,\"format\":1,\"init\":{\"method\":\"glorot\","
+                 "\"seed\":1},\"model\":\"softmax:4-3\",\"name\":\"a\",\"optimizer\":{\"lr\":0.01,"
+                 "\"type\":\"sgd\"},\"replication\":2,\"shards\":8}",
+                 bad[i]);
+        cr_assert_eq(keel_jobspec_decode(text, strlen(text), &out, &err), KEEL_ECORRUPT, "%s",
+                     text);
+        cr_assert(strstr(err.msg, "uid") != NULL, "%s", err.msg);
+    }
+}
