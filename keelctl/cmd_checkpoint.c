@@ -35,33 +35,35 @@ struct opts {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: " CMD " [--store DIR] [--key FILE] [--json] SUBCOMMAND [ARGS]\n"
-               "Inspect and manage the signed checkpoints in a node's store, offline.\n"
-               "\n"
-               "subcommands:\n"
-               "  list                 the checkpoints: id, job, clock, time, ranges, rows\n"
-               "  show ID              a checkpoint's manifest: ranges, digests, shard progress\n"
-               "  verify ID            recompute every digest and the signature (needs --key);\n"
-               "                       exits 1 naming the first range that fails\n"
-               "  diff A B             per table: rows changed and the L2 norm of B - A\n"
-               "  export ID --out DIR  one NumPy file per table: table_<id>.npy (float32,\n"
-               "                       rows x width, in key order), table_<id>.keys.npy (uint64),\n"
-               "                       table_<id>.state.npy (optimizer state, when any)\n"
-               "  restore ID           roll the store's range snapshots back to the checkpoint\n"
-               "                       (verifies it first; needs --key)\n"
-               "  prune --keep K       delete all but the K newest checkpoints\n"
-               "  audit                print the audit chain and verify it\n"
-               "  keygen --out FILE    write a new cluster key (32 random bytes, mode 0600)\n"
-               "\n"
-               "options:\n"
-               "  --store DIR   the node's data directory (default: [node] data_dir)\n"
-               "  --key FILE    the cluster key that signs manifests\n"
-               "  --out PATH    output directory (export) or key file (keygen)\n"
-               "  --keep K      checkpoints to keep (prune), at least 1\n"
-               "  --json        print JSON instead of aligned tables\n"
-               "  --help        this text\n"
-               "Every state-changing action and every verification is recorded in the audit\n"
-               "chain. Exit status: 0 success, 1 failure (verification included), 64 usage.\n");
+    fprintf(
+        f, "usage: " CMD " [--store DIR] [--key FILE] [--json] SUBCOMMAND [ARGS]\n"
+           "Inspect and manage the signed checkpoints in a node's store, offline.\n"
+           "\n"
+           "subcommands:\n"
+           "  list                 the checkpoints: id, job, clock, time, ranges, rows\n"
+           "  show ID              a checkpoint's manifest: ranges, digests, shard progress\n"
+           "  verify ID            recompute every digest and the signature (needs --key);\n"
+           "                       exits 1 naming the first range that fails\n"
+           "  diff A B             per table: rows changed and the L2 norm of B - A\n"
+           "  export ID --out DIR  one NumPy file per table: table_<id>.npy (float32,\n"
+           "                       rows x width, in key order), table_<id>.keys.npy (uint64),\n"
+           "                       table_<id>.state.npy (optimizer state, when any);\n"
+           "                       verifies it first and writes nothing if it fails (needs --key)\n"
+           "  restore ID           roll the store's range snapshots back to the checkpoint\n"
+           "                       (verifies it first; needs --key)\n"
+           "  prune --keep K       delete all but the K newest checkpoints\n"
+           "  audit                print the audit chain and verify it\n"
+           "  keygen --out FILE    write a new cluster key (32 random bytes, mode 0600)\n"
+           "\n"
+           "options:\n"
+           "  --store DIR   the node's data directory (default: [node] data_dir)\n"
+           "  --key FILE    the cluster key that signs manifests\n"
+           "  --out PATH    output directory (export) or key file (keygen)\n"
+           "  --keep K      checkpoints to keep (prune), at least 1\n"
+           "  --json        print JSON instead of aligned tables\n"
+           "  --help        this text\n"
+           "Every state-changing action and every verification is recorded in the audit\n"
+           "chain. Exit status: 0 success, 1 failure (verification included), 64 usage.\n");
 }
 
 static void format_time(char *buf, size_t cap, uint64_t ns)
@@ -354,6 +356,14 @@ static int run_sub(keel_store *s, const struct opts *o, int argc, char **argv)
         if (o->out == NULL) {
             fprintf(stderr, CMD " export: --out DIR is required\n");
             return KEEL_EXIT_USAGE;
+        }
+        rc = need_key(o, &key, "export");
+        if (rc != 0)
+            return rc;
+        /* What is exported is what was signed: a damaged checkpoint writes no file. */
+        if (keel_checkpoint_verify(s, &key, a, 0, &err) != 0) {
+            keel_err_prefix(&err, err.code, "nothing exported");
+            return fail("export", &err);
         }
         if (keel_checkpoint_export(s, a, o->out, &err) != 0)
             return fail("export", &err);

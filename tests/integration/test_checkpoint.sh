@@ -68,6 +68,9 @@ if printf '%s' "$run_out" | /usr/bin/python3 -c 'import json,sys; d=json.load(sy
 
 # --- export, read back with numpy --------------------------------------------
 run "$ctl" checkpoint export 3 --out "$tmp/export" --store "$store"
+expect_status 64 "export without --key"
+expect_err "--key FILE is required" "export without --key"
+run "$ctl" checkpoint export 3 --out "$tmp/export" --store "$store" --key "$key"
 expect_status 0 "export"
 check_npy() {
     /usr/bin/python3 - "$tmp/export" <<'PY'
@@ -120,6 +123,11 @@ expect_status 1 "verify a tampered row"
 expect_err "checkpoint 3: range 2: block 0: block checksum mismatch" "tampered row named"
 run "$ctl" checkpoint verify 2 --store "$store" --key "$key"
 expect_status 0 "the other checkpoint still verifies"
+# Export verifies first: a tampered checkpoint writes no file.
+run "$ctl" checkpoint export 3 --out "$tmp/export-bad" --store "$store" --key "$key"
+expect_status 1 "export a tampered checkpoint"
+expect_err "nothing exported: .*checkpoint 3: range 2: block 0: block checksum mismatch" "export names the damage"
+[ ! -e "$tmp/export-bad" ] && ok || fail "export of a tampered checkpoint wrote $(ls "$tmp/export-bad")"
 
 run "$kts" tamper --store "$store" manifest 2
 expect_status 0 "tamper a manifest"
@@ -151,6 +159,11 @@ expect_status 64 "show with a bad id"
 run "$ctl" checkpoint frobnicate --store "$store"
 expect_status 64 "unknown subcommand"
 printf 'short' >"$tmp/short.key"
+chmod 644 "$tmp/short.key"
+run "$ctl" checkpoint verify 3 --store "$store" --key "$tmp/short.key"
+expect_status 1 "a key file others can read"
+expect_err "short.key' is open to group or others \(mode 644\)" "a key file others can read is refused"
+chmod 600 "$tmp/short.key"
 run "$ctl" checkpoint verify 3 --store "$store" --key "$tmp/short.key"
 expect_status 1 "short key file"
 expect_err "short.key' holds 5 bytes" "short key file named"

@@ -152,7 +152,7 @@ for s in s1 s2; do
         fail "$s does not log its checkpoint $last at the job's end" "$(grep checkpoint "$dir/logs/server-$s.log")"
     run "$bindir/keelctl" checkpoint verify "$last" --store "$store" --key "$key"
     expect_status 0 "verify checkpoint $last of $s with the cluster key"
-    run "$bindir/keelctl" checkpoint export "$last" --store "$store" --out "$tmp/export-$s"
+    run "$bindir/keelctl" checkpoint export "$last" --store "$store" --key "$key" --out "$tmp/export-$s"
     expect_status 0 "export checkpoint $last of $s"
 done
 score() {
