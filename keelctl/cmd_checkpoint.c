@@ -172,6 +172,7 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
         json_t *root = json_object(), *ranges = json_array(), *shards = json_array();
         json_object_set_new(root, "id", json_integer((json_int_t)m.id));
         json_object_set_new(root, "job", json_string(m.job));
+        json_object_set_new(root, "server", json_string(m.server));
         json_object_set_new(root, "clock", json_integer((json_int_t)m.clock));
         json_object_set_new(root, "created", json_string(when));
         keel_hex(hex, m.spec_sha256, KEEL_SHA256_SIZE);
@@ -208,6 +209,7 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
     }
     printf("checkpoint   %" PRIu64 "\n", m.id);
     printf("job          %s\n", m.job);
+    printf("server       %s\n", m.server[0] ? m.server : "(not named)");
     printf("clock        %" PRIu64 "\n", m.clock);
     printf("created      %s\n", when);
     keel_hex(hex, m.spec_sha256, KEEL_SHA256_SIZE);

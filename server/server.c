@@ -919,6 +919,7 @@ static void checkpoint_params(struct srv *s, struct keel_ckpt_params *p, char *j
     memset(p, 0, sizeof(*p));
     snprintf(job, KEEL_ID_MAX + 1, "%s", s->job);
     p->job = job;
+    p->server = s->config->node_id;
     p->clock = clock;
     keel_jobspec_digest(&s->spec, p->spec_sha256);
 }

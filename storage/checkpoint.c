@@ -235,6 +235,8 @@ static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
         keel_sha256(m.prev_sha256, prev.mv_data, prev.mv_size);
     m.id++;
     snprintf(m.job, sizeof(m.job), "%s", tc->p->job);
+    if (tc->p->server != NULL)
+        snprintf(m.server, sizeof(m.server), "%s", tc->p->server);
     m.clock = tc->p->clock;
     memcpy(m.spec_sha256, tc->p->spec_sha256, 32);
     m.created_ns = keel_clock_wall_ns();

@@ -150,6 +150,8 @@ static int manifest_json(json_t **out, const struct keel_manifest *m, struct kee
 
     json_object_set_new(root, "format", json_integer(KEEL_MANIFEST_FORMAT));
     json_object_set_new(root, "job", json_string(m->job));
+    if (m->server[0] != '\0')
+        json_object_set_new(root, "server", json_string(m->server));
     rc = put_u64(root, "id", m->id, err);
     if (rc == 0)
         rc = put_u64(root, "clock", m->clock, err);
@@ -413,6 +415,8 @@ static int parse_manifest(json_t *root, struct keel_manifest *m, struct keel_err
                             format);
     if (rc == 0)
         rc = get_str(&c, root, "job", m->job, sizeof(m->job), 0);
+    if (rc == 0 && json_object_get(root, "server") != NULL)
+        rc = get_str(&c, root, "server", m->server, sizeof(m->server), 0);
     if (rc == 0)
         rc = get_u64(&c, root, "id", INT64_MAX, &m->id);
     if (rc == 0)

@@ -178,7 +178,7 @@ static int append_log(keel_store *s, uint32_t range, uint64_t first, unsigned n,
 static int take_checkpoint(keel_store *s, const struct keel_ckpt_key *key, uint64_t clock,
                            uint64_t *id, struct keel_error *err)
 {
-    struct keel_ckpt_params p = {"test-job", clock, {0}, NULL, 0};
+    struct keel_ckpt_params p = {"test-job", clock, {0}, NULL, 0, NULL};
 
     memset(p.spec_sha256, 0x5a, sizeof(p.spec_sha256));
     return keel_checkpoint_take(s, key, &p, id, err);

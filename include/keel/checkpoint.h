@@ -31,6 +31,7 @@
 
 #include "keel/buf.h"
 #include "keel/err.h"
+#include "keel/id.h"
 #include "keel/snapshot.h"
 #include "keel/store.h"
 
@@ -96,6 +97,7 @@ struct keel_manifest {
     struct keel_ckpt_range *ranges; /* increasing range */
     size_t nshards;
     struct keel_shard_pos *shards; /* job progress: per shard, the highest seq of any range */
+    char server[KEEL_ID_MAX + 1];  /* the node that took it; "" when not named */
 };
 
 /* Free what a decode allocated; safe on a zeroed manifest. */
@@ -131,6 +133,7 @@ struct keel_ckpt_params {
      */
     const struct keel_snapshot *snaps;
     size_t nsnaps;
+    const char *server; /* the node taking it, named in the manifest (NULL: not named) */
 };
 
 /*

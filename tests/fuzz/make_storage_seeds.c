@@ -89,7 +89,7 @@ int main(int argc, char **argv)
     struct keel_shard_pos sp[2] = {{0, 12, 1, "w1"}, {5, 40, 3, "w2"}};
     struct keel_ckpt_range ranges[2] = {{3, 100, 13, 2, {1}, 2, t1, 2, sp},
                                         {9, 50, 10, 1, {2}, 1, t1, 1, sp}};
-    struct keel_manifest m = {"job", 4, 90, {3}, 1700000000000000000u, {4}, 2, ranges, 2, sp};
+    struct keel_manifest m = {"job", 4, 90, {3}, 1700000000000000000u, {4}, 2, ranges, 2, sp, "s1"};
     struct keel_ckpt_key key = {{0}, 32};
     keel_buf_reset(&b);
     if (keel_manifest_encode(&b, &m, &key, &err) != 0) {

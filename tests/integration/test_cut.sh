@@ -13,8 +13,8 @@
 # SSP), or a pass boundary (a shard between two leases, which does not
 # move); at least one shard of each checkpoint is at its clock.  A range
 # held by both servers has the same digest in both servers' checkpoints of
-# a clock (the backup's copy is the primary's), and every checkpoint
-# verifies against the cluster key.
+# a clock (the backup's copy is the primary's), every manifest names the
+# server that took it, and every checkpoint verifies against the cluster key.
 set -u
 bindir=$1
 srcdir=$2
@@ -65,6 +65,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "ckpt-*.json"))):
     server = os.path.basename(path).split("-")[1]
     m = json.load(open(path))
     c = m["clock"]
+    if m.get("server") != server:
+        bad.append("%s checkpoint %d names server %r" % (server, m["id"], m.get("server")))
     if c % EVERY != 0 or c >= NB * PASSES:
         # The job's last checkpoint, taken as it ended: every shard at the end.
         want = (PASSES - 1) << 32 | NB

@@ -76,7 +76,7 @@ static void write_range(uint32_t range, uint64_t lsn, float v, uint64_t nrows)
 
 static uint64_t take(uint64_t clock)
 {
-    struct keel_ckpt_params p = {"mnist", clock, {0}, NULL, 0};
+    struct keel_ckpt_params p = {"mnist", clock, {0}, NULL, 0, NULL};
     uint64_t id = 0;
 
     memset(p.spec_sha256, 0xab, 32);
@@ -153,7 +153,7 @@ Test(checkpoint, manifest_round_trips_and_refuses_damage)
     struct keel_ckpt_table tables[1] = {{3, 8, 0, 10, 1}};
     struct keel_shard_pos sp[1] = {{4, 99, 1, "w\"q"}};
     struct keel_ckpt_range r = {5, 77, 10, 1, {1, 2, 3}, 1, tables, 1, sp};
-    struct keel_manifest m = {"job-x", 3, 12, {9}, 1234567, {8}, 1, &r, 1, sp}, got;
+    struct keel_manifest m = {"job-x", 3, 12, {9}, 1234567, {8}, 1, &r, 1, sp, "s7"}, got;
     struct keel_buf b = KEEL_BUF_INIT;
     unsigned char mac[32];
     struct keel_view json;
@@ -161,6 +161,7 @@ Test(checkpoint, manifest_round_trips_and_refuses_damage)
     cr_assert_eq(keel_manifest_encode(&b, &m, &key, &err), 0, "%s", err.msg);
     cr_assert_eq(keel_manifest_decode(b.buf, b.len, &got, mac, &json, &err), 0, "%s", err.msg);
     cr_assert_str_eq(got.job, "job-x");
+    cr_assert_str_eq(got.server, "s7");
     cr_assert_eq(got.id, 3);
     cr_assert_eq(got.clock, 12);
     cr_assert_eq(got.created_ns, 1234567);
@@ -199,8 +200,9 @@ Test(checkpoint, take_verify_and_chain)
     size_t n;
     struct keel_manifest m;
 
-    cr_assert_eq(keel_checkpoint_take(store, &key, &(struct keel_ckpt_params){"j", 0, {0}, NULL, 0},
-                                      NULL, &err),
+    cr_assert_eq(keel_checkpoint_take(store, &key,
+                                      &(struct keel_ckpt_params){"j", 0, {0}, NULL, 0, NULL}, NULL,
+                                      &err),
                  KEEL_ENOTFOUND);
     write_range(0, 10, 1, 2000);
     write_range(1, 11, 1, 2000);
@@ -543,7 +545,7 @@ Test(checkpoint, export_never_writes_through_a_planted_link)
 Test(checkpoint, a_checkpoint_of_given_copies_holds_exactly_them)
 {
     struct keel_snapshot mem[2] = {{0}};
-    struct keel_ckpt_params p = {"mnist", 40, {0}, mem, 2};
+    struct keel_ckpt_params p = {"mnist", 40, {0}, mem, 2, "s3"};
     struct keel_manifest m;
     uint64_t id = 0;
 
@@ -559,6 +561,7 @@ Test(checkpoint, a_checkpoint_of_given_copies_holds_exactly_them)
     cr_assert_eq(keel_checkpoint_manifest(store, id, &m, &err), 0, "%s", err.msg);
     cr_assert_eq(m.nranges, 2);
     cr_assert_eq(m.clock, 40);
+    cr_assert_str_eq(m.server, "s3", "the manifest names the server that took it");
     cr_assert_eq(m.ranges[0].range, 1);
     cr_assert_eq(m.ranges[1].range, 3);
     cr_assert_eq(m.ranges[0].lsn, 3, "the copy's LSN, not the store's snapshot's");
