@@ -450,6 +450,46 @@ static void end_job(const char *name)
  * exactly-once positions, not from the rows and positions the first job left
  * in the store, also after a restart of the server.
  */
+/*
+ * Start a server on the job written and push its first gradient (shard 0,
+ * seq 1): grads gets the gradient, init the rows the job started from (SGD,
+ * lr 0.5: the rows after the push plus half the gradient).
+ */
+static struct keel_client *start_and_push_first(char *addr, size_t n, float *grads, float *init)
+{
+    struct keel_client *c;
+    struct keel_reply *r;
+    float rows[15];
+
+    for (int i = 0; i < 15; i++)
+        grads[i] = 0.1f * (float)(i + 1);
+    c = start_server(addr, n);
+    r = push(c, "w1", 0, 1, 0, grads);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        init[i] = rows[i] + 0.5f * grads[i];
+    return c;
+}
+
+/* The same first push for a job that must start afresh: applied to its initial rows. */
+static void expect_fresh_start(struct keel_client *c, const float *grads, const float *init,
+                               const char *who)
+{
+    struct keel_reply *r = push(c, "w1", 0, 1, 0, grads);
+    float rows[15];
+
+    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
+    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED,
+                 "%s: its push was taken for the last job's duplicate", who);
+    keel_reply_free(r);
+    pull_rows(c, rows);
+    for (int i = 0; i < 15; i++)
+        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5,
+                           "element %d: %s did not start from its initializer", i, who);
+}
+
 Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 {
     char addr[64];
@@ -457,16 +497,8 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
     struct keel_client *c;
     struct keel_reply *r;
 
-    for (int i = 0; i < 15; i++)
-        grads[i] = 0.1f * (float)(i + 1);
     write_job("j1", "asp\ndurability = disk");
-    c = start_server(addr, sizeof(addr));
-    r = push(c, "w1", 0, 1, 0, grads);
-    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
-    keel_reply_free(r);
-    pull_rows(c, rows);
-    for (int i = 0; i < 15; i++)
-        init[i] = rows[i] + 0.5f * grads[i]; /* j1's rows before its push */
+    c = start_and_push_first(addr, sizeof(addr), grads, init);
 
     /*
      * j1 ends; j2 (the same model and seed) starts on the same server.  A push
@@ -476,14 +508,7 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
     end_job("j1");
     wait_no_job(c);
     write_job("j2", "asp\ndurability = disk"); /* its ACK survives the SIGKILL below */
-    r = push(c, "w1", 0, 1, 0, grads);         /* j2's first push has j1's (shard, seq) */
-    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
-    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED, "j2's push was taken for j1's duplicate");
-    keel_reply_free(r);
-    pull_rows(c, rows);
-    for (int i = 0; i < 15; i++)
-        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5,
-                           "element %d: j2 did not start from its initializer", i);
+    expect_fresh_start(c, grads, init, "j2");  /* j2's first push has j1's (shard, seq) */
 
     /* A restart finds j2's own rows again (the store is j2's now). */
     c = restart_server(c, addr, sizeof(addr));
@@ -504,20 +529,12 @@ Test(server, a_new_job_does_not_inherit_the_last_jobs_rows_or_positions)
 Test(server, a_job_submitted_again_under_its_name_does_not_inherit_the_store)
 {
     char addr[64];
-    float grads[15], init[15], rows[15];
+    float grads[15], init[15];
     struct keel_client *c;
     struct keel_reply *r;
 
-    for (int i = 0; i < 15; i++)
-        grads[i] = 0.1f * (float)(i + 1);
     write_job_uid("j1", "asp\ndurability = disk", "0123456789abcdef0123456789abcdef");
-    c = start_server(addr, sizeof(addr));
-    r = push(c, "w1", 0, 1, 0, grads);
-    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED);
-    keel_reply_free(r);
-    pull_rows(c, rows);
-    for (int i = 0; i < 15; i++)
-        init[i] = rows[i] + 0.5f * grads[i];
+    c = start_and_push_first(addr, sizeof(addr), grads, init);
 
     /* The same job after a restart: its own state, the push a duplicate. */
     c = restart_server(c, addr, sizeof(addr));
@@ -529,15 +546,7 @@ Test(server, a_job_submitted_again_under_its_name_does_not_inherit_the_store)
     end_job("j1");
     wait_no_job(c);
     write_job_uid("j1", "asp\ndurability = disk", "fedcba9876543210fedcba9876543210");
-    r = push(c, "w1", 0, 1, 0, grads);
-    cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK, "type %u", r->msg.hdr.type);
-    cr_assert_eq(r->msg.u.ack.status, KEEL_ACK_APPLIED,
-                 "the new submission's push was taken for the old one's duplicate");
-    keel_reply_free(r);
-    pull_rows(c, rows);
-    for (int i = 0; i < 15; i++)
-        cr_assert_float_eq(rows[i], init[i] - 0.5f * grads[i], 1e-5,
-                           "element %d: the new submission did not start from its initializer", i);
+    expect_fresh_start(c, grads, init, "the new submission");
     keel_client_free(c);
 }
 
