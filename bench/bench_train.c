@@ -259,10 +259,9 @@ struct variant {
 };
 
 static const struct variant variants[] = {
-    {"bf16", "compression=bf16", 0},
-    {"fp16", "compression=fp16", 0},
-    {"disk", "durability=disk", 0},
-    {"r2", NULL, 2},
+    {"bf16", "compression=bf16", 0},        {"fp16", "compression=fp16", 0},
+    {"disk", "durability=disk", 0},         {"r2", NULL, 2},
+    {"nockpt", "checkpoint_interval=0", 0},
 };
 #define NVARIANTS (sizeof(variants) / sizeof(variants[0]))
 
@@ -286,8 +285,9 @@ static const char options_help[] =
     "  --servers N        servers of each Keel cluster (default 2)\n"
     "  --job FILE         the job spec (default examples/fashion-mnist-mlp.ini)\n"
     "  --variants LIST    the job changed one way, each trained by 1 worker, or none\n"
-    "                     (default bf16,disk,r2): bf16 and fp16 (compression),\n"
-    "                     disk (durability = disk), r2 (replication 2)\n"
+    "                     (default bf16,disk,r2,nockpt): bf16 and fp16 (compression),\n"
+    "                     disk (durability = disk), r2 (replication 2), nockpt (no\n"
+    "                     checkpoints)\n"
     "  --limit SECONDS    stop following a Keel job after SECONDS of training\n"
     "                     (default 480; 120 with --quick)\n"
     "  --arithmetic-only  only the forward/backward and optimizer rows (seconds)\n"
@@ -473,6 +473,47 @@ static unsigned config_workers(const struct options *o, size_t c)
     return c == 0 ? 0 : c <= o->nworkers ? o->workers[c - 1] : 1;
 }
 
+/* The checkpoints cut in config `c`'s runs: pauses against a batch's time, bytes against the model.
+ */
+static void record_cuts(struct keel_bench *b, const struct options *o, const struct results *res,
+                        size_t c, uint32_t batch, double params_mb)
+{
+    const struct variant *v = config_variant(o, c);
+    double *pauses, bytes[MAX_RUNS] = {0}, batch_ms, mx = 0;
+    size_t n = 0;
+    char name[96], w[40];
+
+    for (unsigned i = 0; i < res->runs; i++)
+        n += res->r[c][i].nckpts;
+    if (n == 0 || batch == 0)
+        return;
+    pauses = keel_calloc(n, sizeof(*pauses));
+    n = 0;
+    for (unsigned i = 0; i < res->runs; i++) {
+        const struct train_run *r = &res->r[c][i];
+        double sum = 0;
+
+        for (size_t k = 0; k < r->nckpts; k++) {
+            pauses[n++] = r->ckpt_pause_ms[k];
+            sum += r->ckpt_bytes[k];
+            if (r->ckpt_pause_ms[k] > mx)
+                mx = r->ckpt_pause_ms[k];
+        }
+        bytes[i] = r->nckpts ? sum / (double)r->nckpts : NAN;
+    }
+    /* The baseline: one batch's time in this configuration. */
+    batch_ms = 1000.0 * batch / median_metric(res, c, m_examples, 0);
+    snprintf(w, sizeof(w), "%u%s%s", config_workers(o, c), v ? "_" : "", v ? v->name : "");
+    snprintf(name, sizeof(name), "keel_w%s_ckpt_pause_median_ms", w);
+    keel_bench_record(b, name, median_of(pauses, (unsigned)n), "ms", batch_ms);
+    snprintf(name, sizeof(name), "keel_w%s_ckpt_pause_max_ms", w);
+    keel_bench_record(b, name, mx, "ms", batch_ms);
+    snprintf(name, sizeof(name), "keel_w%s_ckpt_mb", w);
+    keel_bench_record(b, name, median_of(bytes, res->runs) / 1e6, "MB", params_mb);
+    keel_bench_note(b, "%s: %zu checkpoint cut(s) on the servers", name, n);
+    free(pauses);
+}
+
 /* "in process", "keel, 2 workers" or "keel, 1 worker, bf16". */
 static void config_name(const struct options *o, size_t c, char *out, size_t n)
 {
@@ -632,6 +673,7 @@ static int measure_training(struct keel_bench *b, const struct options *o)
     }
     if (rc == 0) {
         double base_ex = median_metric(&res, 0, m_examples, 0), params_mb = 0;
+        uint32_t batch = 0;
         struct keel_jobspec js;
         struct keel_error jerr;
         double base_final = median_metric(&res, 0, m_final, 0);
@@ -646,8 +688,10 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             base_t[t] = median_of(v, res.runs);
         }
         keel_error_init(&jerr);
-        if (keel_jobspec_load(&js, o->job, &jerr) == 0)
+        if (keel_jobspec_load(&js, o->job, &jerr) == 0) {
             params_mb = (double)keel_model_nparams(&js.model) * 4 / 1e6;
+            batch = js.batch_size;
+        }
         for (size_t c = 1; c < res.nconfigs; c++) {
             const struct variant *cv = config_variant(o, c);
             char w[40];
@@ -669,6 +713,18 @@ static int measure_training(struct keel_bench *b, const struct options *o)
             /* Disk: the store's growth against the model's parameters (float32). */
             snprintf(name, sizeof(name), "keel_w%s_store_growth_mb", w);
             keel_bench_record(b, name, median_metric(&res, c, m_store_growth, 0), "MB", params_mb);
+        }
+        for (size_t c = 1; c < res.nconfigs; c++) {
+            const struct variant *cv = config_variant(o, c);
+
+            record_cuts(b, o, &res, c, batch, params_mb);
+            /* Checkpoints' cost: one worker's rate with them against without. */
+            if (cv != NULL && strcmp(cv->name, "nockpt") == 0)
+                for (size_t one = 1; one < res.nconfigs; one++)
+                    if (config_variant(o, one) == NULL && config_workers(o, one) == 1)
+                        keel_bench_record(b, "keel_w1_vs_nockpt_examples_s",
+                                          median_metric(&res, one, m_examples, 0), "ex/s",
+                                          median_metric(&res, c, m_examples, 0));
         }
         /* Scaling: each worker count's rate against one worker's, same variant. */
         for (size_t c = 1; c < res.nconfigs; c++) {
@@ -704,8 +760,8 @@ int main(int argc, char **argv)
                         KEEL_SOURCE_DIR "/examples/fashion-mnist-mlp.ini",
                         0,
                         0,
-                        {&variants[0], &variants[2], &variants[3]},
-                        3};
+                        {&variants[0], &variants[2], &variants[3], &variants[4]},
+                        4};
     struct keel_bench_opts opts = {options_help, parse_option, &o};
     struct keel_bench b;
     int rc, failed = 0;

@@ -254,6 +254,12 @@ done
 
 store_end=$(store_bytes)
 
+# Each checkpoint cut during the job, from the servers' logs: how long pushes
+# past its clock were held back, and the bytes of rows it copied.
+grep -hoE "checkpoint [0-9]+ at clock [0-9]+ \(cut: pushes past it held back [0-9]+ ms, [0-9]+ refusals; ranges copied [0-9]+ ms after it began\): [0-9]+ range\(s\), [0-9]+ bytes" \
+    "$cdir"/logs/server-*.log 2>/dev/null |
+    sed -E 's/.*held back ([0-9]+) ms.* ([0-9]+) bytes$/\1 \2/' >"$tmp/cuts.txt"
+
 # The examples applied so far, from the shard positions (all of them when done).
 records=$("$bin/keelctl" dataset info --store "$cdir/data/server-s1" --name "$KEEL_DATASET" --json |
     python3 -c 'import json,sys; print(",".join(str(s["records"]) for s in json.load(sys.stdin)["shard_list"]))') ||
@@ -275,12 +281,13 @@ watch_pid=''
     say "warning: $(evals_seen) evaluation(s) seen, $want expected ($(cat "$tmp/watch.err"))"
 
 python3 - "$tmp/evals.txt" "$workers" "$servers" "$epochs" "$shards" "$records" "$finished" \
-    "$start_ms" "$end_ms" "${examples:-0}" "$startup_s" "$store_start" "$store_end" \
+    "$start_ms" "$end_ms" "${examples:-0}" "$startup_s" "$store_start" "$store_end" "$tmp/cuts.txt" \
     <<'EOF' || fail "cannot write the results"
 import json, sys
 
 (path, workers, servers, epochs, shards, records, finished, start, end, examples, startup,
- store_start, store_end) = sys.argv[1:]
+ store_start, store_end, cuts_path) = sys.argv[1:]
+cuts = [line.split() for line in open(cuts_path) if line.strip()]
 lines = open(path, encoding="utf-8", errors="replace").read().split("\n")
 evals = []
 i = 0
@@ -302,6 +309,7 @@ json.dump({"workers": int(workers), "servers": int(servers), "epochs": int(epoch
            "finished": finished == "true", "start_ms": int(start), "end_ms": int(end),
            "examples": int(examples), "startup_s": int(startup),
            "store_start_bytes": int(store_start), "store_end_bytes": int(store_end),
+           "ckpt_pauses_ms": [int(c[0]) for c in cuts], "ckpt_bytes": [int(c[1]) for c in cuts],
            "evals": evals},
           sys.stdout)
 sys.stdout.write("\n")

@@ -32,6 +32,8 @@ extern char **environ;
 void train_run_release(struct train_run *r)
 {
     free(r->evals);
+    free(r->ckpt_pause_ms);
+    free(r->ckpt_bytes);
     memset(r, 0, sizeof(*r));
 }
 
@@ -451,6 +453,26 @@ static int json_u64(json_t *o, const char *key, uint64_t *v)
     return 0;
 }
 
+/* The checkpoint cuts the servers logged (absent or malformed: none). */
+static void parse_cuts(json_t *o, struct train_run *out)
+{
+    json_t *pauses = json_object_get(o, "ckpt_pauses_ms"),
+           *bytes = json_object_get(o, "ckpt_bytes");
+    size_t n;
+
+    if (!json_is_array(pauses) || !json_is_array(bytes) ||
+        json_array_size(pauses) != json_array_size(bytes) || json_array_size(pauses) == 0)
+        return;
+    n = json_array_size(pauses);
+    out->ckpt_pause_ms = keel_calloc(n, sizeof(double));
+    out->ckpt_bytes = keel_calloc(n, sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        out->ckpt_pause_ms[i] = json_number_value(json_array_get(pauses, i));
+        out->ckpt_bytes[i] = json_number_value(json_array_get(bytes, i));
+    }
+    out->nckpts = n;
+}
+
 /* The script's JSON into `out`. */
 static int parse_cluster_run(const struct keel_buf *text, struct train_run *out,
                              struct keel_error *err)
@@ -484,6 +506,7 @@ static int parse_cluster_run(const struct keel_buf *text, struct train_run *out,
     if (json_u64(o, "store_start_bytes", &out->store_start) ||
         json_u64(o, "store_end_bytes", &out->store_end))
         out->store_start = out->store_end = 0;
+    parse_cuts(o, out);
     json_array_foreach(evals, i, e)
     {
         json_t *acc = json_object_get(e, "accuracy");

@@ -40,6 +40,9 @@ struct train_run {
     uint64_t store_end;       /* ... and once it ended: its high-water mark */
     struct train_eval *evals; /* in time order */
     size_t nevals;
+    double *ckpt_pause_ms; /* per checkpoint cut on a server: pushes past it held back */
+    double *ckpt_bytes;    /* ... and the bytes of rows it copied */
+    size_t nckpts;
 };
 
 /* What to train and where. */

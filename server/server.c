@@ -894,10 +894,14 @@ static void checkpoint_write(struct srv *s, struct keel_ckpt_params *p,
                              const struct keel_snapshot *copies, size_t n, const char *why)
 {
     struct keel_error err;
-    uint64_t id, t0 = keel_clock_mono_ms();
+    uint64_t id, t0 = keel_clock_mono_ms(), bytes = 0;
     size_t pruned = 0;
 
     keel_error_init(&err);
+    for (size_t i = 0; i < n; i++)
+        for (size_t t = 0; t < copies[i].ntables; t++)
+            bytes += copies[i].tables[t].nrows *
+                     keel_row_bytes(copies[i].tables[t].width, copies[i].tables[t].state_width);
     p->snaps = copies;
     p->nsnaps = n;
     if (keel_checkpoint_take(s->store, &s->ckpt_key, p, &id, &err) != 0) {
@@ -908,8 +912,8 @@ static void checkpoint_write(struct srv *s, struct keel_ckpt_params *p,
     if (keel_checkpoint_prune(s->store, s->config->server_checkpoint_keep, &pruned, &err) != 0)
         KEEL_LOG_ERROR("job %s: pruning checkpoints: %s", p->job, err.msg);
     KEEL_LOG_INFO("job %s: checkpoint %" PRIu64 " at clock %" PRIu64 " (%s): %zu range(s), "
-                  "written in %" PRIu64 " ms%s",
-                  p->job, id, p->clock, why, n, keel_clock_mono_ms() - t0,
+                  "%" PRIu64 " bytes, written in %" PRIu64 " ms%s",
+                  p->job, id, p->clock, why, n, bytes, keel_clock_mono_ms() - t0,
                   pruned ? ", older ones pruned" : "");
 }
 
