@@ -213,11 +213,12 @@ static int take_fn(keel_txn *txn, void *ctx, struct keel_error *err)
         for (size_t i = 0; i < nranges; i++) {
             ranges[i] = tc->p->snaps[i].range;
             if (i > 0 && ranges[i] <= ranges[i - 1]) {
+                rc = keel_err_set(err, KEEL_EINVAL,
+                                  "checkpoint: the copies of ranges %" PRIu32 " and %" PRIu32
+                                  " are out of order",
+                                  ranges[i - 1], ranges[i]);
                 free(ranges);
-                return keel_err_set(err, KEEL_EINVAL,
-                                    "checkpoint: the copies of ranges %" PRIu32 " and %" PRIu32
-                                    " are out of order",
-                                    ranges[i - 1], ranges[i]);
+                return rc;
             }
         }
     } else if ((rc = keel_snapshot_ranges(s, txn, &ranges, &nranges, err)) != 0) {
