@@ -193,11 +193,9 @@ static int pick(keel_store *s, const char *dir, const struct opts *o,
             if (cr->rows == 0)
                 continue; /* took no push: says nothing of the shards */
             for (uint32_t sh = 0; sh < nshards; sh++) {
-                uint64_t at = 0;
+                /* Over every table's position id of the shard, not table 1's alone. */
+                uint64_t at = keel_ckpt_range_position(cr, sh);
 
-                for (size_t k = 0; k < cr->nshards; k++)
-                    if (cr->shards[k].shard == sh)
-                        at = cr->shards[k].seq;
                 if (at < pos[sh])
                     pos[sh] = at;
             }

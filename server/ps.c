@@ -390,7 +390,7 @@ void keel_ps_result_release(struct keel_ps_result *r)
  */
 static uint32_t position_id(uint32_t shard, uint32_t table_id)
 {
-    return ((table_id - 1) << 16) | shard;
+    return keel_position_id(shard, table_id);
 }
 
 /* Whether worker `id` is registered, as far as this server was told (clock_lock held). */

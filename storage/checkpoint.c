@@ -119,6 +119,16 @@ struct take_ctx {
     size_t nranges;
 };
 
+uint64_t keel_ckpt_range_position(const struct keel_ckpt_range *r, uint32_t shard)
+{
+    uint64_t at = UINT64_MAX;
+
+    for (size_t k = 0; k < r->nshards; k++)
+        if (keel_position_shard(r->shards[k].shard) == shard && r->shards[k].seq < at)
+            at = r->shards[k].seq;
+    return at == UINT64_MAX ? 0 : at;
+}
+
 /* Merge a range's shard table into the job's: the highest seq per shard wins. */
 static void merge_shards(struct keel_manifest *m, const struct keel_shard_pos *sp, size_t n)
 {

@@ -100,6 +100,13 @@ struct keel_manifest {
     char server[KEEL_ID_MAX + 1];  /* the node that took it; "" when not named */
 };
 
+/*
+ * Where data shard `shard` stands in checkpoint range `r`: the lowest seq
+ * over the range's tables (its position ids of that shard), 0 when none is
+ * recorded (the shard applied nothing there).
+ */
+uint64_t keel_ckpt_range_position(const struct keel_ckpt_range *r, uint32_t shard);
+
 /* Free what a decode allocated; safe on a zeroed manifest. */
 void keel_manifest_release(struct keel_manifest *m);
 

@@ -61,6 +61,22 @@ struct keel_snap_table {
     float *state;   /* nrows * state_width floats, or NULL when state_width is 0 */
 };
 
+/*
+ * A position id names a data shard and a table: the exactly-once position of
+ * a push is kept per (shard, table), the id being the shard for table 1 and
+ * the shard plus (table - 1) << 16 for the others.
+ */
+static inline uint32_t keel_position_id(uint32_t shard, uint32_t table_id)
+{
+    return ((table_id - 1) << 16) | shard;
+}
+
+/* The data shard a position id names. */
+static inline uint32_t keel_position_shard(uint32_t id)
+{
+    return id & 0xffff;
+}
+
 /* One entry of the exactly-once table: the last push applied from a shard. */
 struct keel_shard_pos {
     uint32_t shard;

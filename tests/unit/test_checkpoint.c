@@ -576,3 +576,29 @@ Test(checkpoint, a_checkpoint_of_given_copies_holds_exactly_them)
     for (unsigned i = 0; i < 2; i++)
         keel_snapshot_release(&mem[i]);
 }
+
+/*
+ * A shard's position in a checkpoint range is read over every table's
+ * position id: a range of table 2 alone records shard 3 as id 3 + (1 << 16).
+ */
+Test(checkpoint, a_shards_position_is_read_over_every_table)
+{
+    struct keel_shard_pos sp[4] = {{keel_position_id(3, 2), 50, 1, "w1"},
+                                   {keel_position_id(1, 1), 40, 1, "w2"},
+                                   {keel_position_id(3, 1), 48, 1, "w1"},
+                                   {keel_position_id(2, 3), 7, 1, "w3"}};
+    struct keel_ckpt_range only2 = {0};
+    struct keel_ckpt_range mixed = {0};
+
+    cr_assert_eq(keel_position_shard(keel_position_id(3, 2)), 3);
+    only2.nshards = 1;
+    only2.shards = sp;
+    cr_assert_eq(keel_ckpt_range_position(&only2, 3), 50, "table 2's position of shard 3");
+    cr_assert_eq(keel_ckpt_range_position(&only2, 1), 0, "nothing of shard 1 here");
+    mixed.nshards = 4;
+    mixed.shards = sp;
+    cr_assert_eq(keel_ckpt_range_position(&mixed, 3), 48, "the lowest over tables 1 and 2");
+    cr_assert_eq(keel_ckpt_range_position(&mixed, 1), 40);
+    cr_assert_eq(keel_ckpt_range_position(&mixed, 2), 7);
+    cr_assert_eq(keel_ckpt_range_position(&mixed, 0), 0);
+}
