@@ -175,6 +175,7 @@ static int cmd_show(keel_store *s, const struct opts *o, uint64_t id)
         json_object_set_new(root, "server", json_string(m.server));
         json_object_set_new(root, "clock", json_integer((json_int_t)m.clock));
         json_object_set_new(root, "created", json_string(when));
+        json_object_set_new(root, "created_ns", json_integer((json_int_t)m.created_ns));
         keel_hex(hex, m.spec_sha256, KEEL_SHA256_SIZE);
         json_object_set_new(root, "spec_sha256", json_string(hex));
         keel_hex(hex, m.prev_sha256, KEEL_SHA256_SIZE);

@@ -8,9 +8,13 @@
  * clock C or later is refused (to retry), so no shard moves past its
  * position before C (keel_shard_seq_before()); a shard not leased to a
  * worker does not move at all.  Once every leased shard stands at that
- * position (or past it, held back) in every range held, the ranges are
- * copied together under srv->lock, where no push is applied, and the held
- * pushes go on.  A backup copies a range before it applies the first
+ * position (or past it, held back) in every range held, and a push or
+ * update of clock C - 1 or later has been seen (a lease this server has not
+ * heard of yet would make its shard look still), the ranges are copied
+ * together under srv->lock, where no push is applied, and the held pushes
+ * go on.  A server that holds no range yet (one just started) waits for
+ * them; ranges past C when they come (a restarted server's store) skip the
+ * cut.  A backup copies a range before it applies the first
  * replicated update of clock C or later: its primary took its own copy
  * before it let that update in, and sends updates in order.  Only the
  * workers ahead of the cut wait, for as long as the slowest takes to reach
@@ -163,13 +167,23 @@ void srv_cut_check(struct srv *s)
 {
     struct cut *c = &s->cut;
 
-    int past = 0, at = 1;
+    int past = 0, at = 1, held = 0;
 
     if (c->clock == 0 || c->open || s->ps == NULL)
         return;
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && !past; r++)
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && !past; r++) {
+        if (keel_ps_holds(s->ps, r) || c->state[r] != CUT_WAIT)
+            held = 1;
         if (to_copy(s, r) && !range_at_cut(s, r, &past))
             at = 0;
+    }
+    /*
+     * Nothing held yet (a server that has just started, before its ranges
+     * are opened or copied to it): no push comes here, and what its ranges
+     * will stand at is not known; the cut waits for them.
+     */
+    if (!held)
+        return;
     if (past) {
         KEEL_LOG_DEBUG("job %s: no checkpoint at clock %" PRIu64 ": the ranges here are past it "
                        "already",
@@ -178,7 +192,12 @@ void srv_cut_check(struct srv *s)
         c->open = 1;
         return;
     }
-    if (!at)
+    /*
+     * Not before the job is seen at the cut: a push or replicated update of
+     * clock C - 1 or later.  Until then a shard whose lease this server has
+     * not seen yet (a job that has just started) would look still.
+     */
+    if (!at || c->seen + 1 < c->clock)
         return;
     /* At one moment: no push is applied while srv->lock is held. */
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
@@ -199,6 +218,8 @@ int srv_cut_holds(struct srv *s, const struct keel_msg_push *p, struct keel_erro
      * thread), pushes go on up to the next cut's clock. */
     if (c->open)
         at += s->spec.checkpoint_interval;
+    if (p->clock > c->seen)
+        c->seen = p->clock;
     if (c->clock == 0 || p->clock < at)
         return 0;
     if (!c->open && c->held_since == 0)
@@ -215,6 +236,8 @@ void srv_cut_before(struct srv *s, unsigned range, uint64_t clock)
 {
     struct cut *c = &s->cut;
 
+    if (clock > c->seen)
+        c->seen = clock;
     /* Every update below the cut came first (the primary took its copy before it
      * let this one in): the range stands at the cut now. */
     if (c->clock != 0 && !c->open && clock >= c->clock && range < KEEL_PROTO_NRANGES &&

@@ -898,6 +898,13 @@ static void checkpoint_write(struct srv *s, struct keel_ckpt_params *p,
     size_t pruned = 0;
 
     keel_error_init(&err);
+    if (n == 0) {
+        /* Not the store's snapshots instead: they may be from before a restart. */
+        KEEL_LOG_INFO("job %s: no checkpoint at clock %" PRIu64 " (%s): this server holds no "
+                      "range of the job",
+                      p->job, p->clock, why);
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         for (size_t t = 0; t < copies[i].ntables; t++)
             bytes += copies[i].tables[t].nrows *

@@ -149,6 +149,7 @@ struct cut {
     int open;                     /* the copies are taken: pushes up to the next cut go on */
     int past;                     /* the ranges held were past C when the cut began: none taken */
     uint64_t began_ms;            /* monotonic, when the cut began */
+    uint64_t seen;                /* the largest clock of a push or update seen since */
     uint64_t held_since;          /* monotonic ms the first push past C was held back; 0: none */
     uint64_t held_ms;             /* how long pushes past C were held back */
     uint64_t nheld;               /* refusals of pushes past C */
