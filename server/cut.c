@@ -8,18 +8,22 @@
  * clock C or later is refused (to retry), so no shard moves past its
  * position before C (keel_shard_seq_before()); a shard not leased to a
  * worker does not move at all.  Once every leased shard stands at that
- * position (or past it, held back) in every range held, and a push or
- * update of clock C - 1 or later has been seen (a lease this server has not
- * heard of yet would make its shard look still), the ranges are copied
- * together under srv->lock, where no push is applied, and the held pushes
- * go on.  A server that holds no range yet (one just started) waits for
- * them; ranges past C when they come (a restarted server's store) skip the
- * cut.  A backup copies a range before it applies the first
- * replicated update of clock C or later: its primary took its own copy
- * before it let that update in, and sends updates in order.  Only the
- * workers ahead of the cut wait, for as long as the slowest takes to reach
- * it; the copies are written to the store afterwards, on the storage
- * thread.
+ * position (or past it, held back) in every range this server leads, and a
+ * push or update of clock C - 1 or later has been seen (a lease this server
+ * has not heard of yet would make its shard look still), the ranges led are
+ * copied together under srv->lock, where no push is applied, and the held
+ * pushes go on.  A server that holds no range yet (one just started) waits
+ * for its ranges; a range past C when it comes (a restarted server's
+ * store) is left out.
+ *
+ * A backup does not judge on its own: the shards its view calls leased may
+ * differ from its primary's.  Every replicated update carries the number
+ * of the last cut its primary copied the range at (srv->cut_mark), stamped
+ * in the order the primary applied the updates, and the backup copies the
+ * range just before the first update of the cut under way: the primary's
+ * copy, to the update.  The checkpoint is written once every range held is
+ * copied or left out (a backup waits at most until a push reaches the next
+ * cut); the copies go to the store afterwards, on the storage thread.
  *
  * Every function here runs with srv->lock held.
  */
@@ -95,11 +99,13 @@ int srv_cut_begin(struct srv *s, uint64_t clock)
         free(nbatches);
         return 0;
     }
-    if (nb_max == 0 || (clock - 1) / nb_max >= s->spec.epochs) {
+    if (nb_max == 0 || (clock - 1) / nb_max >= s->spec.epochs ||
+        clock / s->spec.checkpoint_interval >= CUT_MARK_UNKNOWN) {
         free(nbatches); /* past the job's last clock: its end takes the last checkpoint */
         return 0;
     }
     c->clock = clock;
+    c->index = (uint32_t)(clock / s->spec.checkpoint_interval);
     c->nshards = nshards;
     c->seq = keel_calloc(nshards ? nshards : 1, sizeof(*c->seq));
     for (uint32_t n = 0; n < nshards; n++)
@@ -135,7 +141,9 @@ static int to_copy(struct srv *s, unsigned r)
 /*
  * Whether every shard leased to a worker stands at or past its position
  * before C in range `r` (a shard past it is held back by the cut, one not
- * leased does not move: either way it stays where it is until the copy).
+ * leased does not move: either way it stays where it is until the copy);
+ * *past when a shard stands past it (no push past C is applied while the
+ * cut is under way: the range was there before, a restarted server's store).
  */
 static int range_at_cut(struct srv *s, unsigned r, int *past)
 {
@@ -143,6 +151,7 @@ static int range_at_cut(struct srv *s, unsigned r, int *past)
     uint64_t floor[64], *f = floor;
     int at = 1;
 
+    *past = 0;
     if (c->nshards > sizeof(floor) / sizeof(floor[0]))
         f = keel_malloc(c->nshards * sizeof(*f));
     for (uint32_t n = 0; n < c->nshards; n++)
@@ -151,8 +160,6 @@ static int range_at_cut(struct srv *s, unsigned r, int *past)
     for (uint32_t n = 0; n < c->nshards; n++) {
         if (f[n] == UINT64_MAX)
             continue;
-        /* No push past C is applied while the cut is under way: a position
-         * past it was there before (a restarted server's store). */
         if (f[n] > c->seq[n])
             *past = 1;
         if (n < s->nleases && s->leases[n][0] != '\0' && f[n] < c->seq[n])
@@ -166,43 +173,36 @@ static int range_at_cut(struct srv *s, unsigned r, int *past)
 void srv_cut_check(struct srv *s)
 {
     struct cut *c = &s->cut;
-
-    int past = 0, at = 1, held = 0;
+    int at = 1, held = 0;
 
     if (c->clock == 0 || c->open || s->ps == NULL)
         return;
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES && !past; r++) {
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        int past;
+
         if (keel_ps_holds(s->ps, r) || c->state[r] != CUT_WAIT)
             held = 1;
-        if (to_copy(s, r) && !range_at_cut(s, r, &past))
+        if (!to_copy(s, r) || !keel_ps_is_primary(s->ps, r))
+            continue;
+        if (!range_at_cut(s, r, &past))
             at = 0;
+        else if (past)
+            c->state[r] = CUT_OUT;
     }
     /*
-     * Nothing held yet (a server that has just started, before its ranges
-     * are opened or copied to it): no push comes here, and what its ranges
-     * will stand at is not known; the cut waits for them.
+     * Not before this server holds a range (one just started gets them from
+     * its store and its primaries), nor before the job is seen at the cut.
      */
-    if (!held)
-        return;
-    if (past) {
-        KEEL_LOG_DEBUG("job %s: no checkpoint at clock %" PRIu64 ": the ranges here are past it "
-                       "already",
-                       s->job, c->clock);
-        c->past = 1;
-        c->open = 1;
-        return;
-    }
-    /*
-     * Not before the job is seen at the cut: a push or replicated update of
-     * clock C - 1 or later.  Until then a shard whose lease this server has
-     * not seen yet (a job that has just started) would look still.
-     */
-    if (!at || c->seen + 1 < c->clock)
+    if (!held || !at || c->seen + 1 < c->clock)
         return;
     /* At one moment: no push is applied while srv->lock is held. */
-    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++) {
+        if (!keel_ps_holds(s->ps, r) || !keel_ps_is_primary(s->ps, r))
+            continue;
         if (to_copy(s, r))
             copy_range(s, r);
+        s->cut_mark[r] = c->index; /* the updates from now on follow this cut */
+    }
     c->open = 1;
     if (c->held_since > 0)
         c->held_ms = keel_clock_mono_ms() - c->held_since;
@@ -211,18 +211,19 @@ void srv_cut_check(struct srv *s)
 int srv_cut_holds(struct srv *s, const struct keel_msg_push *p, struct keel_error *err)
 {
     struct cut *c = &s->cut;
-
     uint64_t at = c->clock;
 
-    /* Once the copies are taken, until the next cut begins (on the storage
-     * thread), pushes go on up to the next cut's clock. */
-    if (c->open)
-        at += s->spec.checkpoint_interval;
     if (p->clock > c->seen)
         c->seen = p->clock;
+    /* Once the ranges led are copied, until the next cut begins (on the
+     * storage thread), pushes go on up to the next cut's clock. */
+    if (c->open)
+        at += s->spec.checkpoint_interval;
     if (c->clock == 0 || p->clock < at)
         return 0;
-    if (!c->open && c->held_since == 0)
+    if (c->open)
+        c->late = 1; /* the backups' copies wait no longer */
+    else if (c->held_since == 0)
         c->held_since = keel_clock_mono_ms();
     c->nheld++;
     return keel_err_set(err, KEEL_EUNAVAILABLE,
@@ -232,24 +233,39 @@ int srv_cut_holds(struct srv *s, const struct keel_msg_push *p, struct keel_erro
                         p->clock, at);
 }
 
-void srv_cut_before(struct srv *s, unsigned range, uint64_t clock)
+void srv_cut_before(struct srv *s, unsigned range, uint32_t mark, uint64_t clock)
 {
     struct cut *c = &s->cut;
+    uint32_t prev;
+    int past;
 
+    if (range >= KEEL_PROTO_NRANGES)
+        return;
+    prev = s->cut_mark[range];
+    s->cut_mark[range] = mark;
     if (clock > c->seen)
         c->seen = clock;
-    /* Every update below the cut came first (the primary took its copy before it
-     * let this one in): the range stands at the cut now. */
-    if (c->clock != 0 && !c->open && clock >= c->clock && range < KEEL_PROTO_NRANGES &&
-        to_copy(s, range))
+    if (c->clock == 0 || !to_copy(s, range) || mark < c->index)
+        return; /* the primary has not copied it for this cut yet */
+    /*
+     * The first update after the primary's copy: the range stands where the
+     * primary's copy does.  Any later one, or after a copy installed here
+     * (which cut it follows is not known): the range is past it.
+     */
+    if (mark == c->index && prev < c->index && (range_at_cut(s, range, &past), !past))
         copy_range(s, range);
+    else
+        c->state[range] = CUT_OUT;
 }
 
 void srv_cut_installed(struct srv *s, unsigned range)
 {
     struct cut *c = &s->cut;
 
-    if (c->clock != 0 && !c->open && range < KEEL_PROTO_NRANGES && c->state[range] != CUT_COPIED)
+    if (range >= KEEL_PROTO_NRANGES)
+        return;
+    s->cut_mark[range] = CUT_MARK_UNKNOWN;
+    if (c->clock != 0 && c->state[range] == CUT_WAIT)
         c->state[range] = CUT_OUT; /* the copy may be from past the cut */
 }
 
@@ -263,10 +279,20 @@ int srv_cut_take(struct srv *s, struct keel_snapshot **copies, size_t *n)
     srv_cut_check(s);
     if (!c->open)
         return 0;
-    *n = 0;
-    *copies = NULL;
-    if (c->past)
-        return 1;
+    /*
+     * The ranges backed up wait for their primaries' copies, until the job is
+     * at the next cut; one led here since the copies were taken is left out.
+     */
+    for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
+        if (to_copy(s, r)) {
+            if (!c->late && !keel_ps_is_primary(s->ps, r))
+                return 0;
+            KEEL_LOG_DEBUG("job %s: checkpoint at clock %" PRIu64 ": range %u left out: led "
+                           "here since the copies, or no update after its primary's copy came "
+                           "before the next checkpoint's clock",
+                           s->job, c->clock, r);
+            c->state[r] = CUT_OUT;
+        }
     *copies = keel_calloc(KEEL_PROTO_NRANGES, sizeof(**copies));
     for (unsigned r = 0; r < KEEL_PROTO_NRANGES; r++)
         if (c->state[r] == CUT_COPIED) {

@@ -148,6 +148,7 @@ void repl_forward(struct srv *s, const struct keel_ps_applied *a, const char *wo
         memcpy(o->rows, d->rows, (size_t)d->nkeys * d->row_width * 4);
         o->msg.hdr.type = KEEL_MSG_REPLICATE;
         o->msg.u.replicate.range = a->range;
+        o->msg.u.replicate.cut = s->cut_mark[a->range];
         o->msg.u.replicate.term = st->term;
         o->msg.u.replicate.lsn = a->lsn;
         o->msg.u.replicate.push = a->push;
@@ -324,7 +325,7 @@ int repl_handle_replicate(struct srv *s, struct keel_conn *conn,
         pthread_mutex_unlock(&s->lock);
         return rc;
     }
-    srv_cut_before(s, m->range, m->push.clock); /* the checkpoint's copy, if this is past it */
+    srv_cut_before(s, m->range, m->cut, m->push.clock); /* the checkpoint's copy, if first */
     if ((rc = keel_ps_replicate(s->ps, m->range, m->lsn, &m->push, err)) < 0) {
         pthread_mutex_unlock(&s->lock);
         return rc;

@@ -508,7 +508,6 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         free(a);
         return rc;
     }
-    srv_cut_check(s); /* this push may have brought ranges to the checkpoint's clock */
     /*
      * The ACK goes out once the storage thread has logged the update and every
      * in-sync backup of its ranges has it; the frame is not kept that long.
@@ -522,6 +521,8 @@ static int handle_push(struct srv *s, struct keel_conn *conn, const struct keel_
         a->result.applied[i].push.worker_id = keel_str_of(a->worker);
         repl_forward(s, &a->result.applied[i], a->worker);
     }
+    /* After the forwards: they follow the cut the ranges were last copied at. */
+    srv_cut_check(s); /* this push may have brought ranges to the checkpoint's clock */
     push_waits(s, &msg->u.push, a);
     if (s->spec.durability_disk) {
         srv_queue_pending(s, a, conn, &msg->hdr); /* logged first, then waits for the backups */
@@ -985,7 +986,7 @@ static void checkpoint_cut(struct srv *s)
         if (!srv_cut_begin(s, s->ckpt_next))
             s->ckpt_next = 0; /* past the job's end: the end takes the last one */
         if (n == 0) {
-            free(copies); /* every range here was past it (a restarted server): the next */
+            free(copies); /* every range here was past it or copied in meanwhile: the next */
             skipped = clock;
             continue;
         }
@@ -1000,8 +1001,8 @@ static void checkpoint_cut(struct srv *s)
         pthread_mutex_lock(&s->lock);
     }
     if (skipped > 0)
-        KEEL_LOG_INFO("job %s: the ranges here are past clock %" PRIu64 " already: the next "
-                      "checkpoint is at clock %" PRIu64,
+        KEEL_LOG_INFO("job %s: no range here was copied at clock %" PRIu64 " (past it, or "
+                      "copied in meanwhile): the next checkpoint is at clock %" PRIu64,
                       s->job, skipped, s->ckpt_next);
     pthread_mutex_unlock(&s->lock);
 }
@@ -1263,6 +1264,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
             s->ps = NULL;
             s->job[0] = '\0';
             memset(s->nstreams, 0, sizeof(s->nstreams));
+            memset(s->cut_mark, 0, sizeof(s->cut_mark));
             memset(s->report.terms, 0, sizeof(s->report.terms));
             memset(s->report.lost, 0, sizeof(s->report.lost));
             memset(s->stored, 0, sizeof(s->stored));
@@ -1308,6 +1310,7 @@ static void set_job_state(struct srv *s, const char *job, const struct keel_etcd
         keel_error_init(&err);
     }
     memset(s->nstreams, 0, sizeof(s->nstreams));
+    memset(s->cut_mark, 0, sizeof(s->cut_mark));
     memset(s->report.terms, 0, sizeof(s->report.terms));
     memset(s->report.lost, 0, sizeof(s->report.lost));
     s->report_dirty = 1;

@@ -125,29 +125,33 @@ struct parked_pull {
 };
 
 /*
- * A checkpoint cut at one clock C (cut.c): of every range this server holds,
+ * A checkpoint cut at one clock C (cut.c): of every range this server leads,
  * a copy taken at one moment, when every leased shard stands at (or, held
  * back, past) its position before C, and no push of clock C or later was
  * applied.  Pushes of clock C or later wait (refused, to retry) until the
- * copies are taken; a backup copies a range before it applies the first
- * replicated update of clock C or later (its primary sends those only after
- * its own copy).  A copy of a range installed while the cut is under way
- * is left out of it.
+ * copies are taken.  A backup copies a range just before the first
+ * replicated update its primary sent after its own copy (the update's
+ * `cut`).  A range installed from a copy while the cut is under way is
+ * left out of it, as is one past C.
  */
 enum cut_state {
     CUT_WAIT,   /* not copied yet */
     CUT_COPIED, /* copies[range] holds it at the cut */
-    CUT_OUT,    /* left out (installed from a copy during the cut) */
+    CUT_OUT,    /* left out (past C, or installed from a copy during the cut) */
 };
+
+/* srv->cut_mark of a range installed from a copy: which cut it follows is not known. */
+#define CUT_MARK_UNKNOWN UINT32_MAX
 
 struct cut {
     uint64_t clock; /* C; 0: no cut under way */
+    uint32_t index; /* C / checkpoint_interval: what REPLICATE's `cut` carries */
     uint64_t *seq;  /* by shard: its position once every clock below C is done */
     uint32_t nshards;
     uint8_t state[KEEL_PROTO_NRANGES];
     struct keel_snapshot *copies; /* [KEEL_PROTO_NRANGES] */
-    int open;                     /* the copies are taken: pushes up to the next cut go on */
-    int past;                     /* the ranges held were past C when the cut began: none taken */
+    int open;                     /* the ranges led are copied: pushes up to the next cut go on */
+    int late;                     /* a push reached the next cut before the backups' copies */
     uint64_t began_ms;            /* monotonic, when the cut began */
     uint64_t seen;                /* the largest clock of a push or update seen since */
     uint64_t held_since;          /* monotonic ms the first push past C was held back; 0: none */
@@ -240,6 +244,8 @@ struct srv {
     uint64_t ckpt_next;            /* the job's clock of the next checkpoint; 0: none */
     uint64_t ckpt_clock;           /* the highest slowest-worker clock seen */
     struct cut cut;                /* the checkpoint at ckpt_next, being cut (cut.c) */
+    /* By range: the last cut it was copied at (led), or whose update came last (backed up). */
+    uint32_t cut_mark[KEEL_PROTO_NRANGES];
 };
 
 /* ---- cut.c: checkpoints cut at one clock (srv->lock held) ------------------------ */
@@ -256,8 +262,12 @@ void srv_cut_end(struct srv *s);
 /* KEEL_EUNAVAILABLE when push `p` is past the cut and must wait for it; else 0. */
 int srv_cut_holds(struct srv *s, const struct keel_msg_push *p, struct keel_error *err);
 
-/* A backup is about to apply an update of `clock` to `range`: copy it first if at the cut. */
-void srv_cut_before(struct srv *s, unsigned range, uint64_t clock);
+/*
+ * A backup is about to apply a replicated update of `clock` to `range`,
+ * which its primary sent after its copy at cut `mark`: copy it first if that
+ * is the cut under way and this update the first after the primary's copy.
+ */
+void srv_cut_before(struct srv *s, unsigned range, uint32_t mark, uint64_t clock);
 
 /* Take the copies once every leased shard stands at the cut; then pushes past it go on. */
 void srv_cut_check(struct srv *s);

@@ -430,8 +430,7 @@ static int decode_body(struct rd *r, unsigned type, uint16_t flags, struct keel_
         if ((rc = rd_need(r, 24, "replicate")) != 0)
             return rc;
         m->u.replicate.range = rd_u32(r);
-        if ((rc = rd_reserved32(r, "replicate reserved field")) != 0)
-            return rc;
+        m->u.replicate.cut = rd_u32(r);
         m->u.replicate.term = rd_u64(r);
         m->u.replicate.lsn = rd_u64(r);
         if (m->u.replicate.range >= KEEL_PROTO_NRANGES)
@@ -753,7 +752,7 @@ int keel_proto_encode(struct keel_buf *out, const struct keel_msg *m, struct kee
         break;
     case KEEL_MSG_REPLICATE:
         keel_buf_add_u32le(out, m->u.replicate.range);
-        keel_buf_add_u32le(out, 0);
+        keel_buf_add_u32le(out, m->u.replicate.cut);
         keel_buf_add_u64le(out, m->u.replicate.term);
         keel_buf_add_u64le(out, m->u.replicate.lsn);
         wr_push(out, body, &m->u.replicate.push);

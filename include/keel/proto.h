@@ -183,9 +183,13 @@ struct keel_msg_error {
  * the LSN it gave it and the range's term (the assignment version at which
  * the sender was chosen as the range's primary).  A backup refuses a term
  * older than the one it knows, and an LSN that does not follow its own.
+ * `cut` numbers the last checkpoint the primary cut the range at (its clock
+ * over the job's checkpoint_interval; 0: none yet): a backup copies the
+ * range for that checkpoint just before the first update that carries it.
  */
 struct keel_msg_replicate {
     uint32_t range;
+    uint32_t cut;
     uint64_t term;
     uint64_t lsn;
     struct keel_msg_push push;

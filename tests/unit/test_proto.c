@@ -224,11 +224,13 @@ Test(proto, replicate_round_trips_with_nested_push)
     struct keel_buf b;
 
     m.u.replicate.range = 255;
+    m.u.replicate.cut = 0xfedcba98;
     m.u.replicate.term = 42;
     m.u.replicate.lsn = 123456789;
     fill_push(&m.u.replicate.push);
     round_trip(&m, &b, &out);
     cr_assert_eq(out.u.replicate.range, 255);
+    cr_assert_eq(out.u.replicate.cut, 0xfedcba98);
     cr_assert_eq(out.u.replicate.term, 42);
     cr_assert_eq(out.u.replicate.lsn, 123456789);
     assert_str(out.u.replicate.push.worker_id, "worker-7");
