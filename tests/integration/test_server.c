@@ -565,31 +565,46 @@ static void register_worker(const char *id, int64_t *lease)
     keel_buf_release(&key);
 }
 
-Test(server, bsp_pull_waits_for_the_slowest_live_worker)
+/*
+ * A BSP job on a server with two registered workers, both done with clock 0
+ * (w1 shard 0, w2 shard 1, each one push); w2's membership lease in *l2.
+ * Returns w1's client.
+ */
+static struct keel_client *bsp_both_at_clock_0(int64_t *l2, const float *grads)
 {
     char addr[64];
-    float grads[15] = {0};
     struct keel_client *c, *c2;
     struct keel_reply *r;
-    struct keel_error err;
-    int64_t l1, l2;
-    int rc;
+    int64_t l1;
 
     write_job("j1", "bsp");
     register_worker("w1", &l1);
-    register_worker("w2", &l2);
+    register_worker("w2", l2);
     server_pid = spawn_server();
     server_address(addr, sizeof(addr), NULL);
     c = client_to(addr);
     c2 = client_with(addr, w2tls);
-    r = push(c, "w1", 0, 1, 0, grads); /* w1 finished clock 0; w2 has not */
+    r = push(c, "w1", 0, 1, 0, grads);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
     keel_reply_free(r);
     r = push(c2, "w2", 1, 1, 0, grads);
     cr_assert_eq(r->msg.hdr.type, KEEL_MSG_ACK);
     keel_reply_free(r);
     keel_client_free(c2);
-    r = push(c, "w1", 0, 2, 1, grads); /* w1 finished clock 1 too */
+    return c;
+}
+
+Test(server, bsp_pull_waits_for_the_slowest_live_worker)
+{
+    float grads[15] = {0};
+    struct keel_client *c;
+    struct keel_reply *r;
+    struct keel_error err;
+    int64_t l2;
+    int rc;
+
+    c = bsp_both_at_clock_0(&l2, grads);
+    r = push(c, "w1", 0, 2, 1, grads); /* w1 finished clock 1 too; w2 has not */
     keel_reply_free(r);
     /* w1 wants clock 2: BSP holds it until w2 finished clock 1. */
     r = pull(c, "w1", 2, 1500, &rc);
@@ -611,26 +626,14 @@ Test(server, bsp_pull_waits_for_the_slowest_live_worker)
  */
 Test(server, parked_pulls_are_capped_per_connection)
 {
-    char addr[64];
     float grads[15] = {0};
-    struct keel_client *c, *c2;
+    struct keel_client *c;
     struct keel_reply *r;
     struct keel_error err;
-    int64_t l1, l2;
+    int64_t l2;
     int rc;
 
-    write_job("j1", "bsp");
-    register_worker("w1", &l1);
-    register_worker("w2", &l2);
-    server_pid = spawn_server();
-    server_address(addr, sizeof(addr), NULL);
-    c = client_to(addr);
-    c2 = client_with(addr, w2tls);
-    r = push(c, "w1", 0, 1, 0, grads); /* both finished clock 0 */
-    keel_reply_free(r);
-    r = push(c2, "w2", 1, 1, 0, grads);
-    keel_reply_free(r);
-    keel_client_free(c2);
+    c = bsp_both_at_clock_0(&l2, grads);
     for (int i = 0; i < 64; i++) { /* each parks: the client gives up, the server keeps it */
         r = pull(c, "w1", 5, 100, &rc);
         cr_assert_eq(rc, KEEL_ETIMEDOUT, "pull %d of clock 5 was answered before w2 moved", i);
